@@ -1,0 +1,1 @@
+"""People working on cases: requests, scheduling, reports, rooms."""

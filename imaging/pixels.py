@@ -1,0 +1,772 @@
+"""DICOM pixel data -> display images (numpy uint8, PNG, JPEG).
+
+Used by the DICOMweb "rendered" resources (PS3.18 8.3.5: ``window``, ``viewport``,
+``quality``), by the workers that make series/instance thumbnails and by the
+patient's phone page.
+
+Pipeline (PS3.4 N.2, as far as it applies to a rendered frame):
+
+* decoding is pydicom's (``pydicom.pixels`` decoders, one frame at a time), so
+  every transfer syntax with an installed plugin works (pylibjpeg, gdcm, pyjpegls);
+* grayscale: Modality LUT (rescale slope/intercept or Modality LUT Sequence), then
+  VOI: explicit ``window`` argument > header VOI LUT Sequence / Window Center &
+  Width (first value) > automatic window (0.5-99.5 percentile of the frame,
+  Pixel Padding Value excluded); MONOCHROME1 is inverted so white means dense;
+* colour: RGB, YBR_FULL, YBR_FULL_422 (pydicom converts YCbCr to RGB and reports
+  the colour space it actually returned, which is what we trust rather than the
+  header, since JPEG codestreams may disagree with it), YBR_RCT/YBR_ICT (JPEG
+  2000 decoders return RGB), PALETTE COLOR, either Planar Configuration;
+* resizing is SimpleITK (Gaussian anti-aliasing + linear resampling), encoding is
+  Pillow.
+
+Frame numbers are 0-based everywhere in this module (DICOMweb URLs are 1-based:
+subtract one in the web layer).  Errors: :class:`PixelDataError` for missing or
+undecodable pixel data, ``ValueError`` for bad caller arguments, ``IndexError``
+for a frame number out of range.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    as_pixel_options,
+    convert_color_space,
+    get_decoder,
+)
+from pydicom.pixels.utils import get_nr_frames
+
+__all__ = [
+    "PixelDataError",
+    "encode",
+    "fit",
+    "number_of_frames",
+    "parse_viewport",
+    "parse_window",
+    "render",
+    "render_frame",
+    "representative_frame",
+    "thumbnail",
+]
+
+Window = Union[tuple[float, float], tuple[float, float, str]]
+Viewport = Union[
+    tuple[int, int],
+    tuple[int, int, "int | None", "int | None", "int | None", "int | None"],
+]
+
+MEDIA_TYPES = ("image/jpeg", "image/png")
+MAX_VIEWPORT = 8192  # largest vw/vh accepted (guards memory on hostile requests)
+AUTO_PERCENTILES = (0.5, 99.5)
+PNG_COMPRESS_LEVEL = 3  # zlib level: 3 is ~2x faster than Pillow's 6, ~5% larger
+THUMBNAIL_QUALITY = 85
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+_WINDOW_FUNCTIONS = {
+    "LINEAR": "LINEAR",
+    "LINEAR_EXACT": "LINEAR_EXACT",
+    "LINEAR-EXACT": "LINEAR_EXACT",
+    "SIGMOID": "SIGMOID",
+}
+# Stored-value ranges up to this size are rendered through a lookup table built
+# by pydicom's LUT functions (fast: one table lookup per pixel); wider ranges and
+# float pixel data go through the per-pixel path.
+_MAX_LUT_ENTRIES = 1 << 16
+# Image-pixel / LUT attributes copied into the per-frame view of the dataset.
+_FRAME_KEYWORDS = (
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+
+
+class PixelDataError(ValueError):
+    """The dataset has no pixel data, or it cannot be decoded or rendered."""
+
+
+# --------------------------------------------------------------------------- #
+# Frames
+# --------------------------------------------------------------------------- #
+def _has_pixels(ds: Dataset) -> bool:
+    return any(k in ds for k in _PIXEL_KEYWORDS)
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """Number of frames in the pixel data; 0 if there is no pixel data.
+
+    DICOM: (0028,0008) Number of Frames; absent, empty or 0 means a single frame.
+    """
+    if not _has_pixels(ds):
+        return 0
+    try:
+        return max(1, int(get_nr_frames(ds, warn=False)))
+    except (TypeError, ValueError):  # unparsable IS value
+        return 1
+
+
+def representative_frame(ds: Dataset) -> int:
+    """0-based index of the frame that best represents the instance.
+
+    DICOM: (0028,6010) Representative Frame Number (1-based) when present and
+    valid, otherwise the middle frame (``n // 2``); 0 for single-frame images.
+    """
+    n = number_of_frames(ds)
+    if n <= 1:
+        return 0
+    try:
+        rep = int(ds.get("RepresentativeFrameNumber") or 0)
+    except (TypeError, ValueError):
+        rep = 0
+    if 1 <= rep <= n:
+        return rep - 1
+    return n // 2
+
+
+def _check_frame(ds: Dataset, frame: int) -> int:
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+        raise TypeError(f"frame must be an int (0-based), not {type(frame).__name__}")
+    n = number_of_frames(ds)
+    if not 0 <= frame < n:
+        raise IndexError(
+            f"frame {int(frame)} is out of range: the instance has {n} frame(s), "
+            "numbered from 0"
+        )
+    return int(frame)
+
+
+def _decode_frame(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
+    """Decode one frame with pydicom; return (array, its photometric interpretation).
+
+    Only that frame is decoded (native data is sliced, encapsulated data has only
+    its fragments decompressed).  The photometric interpretation returned is the
+    one pydicom reports for the *decoded* array: YBR_FULL/YBR_FULL_422 come back as
+    RGB, and JPEG/JPEG 2000 codestreams that contradict the header are honoured.
+    """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"expected a pydicom Dataset, not {type(ds).__name__}")
+    if not _has_pixels(ds):
+        raise PixelDataError(
+            "the dataset has no pixel data (no Pixel Data, Float Pixel Data or "
+            "Double Float Pixel Data element)"
+        )
+    frame = _check_frame(ds, frame)
+    file_meta = getattr(ds, "file_meta", None)
+    tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if not tsyntax:
+        raise PixelDataError(
+            "cannot decode pixel data: the dataset has no (0002,0010) Transfer "
+            "Syntax UID in its file meta information"
+        )
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise PixelDataError(
+            f"no pixel data decoder exists for transfer syntax "
+            f"{getattr(tsyntax, 'name', tsyntax)} ({tsyntax})"
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin available"
+        raise PixelDataError(
+            f"no decoding plugin installed for {tsyntax.name} ({tsyntax}): {missing}"
+        )
+    try:
+        arr, props = decoder.as_array(
+            ds, index=frame, validate=True, raw=False, **as_pixel_options(ds)
+        )
+    except Exception as exc:  # decoders raise all sorts: wrap them all
+        raise PixelDataError(
+            f"cannot decode frame {frame} ({tsyntax.name}): {exc}"
+        ) from exc
+    if not arr.dtype.isnative:  # big endian native data comes back as '>u2' etc.
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    pi = str(props.get("photometric_interpretation") or ds.get("PhotometricInterpretation", ""))
+    return arr, pi.strip().upper()
+
+
+def _copy_element(src: Dataset, dst: Dataset, keyword: str) -> None:
+    """Put a *new* element in `dst` with `src`'s value.
+
+    Sharing the DataElement object would let assignments made on `dst` (ours, or
+    pydicom's LUT functions normalising values) write through to the caller's
+    dataset.
+    """
+    elem = src[keyword]
+    dst.add_new(elem.tag, elem.VR, elem.value)
+
+
+def _frame_dataset(ds: Dataset, frame: int) -> Dataset:
+    """A small dataset holding the pixel/LUT attributes in force for `frame`.
+
+    Merges the top level with Enhanced multi-frame functional groups (shared,
+    then per-frame: Pixel Value Transformation and Frame VOI LUT), so pydicom's
+    LUT functions see the right rescale and window.  Also keeps pydicom's LUT
+    functions from mutating the caller's dataset.
+    """
+    out = Dataset()
+    for kw in _FRAME_KEYWORDS:
+        if kw in ds:
+            _copy_element(ds, out, kw)
+    for groups_kw, idx in (
+        ("SharedFunctionalGroupsSequence", 0),
+        ("PerFrameFunctionalGroupsSequence", frame),
+    ):
+        groups = ds.get(groups_kw)
+        if not groups or idx >= len(groups):
+            continue
+        item = groups[idx]
+        for seq_kw in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            seq = item.get(seq_kw)
+            if seq:
+                for elem in seq[0]:
+                    if elem.keyword in _FRAME_KEYWORDS:
+                        _copy_element(seq[0], out, elem.keyword)
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None:
+        out.file_meta = file_meta  # endianness of OW LUT data
+    try:
+        out.set_original_encoding(*ds.original_encoding)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Grayscale
+# --------------------------------------------------------------------------- #
+def _windowed(values: np.ndarray, vds: Dataset) -> np.ndarray:
+    """apply_windowing `values` and scale its output range to 0..255 (float)."""
+    # pydicom maps the window onto an output range it derives from the header;
+    # feed it -inf/+inf as well so it tells us that range itself.
+    ext = np.empty(values.size + 2, dtype=np.float64)
+    ext[:-2] = values.ravel()
+    ext[-2:] = (-np.inf, np.inf)
+    out = apply_windowing(ext, vds)
+    y0, y1 = out[-2], out[-1]
+    out = out[:-2]
+    if not (math.isfinite(y0) and math.isfinite(y1)) or y0 == y1:
+        return np.zeros(values.size, dtype=np.float64)
+    out -= y0
+    out *= 255.0 / (y1 - y0)
+    return out
+
+
+def _window_dataset(fds: Dataset, center: float, width: float, function: str) -> Dataset:
+    vds = Dataset()
+    for kw in ("PhotometricInterpretation", "BitsStored", "PixelRepresentation",
+               "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"):
+        if kw in fds:
+            _copy_element(fds, vds, kw)
+    vds.PhotometricInterpretation = "MONOCHROME2"
+    vds.WindowCenter = center
+    vds.WindowWidth = width
+    vds.VOILUTFunction = function
+    return vds
+
+
+def _header_voi(values: np.ndarray, fds: Dataset) -> "np.ndarray | None":
+    """The header's VOI (LUT Sequence preferred, then window) as 0..255, or None."""
+    seq = fds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTDescriptor") and seq[0].get("LUTData") is not None:
+        bits = int(seq[0].LUTDescriptor[2])
+        ints = values if values.dtype.kind in "iu" else np.rint(values).astype(np.int64)
+        out = apply_voi(ints, fds).astype(np.float64)
+        out *= 255.0 / ((1 << bits) - 1)
+        return out
+    if fds.get("WindowCenter") is not None and fds.get("WindowWidth") is not None:
+        vds = _window_dataset(fds, 0, 1, "LINEAR")
+        for kw in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+            if kw in fds:
+                _copy_element(fds, vds, kw)
+            elif kw in vds:
+                del vds[kw]
+        return _windowed(values, vds)
+    return None
+
+
+def _auto_window(values: np.ndarray, counts: "np.ndarray | None") -> tuple[float, float]:
+    """(low, high) modality values at the AUTO_PERCENTILES of the histogram."""
+    lo_p, hi_p = AUTO_PERCENTILES
+    if counts is None:
+        if values.size == 0:
+            return 0.0, 1.0
+        lo, hi = np.percentile(values, (lo_p, hi_p))
+        if hi <= lo:
+            lo, hi = values.min(), values.max()
+        return float(lo), float(hi)
+    nz = counts > 0
+    if not nz.any():
+        return 0.0, 1.0
+    v, c = values[nz], counts[nz]
+    if v.size > 1 and np.any(v[1:] < v[:-1]):  # non-monotonic Modality LUT
+        order = np.argsort(v, kind="stable")
+        v, c = v[order], c[order]
+    cdf = np.cumsum(c)
+    total = cdf[-1]
+    lo = v[min(np.searchsorted(cdf, total * lo_p / 100.0, side="right"), v.size - 1)]
+    hi = v[min(np.searchsorted(cdf, total * hi_p / 100.0, side="left"), v.size - 1)]
+    if hi <= lo:
+        lo, hi = v[0], v[-1]
+    return float(lo), float(hi)
+
+
+def _voi_to_uint8(
+    values: np.ndarray,
+    fds: Dataset,
+    window: "tuple[float, float, str] | None",
+    counts: "np.ndarray | None",
+    valid: "np.ndarray | None",
+) -> np.ndarray:
+    """Map modality `values` to uint8 display values (VOI stage).
+
+    `counts` is the histogram over `values` (LUT path) or None (each value is one
+    pixel); `valid` masks out padding values for the automatic window.
+    """
+    out = None
+    if window is not None:
+        out = _windowed(values, _window_dataset(fds, *window))
+    else:
+        try:
+            out = _header_voi(values, fds)
+        except (ValueError, NotImplementedError, IndexError, TypeError, AttributeError):
+            out = None  # invalid header VOI (e.g. width 0): fall back to automatic
+        if out is None:
+            if counts is not None:
+                c = counts if valid is None else np.where(valid, counts, 0)
+                if not c.any():
+                    c = counts
+                lo, hi = _auto_window(values, c)
+            else:
+                sel = values if valid is None or not valid.any() else values[valid]
+                lo, hi = _auto_window(sel, None)
+            if hi <= lo:
+                hi = lo + 1.0
+            out = _windowed(values, _window_dataset(fds, (lo + hi) / 2.0, hi - lo, "LINEAR_EXACT"))
+    np.clip(out, 0.0, 255.0, out=out)
+    out += 0.5
+    return out.astype(np.uint8)
+
+
+def _padding_range(fds: Dataset) -> "tuple[float, float] | None":
+    pad = fds.get("PixelPaddingValue")
+    if pad is None or isinstance(pad, (bytes, list)):
+        return None
+    limit = fds.get("PixelPaddingRangeLimit")
+    if limit is None or isinstance(limit, (bytes, list)):
+        limit = pad
+    return float(min(pad, limit)), float(max(pad, limit))
+
+
+def _offsets(arr: np.ndarray, mn: int) -> np.ndarray:
+    """`arr - mn` as a small unsigned index array, without widening 8/16-bit data."""
+    if arr.dtype.itemsize in (1, 2):
+        udt = np.dtype(f"u{arr.dtype.itemsize}")
+        u = arr.view(udt) if arr.dtype != udt else arr
+        # modular arithmetic: exact because 0 <= arr - mn < 2**bits
+        return u - udt.type(mn & ((1 << (8 * arr.dtype.itemsize)) - 1))
+    return (arr.astype(np.int64) - mn).astype(np.uint32)
+
+
+def _render_gray(
+    arr: np.ndarray, fds: Dataset, window: "tuple[float, float, str] | None", invert: bool
+) -> np.ndarray:
+    padding = _padding_range(fds)
+    if arr.dtype.kind in "iub" and arr.size:
+        if arr.dtype.kind == "b":
+            arr = arr.view(np.uint8)
+        mn, mx = int(arr.min()), int(arr.max())
+        n = mx - mn + 1
+        if n <= _MAX_LUT_ENTRIES:
+            # One entry per stored value in the frame: the modality LUT and VOI
+            # are evaluated by pydicom on at most 65536 values, then looked up.
+            stored = np.arange(mn, mx + 1, dtype=np.int64)
+            idx = _offsets(arr, mn)
+            counts = None
+            valid = None
+            if window is None:
+                counts = np.bincount(idx.ravel(), minlength=n)
+                if padding is not None:
+                    valid = (stored < padding[0]) | (stored > padding[1])
+            values = apply_modality_lut(stored, fds)
+            lut = _voi_to_uint8(np.asarray(values), fds, window, counts, valid)
+            if invert:
+                np.subtract(255, lut, out=lut)
+            return lut[idx]
+    # Float pixel data or a very wide integer range: per-pixel evaluation.
+    shape = arr.shape
+    values = np.asarray(apply_modality_lut(arr, fds)).ravel()
+    valid = None
+    if window is None and padding is not None:
+        raw = arr.ravel()
+        valid = (raw < padding[0]) | (raw > padding[1])
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    out = _voi_to_uint8(values, fds, window, None, valid).reshape(shape)
+    if invert:
+        np.subtract(255, out, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Colour
+# --------------------------------------------------------------------------- #
+def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return ((arr - lo) * scale + 0.5).astype(np.uint8)
+    if arr.dtype.kind == "i":
+        arr = np.clip(arr, 0, None)
+    shift = max(0, bits - 8)
+    return (arr >> shift).astype(np.uint8) if shift else np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _render_palette(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    rgb = apply_color_lut(arr, ds)[..., :3]  # drop alpha if present
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    # 16-bit entries; a few writers put 8-bit values in 16-bit entries
+    return (rgb >> 8).astype(np.uint8) if int(rgb.max()) > 255 else rgb.astype(np.uint8)
+
+
+def _render_color(arr: np.ndarray, pi: str, ds: Dataset) -> np.ndarray:
+    if pi in ("YBR_FULL", "YBR_FULL_422"):
+        # pydicom normally converts these already; only here if it did not
+        arr = convert_color_space(_to_uint8(arr, int(ds.get("BitsStored") or 8)), pi, "RGB")
+    elif pi not in ("RGB", "YBR_RCT", "YBR_ICT"):
+        raise PixelDataError(f"unsupported colour photometric interpretation {pi!r}")
+    if arr.shape[-1] != 3:
+        raise PixelDataError(f"expected 3 samples per pixel, got {arr.shape[-1]}")
+    return _to_uint8(arr, int(ds.get("BitsStored") or arr.dtype.itemsize * 8))
+
+
+# --------------------------------------------------------------------------- #
+# Public: render a frame
+# --------------------------------------------------------------------------- #
+def _coerce_window(window) -> "tuple[float, float, str] | None":
+    if window is None:
+        return None
+    if isinstance(window, str):
+        return parse_window(window)
+    if not isinstance(window, Sequence) or len(window) not in (2, 3):
+        raise ValueError("window must be (center, width) or (center, width, function)")
+    center, width = window[0], window[1]
+    func = window[2] if len(window) == 3 else "LINEAR"
+    return _check_window(center, width, func)
+
+
+def _check_window(center, width, func) -> tuple[float, float, str]:
+    try:
+        c, w = float(center), float(width)
+    except (TypeError, ValueError):
+        raise ValueError(f"window center and width must be numbers, got {center!r}, {width!r}") from None
+    if not (math.isfinite(c) and math.isfinite(w)):
+        raise ValueError("window center and width must be finite numbers")
+    f = _WINDOW_FUNCTIONS.get(str(func).strip().upper())
+    if f is None:
+        raise ValueError(
+            f"unknown window function {func!r}: use linear, linear-exact or sigmoid"
+        )
+    if f == "LINEAR" and w < 1:
+        raise ValueError(f"window width must be >= 1 for linear (got {w:g}); use linear-exact for narrower windows")
+    if w <= 0:
+        raise ValueError(f"window width must be > 0 (got {w:g})")
+    return c, w, f
+
+
+def render_frame(ds: Dataset, frame: int = 0, window=None) -> np.ndarray:
+    """Render one frame (0-based) to a display-ready uint8 array, HxW or HxWx3.
+
+    DICOM: grayscale gets the Modality LUT, then VOI (`window` as
+    ``(center, width[, function])`` or ``"c,w[,fn]"`` > header VOI LUT Sequence /
+    Window Center & Width, first value > 0.5-99.5 percentile auto-window ignoring
+    Pixel Padding Value), MONOCHROME1 inverted; colour comes back as RGB
+    (YBR_*/PALETTE COLOR converted, >8-bit samples scaled); `window` is ignored
+    for colour.  Raises PixelDataError, ValueError (bad window) or IndexError.
+    """
+    win = _coerce_window(window)
+    arr, pi = _decode_frame(ds, frame)
+    try:
+        if pi in _MONO and arr.ndim == 2:
+            return _render_gray(arr, _frame_dataset(ds, int(frame)), win, pi == "MONOCHROME1")
+        if pi == "PALETTE COLOR" and arr.ndim == 2:
+            return _render_palette(arr, ds)
+        if arr.ndim == 3:
+            return _render_color(arr, pi, ds)
+        raise PixelDataError(
+            f"unsupported photometric interpretation {pi!r} for an array of shape {arr.shape}"
+        )
+    except PixelDataError:
+        raise
+    except Exception as exc:  # bad LUTs, inconsistent headers, ...
+        raise PixelDataError(f"cannot render frame {frame} ({pi}): {exc}") from exc
+
+
+# --------------------------------------------------------------------------- #
+# Resizing
+# --------------------------------------------------------------------------- #
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    color = image.ndim == 3
+    img = sitk.GetImageFromArray(image.astype(np.float32), isVector=color)
+    sx, sy = w / width, h / height  # output pixel size in input pixels
+    sigma = (max(0.0, (sx - 1.0) / 2.0), max(0.0, (sy - 1.0) / 2.0))
+    if max(sigma) > 0:
+        # anti-alias before down-sampling; recursive Gaussian wants sigma > 0
+        img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigma])
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(width), int(height)])
+    f.SetOutputSpacing((sx, sy))
+    # pixel centres: input pixel i is at i; output pixel j covers [j*sx, (j+1)*sx)
+    f.SetOutputOrigin(((sx - 1.0) / 2.0, (sy - 1.0) / 2.0))
+    f.SetOutputDirection(img.GetDirection())
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetUseNearestNeighborExtrapolator(True)  # edges when up-sampling
+    out = sitk.GetArrayViewFromImage(f.Execute(img))
+    return (np.clip(out, 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+def _check_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fit(image: np.ndarray, max_width: int, max_height: int, *, upscale: bool = False) -> np.ndarray:
+    """Resize `image` to fit max_width x max_height, keeping its aspect ratio.
+
+    Smooth (Gaussian anti-aliasing then linear interpolation, SimpleITK); never
+    enlarges unless ``upscale=True``; returns `image` itself when no resize is
+    needed.  DICOM: assumes square pixels (Pixel Spacing/Aspect Ratio ignored).
+    """
+    max_width = _check_size("max_width", max_width)
+    max_height = _check_size("max_height", max_height)
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"expected a non-empty HxW or HxWxC image, got shape {image.shape}")
+    h, w = image.shape[:2]
+    scale = min(max_width / w, max_height / h)
+    if not upscale:
+        scale = min(scale, 1.0)
+    nw = min(max_width, max(1, round(w * scale)))
+    nh = min(max_height, max(1, round(h * scale)))
+    return _resize(image, nw, nh)
+
+
+# --------------------------------------------------------------------------- #
+# Encoding
+# --------------------------------------------------------------------------- #
+def _check_media_type(media_type: str) -> str:
+    mt = str(media_type).split(";", 1)[0].strip().lower()
+    if mt == "image/jpg":
+        mt = "image/jpeg"
+    if mt not in MEDIA_TYPES:
+        raise ValueError(
+            f"unsupported media type {media_type!r}: use one of {', '.join(MEDIA_TYPES)}"
+        )
+    return mt
+
+
+def _check_quality(quality) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an integer from 1 to 100, got {quality!r}")
+    return int(quality)
+
+
+def encode(image: np.ndarray, media_type: str = "image/png", quality: int = 90) -> bytes:
+    """Encode a uint8 HxW or HxWx3 image as PNG or JPEG bytes (Pillow).
+
+    `quality` (1..100) applies to JPEG only; at >= 90 chroma is not subsampled
+    (4:4:4) so burned-in text in colour images stays legible.
+    """
+    mt = _check_media_type(media_type)
+    quality = _check_quality(quality)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or image.size == 0:
+        raise ValueError(f"image must be HxW or HxWx3, got shape {image.shape}")
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    buf = io.BytesIO()
+    if mt == "image/png":
+        pil.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- #
+# Rendered resources
+# --------------------------------------------------------------------------- #
+def parse_window(text: str) -> tuple[float, float, str]:
+    """Parse a PS3.18 ``window=center,width[,function]`` value.
+
+    Returns ``(center, width, function)`` with function one of LINEAR (default),
+    LINEAR_EXACT, SIGMOID (query values: linear, linear-exact, sigmoid); raises
+    ValueError with a message fit for a 400 response.
+    """
+    if not isinstance(text, str):
+        raise ValueError("window must be a string 'center,width[,function]'")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(
+            f"invalid window {text!r}: expected 'center,width[,function]', e.g. '40,400,linear'"
+        )
+    try:
+        c, w = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"invalid window {text!r}: center and width must be numbers") from None
+    return _check_window(c, w, parts[2] if len(parts) == 3 else "LINEAR")
+
+
+def parse_viewport(text: str) -> Viewport:
+    """Parse a PS3.18 ``viewport=vw,vh[,sx,sy,sw,sh]`` value (8.3.5.1.3).
+
+    Returns ``(vw, vh)`` or ``(vw, vh, sx, sy, sw, sh)`` where empty optional
+    fields are None; negative sw/sh mean a flipped source region.  Raises
+    ValueError with a message fit for a 400 response.
+    """
+    if not isinstance(text, str):
+        raise ValueError("viewport must be a string 'vw,vh[,sx,sy,sw,sh]'")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 6):
+        raise ValueError(
+            f"invalid viewport {text!r}: expected 'vw,vh' or 'vw,vh,sx,sy,sw,sh'"
+        )
+    values: list = []
+    for i, p in enumerate(parts):
+        if p == "" and i >= 2:
+            values.append(None)
+            continue
+        try:
+            values.append(int(p))
+        except ValueError:
+            raise ValueError(f"invalid viewport {text!r}: {p!r} is not an integer") from None
+    return _check_viewport(tuple(values))
+
+
+def _check_viewport(viewport) -> Viewport:
+    if isinstance(viewport, str):
+        return parse_viewport(viewport)
+    if not isinstance(viewport, Sequence) or len(viewport) not in (2, 6):
+        raise ValueError("viewport must be (vw, vh) or (vw, vh, sx, sy, sw, sh)")
+    vw, vh = viewport[0], viewport[1]
+    for name, v in (("vw", vw), ("vh", vh)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_VIEWPORT:
+            raise ValueError(f"viewport {name} must be an integer from 1 to {MAX_VIEWPORT}, got {v!r}")
+    if len(viewport) == 2:
+        return int(vw), int(vh)
+    rest = []
+    for name, v in zip(("sx", "sy", "sw", "sh"), viewport[2:]):
+        if v is None:
+            rest.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"viewport {name} must be an integer, got {v!r}")
+        if name in ("sx", "sy") and v < 0:
+            raise ValueError(f"viewport {name} must be >= 0, got {v}")
+        if name in ("sw", "sh") and v == 0:
+            raise ValueError(f"viewport {name} must not be 0")
+        rest.append(int(v))
+    return (int(vw), int(vh), *rest)
+
+
+def _apply_viewport(image: np.ndarray, viewport: Viewport) -> np.ndarray:
+    vw, vh = viewport[0], viewport[1]
+    if len(viewport) == 6:
+        h, w = image.shape[:2]
+        sx, sy, sw, sh = (viewport[2] or 0), (viewport[3] or 0), viewport[4], viewport[5]
+        region = []
+        for start, size, extent, axis in ((sx, sw, w, "x"), (sy, sh, h, "y")):
+            if size is None:
+                size = extent - start
+            lo, hi = (start + size, start) if size < 0 else (start, start + size)
+            lo, hi = max(0, lo), min(extent, hi)
+            if hi <= lo:
+                raise ValueError(
+                    f"viewport source region is outside the {w}x{h} image along {axis}"
+                )
+            region.append((lo, hi, size < 0))
+        (x0, x1, fx), (y0, y1, fy) = region
+        image = image[y0:y1, x0:x1]
+        if fx:
+            image = image[:, ::-1]
+        if fy:
+            image = image[::-1]
+    return fit(image, vw, vh, upscale=True)
+
+
+def render(
+    ds: Dataset,
+    frame: int = 0,
+    *,
+    media_type: str,
+    window=None,
+    viewport=None,
+    quality: int = 90,
+) -> bytes:
+    """Render one frame (0-based) as PNG/JPEG bytes for a PS3.18 rendered resource.
+
+    DICOM: `window` as in render_frame (string form from the query is accepted);
+    `viewport` ``(vw, vh)`` or ``(vw, vh, sx, sy, sw, sh)`` or its query string:
+    the source region (negative sw/sh flip) is cut out, then scaled to fit the
+    vw x vh viewport keeping the aspect ratio (may enlarge); `quality` 1..100
+    for JPEG.  Arguments are validated before decoding (ValueError).
+    """
+    mt = _check_media_type(media_type)
+    quality = _check_quality(quality)
+    win = _coerce_window(window)
+    vp = _check_viewport(viewport) if viewport is not None else None
+    image = render_frame(ds, frame, win)
+    try:
+        if vp is not None:
+            image = _apply_viewport(image, vp)
+        return encode(image, mt, quality)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise PixelDataError(f"cannot render frame {frame}: {exc}") from exc
+
+
+def thumbnail(ds: Dataset, size: int = 128, frame: "int | None" = None) -> bytes:
+    """JPEG thumbnail fitting size x size (never enlarged), for workers and lists.
+
+    DICOM: `frame` None means representative_frame(ds) (Representative Frame
+    Number or the middle frame); header/automatic window as in render_frame.
+    """
+    size = _check_size("size", size)
+    if frame is None:
+        frame = representative_frame(ds)
+    image = render_frame(ds, frame)
+    try:
+        return encode(fit(image, size, size), "image/jpeg", THUMBNAIL_QUALITY)
+    except Exception as exc:
+        raise PixelDataError(f"cannot make thumbnail: {exc}") from exc

@@ -1,0 +1,337 @@
+"""The `lancang` command. Thin: parse arguments, open a unit of work, call a service, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+from lancang.settings import get_settings
+from storage.errors import DomainError
+
+CLI_ACTOR = "system:cli"
+
+
+def _runtime():
+    from lancang.runtime import bootstrap
+
+    return bootstrap(get_settings(), component="cli")
+
+
+def _audit(session, action: str, object_type: str, object_id: str, **detail) -> None:
+    from storage import audit
+
+    audit.append(session, principal=None, actor=CLI_ACTOR, action=action,
+                 object_type=object_type, object_id=object_id, detail=detail)
+
+
+# --- institutions ----------------------------------------------------------------------
+
+
+def cmd_institution_add(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope() as session:
+        inst = service.add_institution(session=session, code=args.code, name=args.name, level=args.level,
+                                       name_en=args.name_en or "", parent_code=args.parent)
+        _audit(session, "admin.institution.add", "institution", inst.code, level=inst.level)
+        print(f"institution {inst.code} added ({inst.name_zh}, {inst.level})")
+
+
+def cmd_institution_list(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope(readonly=True) as session:
+        by_id = {i.id: i for i in service.list_institutions(session=session)}
+        for inst in by_id.values():
+            parent = by_id[inst.parent_id].code if inst.parent_id else "-"
+            state = "" if inst.active else " (disabled)"
+            print(f"{inst.code}\t{inst.level}\t{parent}\t{inst.name_zh}\t{inst.name_en}{state}")
+
+
+def cmd_institution_disable(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope() as session:
+        service.set_institution_active(session=session, code=args.code, active=args.enable)
+        _audit(session, "admin.institution." + ("enable" if args.enable else "disable"), "institution", args.code)
+        print(f"institution {args.code} {'enabled' if args.enable else 'disabled'}")
+
+
+# --- DICOM nodes -----------------------------------------------------------------------
+
+
+def cmd_ae_add(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope() as session:
+        node = service.add_node(session=session, ae_title=args.aet, institution_code=args.institution,
+                                host=args.host, port=args.port)
+        _audit(session, "admin.ae.add", "ae", node.ae_title, institution=args.institution)
+        where = f" at {node.host}:{node.port}" if node.host else ""
+        print(f"AE {node.ae_title} registered for {args.institution}{where}")
+
+
+def cmd_ae_list(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope(readonly=True) as session:
+        for node in service.list_nodes(session=session):
+            where = f"{node.host}:{node.port}" if node.host else "-"
+            print(f"{node.ae_title}\t{node.institution.code}\t{where}\t{'enabled' if node.enabled else 'disabled'}")
+
+
+def cmd_ae_disable(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope() as session:
+        service.set_node_enabled(session=session, ae_title=args.aet, enabled=args.enable)
+        _audit(session, "admin.ae." + ("enable" if args.enable else "disable"), "ae", args.aet)
+        print(f"AE {args.aet} {'enabled' if args.enable else 'disabled'}")
+
+
+# --- users and tokens ------------------------------------------------------------------
+
+
+def cmd_user_add(args) -> None:
+    from web import service
+
+    with _runtime().db.scope() as session:
+        user = service.add_user(session=session, username=args.username, role=args.role,
+                                institution_code=args.institution, password=args.password,
+                                display_name=args.display_name or "")
+        _audit(session, "admin.user.add", "user", user.username, role=user.role, institution=args.institution)
+        print(f"user {user.username} added ({user.role} at {args.institution})")
+
+
+def cmd_user_list(args) -> None:
+    from web import service
+
+    with _runtime().db.scope(readonly=True) as session:
+        for user in service.list_users(session=session):
+            state = "active" if user.active else "disabled"
+            print(f"{user.username}\t{user.role}\t{user.institution.code}\t{user.display_name}\t{state}")
+
+
+def cmd_user_disable(args) -> None:
+    from web import service
+
+    with _runtime().db.scope() as session:
+        service.set_user_active(session=session, username=args.username, active=args.enable)
+        _audit(session, "admin.user." + ("enable" if args.enable else "disable"), "user", args.username)
+        print(f"user {args.username} {'enabled' if args.enable else 'disabled'}")
+
+
+def cmd_token_issue(args) -> None:
+    from web import service
+
+    with _runtime().db.scope() as session:
+        user = service.get_user(session=session, username=args.username)
+        secret, row = service.issue_token(session=session, user=user, days=args.days, label=args.label or "cli")
+        _audit(session, "admin.token.issue", "token", str(row.id), user=user.username)
+        print(f"token {row.id} for {user.username}, expires {row.expires_at.isoformat(timespec='seconds')}")
+    print(secret)
+
+
+def cmd_token_list(args) -> None:
+    from web import service
+
+    with _runtime().db.scope(readonly=True) as session:
+        for row in service.list_tokens(session=session, username=args.username):
+            state = "revoked" if row.revoked_at else ("expired" if row.expires_at < datetime.now(timezone.utc) else "valid")
+            print(f"{row.id}\t{row.user.username}\t{row.label}\t{row.expires_at.isoformat(timespec='seconds')}\t{state}")
+
+
+def cmd_token_revoke(args) -> None:
+    from web import service
+
+    with _runtime().db.scope() as session:
+        if args.token.isdigit():
+            row = service.revoke_token(session=session, token_id=int(args.token))
+        else:
+            row = service.revoke_token(session=session, secret=args.token)
+        _audit(session, "admin.token.revoke", "token", str(row.id))
+        print(f"token {row.id} revoked")
+
+
+# --- audit -----------------------------------------------------------------------------
+
+
+def cmd_audit_verify(args) -> int:
+    from storage import audit
+
+    with _runtime().db.scope(readonly=True) as session:
+        result = audit.verify(session)
+    if result.ok:
+        print(f"audit chain intact: {result.checked} records, head {result.head_hash}")
+        return 0
+    print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.reason} "
+          f"({result.checked} records checked)", file=sys.stderr)
+    return 1
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise DomainError(f"--since must be a date like 2026-11-01, not {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_audit_export(args) -> None:
+    from storage import audit
+
+    since = _parse_date(args.since) if args.since else None
+    with _runtime().db.scope(readonly=True) as session:
+        text = audit.export(audit.iter_since(session, since), args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+# --- database and processes ------------------------------------------------------------
+
+
+def cmd_db_upgrade(args) -> None:
+    runtime = _runtime()
+    print(f"database at head: {runtime.db.engine.url.render_as_string(hide_password=True)}")
+
+
+def cmd_serve(args) -> int:
+    from lancang.serve import serve
+
+    return serve(get_settings())
+
+
+def cmd_web(args) -> None:
+    import uvicorn
+
+    from web.app import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port,
+                log_level=settings.log_level.lower(), proxy_headers=True)
+
+
+def cmd_dicom(args) -> None:
+    from imaging.scp import run_receiver
+
+    run_receiver(get_settings())
+
+
+def cmd_worker(args) -> None:
+    from workers.main import run_worker
+
+    run_worker(get_settings(), concurrency=args.concurrency, queues=args.queues)
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def _sub(parent, name, help_text, fn, *arguments):
+    parser = parent.add_parser(name, help=help_text)
+    for names, options in arguments:
+        parser.add_argument(*names, **options)
+    parser.set_defaults(fn=fn)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from storage.models import LEVELS, ROLES
+
+    parser = argparse.ArgumentParser(prog="lancang", description="Lancang regional imaging cloud")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _sub(commands, "serve", "run web, DICOM receiver and worker together", cmd_serve)
+    _sub(commands, "web", "run only the web application", cmd_web)
+    _sub(commands, "dicom", "run only the DICOM receiver", cmd_dicom)
+    _sub(commands, "worker", "run only a Celery worker", cmd_worker,
+         (("--concurrency",), {"type": int, "default": 2}),
+         (("--queues",), {"default": "derive,render,notify,maintenance"}))
+
+    db = commands.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
+    _sub(db, "upgrade", "migrate the database to the newest schema", cmd_db_upgrade)
+
+    inst = commands.add_parser("institution", help="institutions").add_subparsers(dest="sub", required=True)
+    _sub(inst, "add", "add an institution", cmd_institution_add,
+         (("code",), {}), (("--name",), {"required": True}), (("--name-en",), {}),
+         (("--level",), {"required": True, "choices": LEVELS}), (("--parent",), {}))
+    _sub(inst, "list", "list institutions", cmd_institution_list)
+    _sub(inst, "disable", "disable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=False)
+    _sub(inst, "enable", "re-enable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=True)
+
+    ae = commands.add_parser("ae", help="DICOM application entities").add_subparsers(dest="sub", required=True)
+    _sub(ae, "add", "register a calling AE", cmd_ae_add,
+         (("aet",), {}), (("--institution",), {"required": True}), (("--host",), {}),
+         (("--port",), {"type": int}))
+    _sub(ae, "list", "list AEs", cmd_ae_list)
+    _sub(ae, "disable", "disable an AE", cmd_ae_disable, (("aet",), {})).set_defaults(enable=False)
+    _sub(ae, "enable", "re-enable an AE", cmd_ae_disable, (("aet",), {})).set_defaults(enable=True)
+
+    user = commands.add_parser("user", help="users").add_subparsers(dest="sub", required=True)
+    _sub(user, "add", "add a user", cmd_user_add,
+         (("username",), {}), (("--role",), {"required": True, "choices": ROLES}),
+         (("--institution",), {"required": True}), (("--password",), {"required": True}),
+         (("--display-name",), {}))
+    _sub(user, "list", "list users", cmd_user_list)
+    _sub(user, "disable", "disable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=False)
+    _sub(user, "enable", "re-enable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=True)
+
+    token = commands.add_parser("token", help="API tokens").add_subparsers(dest="sub", required=True)
+    _sub(token, "issue", "issue a bearer token (printed as the last line)", cmd_token_issue,
+         (("username",), {}), (("--days",), {"type": float, "default": get_settings().token_days}),
+         (("--label",), {}))
+    _sub(token, "list", "list tokens", cmd_token_list, (("username",), {"nargs": "?"}))
+    _sub(token, "revoke", "revoke a token by id or secret", cmd_token_revoke, (("token",), {}))
+
+    aud = commands.add_parser("audit", help="audit trail").add_subparsers(dest="sub", required=True)
+    _sub(aud, "verify", "check the hash chain", cmd_audit_verify)
+    _sub(aud, "export", "export records", cmd_audit_export,
+         (("--since",), {}), (("--format",), {"choices": ("csv", "json"), "default": "csv"}),
+         (("--output", "-o"), {}))
+    return parser
+
+
+SERVICES = ("serve", "web", "dicom", "worker")
+
+
+def _configure_logging(command: str) -> None:
+    # Services log to stdout at the configured level; admin commands keep stdout for their
+    # output (tokens, exports) and only report warnings, on stderr.
+    service = command in SERVICES
+    logging.basicConfig(level=get_settings().log_level.upper() if service else logging.WARNING,
+                        stream=sys.stdout if service else sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        print(f"error: configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.command)
+    try:
+        return args.fn(args) or 0
+    except DomainError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from storage.residency import ResidencyError
+
+        if isinstance(exc, ResidencyError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""One settings object for every process (env prefix LANCANG_, optional .env)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Only the embedded mode may fall back to this; production must set a real one.
+EMBEDDED_SECRET = "lancang-embedded-mode-not-a-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LANCANG_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./var")
+
+    # Database: empty means SQLite inside data_dir.
+    database_url: str = ""
+
+    # Object store: "fs" keeps objects under data_dir/objects; "s3" talks to MinIO/S3.
+    object_store: Literal["fs", "s3"] = "fs"
+    s3_endpoint: str = ""
+    s3_public_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_bucket: str = "lancang"
+    s3_region: str = "cn-north-1"
+    s3_secure: bool = False
+
+    # Broker: empty means a filesystem kombu transport inside data_dir.
+    broker_url: str = ""
+
+    # Network services.
+    bind_host: str = "127.0.0.1"
+    http_port: int = 8000
+    public_url: str = ""
+    dicom_port: int = 11112
+    dicom_ae_title: str = "LANCANG"
+    dicom_max_associations: int = 16
+    dicom_acse_timeout: float = 30.0
+    dicom_dimse_timeout: float = 60.0
+    dicom_network_timeout: float = 60.0
+    dicom_processes: int = 1
+
+    secret_key: SecretStr = SecretStr("")
+    session_max_age_s: int = 12 * 3600
+    token_days: int = 90
+
+    # Data residency: see storage/residency.py. Overrides are audited at startup.
+    residency_override: bool = False
+    residency_override_reason: str = ""
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _no_working_default_secrets_in_production(self) -> "Settings":
+        if not self.embedded and not self.secret_key.get_secret_value():
+            raise ValueError(
+                "LANCANG_SECRET_KEY must be set when a database, S3 or broker server is configured "
+                "(only the embedded mode has a built-in key)"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external server is configured: SQLite, filesystem store, local broker."""
+        return not self.database_url and self.object_store == "fs" and not self.broker_url
+
+    @property
+    def effective_secret_key(self) -> str:
+        return self.secret_key.get_secret_value() or EMBEDDED_SECRET
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lancang.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def objects_dir(self) -> Path:
+        return (self.data_dir / "objects").resolve()
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.bind_host}:{self.http_port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Bytes and rows: database engine and sessions, migrations, object stores, tenancy, audit."""

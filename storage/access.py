@@ -1,0 +1,126 @@
+"""The one authorization function: what a user, a calling AE or a patient link may see.
+
+Every read path asks `scope_for` (or `require_study`) and filters by the Scope it gets;
+nothing reads patient data around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from storage.errors import NotPermitted
+from storage.models import AccessGrant, Institution
+from storage.types import utcnow
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a user, a DICOM application entity, a patient link or the system."""
+
+    kind: str  # user | ae | patient | system
+    name: str
+    institution_id: int | None = None
+    institution_code: str = ""
+    role: str | None = None
+    user_id: int | None = None
+    # A patient link sees exactly one study and nothing else.
+    study_uid: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "user" and self.role == "admin"
+
+
+SYSTEM = Principal(kind="system", name="system")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Institutions whose studies are visible, plus individually granted studies."""
+
+    all_institutions: bool = False
+    institution_ids: frozenset[int] = field(default_factory=frozenset)
+    granted: Select | None = None  # SELECT of granted StudyInstanceUIDs
+    only_study_uid: str | None = None
+
+    def study_filter(self, institution_col, study_uid_col):
+        """A SQL condition on a study's owning institution and UID."""
+        if self.only_study_uid is not None:
+            return study_uid_col == self.only_study_uid
+        if self.all_institutions:
+            return True
+        conditions = [institution_col.in_(sorted(self.institution_ids))]
+        if self.granted is not None:
+            conditions.append(study_uid_col.in_(self.granted))
+        return or_(*conditions)
+
+
+def subtree_ids(session: Session, root_id: int) -> set[int]:
+    """The institution and every institution below it in the referral tree."""
+    rows = session.execute(select(Institution.id, Institution.parent_id)).all()
+    children: dict[int | None, list[int]] = {}
+    for inst_id, parent_id in rows:
+        children.setdefault(parent_id, []).append(inst_id)
+    found, todo = set(), [root_id]
+    while todo:
+        current = todo.pop()
+        if current in found:
+            continue
+        found.add(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _granted_study_uids(principal: Principal) -> Select:
+    now = utcnow()
+    grantee = [AccessGrant.grantee_institution_id == principal.institution_id]
+    if principal.user_id is not None:
+        grantee.append(AccessGrant.grantee_user_id == principal.user_id)
+    return select(AccessGrant.study_instance_uid).where(
+        and_(
+            or_(*grantee),
+            AccessGrant.revoked_at.is_(None),
+            or_(AccessGrant.expires_at.is_(None), AccessGrant.expires_at > now),
+        )
+    )
+
+
+def scope_for(session: Session, principal: Principal) -> Scope:
+    """Decide what the principal may see.
+
+    - system: everything (workers, CLI import on behalf of an institution);
+    - patient link: its one study;
+    - admin: its institution's subtree; everyone else (users and AEs): its own institution;
+    - plus studies granted to the institution (AE or user) or to the user personally.
+    """
+    if principal.kind == "system":
+        return Scope(all_institutions=True)
+    if principal.kind == "patient":
+        return Scope(only_study_uid=principal.study_uid or "")
+    if principal.institution_id is None:
+        return Scope()
+    if principal.is_admin:
+        own = frozenset(subtree_ids(session, principal.institution_id))
+    else:
+        own = frozenset({principal.institution_id})
+    return Scope(institution_ids=own, granted=_granted_study_uids(principal))
+
+
+def can_see_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> bool:
+    scope = scope_for(session, principal)
+    if scope.only_study_uid is not None:
+        return study_uid == scope.only_study_uid
+    if scope.all_institutions or institution_id in scope.institution_ids:
+        return True
+    if scope.granted is None:
+        return False
+    granted = session.execute(scope.granted.where(AccessGrant.study_instance_uid == study_uid)).first()
+    return granted is not None
+
+
+def require_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> None:
+    if not can_see_study(session, principal, institution_id=institution_id, study_uid=study_uid):
+        raise NotPermitted("this study is not shared with you / 无权查看该检查")

@@ -1,0 +1,28 @@
+"""Alembic environment. Migrations run from code (storage.db.Database.upgrade) and from
+`lancang db upgrade`; the metadata comes from every domain through lancang.models."""
+
+from alembic import context
+from sqlalchemy import pool
+
+from lancang.models import metadata
+from storage.db import make_engine
+
+config = context.config
+
+
+def run_migrations() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()

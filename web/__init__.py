@@ -1,0 +1,1 @@
+"""The HTTP application: identity, pages, APIs."""

@@ -1,0 +1,37 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from lancang.runtime import bootstrap
+from lancang.settings import Settings, get_settings
+from web import errors, pages, routes
+
+HERE = Path(__file__).parent
+log = logging.getLogger("lancang.web")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.runtime = bootstrap(settings, component="web")
+        log.info("web.start.ok url=%s", settings.effective_public_url)
+        yield
+
+    app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
+                  description="Regional imaging cloud and teleconsultation platform.")
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    errors.install(app)
+    app.include_router(routes.router)
+    app.include_router(pages.router)
+    return app

@@ -1,0 +1,71 @@
+"""Pages for people: sign in and out, and the home page of each role."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from storage import audit
+from storage.errors import NotAuthenticated
+from web import service
+from web.deps import SESSION_COOKIE, DbSession, OptionalUser, RuntimeDep, client_address
+from web.ratelimit import RateLimiter
+
+router = APIRouter(include_in_schema=False)
+login_limiter = RateLimiter(limit=10, per_seconds=60)
+
+
+def _render(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/"):
+    return _render(request, "login.html", next=_safe_next(next), error=None)
+
+
+def _safe_next(target: str) -> str:
+    # Only same-site paths: never redirect a signed-in user to another host.
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, session: DbSession, runtime: RuntimeDep,
+          username: str = Form(""), password: str = Form(""), next: str = Form("/")):
+    source = client_address(request)
+    login_limiter.hit(source)
+    try:
+        user = service.authenticate(session=session, username=username.strip(), password=password)
+    except NotAuthenticated as exc:
+        audit.record(runtime.db, principal=None, actor=username[:64] or "anonymous", action="auth.login",
+                     outcome="denied", source=source)
+        return _render(request, "login.html", status=401, next=_safe_next(next), error=exc.detail,
+                       username=username)
+    settings = runtime.settings
+    secret, _ = service.issue_token(session=session, user=user, kind="session",
+                                    days=settings.session_max_age_s / 86400, label="browser")
+    audit.append(session, principal=service.principal_for(user), action="auth.login", source=source)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, secret, max_age=settings.session_max_age_s, httponly=True,
+                        samesite="lax", secure=settings.effective_public_url.startswith("https"))
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: DbSession):
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        try:
+            service.revoke_token(session=session, secret=cookie)
+        except Exception:  # an unknown cookie is already as good as logged out
+            pass
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, user: OptionalUser):
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    return _render(request, "home.html", user=user)

@@ -1,0 +1,144 @@
+"""Identity: users, argon2 passwords, bearer tokens and browser sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.access import Principal
+from storage.errors import Conflict, Invalid, NotAuthenticated, NotFound
+from storage.models import ROLES, ApiToken, Institution, User
+from storage.service import get_institution
+from storage.types import utcnow
+
+_hasher = PasswordHasher()
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+# A fixed hash to verify against when the user does not exist, so that timing does not
+# tell an attacker which usernames are real.
+_DUMMY_HASH = _hasher.hash("lancang-dummy-password")
+MIN_PASSWORD = 8
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_user(*, session: Session, username: str, role: str, institution_code: str,
+             password: str, display_name: str = "") -> User:
+    """Adds a user; the password is stored as an argon2 hash."""
+    if not _USERNAME.match(username):
+        raise Invalid("username must be 2-64 lower-case letters, digits, '.', '_' or '-'")
+    if role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"password must have at least {MIN_PASSWORD} characters")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise Conflict(f"user {username!r} already exists")
+    institution = get_institution(session=session, code=institution_code)
+    user = User(username=username, role=role, institution_id=institution.id,
+                display_name=display_name or username, password_hash=_hasher.hash(password), active=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(*, session: Session, username: str) -> User:
+    """Gets a user by username or raises NotFound."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"unknown user {username!r}")
+    return user
+
+
+def list_users(*, session: Session) -> list[User]:
+    """Lists users by institution then name."""
+    return list(session.scalars(select(User).join(Institution).order_by(Institution.code, User.username)))
+
+
+def set_user_active(*, session: Session, username: str, active: bool) -> User:
+    """Disables a user; their sessions and tokens stop working at once."""
+    user = get_user(session=session, username=username)
+    user.active = active
+    return user
+
+
+def authenticate(*, session: Session, username: str, password: str) -> User:
+    """The active user with this password, or NotAuthenticated (same answer for every failure)."""
+    user = session.scalar(select(User).where(User.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        user = None
+    if user is None or not user.active or not user.institution.active:
+        raise NotAuthenticated("wrong username or password / 用户名或密码错误")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    return user
+
+
+def issue_token(*, session: Session, user: User, kind: str = "api", days: float = 90,
+                label: str = "") -> tuple[str, ApiToken]:
+    """Creates a random token (256 bits); only its hash is stored. Returns (secret, row)."""
+    secret = ("lct_" if kind == "api" else "lcs_") + secrets.token_urlsafe(32)
+    row = ApiToken(user_id=user.id, kind=kind, token_hash=hash_token(secret), label=label,
+                   expires_at=utcnow() + timedelta(days=days))
+    session.add(row)
+    session.flush()
+    return secret, row
+
+
+def list_tokens(*, session: Session, username: str | None = None) -> list[ApiToken]:
+    """Lists API tokens (not browser sessions), newest first."""
+    query = select(ApiToken).where(ApiToken.kind == "api").order_by(ApiToken.id.desc())
+    if username:
+        query = query.join(User).where(User.username == username)
+    return list(session.scalars(query))
+
+
+def revoke_token(*, session: Session, token_id: int | None = None, secret: str | None = None) -> ApiToken:
+    """Revokes a token by id or by its secret."""
+    if secret is not None:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    else:
+        row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound("unknown token")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def user_for_token(*, session: Session, secret: str, kind: str | None = None) -> User:
+    """The user behind a valid, unexpired, unrevoked token, or NotAuthenticated."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    now = utcnow()
+    if row is None or (kind and row.kind != kind):
+        raise NotAuthenticated("invalid credentials / 登录凭据无效")
+    if row.revoked_at is not None:
+        raise NotAuthenticated("this token has been revoked / 凭据已撤销")
+    if row.expires_at <= now:
+        raise NotAuthenticated("this token has expired / 凭据已过期，请重新登录")
+    user = row.user
+    if not user.active or not user.institution.active:
+        raise NotAuthenticated("this account is disabled / 账户已停用")
+    _touch(row, now)
+    return user
+
+
+def _touch(row: ApiToken, now: datetime) -> None:
+    # Written at most once a minute: a token used by every request must not turn every
+    # read into a write.
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+        row.last_used_at = now
+
+
+def principal_for(user: User) -> Principal:
+    return Principal(kind="user", name=user.username, institution_id=user.institution_id,
+                     institution_code=user.institution.code, role=user.role, user_id=user.id)

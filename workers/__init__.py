@@ -1,0 +1,1 @@
+"""The Celery app and thin tasks that call domain services."""

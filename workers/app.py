@@ -1,0 +1,59 @@
+"""The Celery application: Redis in production and tests, a filesystem broker embedded."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from lancang.settings import Settings
+
+QUEUES = ("derive", "render", "notify", "maintenance")
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("lancang", broker=settings.effective_broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="derive",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="Asia/Shanghai",
+        enable_utc=True,
+    )
+    if settings.effective_broker_url.startswith("filesystem"):
+        folder = settings.broker_dir / "queue"
+        folder.mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "store_processed": False,
+        }
+        # The file transport has no broadcast exchange; remote control is not needed embedded.
+        app.conf.worker_enable_remote_control = False
+    app.conf.lancang_settings = settings
+    return app
+
+
+def check_broker(app: Celery) -> None:
+    """Raise if the broker cannot be reached within a couple of seconds."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        if app.conf.broker_url.startswith("filesystem"):
+            folder = app.conf.broker_transport_options["data_folder_out"]
+            probe = f"{folder}/.health"
+            with open(probe, "w") as handle:
+                handle.write("ok")
+
+
+def dispatcher_for(app: Celery):
+    def dispatch(name: str, args: tuple, queue: str, options: dict) -> None:
+        app.send_task(name, args=list(args), queue=queue, **options)
+
+    return dispatch

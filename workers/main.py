@@ -1,0 +1,16 @@
+"""Running a worker process (`lancang worker`, also started by `lancang serve`)."""
+
+from __future__ import annotations
+
+from lancang.settings import Settings
+from workers.app import QUEUES, make_celery
+
+
+def run_worker(settings: Settings, *, concurrency: int = 2, queues: str = ",".join(QUEUES)) -> None:
+    app = make_celery(settings)
+    pool = "solo" if concurrency <= 1 else "prefork"
+    argv = ["worker", f"--pool={pool}", f"--queues={queues}", f"--loglevel={settings.log_level}",
+            "--without-mingle", "--without-gossip", "--hostname=lancang@%h"]
+    if pool == "prefork":
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main(argv)
