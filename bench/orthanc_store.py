@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--associations", default="1,4",
                         help="comma-separated association counts, one fresh Orthanc each")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per association count (each on a fresh Orthanc)")
     parser.add_argument("--workdir", type=Path, help="keep Orthanc state here (default: temp)")
     return parser.parse_args(argv)
 
@@ -56,16 +59,28 @@ def run_orthanc(workdir: Path, files: list[Path], associations: int) -> peers.St
     return rate
 
 
+def measure(keep: Path | None, name: str, files: list[Path], associations: int) -> peers.StoreRate:
+    """One run, in keep/name if given, else in a scratch folder removed afterwards."""
+    if keep is not None:
+        return run_orthanc(keep / name, files, associations)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
+        return run_orthanc(Path(scratch), files, associations)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     peers.ensure_private_netns()
     files = prepare_data(args.data, args.count, args.seed)
     counts = [int(n) for n in args.associations.split(",")]
-    with tempfile.TemporaryDirectory(prefix="bench-orthanc-") as scratch:
-        root = args.workdir or Path(scratch)
-        for n in counts:
-            rate = run_orthanc(root / f"orthanc-{n}assoc", files, n)
-            print(f"Orthanc, {n} association(s): {rate}")
+    for n in counts:
+        rates = []
+        for run in range(args.repeat):
+            rates.append(measure(args.workdir, f"orthanc-{n}assoc-{run}", files, n))
+            print(f"Orthanc, {n} association(s): {rates[-1]}")
+        if args.repeat > 1:
+            print(f"Orthanc, {n} association(s): median "
+                  f"{statistics.median(r.instances_per_s for r in rates):.0f} instances/s, "
+                  f"{statistics.median(r.mb_per_s for r in rates):.0f} MB/s")
     return 0
 
 

@@ -248,19 +248,30 @@ def storescu(host: str, port: int, called_aet: str,
     chunks = split_chunks(files, associations)
     with tempfile.TemporaryDirectory(prefix="storescu-") as logdir:
         logs = [open(Path(logdir) / f"{i}.log", "w+b") for i in range(len(chunks))]
+        procs: list[subprocess.Popen] = []
         try:
             started = time.perf_counter()
-            procs = [subprocess.Popen(storescu_command(host, port, called_aet, chunk, calling_aet),
-                                      env=nodelay_env(), stdin=subprocess.DEVNULL,
-                                      stdout=log, stderr=subprocess.STDOUT)
-                     for chunk, log in zip(chunks, logs)]
+            for chunk, log in zip(chunks, logs):
+                procs.append(subprocess.Popen(
+                    storescu_command(host, port, called_aet, chunk, calling_aet),
+                    env=nodelay_env(), stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT))
             codes = [proc.wait() for proc in procs]
             seconds = time.perf_counter() - started
             _check_storescu(codes, logs)
         finally:
+            _kill_leftovers(procs)
             for log in logs:
                 log.close()
     return seconds, len(files)
+
+
+def _kill_leftovers(procs: list[subprocess.Popen]) -> None:
+    """After an interruption: end the storescu processes we started, by PID."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _check_storescu(codes: list[int], logs: list) -> None:

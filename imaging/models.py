@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.db import Base
@@ -92,8 +92,9 @@ class Instance(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
     number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
-    # DICOM JSON model (PS3.18 F.2) without bulk data, for metadata and include fields.
-    dicom_json: Mapped[dict] = mapped_column(JSON)
+    # DICOM JSON model (PS3.18 F.2) as text, bulk data replaced by BulkDataURIs relative to
+    # the instance (see imaging.dataset.INSTANCE_PREFIX); served without re-parsing.
+    dicom_json: Mapped[str] = mapped_column(Text)
     received_from: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,21 +1,506 @@
-"""The DICOM receiver process (placeholder replaced by the full SCP below in issue 3)."""
+"""The DICOM receiver: Storage SCP, Query/Retrieve SCP (C-FIND, C-GET, C-MOVE), Verification.
+
+- Associations are accepted only from calling AE titles registered with `lancang ae add`
+  (enabled, institution active) and only when called with our AE title; rejections are audited.
+- TCP_NODELAY is set on every accepted and every outgoing socket: pynetdicom leaves Nagle
+  on, and each DIMSE message would wait ~40 ms for a delayed ACK.
+- With LANCANG_DICOM_PROCESSES > 1 an acceptor process hands each new connection (the file
+  descriptor, over a Unix socket) to the worker process with the fewest open associations:
+  one Python process is held to one core by the GIL.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
-from lancang.runtime import bootstrap
+from imaging import handlers, query
+from imaging.dataset import InvalidInstance
+from imaging.service import Ingestor, IngestResult
 from lancang.settings import Settings
+from storage import access, audit
+from storage.access import Principal
+from storage.errors import DomainError, Unavailable
+from storage.service import find_enabled_node
 
 log = logging.getLogger("lancang.dicom")
 
+REGISTRY_TTL_S = 2.0
+NO_AE = "\x00no-registered-ae"  # matches no calling AE: an empty list would mean "accept all"
+UTF8 = "ISO_IR 192"
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket (tests may use others)
+        pass
+
+
+def _nodelay_on_open(event) -> None:
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        set_nodelay(sock)
+
+
+class NodelayServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on accepted sockets."""
+
+    def get_request(self):
+        client, address = super().get_request()
+        set_nodelay(client)
+        return client, address
+
+
+@dataclass
+class _AssociationLog:
+    """What one association did, audited as one record when it closes."""
+
+    calling: str
+    source: str
+    stored: int = 0
+    already: int = 0
+    replaced: int = 0
+    failed: int = 0
+    studies: set = field(default_factory=set)
+    failures: list = field(default_factory=list)
+
+
+class Receiver:
+    """The DICOM application behind the handlers: registry, ingest, query, retrieve, audit."""
+
+    def __init__(self, runtime, *, on_committed=None):
+        self.runtime = runtime
+        self.settings: Settings = runtime.settings
+        self.db = runtime.db
+        self.objects = runtime.store
+        self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed)
+        self._nodes: dict[str, tuple[float, Principal | None]] = {}
+        self._titles: tuple[float, list[str]] = (0.0, [])
+        self._lock = threading.Lock()
+        self._logs: dict[int, _AssociationLog] = {}
+
+    # -- registry -----------------------------------------------------------------------
+
+    def registered_titles(self) -> list[str]:
+        """Calling AE titles allowed right now (cached for a couple of seconds)."""
+        now = time.monotonic()
+        stamp, titles = self._titles
+        if now - stamp < REGISTRY_TTL_S:
+            return titles
+        from sqlalchemy import select
+
+        from storage.models import DicomNode, Institution
+
+        with self.db.scope(readonly=True) as session:
+            titles = list(session.scalars(
+                select(DicomNode.ae_title).join(Institution)
+                .where(DicomNode.enabled.is_(True), Institution.active.is_(True))))
+        titles = titles or [NO_AE]
+        self._titles = (now, titles)
+        return titles
+
+    def principal(self, ae_title: str) -> Principal | None:
+        title = ae_title.strip()
+        now = time.monotonic()
+        cached = self._nodes.get(title)
+        if cached and now - cached[0] < REGISTRY_TTL_S:
+            return cached[1]
+        with self.db.scope(readonly=True) as session:
+            node = find_enabled_node(session=session, ae_title=title)
+            found = None if node is None else Principal(
+                kind="ae", name=title, institution_id=node.institution_id,
+                institution_code=node.institution.code)
+        self._nodes[title] = (now, found)
+        return found
+
+    def _assoc_log(self, assoc) -> _AssociationLog:
+        key = id(assoc)
+        with self._lock:
+            entry = self._logs.get(key)
+            if entry is None:
+                entry = self._logs[key] = _AssociationLog(
+                    calling=assoc.requestor.ae_title.strip(), source=_address(assoc))
+            return entry
+
+    # -- C-STORE ------------------------------------------------------------------------
+
+    def store(self, event):
+        calling = event.assoc.requestor.ae_title.strip()
+        entry = self._assoc_log(event.assoc)
+        principal = self.principal(calling)
+        if principal is None:
+            return _status(0x0124, f"calling AE {calling} is not registered or disabled")
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:
+            entry.failed += 1
+            return _status(0xC210, f"cannot decode the data set: {exc}"[:64])
+        try:
+            result = self.ingestor.ingest(data, ds=ds, institution_id=principal.institution_id,
+                                          source=calling, expected_sop_class=event.context.abstract_syntax)
+        except InvalidInstance as exc:
+            return self._store_failed(entry, exc.status, exc.reason)
+        except (Unavailable, SQLAlchemyError, OSError) as exc:
+            log.error("dicom.store.unavailable calling=%s error=%s", calling, exc)
+            return self._store_failed(entry, 0xA700, f"out of resources: {_short(exc)}")
+        except DomainError as exc:
+            return self._store_failed(entry, 0xA900, exc.detail)
+        except Exception as exc:  # never let one bad instance take the association down
+            log.exception("dicom.store.error calling=%s", calling)
+            return self._store_failed(entry, 0xC211, f"cannot understand: {_short(exc)}")
+        setattr(entry, result.outcome, getattr(entry, result.outcome) + 1)
+        entry.studies.add(result.study_instance_uid)
+        return 0x0000
+
+    @staticmethod
+    def _store_failed(entry: _AssociationLog, status: int, reason: str):
+        entry.failed += 1
+        if len(entry.failures) < 20:
+            entry.failures.append(f"{status:04X} {reason}")
+        log.warning("dicom.store.failed calling=%s status=0x%04X reason=%s", entry.calling, status, reason)
+        return _status(status, reason)
+
+    # -- C-FIND -------------------------------------------------------------------------
+
+    def find(self, event):
+        calling = event.assoc.requestor.ae_title.strip()
+        principal = self.principal(calling)
+        if principal is None:
+            yield _status(0x0124, "calling AE is not registered"), None
+            return
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+        if level not in query.LEVELS:
+            yield _status(0xC000, f"unsupported QueryRetrieveLevel {level!r}"), None
+            return
+        keys = identifier_keys(identifier)
+        try:
+            with self.db.scope(readonly=True) as session:
+                scope = access.scope_for(session, principal)
+                rows = query.run(session, scope, query.Query(level=level, keys=keys))
+                answers = [answer_dataset(level, keys, row, identifier) for row in rows]
+        except DomainError as exc:
+            yield _status(0xA900, exc.detail), None
+            return
+        except SQLAlchemyError as exc:
+            yield _status(0xA700, f"out of resources: {_short(exc)}"), None
+            return
+        self._audit(principal, event, "dicom.find", level, keys, len(answers))
+        for answer in answers:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, answer
+
+    # -- C-GET / C-MOVE -----------------------------------------------------------------
+
+    def _instances_for(self, principal: Principal, identifier: Dataset):
+        keys = {k: v for k, v in identifier_keys(identifier).items()
+                if k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+        if not any(keys.values()):
+            raise DomainError("a retrieve needs at least one unique key (UID or PatientID)")
+        keys.setdefault("SOPInstanceUID", "")
+        with self.db.scope(readonly=True) as session:
+            scope = access.scope_for(session, principal)
+            rows = query.run(session, scope, query.Query(level="IMAGE", keys=keys))
+            return [(r["_entities"]["Instance"].object_key, r["_entities"]["Instance"].sop_instance_uid)
+                    for r in rows]
+
+    def _load(self, key: str) -> Dataset:
+        return dcmread(io.BytesIO(self.objects.get(key)))
+
+    def get(self, event):
+        calling = event.assoc.requestor.ae_title.strip()
+        principal = self.principal(calling)
+        if principal is None:
+            yield 0
+            return
+        try:
+            instances = self._instances_for(principal, event.identifier)
+        except DomainError as exc:
+            log.warning("dicom.get.refused calling=%s reason=%s", calling, exc.detail)
+            yield 0
+            return
+        self._audit(principal, event, "dicom.get", str(event.identifier.get("QueryRetrieveLevel", "")),
+                    identifier_keys(event.identifier), len(instances))
+        yield len(instances)
+        for key, _uid in instances:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield from self._sub_operation(key)
+
+    def _sub_operation(self, key: str):
+        try:
+            yield 0xFF00, self._load(key)
+        except Exception as exc:
+            log.error("dicom.retrieve.load_failed key=%s error=%s", key, exc)
+            yield 0xA701, None
+
+    def move(self, event):
+        calling = event.assoc.requestor.ae_title.strip()
+        principal = self.principal(calling)
+        destination = event.move_destination.decode() if isinstance(event.move_destination, bytes) \
+            else str(event.move_destination)
+        node = self._destination(principal, destination.strip())
+        if principal is None or node is None:
+            yield None, None
+            return
+        try:
+            instances = self._instances_for(principal, event.identifier)
+        except DomainError as exc:
+            log.warning("dicom.move.refused calling=%s reason=%s", calling, exc.detail)
+            yield node[0], node[1], {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
+            yield 0
+            return
+        self._audit(principal, event, "dicom.move", str(event.identifier.get("QueryRetrieveLevel", "")),
+                    {**identifier_keys(event.identifier), "MoveDestination": destination}, len(instances))
+        yield node[0], node[1], {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
+        yield len(instances)
+        for key, _uid in instances:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield from self._sub_operation(key)
+
+    def _destination(self, principal: Principal | None, title: str) -> tuple[str, int] | None:
+        """A C-MOVE destination: registered, with host/port, of the caller's own institution."""
+        if principal is None:
+            return None
+        with self.db.scope(readonly=True) as session:
+            node = find_enabled_node(session=session, ae_title=title)
+            if node is None or not node.host or not node.port:
+                log.warning("dicom.move.unknown_destination destination=%s", title)
+                return None
+            if node.institution_id != principal.institution_id:
+                log.warning("dicom.move.foreign_destination destination=%s", title)
+                return None
+            return node.host, node.port
+
+    # -- audit --------------------------------------------------------------------------
+
+    def _audit(self, principal: Principal, event, action: str, level: str, keys: dict, count: int) -> None:
+        shown = {k: v for k, v in keys.items() if v}
+        audit.record(self.db, principal=principal, action=action, object_type=level.lower() or "query",
+                     object_id=json.dumps(shown, ensure_ascii=False)[:1000], source=_address(event.assoc),
+                     detail={"matches": count})
+
+    def association_rejected(self, event) -> None:
+        calling = event.assoc.requestor.ae_title.strip()
+        called = event.assoc.acceptor.ae_title.strip() if event.assoc.acceptor.ae_title else ""
+        log.warning("dicom.association.rejected calling=%s source=%s", calling, _address(event.assoc))
+        audit.record(self.db, principal=None, actor=f"ae:{calling}", action="dicom.associate",
+                     outcome="denied", source=_address(event.assoc),
+                     detail={"calling_ae": calling, "called_ae": called,
+                             "reason": "calling AE not registered/enabled or wrong called AE"})
+
+    def association_closed(self, event) -> None:
+        with self._lock:
+            entry = self._logs.pop(id(event.assoc), None)
+        if entry is None or not (entry.stored or entry.already or entry.replaced or entry.failed):
+            return
+        principal = self.principal(entry.calling)
+        try:
+            audit.record(self.db, principal=principal, actor=f"ae:{entry.calling}", action="dicom.store",
+                         object_type="study", object_id=",".join(sorted(entry.studies))[:4000],
+                         source=entry.source, outcome="ok" if not entry.failed else "failed",
+                         detail={"stored": entry.stored, "already": entry.already, "replaced": entry.replaced,
+                                 "failed": entry.failed, "failures": entry.failures})
+        except Exception:  # the database may be the reason this association failed
+            log.exception("dicom.store.audit_failed calling=%s", entry.calling)
+
+
+def _address(assoc) -> str:
+    try:
+        return f"{assoc.requestor.address}:{assoc.requestor.port}"
+    except Exception:
+        return ""
+
+
+def _short(exc: Exception) -> str:
+    return (getattr(exc, "detail", None) or type(exc).__name__)[:60]
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    # ErrorComment is LO: at most 64 characters of the default repertoire.
+    status.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return status
+
+
+# -- identifiers ------------------------------------------------------------------------
+
+
+def identifier_keys(identifier: Dataset) -> dict[str, str]:
+    """The matching keys of an identifier as {keyword: value string}; sequences return empty."""
+    keys: dict[str, str] = {}
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if element.VR == "SQ":
+            keys[keyword] = ""
+            continue
+        value = element.value
+        if value is None:
+            keys[keyword] = ""
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            keys[keyword] = "\\".join(str(v) for v in value)
+        else:
+            keys[keyword] = str(value)
+    return keys
+
+
+def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Dataset) -> Dataset:
+    """A C-FIND response identifier carrying every requested key."""
+    answer = Dataset()
+    answer.SpecificCharacterSet = UTF8
+    answer.QueryRetrieveLevel = level
+    stored = None
+    for keyword in keys:
+        element = identifier[keyword]
+        if element.VR == "SQ":
+            setattr(answer, keyword, [])
+            continue
+        if keyword in row:
+            value = row[keyword]
+            setattr(answer, keyword, "" if value is None else (str(value) if element.VR in ("IS", "DS") else value))
+            continue
+        if level == "IMAGE":  # not indexed: from the stored DICOM JSON of the instance
+            if stored is None:
+                stored = json.loads(row["_entities"]["Instance"].dicom_json or "{}")
+            item = stored.get(f"{element.tag:08X}")
+            if item and "BulkDataURI" not in item and "InlineBinary" not in item:
+                try:
+                    answer.update(Dataset.from_json({f"{element.tag:08X}": item}))
+                    continue
+                except Exception:
+                    pass
+        setattr(answer, keyword, None)
+    return answer
+
+
+# -- application entity -----------------------------------------------------------------
+
+
+class RegistryAE(AE):
+    """An AE whose accepted calling AE titles are the live registry, not a fixed list."""
+
+    def __init__(self, receiver: Receiver, ae_title: str):
+        super().__init__(ae_title=ae_title)
+        self._receiver = receiver
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        return self._receiver.registered_titles()
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, value) -> None:  # the registry decides; ignore assignments
+        pass
+
+
+QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+QR_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+               PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+
+
+def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | None = None) -> RegistryAE:
+    ae = RegistryAE(receiver, settings.dicom_ae_title)
+    ae.require_called_aet = True
+    ae.maximum_associations = max_associations or settings.dicom_max_associations
+    ae.acse_timeout = settings.dicom_acse_timeout
+    ae.dimse_timeout = settings.dicom_dimse_timeout
+    ae.network_timeout = settings.dicom_network_timeout
+    # Large PDUs: a 512 KB CT slice in one P-DATA instead of 32, far less per-PDU overhead.
+    ae.maximum_pdu_size = 4 * 1024 * 1024
+    ae.add_supported_context(Verification)
+    for context in StoragePresentationContexts:
+        # SCP role for C-STORE; SCU role too so C-GET can send instances back on the association.
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in QR_FIND + QR_RETRIEVE:
+        ae.add_supported_context(sop_class)
+    return ae
+
+
+def event_handlers(receiver: Receiver) -> list:
+    return [
+        (evt.EVT_C_ECHO, handlers.on_c_echo, [receiver]),
+        (evt.EVT_C_STORE, handlers.on_c_store, [receiver]),
+        (evt.EVT_C_FIND, handlers.on_c_find, [receiver]),
+        (evt.EVT_C_GET, handlers.on_c_get, [receiver]),
+        (evt.EVT_C_MOVE, handlers.on_c_move, [receiver]),
+        (evt.EVT_REJECTED, handlers.on_rejected, [receiver]),
+        (evt.EVT_CONN_CLOSE, handlers.on_closed, [receiver]),
+    ]
+
+
+def start_server(receiver: Receiver, settings: Settings, *, host: str | None = None, port: int | None = None,
+                 max_associations: int | None = None) -> NodelayServer:
+    """Start a non-blocking threaded server (used by tests and the single-process receiver)."""
+    ae = build_ae(receiver, settings, max_associations=max_associations)
+    address = (host or settings.bind_host, settings.dicom_port if port is None else port)
+    server = ae.make_server(address, evt_handlers=event_handlers(receiver), server_class=NodelayServer)
+    thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
+
 
 def run_receiver(settings: Settings) -> None:
+    """`lancang dicom`: serve until SIGTERM/SIGINT."""
+    from imaging.announce import SeriesAnnouncer
+    from lancang.runtime import bootstrap
+
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    processes = settings.dicom_processes or min(os.cpu_count() or 1, 4)
+    if processes > 1:
+        from imaging.multiproc import run_acceptor
+
+        run_acceptor(settings, processes)
+        return
     runtime = bootstrap(settings, component="dicom")
-    ae = AE(ae_title=settings.dicom_ae_title)
-    ae.add_supported_context(Verification)
-    ae.start_server((settings.bind_host, settings.dicom_port), block=True,
-                    evt_handlers=[(evt.EVT_C_ECHO, lambda event: 0x0000)])
+    announcer = SeriesAnnouncer(runtime.db)
+    receiver = Receiver(runtime, on_committed=announcer.note)
+    server = start_server(receiver, settings)
+    log.info("dicom.start.ok ae=%s address=%s:%s", settings.dicom_ae_title, *server.server_address)
+    _wait_for_signal()
+    server.shutdown()
+    announcer.stop()
+    receiver.ingestor.close()
+
+
+def _wait_for_signal() -> None:
+    import signal
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass

@@ -1,7 +1,8 @@
 """Real servers for tests: PostgreSQL, Redis and an S3 store (SeaweedFS).
 
 Each class starts one server on 127.0.0.1 on free ports, waits until it really
-answers, and stops only the process it started, by PID (SIGTERM, then SIGKILL).
+answers, and stops only the process it started, by PID (a shutdown signal,
+then SIGKILL).
 Everything a server writes lives in one temporary directory.
 
 Life cycle, the same for all three:
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -57,11 +57,12 @@ def find_binary(name: str, extra_dirs: list[str] | tuple[str, ...] = ()) -> str:
     found = shutil.which(name)
     if found:
         return found
-    for directory in [str(Path(sys.executable).parent), *extra_dirs]:
+    dirs = [str(Path(sys.executable).parent), *extra_dirs]
+    for directory in dirs:
         candidate = Path(directory) / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise BinaryNotFound(f"{name!r} not found on PATH or in {[str(Path(sys.executable).parent), *extra_dirs]}")
+    raise BinaryNotFound(f"{name!r} not found on PATH or in {dirs}")
 
 
 def postgres_bin_dirs() -> list[str]:
@@ -303,15 +304,20 @@ class PostgresServer(_Server):
             f"-c listen_addresses={self.host} -p {self.port} -k {self.socket_dir}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        _run(
-            self._as_postgres(
-                [self.pg_ctl, "-D", str(self.data_dir), "-l", str(self.log_path),
-                 "-w", "-t", str(int(START_TIMEOUT)), "-o", options, "start"]
-            ),
-            "pg_ctl start", self.log_path, cwd=self.tmp_dir,
-        )
-        # First line of postmaster.pid is the postmaster's PID: the one we stop.
-        self.pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        try:
+            _run(
+                self._as_postgres(
+                    [self.pg_ctl, "-D", str(self.data_dir), "-l", str(self.log_path),
+                     "-w", "-t", str(int(START_TIMEOUT)), "-o", options, "start"]
+                ),
+                "pg_ctl start", self.log_path, cwd=self.tmp_dir,
+            )
+        finally:
+            # Even when pg_ctl gave up waiting, a postmaster may be running:
+            # remember its PID (first line of postmaster.pid) so close() stops it.
+            pid_file = self.data_dir / "postmaster.pid"
+            if pid_file.exists():
+                self.pid = int(pid_file.read_text().split()[0])
         wait_until(self._answers, "PostgreSQL", self.log_path)
         if first_start:
             self.create_database(self.dbname)
@@ -402,15 +408,17 @@ class RedisServer(_Server):
             self.tmp_dir = Path(tempfile.mkdtemp(prefix="lancang-redis-"))
             self.port = free_port()
         # Not --daemonize: then the PID we hold is the server itself.
+        # --logfile "" logs to stdout, so config errors and the log share a file.
         cmd = [
             self.binary, "--bind", self.host, "--port", str(self.port),
             "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", str(self.tmp_dir), "--logfile", str(self.log_path),
+            "--dir", str(self.tmp_dir), "--logfile", "",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd=self.tmp_dir,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=self.tmp_dir,
+            )
         self.startup_seconds = wait_until(self._answers, "Redis", self.log_path, self.proc)
         return self
 

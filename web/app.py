@@ -12,7 +12,9 @@ from fastapi.templating import Jinja2Templates
 
 from lancang.runtime import bootstrap
 from lancang.settings import Settings, get_settings
+from imaging.routes import build_router as imaging_router
 from web import errors, pages, routes
+from web.deps import current_principal, db_session
 
 HERE = Path(__file__).parent
 log = logging.getLogger("lancang.web")
@@ -34,4 +36,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(pages.router)
+    app.include_router(imaging_router(db_session, current_principal))
     return app

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 10:28:38.952841
+Create Date: 2026-11-22 10:38:46.771746
 """
 from alembic import op
 import sqlalchemy as sa
@@ -218,7 +218,7 @@ def upgrade() -> None:
     sa.Column('rows', sa.Integer(), nullable=True),
     sa.Column('columns', sa.Integer(), nullable=True),
     sa.Column('number_of_frames', sa.Integer(), nullable=False),
-    sa.Column('dicom_json', sa.JSON(), nullable=False),
+    sa.Column('dicom_json', sa.Text(), nullable=False),
     sa.Column('received_from', sa.String(length=64), nullable=False),
     sa.Column('created_at', storage.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', storage.types.UTCDateTime(timezone=True), nullable=False),

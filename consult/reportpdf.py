@@ -1,0 +1,361 @@
+"""Diagnostic report PDF (诊断报告) in Chinese with English labels.
+
+``build_report_pdf(ReportContent(...)) -> bytes`` makes an A4 PDF ready to be
+signed by :mod:`consult.signing` (reader first, then reviewer, each as an
+incremental update).
+
+Library choice: fpdf2.  It is pure Python, actively maintained, embeds and
+subsets OpenType fonts *with CFF outlines* through fontTools, so the Noto
+Sans CJK collection that Debian ships (fonts-noto-cjk, .ttc/CFF) works as is;
+reportlab's open-source edition only embeds TrueType-outline fonts (it would
+need fonts-wqy-zenhei), and pyHanko's own layout engine is meant for
+signature stamps, not multi-section documents (and needs uharfbuzz for CJK).
+fpdf2 writes a classic xref table which pyHanko's incremental writer handles.
+
+The font is looked up in ``LANCANG_REPORT_FONT`` (a .ttf/.otf/.ttc path),
+then in the usual Debian locations of Noto Sans CJK / WenQuanYi; without one
+:class:`ReportFontError` says which package to install.  The subset of the
+glyphs used is embedded, so the PDF renders anywhere.
+
+The QR code (segno) is drawn as vector rectangles, so it stays sharp at any
+zoom and scans reliably from print.  Its URL is also printed under it.
+
+Signature placeholders: the two dashed boxes "报告医师签名" and "审核医师签名"
+in the signature block are left empty.  The PAdES signatures added by
+consult.signing are invisible (no widget appearance): pyHanko's stock stamp
+uses a Latin-only font and a CJK stamp would need uharfbuzz; a visible
+appearance could be placed in those boxes later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import segno
+from fpdf import FPDF
+from fpdf.enums import XPos, YPos
+
+__all__ = [
+    "ReportContent",
+    "ReportFontError",
+    "build_report_pdf",
+    "find_cjk_font",
+]
+
+DEFAULT_FOOTER = (
+    "本报告已电子签名，扫描二维码或访问验证页核对真伪；仅供临床参考。"
+    " This report is digitally signed; scan the QR code to verify it."
+    " For clinical reference only."
+)
+
+
+@dataclass
+class ReportContent:
+    """Everything printed on a report.  Free text may be Chinese or English.
+
+    Dates may be ``date``/``datetime`` objects or preformatted strings.
+    ``read_at``/``reviewed_at`` may be None (e.g. the review is pending when
+    the reader signs); the authoritative signing times are in the signatures.
+    ``patient_sex`` codes M/F/O (DICOM) are shown as 男/女/其他.
+    """
+
+    institution: str
+    report_id: str
+    patient_name: str
+    patient_sex: str
+    patient_age: str
+    patient_id: str
+    modality: str
+    body_part: str
+    exam_date: date | datetime | str
+    accession_number: str
+    clinical_question: str
+    findings: str
+    impression: str
+    recommendation: str
+    reader_name: str
+    read_at: datetime | str | None
+    reviewer_name: str
+    reviewed_at: datetime | str | None
+    verify_url: str
+    department: str = ""
+    requesting_institution: str = ""
+    title: str = "影像诊断报告  Diagnostic Imaging Report"
+    footer: str = DEFAULT_FOOTER
+
+
+class ReportFontError(RuntimeError):
+    """No CJK font could be found to render the report."""
+
+
+_FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
+
+_SEX = {"M": "男 Male", "F": "女 Female", "O": "其他 Other"}
+
+# Layout, millimetres.
+_MARGIN = 16.0
+_PAGE_W = 210.0
+_PAGE_H = 297.0
+_CONTENT_W = _PAGE_W - 2 * _MARGIN
+_QR_SIZE = 30.0
+_SIG_BLOCK_H = 44.0
+
+
+def find_cjk_font() -> tuple[str, str | None, int]:
+    """Return (regular path, bold path or None, collection index)."""
+    env = os.environ.get("LANCANG_REPORT_FONT", "").strip()
+    candidates = ([env] if env else []) + list(_FONT_CANDIDATES)
+    for path in candidates:
+        if path and Path(path).is_file():
+            index = _simplified_chinese_index(path)
+            bold = path.replace("-Regular.", "-Bold.")
+            bold_path = bold if bold != path and Path(bold).is_file() else None
+            return path, bold_path, index
+    raise ReportFontError(
+        "no CJK font found for the report PDF: install the Debian package "
+        "fonts-noto-cjk (or fonts-wqy-zenhei), or set LANCANG_REPORT_FONT "
+        "to a .ttf/.otf/.ttc file"
+    )
+
+
+@lru_cache(maxsize=8)
+def _simplified_chinese_index(path: str) -> int:
+    """Index of the Simplified Chinese face in a .ttc (0 for single fonts)."""
+    if not path.lower().endswith((".ttc", ".otc")):
+        return 0
+    from fontTools.ttLib import TTCollection
+
+    collection = TTCollection(path, lazy=True)
+    try:
+        for i, font in enumerate(collection.fonts):
+            family = font["name"].getDebugName(1) or ""
+            if family.endswith(" SC"):
+                return i
+    finally:
+        collection.close()
+    return 0
+
+
+def _fmt_when(value: date | datetime | str | None, *, pending: str) -> str:
+    if value is None or value == "":
+        return pending
+    if isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%d %H:%M")
+        offset = value.utcoffset()
+        if offset is not None:
+            minutes = int(offset.total_seconds() // 60)
+            sign = "+" if minutes >= 0 else "-"
+            minutes = abs(minutes)
+            text += f" (UTC{sign}{minutes // 60:02d}:{minutes % 60:02d})"
+        return text
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+class _ReportPdf(FPDF):
+    def __init__(self, report: ReportContent, font: tuple[str, str | None, int]):
+        super().__init__(orientation="P", unit="mm", format="A4")
+        self.report = report
+        regular, bold, index = font
+        self.add_font("cjk", "", regular, collection_font_number=index)
+        if bold:
+            self.add_font("cjk", "B", bold, collection_font_number=index)
+        else:  # no bold face: fall back to the regular one
+            self.add_font("cjk", "B", regular, collection_font_number=index)
+        self.set_margins(_MARGIN, _MARGIN, _MARGIN)
+        self.set_auto_page_break(True, margin=22)
+        self.alias_nb_pages()
+
+    def footer(self) -> None:
+        self.set_y(-18)
+        self.set_draw_color(160, 160, 160)
+        self.line(_MARGIN, self.get_y(), _PAGE_W - _MARGIN, self.get_y())
+        self.ln(1.2)
+        self.set_font("cjk", "", 7)
+        self.set_text_color(90, 90, 90)
+        self.multi_cell(
+            _CONTENT_W - 22, 3.4, self.report.footer,
+            new_x=XPos.LMARGIN, new_y=YPos.NEXT,
+        )
+        self.set_xy(_PAGE_W - _MARGIN - 22, -16.8)
+        self.cell(22, 3.4, f"第 {self.page_no()}/{{nb}} 页", align="R")
+        self.set_text_color(0, 0, 0)
+
+
+def build_report_pdf(report: ReportContent) -> bytes:
+    """Render ``report`` to an A4 PDF and return its bytes."""
+    pdf = _ReportPdf(report, find_cjk_font())
+    pdf.set_title(f"{report.title} {report.report_id}")
+    pdf.set_author(report.institution)
+    pdf.set_subject(f"{report.modality} {report.body_part} {report.accession_number}")
+    pdf.set_creator("Lancang 澜沧")
+    pdf.set_lang("zh-CN")
+    pdf.add_page()
+
+    _header(pdf, report)
+    _info_table(pdf, "患者信息  Patient", [
+        ("姓名 Name", report.patient_name),
+        ("性别 Sex", _SEX.get(report.patient_sex.strip().upper(), report.patient_sex)),
+        ("年龄 Age", report.patient_age),
+        ("患者编号 Patient ID", report.patient_id),
+    ])
+    _info_table(pdf, "检查信息  Examination", [
+        ("检查类型 Modality", report.modality),
+        ("检查部位 Body part", report.body_part),
+        ("检查日期 Exam date", _fmt_when(report.exam_date, pending="—")),
+        ("检查号 Accession No.", report.accession_number),
+    ])
+    _section(pdf, "临床问题  Clinical question", report.clinical_question)
+    _section(pdf, "影像所见  Findings", report.findings)
+    _section(pdf, "诊断意见  Impression", report.impression)
+    _section(pdf, "建议  Recommendation", report.recommendation)
+    _signature_block(pdf, report)
+    return bytes(pdf.output())
+
+
+def _header(pdf: _ReportPdf, report: ReportContent) -> None:
+    pdf.set_font("cjk", "B", 16)
+    pdf.cell(_CONTENT_W, 8, report.institution, align="C",
+             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if report.department:
+        pdf.set_font("cjk", "", 10)
+        pdf.cell(_CONTENT_W, 5, report.department, align="C",
+                 new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(1)
+    pdf.set_font("cjk", "B", 13)
+    pdf.cell(_CONTENT_W, 7, report.title, align="C",
+             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("cjk", "", 8.5)
+    left = f"报告编号 Report No.: {report.report_id}"
+    right = (f"申请机构 Requested by: {report.requesting_institution}"
+             if report.requesting_institution else "")
+    pdf.cell(_CONTENT_W / 2, 5, left)
+    pdf.cell(_CONTENT_W / 2, 5, right, align="R",
+             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_line_width(0.5)
+    pdf.line(_MARGIN, pdf.get_y() + 0.5, _PAGE_W - _MARGIN, pdf.get_y() + 0.5)
+    pdf.set_line_width(0.2)
+    pdf.ln(3)
+
+
+def _section_title(pdf: _ReportPdf, title: str) -> None:
+    if pdf.will_page_break(16):
+        pdf.add_page()
+    pdf.set_font("cjk", "B", 10.5)
+    pdf.set_fill_color(235, 240, 246)
+    pdf.cell(_CONTENT_W, 6.5, " " + title, fill=True,
+             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(1)
+
+
+def _info_table(pdf: _ReportPdf, title: str, rows: list[tuple[str, str]]) -> None:
+    """Two label/value pairs per line."""
+    _section_title(pdf, title)
+    label_w, value_w = 32.0, _CONTENT_W / 2 - 32.0
+    for i in range(0, len(rows), 2):
+        for label, value in rows[i:i + 2]:
+            pdf.set_font("cjk", "", 8.5)
+            pdf.set_text_color(80, 80, 80)
+            pdf.cell(label_w, 6, label)
+            pdf.set_text_color(0, 0, 0)
+            pdf.set_font("cjk", "", 10.5)
+            pdf.cell(value_w, 6, str(value or "—"))
+        pdf.ln(6)
+    pdf.ln(2)
+
+
+def _section(pdf: _ReportPdf, title: str, text: str) -> None:
+    _section_title(pdf, title)
+    pdf.set_font("cjk", "", 10.5)
+    body = (text or "").strip() or "无 None"
+    pdf.set_x(_MARGIN + 2)
+    pdf.multi_cell(_CONTENT_W - 4, 5.8, body, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(3)
+
+
+def _signature_block(pdf: _ReportPdf, report: ReportContent) -> None:
+    """Reader/reviewer names and times, two empty signature boxes, the QR."""
+    if pdf.will_page_break(_SIG_BLOCK_H + 4):
+        pdf.add_page()
+    top = max(pdf.get_y() + 2, _PAGE_H - 22 - _SIG_BLOCK_H)
+    pdf.set_draw_color(0, 0, 0)
+    pdf.line(_MARGIN, top, _PAGE_W - _MARGIN, top)
+
+    col_w = (_CONTENT_W - _QR_SIZE - 6) / 2
+    people = [
+        ("报告医师 Reader", report.reader_name,
+         _fmt_when(report.read_at, pending="—"), "报告医师签名 Reader's signature"),
+        ("审核医师 Reviewer", report.reviewer_name,
+         _fmt_when(report.reviewed_at, pending="待审核 Pending review"),
+         "审核医师签名 Reviewer's signature"),
+    ]
+    for i, (label, name, when, box_label) in enumerate(people):
+        x = _MARGIN + i * col_w
+        pdf.set_xy(x, top + 2)
+        pdf.set_font("cjk", "", 8.5)
+        pdf.set_text_color(80, 80, 80)
+        pdf.cell(col_w - 4, 4.5, label, new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_text_color(0, 0, 0)
+        pdf.set_font("cjk", "B", 11)
+        pdf.cell(col_w - 4, 6, name or "—", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_font("cjk", "", 8.5)
+        pdf.cell(col_w - 4, 4.5, f"时间 Time: {when}", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        # empty placeholder box for a (future) visible signature appearance
+        box_y = pdf.get_y() + 1.5
+        box_w, box_h = col_w - 6, 17.0
+        pdf.set_draw_color(170, 170, 170)
+        pdf.set_dash_pattern(dash=1, gap=1)
+        pdf.rect(x, box_y, box_w, box_h)
+        pdf.set_dash_pattern()
+        pdf.set_draw_color(0, 0, 0)
+        pdf.set_xy(x + 1, box_y + 1)
+        pdf.set_font("cjk", "", 6.5)
+        pdf.set_text_color(150, 150, 150)
+        pdf.cell(box_w - 2, 3, box_label)
+        pdf.set_text_color(0, 0, 0)
+
+    qr_x = _PAGE_W - _MARGIN - _QR_SIZE
+    _draw_qr(pdf, report.verify_url, qr_x, top + 2, _QR_SIZE)
+    pdf.set_xy(qr_x - 14, top + 2 + _QR_SIZE + 0.5)
+    pdf.set_font("cjk", "", 6.5)
+    pdf.cell(_QR_SIZE + 14, 3, "扫码验证 Scan to verify", align="C",
+             new_x=XPos.LEFT, new_y=YPos.NEXT)
+    pdf.set_font("helvetica", "", 5.5)
+    pdf.set_x(_MARGIN)
+    pdf.cell(_CONTENT_W, 3, report.verify_url, align="R")
+
+
+def _draw_qr(pdf: FPDF, url: str, x: float, y: float, size: float) -> None:
+    """Draw the QR code as filled rectangles (one per horizontal run)."""
+    qr = segno.make(url, error="m", micro=False)
+    matrix = [list(row) for row in qr.matrix]
+    n = len(matrix)
+    quiet = 2  # modules of white border inside `size` (plus the page margin)
+    module = size / (n + 2 * quiet)
+    pdf.set_fill_color(255, 255, 255)
+    pdf.rect(x, y, size, size, style="F")
+    pdf.set_fill_color(0, 0, 0)
+    for r, row in enumerate(matrix):
+        c = 0
+        while c < n:
+            if row[c]:
+                start = c
+                while c < n and row[c]:
+                    c += 1
+                pdf.rect(x + (quiet + start) * module, y + (quiet + r) * module,
+                         (c - start) * module, module, style="F")
+            else:
+                c += 1
+    pdf.set_fill_color(255, 255, 255)

@@ -1,0 +1,164 @@
+"""What the index keeps of a DICOM dataset, and its DICOM JSON without bulk data.
+
+Character sets: pydicom decodes text with the dataset's Specific Character Set
+(GB18030, GBK, ISO_IR 192, ISO 2022 IR 58/87/149 and the rest it knows); the index keeps
+Unicode, so a 张秀英 sent in GB18030 is stored, matched and returned as 张秀英.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+# Bulk data URIs in stored JSON are relative to the instance's DICOMweb URL; readers
+# replace this marker with the real prefix (a string replace, no JSON parse).
+INSTANCE_PREFIX = "@@INSTANCE@@"
+BULK_THRESHOLD = 1024
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+class InvalidInstance(ValueError):
+    """The dataset cannot be indexed; `status` is the DICOM C-STORE failure status to return."""
+
+    def __init__(self, reason: str, status: int = 0xA900):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PersonNameGroups:
+    full: str
+    alphabetic: str
+    ideographic: str
+    phonetic: str
+
+
+@dataclass
+class IndexRecord:
+    """Attributes the index stores for one instance, grouped by level."""
+
+    patient_id: str
+    issuer: str
+    patient_name: PersonNameGroups
+    birth_date: str
+    sex: str
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician: str
+    institution_name: str
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part: str
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    number_of_frames: int
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value must not stop the instance being stored
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def person_name(value) -> PersonNameGroups:
+    """The three component groups of a PN, decoded; groups upper-cased for matching."""
+    if not value:
+        return PersonNameGroups("", "", "", "")
+    name = value if isinstance(value, PersonName) else PersonName(str(value))
+    return PersonNameGroups(
+        full=str(name)[:330],
+        alphabetic=(name.alphabetic or "").upper()[:110],
+        ideographic=(name.ideographic or "").upper()[:110],
+        phonetic=(name.phonetic or "").upper()[:110],
+    )
+
+
+def _checked_uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword, 100)
+    if not value:
+        raise InvalidInstance(f"missing {keyword}")
+    if len(value) > 64 or not all(part.isdigit() for part in value.split(".")):
+        raise InvalidInstance(f"{keyword} {value[:70]!r} is not a valid UID")
+    return value
+
+
+def extract(ds: Dataset) -> IndexRecord:
+    """Read the index attributes; raise InvalidInstance when required UIDs are missing."""
+    uids = {keyword: _checked_uid(ds, keyword) for keyword in REQUIRED_UIDS}
+    try:
+        name = person_name(ds.get("PatientName"))
+    except Exception:
+        name = PersonNameGroups("", "", "", "")
+    return IndexRecord(
+        patient_id=_text(ds, "PatientID", 64),
+        issuer=_text(ds, "IssuerOfPatientID", 64),
+        patient_name=name,
+        birth_date=_text(ds, "PatientBirthDate", 8),
+        sex=_text(ds, "PatientSex", 16),
+        study_uid=uids["StudyInstanceUID"],
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=_text(ds, "StudyTime", 16),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_id=_text(ds, "StudyID", 16),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=str(person_name(ds.get("ReferringPhysicianName")).full) if "ReferringPhysicianName" in ds else "",
+        institution_name=_text(ds, "InstitutionName"),
+        series_uid=uids["SeriesInstanceUID"],
+        modality=_text(ds, "Modality", 16).upper(),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part=_text(ds, "BodyPartExamined", 64),
+        sop_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        instance_number=_int(ds, "InstanceNumber"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=_int(ds, "NumberOfFrames") or 1,
+    )
+
+
+def _bulk_uri(element) -> str:
+    return f"{INSTANCE_PREFIX}/bulkdata/{element.tag:08X}"
+
+
+def dicom_json(ds: Dataset) -> str:
+    """DICOM JSON (PS3.18 F.2) of the dataset with bulk data as BulkDataURIs, as text."""
+    try:
+        model = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=_bulk_uri)
+    except Exception:
+        # A value pydicom cannot convert should not lose the instance: keep what converts.
+        model = {}
+        for element in ds:
+            try:
+                model.update(Dataset({element.tag: element}).to_json_dict(
+                    bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=_bulk_uri))
+            except Exception:
+                continue
+    return json.dumps(model, ensure_ascii=False, separators=(",", ":"))

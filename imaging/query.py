@@ -1,0 +1,248 @@
+"""Attribute matching for C-FIND and QIDO-RS, answered from the index alone.
+
+Implements PS3.4 C.2.2.2: single value matching, wildcards (* and ?), universal
+matching (an empty key is returned but does not constrain), range matching for dates
+and times ("A-B", "A-", "-B"), lists of UIDs ("uid1\\uid2"), multi-valued ModalitiesInStudy.
+Person names match case-insensitively against any component group (alphabetic,
+ideographic, phonetic) and the whole value, so "张*" and "ZHANG*" both find 张秀英.
+Sequence matching is not supported: sequence keys are returned empty.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import Select, and_, false, or_, select
+from sqlalchemy.orm import Session
+
+from imaging.models import Instance, Patient, Series, Study
+from storage.access import Scope
+from storage.errors import Invalid
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
+@dataclass(frozen=True)
+class Attr:
+    keyword: str
+    vr: str
+    level: str  # the lowest level whose query can use it
+    column: Any = None  # None: returned only (counts, or from stored JSON)
+    kind: str = "text"  # text | uid | date | time | pn | int | modalities | count
+
+
+ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in (
+    Attr("PatientName", "PN", "PATIENT", Patient.name, "pn"),
+    Attr("PatientID", "LO", "PATIENT", Patient.patient_id),
+    Attr("IssuerOfPatientID", "LO", "PATIENT", Patient.issuer),
+    Attr("PatientBirthDate", "DA", "PATIENT", Patient.birth_date, "date"),
+    Attr("PatientSex", "CS", "PATIENT", Patient.sex),
+    Attr("NumberOfPatientRelatedStudies", "IS", "PATIENT", None, "count"),
+    Attr("StudyInstanceUID", "UI", "STUDY", Study.study_instance_uid, "uid"),
+    Attr("StudyDate", "DA", "STUDY", Study.study_date, "date"),
+    Attr("StudyTime", "TM", "STUDY", Study.study_time, "time"),
+    Attr("AccessionNumber", "SH", "STUDY", Study.accession_number),
+    Attr("StudyID", "SH", "STUDY", Study.study_id),
+    Attr("StudyDescription", "LO", "STUDY", Study.description),
+    Attr("ReferringPhysicianName", "PN", "STUDY", Study.referring_physician, "pn_plain"),
+    Attr("InstitutionName", "LO", "STUDY", Study.institution_name),
+    Attr("ModalitiesInStudy", "CS", "STUDY", Study.modalities, "modalities"),
+    Attr("NumberOfStudyRelatedSeries", "IS", "STUDY", Study.num_series, "int"),
+    Attr("NumberOfStudyRelatedInstances", "IS", "STUDY", Study.num_instances, "int"),
+    Attr("SeriesInstanceUID", "UI", "SERIES", Series.series_instance_uid, "uid"),
+    Attr("Modality", "CS", "SERIES", Series.modality),
+    Attr("SeriesNumber", "IS", "SERIES", Series.series_number, "int"),
+    Attr("SeriesDescription", "LO", "SERIES", Series.description),
+    Attr("BodyPartExamined", "CS", "SERIES", Series.body_part),
+    Attr("NumberOfSeriesRelatedInstances", "IS", "SERIES", Series.num_instances, "int"),
+    Attr("SOPInstanceUID", "UI", "IMAGE", Instance.sop_instance_uid, "uid"),
+    Attr("SOPClassUID", "UI", "IMAGE", Instance.sop_class_uid, "uid"),
+    Attr("InstanceNumber", "IS", "IMAGE", Instance.instance_number, "int"),
+    Attr("Rows", "US", "IMAGE", Instance.rows, "int"),
+    Attr("Columns", "US", "IMAGE", Instance.columns, "int"),
+    Attr("NumberOfFrames", "IS", "IMAGE", Instance.number_of_frames, "int"),
+)}
+
+# The attributes each level answers by default (QIDO "default return attributes").
+DEFAULT_RETURN = {
+    "PATIENT": ["PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                "NumberOfPatientRelatedStudies"],
+    "STUDY": ["StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
+              "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+              "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"],
+    "SERIES": ["Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+               "NumberOfSeriesRelatedInstances", "StudyInstanceUID"],
+    "IMAGE": ["SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
+              "SeriesInstanceUID", "StudyInstanceUID"],
+}
+_RANK = {level: i for i, level in enumerate(LEVELS)}
+
+
+def _like(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _text_condition(column, value: str):
+    if _has_wildcard(value):
+        return column.like(_like(value), escape="\\") if value.strip("*") else None
+    return column == value
+
+
+def _range(column, value: str, kind: str):
+    if "-" not in value:
+        return column == value if kind == "date" else column.like(f"{value}%")
+    low, _, high = value.partition("-")
+    conditions = []
+    if low:
+        conditions.append(column >= low)
+    if high:
+        # "-1200" includes 12:00:59.9: compare against the high bound padded upwards.
+        conditions.append(column <= (high + "\uffff" if kind == "time" else high))
+    return and_(*conditions) if conditions else None
+
+
+def _pn(value: str):
+    pattern = value.upper()
+    columns = [Patient.name_alphabetic, Patient.name_ideographic, Patient.name_phonetic]
+    if "=" in pattern:  # a query with component groups: match the whole value
+        return Patient.name.like(_like(value), escape="\\") if _has_wildcard(value) else Patient.name == value
+    if _has_wildcard(pattern):
+        if not pattern.strip("*"):
+            return None
+        return or_(*(c.like(_like(pattern), escape="\\") for c in columns))
+    return or_(*(c == pattern for c in columns))
+
+
+def condition(attr: Attr, raw: str):
+    """The SQL condition for one matching key, or None for universal matching."""
+    value = raw.strip()
+    if value == "" or attr.column is None:
+        return None
+    if attr.kind == "uid":
+        uids = [u.strip() for u in value.split("\\") if u.strip()]
+        return attr.column.in_(uids) if len(uids) > 1 else attr.column == uids[0]
+    if attr.kind in ("date", "time"):
+        for part in value.replace(".", "").replace(":", "").split("-"):
+            if part and not part.isdigit():
+                raise Invalid(f"{attr.keyword}: {raw!r} is not a {attr.vr} value or range")
+        return _range(attr.column, value.replace(":", ""), attr.kind)
+    if attr.kind == "pn":
+        return _pn(value)
+    if attr.kind == "int":
+        try:
+            return attr.column == int(value)
+        except ValueError:
+            raise Invalid(f"{attr.keyword}: {raw!r} is not a number") from None
+    if attr.kind == "modalities":
+        wanted = [m.strip().upper() for m in value.split("\\") if m.strip()]
+        return or_(*(or_(attr.column == m, attr.column.like(f"{m}\\%", escape="!"),
+                         attr.column.like(f"%\\{m}", escape="!"), attr.column.like(f"%\\{m}\\%", escape="!"))
+                     for m in wanted))
+    values = [v for v in value.split("\\") if v] if attr.vr == "CS" else [value]
+    conditions = [c for c in (_text_condition(attr.column, v) for v in values) if c is not None]
+    return or_(*conditions) if conditions else None
+
+
+@dataclass
+class Query:
+    level: str
+    keys: dict[str, str]  # keyword -> matching value ("" for return-only keys)
+    limit: int | None = None
+    offset: int = 0
+
+
+def _base(level: str) -> Select:
+    if level == "PATIENT":
+        return select(Patient)
+    if level == "STUDY":
+        return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+    if level == "SERIES":
+        return (select(Series, Study, Patient).join(Study, Series.study_pk == Study.id)
+                .join(Patient, Study.patient_pk == Patient.id))
+    return (select(Instance, Series, Study, Patient).join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id).join(Patient, Study.patient_pk == Patient.id))
+
+
+def _scoped(level: str, query: Select, scope: Scope) -> Select:
+    if level == "PATIENT":
+        visible = select(Study.patient_pk).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
+        return query.where(Patient.id.in_(visible))
+    condition_ = scope.study_filter(Study.institution_id, Study.study_instance_uid)
+    return query.where(condition_) if condition_ is not True else query
+
+
+def _order(level: str, query: Select) -> Select:
+    if level == "PATIENT":
+        return query.order_by(Patient.id)
+    if level == "STUDY":
+        return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
+    if level == "SERIES":
+        return query.order_by(Series.series_number.asc().nullslast(), Series.id)
+    return query.order_by(Instance.instance_number.asc().nullslast(), Instance.id)
+
+
+def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
+    """Rows matching the query as {keyword: python value}; only attributes at or above
+    the query level constrain it (PS3.4: hierarchical keys above the level are allowed)."""
+    if q.level not in LEVELS:
+        raise Invalid(f"unknown query level {q.level!r}")
+    statement = _scoped(q.level, _base(q.level), scope)
+    for keyword, value in q.keys.items():
+        attr = ATTRIBUTES.get(keyword)
+        if attr is None or _RANK[attr.level] > _RANK[q.level]:
+            continue
+        if q.level == "PATIENT" and attr.level != "PATIENT":
+            continue
+        cond = condition(attr, value)
+        if cond is not None:
+            statement = statement.where(cond)
+    statement = _order(q.level, statement)
+    if q.offset:
+        statement = statement.offset(q.offset)
+    if q.limit is not None:
+        statement = statement.limit(q.limit)
+    rows = session.execute(statement).all()
+    return [_values(session, q, row) for row in rows]
+
+
+def _values(session: Session, q: Query, row) -> dict[str, Any]:
+    entities = {type(e).__name__: e for e in row}
+    out: dict[str, Any] = {}
+    for keyword in q.keys:
+        attr = ATTRIBUTES.get(keyword)
+        if attr is None:
+            continue
+        if attr.kind == "count":
+            out[keyword] = _patient_studies(session, entities["Patient"])
+            continue
+        owner = attr.column.class_.__name__ if attr.column is not None else None
+        entity = entities.get(owner)
+        if entity is None:
+            continue
+        out[keyword] = getattr(entity, attr.column.key)
+    out["_entities"] = entities
+    return out
+
+
+def _patient_studies(session: Session, patient: Patient) -> int:
+    from sqlalchemy import func
+
+    return session.scalar(select(func.count()).select_from(Study).where(Study.patient_pk == patient.id)) or 0
+
+
+def stored_value(instance: Instance, keyword_tag: str) -> dict | None:
+    """An attribute of an instance from its stored DICOM JSON (for non-indexed return keys)."""
+    try:
+        return json.loads(instance.dicom_json).get(keyword_tag)
+    except (ValueError, AttributeError):
+        return None
+
+
+Converter = Callable[[Any], Any]

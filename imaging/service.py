@@ -1,0 +1,264 @@
+"""Durable ingest, shared by C-STORE, STOW-RS and `lancang import`.
+
+Order of work for one instance (the acknowledgement waits for all of it):
+  1. parse and validate (required UIDs, SOP class as negotiated);
+  2. write the Part 10 bytes to the object store under a key derived from the UIDs and
+     the content hash (in a helper thread, overlapped with building the DICOM JSON);
+  3. upsert Patient/Study/Series/Instance and commit.
+Only then does the caller answer success. If the store or the database is down the
+caller answers "out of resources"; nothing is acknowledged that is not durable.
+
+Re-sending identical bytes is a no-op ("already"). Re-sending different bytes for the
+same SOP Instance UID makes the new version current, keeps the old object and lists it in
+superseded_instances, and audits the replacement ("replaced").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract
+from imaging.models import Instance, Patient, Series, Study, SupersededInstance
+from storage import audit
+from storage.db import Database
+from storage.objects import ObjectStore
+from storage.types import utcnow
+
+log = logging.getLogger("lancang.imaging")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: str  # stored | already | replaced
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    object_key: str
+    series_pk: int
+
+
+def parse_part10(data: bytes) -> Dataset:
+    """Parse a Part 10 file (or a bare dataset with a transfer syntax we can infer)."""
+    try:
+        return dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, IndexError) as exc:
+        raise InvalidInstance(f"not a readable DICOM file: {exc}", 0xC210) from None
+
+
+def object_key(record: IndexRecord, sha256: str) -> str:
+    """dicom/{study}/{series}/{sop}/{first 16 hex of SHA-256}.dcm: UID-derived, version-safe."""
+    return f"dicom/{record.study_uid}/{record.series_uid}/{record.sop_uid}/{sha256[:16]}.dcm"
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def remember(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+def _insert_ignore(session: Session, model, values: dict, keys: list[str]):
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return session.execute(builder(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+
+
+class Ingestor:
+    """Stores instances durably and indexes them; safe to call from many threads."""
+
+    def __init__(self, db: Database, store: ObjectStore, *, on_committed=None):
+        self.db = db
+        self.store = store
+        self.on_committed = on_committed  # called with IngestResult after each commit
+        self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-write")
+        self._cache_lock = threading.Lock()
+        self._studies = _Lru(2048)   # study uid -> (study pk, institution id)
+        self._series = _Lru(4096)    # series uid -> series pk
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=True)
+
+    # -- public -------------------------------------------------------------------------
+
+    def ingest(self, data: bytes, *, institution_id: int, source: str, ds: Dataset | None = None,
+               expected_sop_class: str | None = None) -> IngestResult:
+        """Store one Part 10 instance durably and index it. Raises InvalidInstance for bad
+        data; StoreUnavailable / SQLAlchemy errors when a backend is down."""
+        ds = ds if ds is not None else parse_part10(data)
+        record = extract(ds)
+        if expected_sop_class and record.sop_class_uid != expected_sop_class:
+            raise InvalidInstance(
+                f"SOP Class UID {record.sop_class_uid} in the data set does not match the "
+                f"negotiated {expected_sop_class}", 0xA900)
+        # Hash and write off the GIL while this thread builds the DICOM JSON.
+        write = self._writers.submit(self._hash_and_write, data, record)
+        try:
+            metadata = dicom_json(ds)
+        finally:
+            sha256, key = write.result()
+        result = self._index(record, metadata=metadata, sha256=sha256, key=key, size=len(data),
+                             institution_id=institution_id, source=source,
+                             transfer_syntax=self._transfer_syntax(ds))
+        if self.on_committed is not None:
+            self.on_committed(result)
+        return result
+
+    # -- steps --------------------------------------------------------------------------
+
+    @staticmethod
+    def _transfer_syntax(ds: Dataset) -> str:
+        meta = getattr(ds, "file_meta", None)
+        uid = meta.get("TransferSyntaxUID") if meta is not None else None
+        return str(uid) if uid else "1.2.840.10008.1.2.1"
+
+    def _hash_and_write(self, data: bytes, record: IndexRecord) -> tuple[str, str]:
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = object_key(record, sha256)
+        self.store.put(key, data, content_type="application/dicom")
+        return sha256, key
+
+    def _index(self, record: IndexRecord, **kwargs) -> IngestResult:
+        try:
+            with self.db.scope() as session:
+                return self._upsert(session, record, **kwargs)
+        except Exception:
+            with self._cache_lock:  # a rolled-back insert may have been cached
+                self._studies.pop(record.study_uid, None)
+                self._series.pop(record.series_uid, None)
+            raise
+
+    def _upsert(self, session: Session, record: IndexRecord, *, metadata: str, sha256: str, key: str,
+                size: int, institution_id: int, source: str, transfer_syntax: str) -> IngestResult:
+        study_pk = self._study_pk(session, record, institution_id)
+        series_pk, new_series = self._series_pk(session, record, study_pk)
+        now = utcnow()
+        existing = session.execute(
+            select(Instance.id, Instance.sha256, Instance.object_key, Instance.size)
+            .where(Instance.sop_instance_uid == record.sop_uid)
+        ).first()
+        outcome = "stored"
+        values = dict(
+            series_pk=series_pk, sop_class_uid=record.sop_class_uid, instance_number=record.instance_number,
+            transfer_syntax_uid=transfer_syntax, object_key=key, size=size, sha256=sha256,
+            rows=record.rows, columns=record.columns, number_of_frames=record.number_of_frames,
+            dicom_json=metadata, received_from=source[:64], updated_at=now,
+        )
+        if existing is None:
+            session.execute(Instance.__table__.insert().values(sop_instance_uid=record.sop_uid, created_at=now, **values))
+            session.execute(update(Series).where(Series.id == series_pk).values(
+                num_instances=Series.num_instances + 1, last_received_at=now))
+            session.execute(update(Study).where(Study.id == study_pk).values(
+                num_instances=Study.num_instances + 1, updated_at=now))
+        elif existing.sha256 == sha256:
+            outcome = "already"
+            session.execute(update(Series).where(Series.id == series_pk).values(last_received_at=now))
+        else:
+            outcome = "replaced"
+            session.add(SupersededInstance(sop_instance_uid=record.sop_uid, object_key=existing.object_key,
+                                           sha256=existing.sha256, size=existing.size, replaced_by=source[:200]))
+            session.execute(update(Instance).where(Instance.id == existing.id).values(**values))
+            session.execute(update(Series).where(Series.id == series_pk).values(last_received_at=now))
+            audit.append(session, principal=None, actor=source or "system", action="dicom.instance.replaced",
+                         object_type="instance", object_id=record.sop_uid,
+                         detail={"old_sha256": existing.sha256, "new_sha256": sha256, "old_key": existing.object_key})
+        if new_series:
+            self._refresh_study_series(session, study_pk)
+        return IngestResult(outcome, record.sop_uid, record.sop_class_uid, record.series_uid,
+                            record.study_uid, key, series_pk)
+
+    def _patient_pk(self, session: Session, record: IndexRecord, institution_id: int) -> int:
+        # Without a PatientID nothing says two studies are the same person: one per study.
+        patient_id = record.patient_id or f"~{record.study_uid}"[:64]
+        name = record.patient_name
+        values = dict(institution_id=institution_id, issuer=record.issuer, patient_id=patient_id,
+                      name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
+                      name_phonetic=name.phonetic, birth_date=record.birth_date, sex=record.sex,
+                      created_at=utcnow())
+        _insert_ignore(session, Patient, values, ["institution_id", "issuer", "patient_id"])
+        row = session.execute(select(Patient.id, Patient.name).where(
+            Patient.institution_id == institution_id, Patient.issuer == record.issuer,
+            Patient.patient_id == patient_id)).one()
+        if name.full and row.name != name.full:  # the newest demographics win
+            session.execute(update(Patient).where(Patient.id == row.id).values(
+                name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
+                name_phonetic=name.phonetic))
+        return row.id
+
+    def _study_pk(self, session: Session, record: IndexRecord, institution_id: int) -> int:
+        with self._cache_lock:
+            cached = self._studies.get(record.study_uid)
+        if cached is None:
+            found = session.execute(select(Study.id, Study.institution_id)
+                                    .where(Study.study_instance_uid == record.study_uid)).first()
+            if found is None:
+                patient_pk = self._patient_pk(session, record, institution_id)
+                now = utcnow()
+                _insert_ignore(session, Study, dict(
+                    study_instance_uid=record.study_uid, patient_pk=patient_pk, institution_id=institution_id,
+                    study_date=record.study_date, study_time=record.study_time,
+                    accession_number=record.accession_number, study_id=record.study_id,
+                    description=record.study_description, referring_physician=record.referring_physician,
+                    institution_name=record.institution_name, created_at=now, updated_at=now,
+                ), ["study_instance_uid"])
+                found = session.execute(select(Study.id, Study.institution_id)
+                                        .where(Study.study_instance_uid == record.study_uid)).one()
+            cached = (found.id, found.institution_id)
+            with self._cache_lock:
+                self._studies.remember(record.study_uid, cached)
+        study_pk, owner = cached
+        if owner != institution_id:
+            raise InvalidInstance(
+                f"study {record.study_uid} belongs to another institution; it cannot be extended "
+                "from here", 0xA900)
+        return study_pk
+
+    def _series_pk(self, session: Session, record: IndexRecord, study_pk: int) -> tuple[int, bool]:
+        with self._cache_lock:
+            cached = self._series.get(record.series_uid)
+        if cached is not None:
+            return cached, False
+        found = session.execute(select(Series.id, Series.study_pk)
+                                .where(Series.series_instance_uid == record.series_uid)).first()
+        created = False
+        if found is None:
+            now = utcnow()
+            inserted = _insert_ignore(session, Series, dict(
+                series_instance_uid=record.series_uid, study_pk=study_pk, modality=record.modality,
+                series_number=record.series_number, description=record.series_description,
+                body_part=record.body_part, num_instances=0, last_received_at=now, created_at=now,
+            ), ["series_instance_uid"])
+            created = inserted.rowcount == 1
+            found = session.execute(select(Series.id, Series.study_pk)
+                                    .where(Series.series_instance_uid == record.series_uid)).one()
+        if found.study_pk != study_pk:
+            raise InvalidInstance(f"series {record.series_uid} already belongs to another study", 0xA900)
+        with self._cache_lock:
+            self._series.remember(record.series_uid, found.id)
+        return found.id, created
+
+    @staticmethod
+    def _refresh_study_series(session: Session, study_pk: int) -> None:
+        modalities = sorted({m for (m,) in session.execute(
+            select(Series.modality).where(Series.study_pk == study_pk)) if m})
+        count = session.scalar(select(func.count()).select_from(Series).where(Series.study_pk == study_pk))
+        session.execute(update(Study).where(Study.id == study_pk).values(
+            modalities="\\".join(modalities), num_series=count))

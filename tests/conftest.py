@@ -1,0 +1,88 @@
+"""Shared fixtures: a Lancang runtime on embedded defaults or on real servers.
+
+`backend` is parametrised by tests that must hold on both shapes: "embedded" (SQLite +
+filesystem store + file broker) and "servers" (PostgreSQL + S3 that checks signatures +
+Redis). Each test gets its own data dir, database and bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from lancang.settings import Settings
+
+pytest_plugins = ["tests.fixtures_services"]
+
+
+@dataclass
+class Servers:
+    postgres: object
+    redis: object
+    s3: object
+
+
+@pytest.fixture
+def servers(postgres_server, redis_server, s3_server) -> Servers:
+    return Servers(postgres_server, redis_server, s3_server)
+
+
+def embedded_settings(tmp_path, **overrides) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "var", **overrides)
+
+
+def server_settings(tmp_path, servers: Servers, **overrides) -> Settings:
+    s3 = servers.s3
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "var",
+        database_url=servers.postgres.create_database(),
+        object_store="s3",
+        s3_endpoint=s3.endpoint,
+        s3_public_endpoint=f"http://{s3.endpoint}",
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_bucket=f"t-{uuid.uuid4().hex[:12]}",
+        s3_region=s3.region,
+        broker_url=servers.redis.url,
+        secret_key="test-secret-" + uuid.uuid4().hex,
+        **overrides,
+    )
+
+
+@pytest.fixture(params=["embedded", "servers"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings(request, tmp_path, backend) -> Settings:
+    if backend == "servers":
+        return server_settings(tmp_path, request.getfixturevalue("servers"))
+    return embedded_settings(tmp_path)
+
+
+@pytest.fixture
+def runtime(settings):
+    from lancang.runtime import bootstrap
+
+    runtime = bootstrap(settings, component="test")
+    yield runtime
+    runtime.db.dispose()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process (CLI, serve, worker) use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANCANG_")}
+    for name, value in settings.model_dump().items():
+        if value in (None, ""):
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+            if not value:
+                continue
+        env[f"LANCANG_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,70 @@
+"""The authorization function: own institution, admin subtree, explicit grants."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from storage import access, service
+from storage.access import Principal
+from storage.models import AccessGrant
+from storage.types import utcnow
+
+
+def _tree(session):
+    city = service.add_institution(session=session, code="CITY", name="市医院", level="city")
+    county = service.add_institution(session=session, code="CTY", name="县医院", level="county", parent_code="CITY")
+    town = service.add_institution(session=session, code="TWN", name="镇卫生院", level="township", parent_code="CTY")
+    other = service.add_institution(session=session, code="OTH", name="另一镇", level="township")
+    return city, county, town, other
+
+
+def _user(inst, role="specialist", user_id=None):
+    return Principal(kind="user", name="u", institution_id=inst.id, institution_code=inst.code, role=role,
+                     user_id=user_id)
+
+
+def test_matrix_of_own_subtree_and_grants(runtime):
+    with runtime.db.scope() as session:
+        city, county, town, other = _tree(session)
+        see = lambda p, inst, uid="1.2": access.can_see_study(session, p, institution_id=inst.id, study_uid=uid)
+        # Everyone sees their own institution's studies.
+        for role in ("radiographer", "specialist", "coordinator", "admin"):
+            assert see(_user(town, role), town)
+            assert not see(_user(town, role), other)
+        # Only admins see their subtree.
+        assert see(_user(city, "admin"), town)
+        assert not see(_user(city, "specialist"), town)
+        assert not see(_user(town, "admin"), city)
+        # An AE is scoped like a user of its institution.
+        assert see(Principal(kind="ae", name="CT", institution_id=town.id), town)
+        assert not see(Principal(kind="ae", name="CT", institution_id=town.id), county)
+        # A patient link sees exactly its study.
+        patient = Principal(kind="patient", name="link", study_uid="9.9")
+        assert see(patient, town, "9.9") and not see(patient, town, "1.2")
+
+
+def test_grants_are_explicit_expiring_and_revocable(runtime):
+    with runtime.db.scope() as session:
+        city, county, town, other = _tree(session)
+        from web.service import add_user
+
+        ids = [add_user(session=session, username=name, role="specialist", institution_code="CTY",
+                        password="password-1").id for name in ("reader", "colleague")]
+        reader = _user(county, "specialist", user_id=ids[0])
+        colleague = _user(county, "specialist", user_id=ids[1])
+        see = lambda p: access.can_see_study(session, p, institution_id=town.id, study_uid="5.5")
+        assert not see(reader)
+        grant = AccessGrant(study_instance_uid="5.5", grantee_user_id=ids[0], source="consult:1")
+        session.add(grant)
+        session.flush()
+        assert see(reader) and not see(colleague)
+        grant.expires_at = utcnow() - timedelta(seconds=1)
+        session.flush()
+        assert not see(reader)
+        grant.expires_at = None
+        grant.revoked_at = utcnow()
+        session.flush()
+        assert not see(reader)
+        session.add(AccessGrant(study_instance_uid="5.5", grantee_institution_id=county.id))
+        session.flush()
+        assert see(reader) and see(colleague)

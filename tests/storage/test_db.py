@@ -1,0 +1,67 @@
+"""Migrations and sessions behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import inspect, select
+
+from storage import service
+from storage.db import after_commit
+from storage.errors import Conflict, Invalid, NotFound
+from storage.models import Institution
+
+
+def test_migrations_create_every_table(runtime):
+    tables = set(inspect(runtime.db.engine).get_table_names())
+    assert {"institutions", "dicom_nodes", "users", "api_tokens", "access_grants", "audit_records",
+            "patients", "studies", "series", "instances", "alembic_version"} <= tables
+
+
+def test_upgrade_is_idempotent(runtime):
+    runtime.db._migrated = False
+    runtime.db.upgrade()
+    runtime.db.upgrade()
+
+
+def test_utc_datetimes_roundtrip(runtime):
+    with runtime.db.scope() as session:
+        inst = service.add_institution(session=session, code="C1", name="普洱市人民医院", level="city")
+        inst.created_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with runtime.db.scope(readonly=True) as session:
+        got = session.scalar(select(Institution).where(Institution.code == "C1"))
+        assert got.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        assert got.name_zh == "普洱市人民医院"
+
+
+def test_after_commit_hooks_run_only_on_commit(runtime):
+    ran = []
+    with runtime.db.scope() as session:
+        after_commit(session, lambda: ran.append("committed"))
+        assert ran == []
+    assert ran == ["committed"]
+    with pytest.raises(RuntimeError):
+        with runtime.db.scope() as session:
+            after_commit(session, lambda: ran.append("rolled back"))
+            raise RuntimeError
+    assert ran == ["committed"]
+
+
+def test_tree_and_registry_errors(runtime):
+    with runtime.db.scope() as session:
+        service.add_institution(session=session, code="CITY", name="市医院", level="city")
+        service.add_institution(session=session, code="T1", name="镇卫生院", level="township", parent_code="CITY")
+        with pytest.raises(Conflict):
+            service.add_institution(session=session, code="T1", name="again", level="township")
+        with pytest.raises(NotFound):
+            service.add_institution(session=session, code="T2", name="x", level="township", parent_code="NOPE")
+        with pytest.raises(Invalid):
+            service.add_institution(session=session, code="T3", name="x", level="village")
+        service.add_node(session=session, ae_title="CT01", institution_code="T1")
+        with pytest.raises(Conflict):
+            service.add_node(session=session, ae_title="CT01", institution_code="T1")
+        with pytest.raises(Invalid):
+            service.add_node(session=session, ae_title="WAY_TOO_LONG_AE_TITLE", institution_code="T1")
+        with pytest.raises(Invalid):
+            service.add_node(session=session, ae_title="X", institution_code="T1", host="h")
