@@ -328,7 +328,7 @@ def _signature_block(pdf: _ReportPdf, report: ReportContent) -> None:
 
     qr_x = _PAGE_W - _MARGIN - _QR_SIZE
     _draw_qr(pdf, report.verify_url, qr_x, top + 2, _QR_SIZE)
-    pdf.set_xy(qr_x - 14, top + 2 + _QR_SIZE + 0.5)
+    pdf.set_xy(qr_x - 7, top + 2 + _QR_SIZE + 0.5)
     pdf.set_font("cjk", "", 6.5)
     pdf.cell(_QR_SIZE + 14, 3, "扫码验证 Scan to verify", align="C",
              new_x=XPos.LEFT, new_y=YPos.NEXT)

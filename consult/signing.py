@@ -88,7 +88,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 __all__ = [
     "CaMaterial",
@@ -515,7 +515,9 @@ def verify_pdf(pdf: bytes, trusted_ca_pems: list[bytes]) -> VerifyReport:
     try:
         _verify_pdf_into(report, pdf, trusted_ca_pems)
     except Exception as exc:  # noqa: BLE001 - mangled input must not raise
-        report.problems.append(f"the file could not be verified: {_describe(exc)}")
+        report.problems.append(
+            f"the file is damaged or was altered and cannot be verified ({_describe(exc)})"
+        )
     report.ok = (
         bool(report.signers)
         and not report.problems

@@ -1,12 +1,11 @@
 """JSON API over the index for pages (worklists, study summaries). Every read goes through
 the authorization scope and is audited."""
 
-from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from imaging import query

@@ -21,9 +21,8 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def db_session(request: Request) -> Iterator[Session]:
-    """The request's unit of work: committed before the response is sent, rolled back on error."""
-    session = get_runtime(request).db.session()
+def _unit_of_work(request: Request, readonly: bool) -> Iterator[Session]:
+    session = get_runtime(request).db.session(readonly=readonly)
     try:
         yield session
         commit(session)
@@ -34,7 +33,20 @@ def db_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
+def db_session(request: Request) -> Iterator[Session]:
+    """A read unit of work. On SQLite it takes no write lock, so audit records (written in
+    their own short transactions) never wait on the request itself."""
+    yield from _unit_of_work(request, readonly=True)
+
+
+def write_session(request: Request) -> Iterator[Session]:
+    """A write unit of work: committed before the response is sent, rolled back on error.
+    Audit inside it with audit.append (atomic with the change)."""
+    yield from _unit_of_work(request, readonly=False)
+
+
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
+WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 

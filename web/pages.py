@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from storage import audit
 from storage.errors import NotAuthenticated
 from web import service
-from web.deps import SESSION_COOKIE, DbSession, OptionalUser, RuntimeDep, client_address
+from web.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
 from web.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
@@ -30,13 +30,14 @@ def _safe_next(target: str) -> str:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, session: DbSession, runtime: RuntimeDep,
+def login(request: Request, session: WriteSession, runtime: RuntimeDep,
           username: str = Form(""), password: str = Form(""), next: str = Form("/")):
     source = client_address(request)
     login_limiter.hit(source)
     try:
         user = service.authenticate(session=session, username=username.strip(), password=password)
     except NotAuthenticated as exc:
+        session.rollback()  # release the write lock before the audit's own transaction
         audit.record(runtime.db, principal=None, actor=username[:64] or "anonymous", action="auth.login",
                      outcome="denied", source=source)
         return _render(request, "login.html", status=401, next=_safe_next(next), error=exc.detail,
@@ -52,7 +53,7 @@ def login(request: Request, session: DbSession, runtime: RuntimeDep,
 
 
 @router.post("/logout")
-def logout(request: Request, session: DbSession):
+def logout(request: Request, session: WriteSession):
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         try:

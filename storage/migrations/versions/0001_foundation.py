@@ -1,8 +1,8 @@
-"""foundation: tenancy, identity, audit, dicom index
+"""foundation
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 10:38:46.771746
+Create Date: 2026-11-22 10:42:59.530810
 """
 from alembic import op
 import sqlalchemy as sa
@@ -149,7 +149,6 @@ def upgrade() -> None:
     sa.Column('created_at', storage.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', storage.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('revoked_at', storage.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_used_at', storage.types.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_api_tokens_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_tokens')),
     sa.UniqueConstraint('token_hash', name=op.f('uq_api_tokens_token_hash'))

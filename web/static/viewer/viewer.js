@@ -329,7 +329,7 @@ async function loadSeriesList() {
     list = await client.searchSeries(study);
   } catch (err) {
     showError("无法加载序列列表。", "Could not load the series list.", err);
-    setStatus("");
+    setStatus("无法加载 Could not load");
     throw err;
   }
   S.series = list
@@ -350,7 +350,7 @@ async function loadSeriesList() {
   if (!S.series.length) {
     const err = new Error("no image series");
     showError("该检查没有可显示的影像。", "This study has no images to show.");
-    setStatus("");
+    setStatus("没有影像 No images");
     throw err;
   }
   buildStrip();
@@ -1144,6 +1144,9 @@ ui.fps.addEventListener("change", () => {
 async function apply(st) {
   if (!st || typeof st !== "object") return state();
   await ready;
+  // A local change not yet announced is superseded: announcing it now would echo this state back.
+  clearTimeout(changeTimer);
+  changeTimer = null;
   if (st.seriesUid && (!S.cur || st.seriesUid !== S.cur.uid)) {
     const s = S.series.find((x) => x.uid === st.seriesUid);
     if (!s) throw new Error(`unknown series ${st.seriesUid}`);

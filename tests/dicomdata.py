@@ -1,0 +1,53 @@
+"""Small, real DICOM instances made with pydicom for tests (Part 10 bytes)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, sop_uid: str | None = None,
+                patient_name: str = "张^秀英", patient_id: str = "P001", charset: str = "GB18030",
+                study_date: str = "20261101", accession: str = "A001", instance_number: int = 1,
+                modality: str = "CT", size: int = 32, sop_class: str = CTImageStorage, seed: int = 0) -> bytes:
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19850312"
+    ds.PatientSex = "F"
+    ds.StudyDate = study_date
+    ds.StudyTime = "093000"
+    ds.AccessionNumber = accession
+    ds.StudyDescription = "胸部CT平扫"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.Rows = ds.Columns = size
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    rng = np.random.default_rng(seed + instance_number)
+    ds.PixelData = rng.integers(0, 2000, size=(size, size), dtype=np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,128 @@
+"""Identity over HTTP: login page and cookie, bearer tokens, /api/me, health, error shapes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from storage import service as tenancy
+from storage.models import ApiToken
+from storage.types import utcnow
+from web import service
+from web.app import create_app
+
+
+@pytest.fixture
+def app_client(runtime):
+    with TestClient(create_app(runtime.settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def alice(runtime):
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="T01", name="思茅镇卫生院", name_en="Simao THC", level="township")
+        user = service.add_user(session=session, username="alice", role="radiographer", institution_code="T01",
+                                password="correct-horse", display_name="李技师")
+        token, _ = service.issue_token(session=session, user=user)
+    return token
+
+
+def test_me_requires_credentials(app_client):
+    response = app_client.get("/api/me")
+    assert response.status_code == 401
+    assert response.json()["error"] == "not_authenticated"
+
+
+def test_me_with_bearer_token(app_client, alice):
+    response = app_client.get("/api/me", headers={"Authorization": f"Bearer {alice}"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["username"] == "alice" and body["role"] == "radiographer"
+    assert body["institution"] == {"code": "T01", "name": "思茅镇卫生院", "name_en": "Simao THC", "level": "township"}
+
+
+@pytest.mark.parametrize("header", ["Bearer nonsense", "Basic abc", "Bearer ", "lct_only"])
+def test_bad_credentials_are_401_not_500(app_client, alice, header):
+    assert app_client.get("/api/me", headers={"Authorization": header}).status_code == 401
+
+
+def test_revoked_and_expired_tokens_are_refused(app_client, alice, runtime):
+    with runtime.db.scope() as session:
+        service.revoke_token(session=session, secret=alice)
+    response = app_client.get("/api/me", headers={"Authorization": f"Bearer {alice}"})
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+    with runtime.db.scope() as session:
+        user = service.get_user(session=session, username="alice")
+        token, row = service.issue_token(session=session, user=user)
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    response = app_client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and "expired" in response.json()["detail"]
+
+
+def test_disabled_user_loses_access_at_once(app_client, alice, runtime):
+    with runtime.db.scope() as session:
+        service.set_user_active(session=session, username="alice", active=False)
+    assert app_client.get("/api/me", headers={"Authorization": f"Bearer {alice}"}).status_code == 401
+
+
+def test_tokens_are_stored_hashed(alice, runtime):
+    with runtime.db.scope(readonly=True) as session:
+        stored = [t.token_hash for t in session.query(ApiToken)]
+    assert alice not in stored and service.hash_token(alice) in stored
+
+
+def test_browser_login_sets_session_cookie(app_client, alice):
+    page = app_client.get("/login")
+    assert page.status_code == 200 and "登录" in page.text
+    wrong = app_client.post("/login", data={"username": "alice", "password": "nope"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "用户名或密码错误" in wrong.text
+    right = app_client.post("/login", data={"username": "alice", "password": "correct-horse", "next": "/"},
+                            follow_redirects=False)
+    assert right.status_code == 303
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    assert app_client.get("/api/me").json()["display_name"] == "李技师"
+    home = app_client.get("/")
+    assert home.status_code == 200 and "李技师" in home.text
+    app_client.post("/logout", follow_redirects=False)
+    assert app_client.get("/api/me").status_code == 401
+
+
+def test_login_redirect_is_same_site_only(app_client, alice):
+    response = app_client.post("/login", data={"username": "alice", "password": "correct-horse",
+                                               "next": "//evil.example/"}, follow_redirects=False)
+    assert response.headers["location"] == "/"
+
+
+def test_pages_redirect_to_login_and_errors_are_friendly(app_client):
+    home = app_client.get("/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert home.status_code == 303 and home.headers["location"].startswith("/login")
+    missing = app_client.get("/no/such/page", headers={"Accept": "text/html"})
+    assert missing.status_code == 404 and "未找到" in missing.text
+    api_missing = app_client.get("/api/nothing")
+    assert api_missing.status_code == 404 and api_missing.json()["error"] == "not_found"
+
+
+def test_validation_errors_are_4xx_json(app_client, alice):
+    response = app_client.get("/api/studies?limit=abc", headers={"Authorization": f"Bearer {alice}"})
+    assert response.status_code == 422 and response.json()["error"] == "invalid"
+
+
+def test_healthz_reports_each_part(app_client):
+    response = app_client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "object_store": "ok", "broker": "ok"}}
+
+
+def test_openapi_is_served(app_client):
+    assert "/api/me" in app_client.get("/openapi.json").json()["paths"]
+    assert app_client.get("/docs").status_code == 200
+
+
+def test_login_is_rate_limited(app_client, alice):
+    codes = [app_client.post("/login", data={"username": "alice", "password": "bad"}).status_code
+             for _ in range(12)]
+    assert 429 in codes and 500 not in codes
