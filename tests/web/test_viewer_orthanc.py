@@ -29,7 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 CHECKS = [
     "desktop.ready", "desktop.sorted_by_position", "desktop.strip_thumbnails", "desktop.wheel", "desktop.keys",
     "desktop.slider", "desktop.slice_content", "desktop.wl_drag", "desktop.presets", "desktop.measure_mm",
-    "desktop.zoom_pan", "desktop.apply", "desktop.statechange", "desktop.mono1_inverted", "desktop.color",
+    "desktop.zoom_pan", "desktop.apply", "desktop.statechange", "desktop.mono1_inverted", "desktop.imager_spacing", "desktop.color",
     "desktop.ybr_jpeg_color", "desktop.compressed_same_as_raw", "desktop.multiframe_cine", "desktop.px_without_spacing",
     "phone.layout", "phone.swipe", "phone.touch_wl", "phone.pinch", "phone.series_tap",
     "fallback.rendered", "fallback.wl_refetch", "error.banner", "error.http_banner",
@@ -320,6 +320,17 @@ def desktop(s: Session):
     check("desktop.mono1_inverted", bg[0] > 200 and sq[0] < 60 and stats["mean"] > 170,
           background=bg, square=sq, mean=stats["mean"], state=[st["windowCenter"], st["windowWidth"]])
 
+    # ImagerPixelSpacing (0.2 mm) only: millimetres at the detector, marked as approximate.
+    page.locator('[data-tool="measure"]').click()
+    p0, p1 = s.client(20, 20), s.client(20, 120)
+    page.mouse.move(*p0)
+    page.mouse.down()
+    page.mouse.move(*p1, steps=3)
+    page.mouse.up()
+    m = s.wait_rendered("s.measurements.length === 4")["measurements"][-1]
+    label = page.evaluate("() => window.__rendered.length")
+    check("desktop.imager_spacing", m["unit"] == "mm*" and abs(m["mm"] - 20) < 0.2, measurement=m, renders=label)
+
     us = hx.by_key("us_rgb")
     st = s.select_series(us.uid)
     page.wait_for_timeout(100)
@@ -374,7 +385,7 @@ def desktop(s: Session):
     page.mouse.down()
     page.mouse.move(*p1, steps=3)
     page.mouse.up()
-    m = s.wait_rendered("s.measurements.length === 4")["measurements"][-1]
+    m = s.wait_rendered("s.measurements.length === 5")["measurements"][-1]
     check("desktop.px_without_spacing", m["unit"] == "px" and m["mm"] is None and abs(m["px"] - 50) < 1, measurement=m)
 
 

@@ -258,9 +258,10 @@ function loadImage(series, i, { urgent = false } = {}) {
           cache.set(key, img, decoded.bytes);
           return img;
         } catch (err) {
-          // 406/415, an unreadable transfer syntax or a short body: the server can still render.
+          // 406/415/400/501, an unreadable transfer syntax or a short body: the server can still
+          // render. Other failures (network, 401/403/404, 5xx) are errors, retried on next view.
           if (err && err.name === "AbortError") throw err;
-          if (err instanceof HttpError && (err.status === 0 || err.status === 401 || err.status === 403 || err.status === 404)) throw err;
+          if (err instanceof HttpError && ![400, 406, 415, 501].includes(err.status)) throw err;
           console.warn("[viewer] raw frame refused, using /rendered:", err);
           series.mode = "rendered";
           mode = "rendered-gray";
@@ -270,14 +271,14 @@ function loadImage(series, i, { urgent = false } = {}) {
       const img = await fetchBitmap(series, entry, params);
       const k = cacheKey(series, entry, mode);
       cache.set(k, img, img.rows * img.cols * 4);
-      if (mode === "rendered-gray") latestBitmap.set(`${series.uid}|${entry.key}`, img);
+      if (mode === "rendered-gray") latestBitmap.set(`${series.uid}|${entry.key}`, img, img.rows * img.cols * 4);
       return img;
     },
     { urgent }
   );
 }
 // Grey frames drawn by the server: the last bitmap per frame, shown while a new window loads.
-const latestBitmap = new Map();
+const latestBitmap = new LruCache(cache.maxBytes / 4);
 
 function prefetch() {
   const s = S.cur;
@@ -412,6 +413,7 @@ async function selectSeries(series, { user = false, restore = true } = {}) {
   S.cine.fps = series.fps || S.cine.fps;
   ui.fps.value = String(S.cine.fps);
   ui.cine.hidden = series.stack.length < 2;
+  root.classList.toggle("lcv-single", series.stack.length < 2);
   ui.slider.max = String(series.stack.length - 1);
   if (S.wc === null) {
     const info = series.stack[S.index].info;
@@ -757,7 +759,7 @@ function syncControls() {
   root.querySelector('[data-action="play"]').setAttribute("aria-pressed", String(S.cine.playing));
   ui.playLabel.innerHTML = S.cine.playing ? '暂停<span class="en">Pause</span>' : '播放<span class="en">Play</span>';
   root.querySelector('[data-action="play"] .ic').textContent = S.cine.playing ? "⏸" : "▶";
-  ui.viewport.dataset.tool = S.tool;
+  ui.viewport.dataset.activeTool = S.tool;
 }
 
 // ---- navigation --------------------------------------------------------------------------
@@ -1140,7 +1142,10 @@ ui.fps.addEventListener("change", () => {
 
 // ---- API for tests and the shared view ---------------------------------------------------
 
-/** Bring the view to `st` (a state() object, possibly partial). Never emits statechange. */
+/**
+ * Bring the view to `st` (a state() object, possibly partial). Never emits statechange.
+ * The pointer tool stays local: a follower keeps the tool they chose.
+ */
 async function apply(st) {
   if (!st || typeof st !== "object") return state();
   await ready;
@@ -1183,7 +1188,6 @@ async function apply(st) {
     if (st.cine.playing) startCine();
     else stopCine();
   }
-  if (st.tool) setTool(st.tool);
   syncControls();
   const rendered = nextRender();
   ensureCurrent();

@@ -1,0 +1,115 @@
+"""The CLI forms scripts rely on, run as real processes on a fresh data dir."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import embedded_settings, settings_env
+
+
+@pytest.fixture
+def cli(tmp_path):
+    env = settings_env(embedded_settings(tmp_path))
+
+    def run(*args, check=True):
+        done = subprocess.run([sys.executable, "-m", "lancang.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"lancang {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+        return done
+
+    run.data_dir = tmp_path / "var"
+    return run
+
+
+def test_admin_forms_work_on_a_fresh_data_dir(cli):
+    cli("institution", "add", "PE-CITY", "--name", "普洱市人民医院", "--level", "city")
+    cli("institution", "add", "LC-T01", "--name", "澜沧县勐朗镇卫生院", "--level", "township", "--parent", "PE-CITY")
+    cli("ae", "add", "LC_CT01", "--institution", "LC-T01")
+    cli("ae", "add", "LC_PACS", "--institution", "LC-T01", "--host", "127.0.0.1", "--port", "11113")
+    cli("user", "add", "wang", "--role", "specialist", "--institution", "PE-CITY", "--password", "s3cret-pass")
+    issued = cli("token", "issue", "wang")
+    token = issued.stdout.strip().splitlines()[-1]
+    assert token.startswith("lct_") and len(token) > 40
+
+    listing = cli("institution", "list").stdout
+    assert "澜沧县勐朗镇卫生院" in listing and "PE-CITY" in listing
+    assert "LC_PACS\tLC-T01\t127.0.0.1:11113\tenabled" in cli("ae", "list").stdout
+    assert "wang\tspecialist\tPE-CITY" in cli("user", "list").stdout
+    assert "valid" in cli("token", "list", "wang").stdout
+
+    cli("token", "revoke", token)
+    assert "revoked" in cli("token", "list").stdout
+    cli("user", "disable", "wang")
+    assert "disabled" in cli("user", "list").stdout
+    cli("ae", "disable", "LC_CT01")
+    assert "LC_CT01\tLC-T01\t-\tdisabled" in cli("ae", "list").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("institution", "add", "X", "--name", "x", "--level", "township", "--parent", "NOPE"), "unknown institution"),
+    (("ae", "add", "CT9", "--institution", "NOPE"), "unknown institution"),
+    (("user", "add", "li", "--role", "specialist", "--institution", "NOPE", "--password", "long-enough"),
+     "unknown institution"),
+    (("user", "add", "li", "--role", "specialist", "--institution", "A", "--password", "short"), "at least 8"),
+    (("token", "issue", "nobody"), "unknown user"),
+    (("token", "revoke", "999"), "unknown token"),
+    (("ae", "add", "A_TITLE_THAT_IS_TOO_LONG", "--institution", "A"), "1-16"),
+    (("audit", "export", "--since", "yesterday"), "--since"),
+])
+def test_clear_errors_for_unknown_references(cli, args, message):
+    cli("institution", "add", "A", "--name", "甲", "--level", "county")
+    done = cli(*args, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_duplicates_are_refused(cli):
+    cli("institution", "add", "A", "--name", "甲", "--level", "county")
+    assert "already exists" in cli("institution", "add", "A", "--name", "乙", "--level", "county", check=False).stderr
+    cli("ae", "add", "CT1", "--institution", "A")
+    assert "already registered" in cli("ae", "add", "CT1", "--institution", "A", check=False).stderr
+    cli("user", "add", "li", "--role", "admin", "--institution", "A", "--password", "long-enough")
+    assert "already exists" in cli("user", "add", "li", "--role", "admin", "--institution", "A",
+                                   "--password", "long-enough", check=False).stderr
+
+
+def test_audit_verify_detects_an_edited_record_and_export_works(cli):
+    cli("institution", "add", "A", "--name", "甲", "--level", "county")
+    cli("user", "add", "li", "--role", "admin", "--institution", "A", "--password", "long-enough")
+    ok = cli("audit", "verify")
+    assert "intact: 2 records" in ok.stdout
+
+    exported = json.loads(cli("audit", "export", "--since", "2020-01-01", "--format", "json").stdout)
+    assert [r["action"] for r in exported] == ["admin.institution.add", "admin.user.add"]
+    rows = list(csv.DictReader(io.StringIO(cli("audit", "export", "--format", "csv").stdout)))
+    assert rows[1]["object_id"] == "li"
+
+    with sqlite3.connect(cli.data_dir / "lancang.db") as db:
+        db.execute("UPDATE audit_records SET object_id = 'someone-else' WHERE seq = 1")
+    broken = cli("audit", "verify", check=False)
+    assert broken.returncode == 1 and "BROKEN at record 1" in broken.stderr
+
+
+def test_production_mode_without_secret_is_refused(tmp_path):
+    env = settings_env(embedded_settings(tmp_path))
+    env["LANCANG_DATABASE_URL"] = "postgresql+psycopg://u@127.0.0.1:1/x"
+    done = subprocess.run([sys.executable, "-m", "lancang.cli", "audit", "verify"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "LANCANG_SECRET_KEY" in done.stderr
+
+
+def test_endpoint_abroad_is_refused_at_startup(tmp_path):
+    env = settings_env(embedded_settings(tmp_path))
+    env.update(LANCANG_OBJECT_STORE="s3", LANCANG_S3_ENDPOINT="s3.us-west-2.amazonaws.com",
+               LANCANG_SECRET_KEY="k")
+    done = subprocess.run([sys.executable, "-m", "lancang.cli", "institution", "list"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "境外" in done.stderr

@@ -1,0 +1,59 @@
+"""A real Celery worker process on a real Redis broker runs a task against PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from sqlalchemy import select
+
+from lancang.runtime import bootstrap
+from storage import audit
+from storage.models import AuditRecord
+from tests.conftest import server_settings, settings_env
+from workers.app import make_celery
+
+
+def test_task_runs_in_a_real_worker_on_redis(tmp_path, servers):
+    settings = server_settings(tmp_path, servers)
+    runtime = bootstrap(settings, component="test")
+    audit.record(runtime.db, principal=None, actor="system:test", action="seed")
+    worker = subprocess.Popen([sys.executable, "-m", "lancang.cli", "worker", "--concurrency", "1"],
+                              env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        make_celery(settings).send_task("storage.verify_audit_chain", queue="maintenance")
+        record = _wait_for_verify(runtime)
+        assert record.outcome == "ok" and record.detail["checked"] == 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    assert "storage.verify_audit_chain" in output
+
+
+def test_task_runs_in_a_real_worker_on_the_embedded_broker(tmp_path):
+    from tests.conftest import embedded_settings
+
+    settings = embedded_settings(tmp_path)
+    runtime = bootstrap(settings, component="test")
+    worker = subprocess.Popen([sys.executable, "-m", "lancang.cli", "worker", "--concurrency", "1"],
+                              env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        make_celery(settings).send_task("storage.verify_audit_chain", queue="maintenance")
+        assert _wait_for_verify(runtime).outcome == "ok"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+
+
+def _wait_for_verify(runtime, timeout: float = 60) -> AuditRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with runtime.db.scope(readonly=True) as session:
+            found = session.scalar(select(AuditRecord).where(AuditRecord.action == "audit.verify"))
+            if found is not None:
+                session.expunge(found)
+                return found
+        time.sleep(0.3)
+    raise AssertionError("the worker never ran the task")
