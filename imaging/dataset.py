@@ -8,6 +8,7 @@ Unicode, so a 张秀英 sent in GB18030 is stored, matched and returned as 张�
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -18,6 +19,15 @@ from pydicom.valuerep import PersonName
 INSTANCE_PREFIX = "@@INSTANCE@@"
 BULK_THRESHOLD = 1024
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+# pydicom decodes ISO 2022 IR 58 (GB2312 with code extensions) correctly but leaves the
+# escape sequence (ESC $ ) A) in the text; nothing downstream wants control characters.
+_ISO2022_ESCAPE = re.compile(r"\x1b[$()*+\-./]{1,2}[@-~]")
+
+
+def clean_text(value: str) -> str:
+    return _ISO2022_ESCAPE.sub("", value) if "\x1b" in value else value
 
 
 class InvalidInstance(ValueError):
@@ -76,7 +86,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
-    return str(value).strip()[:limit]
+    return clean_text(str(value)).strip()[:limit]
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -93,10 +103,10 @@ def person_name(value) -> PersonNameGroups:
         return PersonNameGroups("", "", "", "")
     name = value if isinstance(value, PersonName) else PersonName(str(value))
     return PersonNameGroups(
-        full=str(name)[:330],
-        alphabetic=(name.alphabetic or "").upper()[:110],
-        ideographic=(name.ideographic or "").upper()[:110],
-        phonetic=(name.phonetic or "").upper()[:110],
+        full=clean_text(str(name))[:330],
+        alphabetic=clean_text(name.alphabetic or "").upper()[:110],
+        ideographic=clean_text(name.ideographic or "").upper()[:110],
+        phonetic=clean_text(name.phonetic or "").upper()[:110],
     )
 
 

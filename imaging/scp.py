@@ -327,7 +327,8 @@ class Receiver:
             return
         principal = self.principal(entry.calling)
         try:
-            audit.record(self.db, principal=principal, actor=f"ae:{entry.calling}", action="dicom.store",
+            audit.record(self.db, principal=principal, actor=None if principal else f"ae:{entry.calling}",
+                         action="dicom.store",
                          object_type="study", object_id=",".join(sorted(entry.studies))[:4000],
                          source=entry.source, outcome="ok" if not entry.failed else "failed",
                          detail={"stored": entry.stored, "already": entry.already, "replaced": entry.replaced,
@@ -426,6 +427,25 @@ class RegistryAE(AE):
         pass
 
 
+def preferred_transfer_syntaxes() -> list[str]:
+    """Every syntax pynetdicom can negotiate, compressed first.
+
+    pynetdicom picks, per context, the first of *our* syntaxes the requestor proposed. A
+    modality holding JPEG data proposes JPEG plus uncompressed; preferring the compressed
+    one means the instance arrives as it was made and is stored as received (no transcoding
+    on either side). Lossless compressed syntaxes come before lossy ones.
+    """
+    from pydicom.uid import UID
+
+    def rank(uid: str) -> int:
+        name = UID(uid).name
+        if UID(uid).is_compressed:
+            return 0 if "Lossless" in name else 1
+        return 2
+
+    return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
+
+
 QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 QR_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
@@ -441,9 +461,10 @@ def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | 
     # Large PDUs: a 512 KB CT slice in one P-DATA instead of 32, far less per-PDU overhead.
     ae.maximum_pdu_size = 4 * 1024 * 1024
     ae.add_supported_context(Verification)
+    syntaxes = preferred_transfer_syntaxes()
     for context in StoragePresentationContexts:
         # SCP role for C-STORE; SCU role too so C-GET can send instances back on the association.
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
     for sop_class in QR_FIND + QR_RETRIEVE:
         ae.add_supported_context(sop_class)
     return ae

@@ -76,10 +76,14 @@ class _Lru(OrderedDict):
             self.popitem(last=False)
 
 
-def _insert_ignore(session: Session, model, values: dict, keys: list[str]):
+def _insert_ignore(session: Session, model, values: dict, keys: list[str], returning=None):
+    """INSERT ... ON CONFLICT DO NOTHING (both dialects): concurrent writers may race."""
     dialect = session.get_bind().dialect.name
     builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return session.execute(builder(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+    statement = builder(model.__table__).values(**values).on_conflict_do_nothing(index_elements=keys)
+    if returning is not None:
+        statement = statement.returning(returning)
+    return session.execute(statement)
 
 
 class Ingestor:
@@ -245,8 +249,8 @@ class Ingestor:
                 series_instance_uid=record.series_uid, study_pk=study_pk, modality=record.modality,
                 series_number=record.series_number, description=record.series_description,
                 body_part=record.body_part, num_instances=0, last_received_at=now, created_at=now,
-            ), ["series_instance_uid"])
-            created = inserted.rowcount == 1
+            ), ["series_instance_uid"], returning=Series.id)
+            created = inserted.first() is not None  # nothing comes back when another writer won
             found = session.execute(select(Series.id, Series.study_pk)
                                     .where(Series.series_instance_uid == record.series_uid)).one()
         if found.study_pk != study_pk:

@@ -12,7 +12,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, sop_uid: str | None = None,
                 patient_name: str = "张^秀英", patient_id: str = "P001", charset: str = "GB18030",
                 study_date: str = "20261101", accession: str = "A001", instance_number: int = 1,
-                modality: str = "CT", size: int = 32, sop_class: str = CTImageStorage, seed: int = 0) -> bytes:
+                modality: str = "CT", size: int = 32, sop_class: str = CTImageStorage, seed: int = 0,
+                patient_name_bytes: bytes | None = None) -> bytes:
+    """patient_name_bytes writes the PN value exactly as given (e.g. ISO 2022 escape sequences)."""
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     ds.SOPClassUID = sop_class
@@ -20,6 +22,10 @@ def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, 
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.PatientName = patient_name
+    if patient_name_bytes is not None:
+        from pydicom.dataelem import DataElement
+
+        ds[0x00100010] = DataElement(0x00100010, "PN", patient_name_bytes)
     ds.PatientID = patient_id
     ds.PatientBirthDate = "19850312"
     ds.PatientSex = "F"

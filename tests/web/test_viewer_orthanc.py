@@ -88,7 +88,9 @@ def test_viewer(results, name):
 # ---- inner: the browser session --------------------------------------------------------------
 
 INIT_JS = """
-window.__rendered = []; window.__changes = [];
+window.__rendered = []; window.__changes = []; window.__pointer = [];
+for (const t of ['pointerdown', 'pointerup', 'pointercancel'])
+  document.addEventListener(t, e => window.__pointer.push(`${t}:${e.pointerId}:${e.pointerType}:${e.target.tagName}`), true);
 document.addEventListener('viewer:rendered', e => window.__rendered.push(e.detail));
 document.addEventListener('viewer:statechange', e => window.__changes.push(e.detail));
 """
@@ -420,7 +422,12 @@ def phone(s: Session):
     cdp = page.context.new_cdp_session(page)
     cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
     swipe(cdp, (cx, cy + 100), (cx, cy - 100))
-    sw = s.wait_rendered("s.index > 0")
+    try:
+        sw = s.wait_rendered("s.index > 0")
+    except Exception:
+        check("phone.swipe", False, pointer_events=page.evaluate("() => window.__pointer"), state=s.state(),
+              box=canvas)
+        raise
     swipe(cdp, (cx, cy - 60), (cx, cy + 60))
     back = s.wait_rendered(f"s.index < {sw['index']}")
     check("phone.swipe", sw["index"] >= 5 and back["index"] < sw["index"], forward=sw["index"], back=back["index"])
@@ -542,7 +549,8 @@ def inner(out_path: Path) -> int:
             # the deliberate 406s and the broken base) are expected console noise.
             results["_page_errors"] = [c for c in console if c.startswith("pageerror")]
             for name in CHECKS:
-                results.setdefault(name, {"ok": False, "error": "not reached"})
+                crash = results.get(name.split(".")[0] + ".crash")
+                results.setdefault(name, {"ok": False, "error": "not reached", "crash": crash})
             if results["_page_errors"]:
                 for name in CHECKS:
                     results[name] = {**results[name], "ok": False, "page_errors": results["_page_errors"]}

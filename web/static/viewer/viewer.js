@@ -1018,6 +1018,7 @@ function pointerGone(e) {
 }
 ui.canvas.addEventListener("pointerup", pointerGone);
 ui.canvas.addEventListener("pointercancel", pointerGone);
+ui.canvas.addEventListener("lostpointercapture", pointerGone);
 ui.canvas.addEventListener("contextmenu", (e) => e.preventDefault());
 
 let wheelAccum = 0;
@@ -1189,7 +1190,8 @@ async function apply(st) {
     else stopCine();
   }
   syncControls();
-  const rendered = nextRender();
+  // Resolves after the next draw; if the picture cannot load, after 15 s with the state anyway.
+  const rendered = Promise.race([nextRender(), new Promise((r) => setTimeout(() => r(state()), 15000))]);
   ensureCurrent();
   prefetch();
   requestDraw();

@@ -1,0 +1,252 @@
+"""The DICOM receiver against real dcmtk peers: echo, store (many transfer syntaxes),
+find, get, with tenancy and audit; on SQLite+filesystem and PostgreSQL+S3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from imaging.models import Instance, Study
+from storage.models import AuditRecord
+from tests.dicomdata import ct_instance
+from tests.imaging.conftest import write_files
+
+DCMTK = "/usr/bin"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([f"{DCMTK}/{tool}", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{tool} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def find(node, level: str, *keys: str, calling: str = "FINDER") -> list[dict[str, str]]:
+    """findscu answers as [{keyword: value}] (parsed from its -X output files would be nicer;
+    dcmtk prints each response dataset, which is enough here)."""
+    args = ["-S", "-aet", calling, "-aec", "LANCANG", "-k", f"QueryRetrieveLevel={level}",
+            "-k", "SpecificCharacterSet=ISO_IR 192"]
+    for key in keys:
+        args += ["-k", key]
+    done = dcmtk("findscu", *args, "127.0.0.1", node.port)
+    return _parse_find(done.stdout + done.stderr)
+
+
+def _parse_find(output: str) -> list[dict[str, str]]:
+    answers, current = [], None
+    for line in output.splitlines():
+        if "Find Response:" in line:
+            current = {}
+            answers.append(current)
+        elif current is not None and line.startswith("I: (") and "#" in line:
+            head, _, comment = line.partition("#")
+            keyword = comment.split(",")[-1].strip().split()[-1]
+            value = head.split(" ", 3)[-1].strip()
+            if value.startswith("["):
+                value = value[1:value.rfind("]")]
+            elif value.startswith("(no value"):
+                value = ""
+            current[keyword] = value.strip()
+    return answers
+
+
+def _wait_for(runtime, action: str, count: int, timeout: float = 10) -> list[AuditRecord]:
+    """Audit records are written by the association's thread, just after the peer is answered."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with runtime.db.scope(readonly=True) as session:
+            rows = session.scalars(select(AuditRecord).where(AuditRecord.action == action)).all()
+            session.expunge_all()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def _count(runtime, model) -> int:
+    with runtime.db.scope(readonly=True) as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_echo_known_unknown_and_wrong_called_ae(node):
+    dcmtk("echoscu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port)
+    unknown = dcmtk("echoscu", "-aet", "NOBODY", "-aec", "LANCANG", "127.0.0.1", node.port, check=False)
+    assert unknown.returncode != 0 and "Calling AE Title Not Recognized" in unknown.stdout + unknown.stderr
+    wrong = dcmtk("echoscu", "-aet", "MOD1", "-aec", "NOTUS", "127.0.0.1", node.port, check=False)
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+    denied = _wait_for(node.runtime, "dicom.associate", 2)
+    assert {r.detail["calling_ae"] for r in denied} == {"NOBODY", "MOD1"}
+    assert all(r.outcome == "denied" for r in denied)
+
+
+def test_disabled_ae_is_rejected(node):
+    from storage import service
+
+    with node.runtime.db.scope() as session:
+        service.set_node_enabled(session=session, ae_title="MOD1", enabled=False)
+    node.receiver._titles = (0.0, [])  # skip the registry cache's two seconds
+    refused = dcmtk("echoscu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, check=False)
+    assert refused.returncode != 0
+
+
+def test_store_then_every_instance_is_findable_at_once(node, tmp_path):
+    study = generate_uid()
+    series = generate_uid()
+    blobs = [ct_instance(study_uid=study, series_uid=series, instance_number=i) for i in range(1, 21)]
+    files = write_files(tmp_path / "in", blobs)
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *files)
+    answers = find(node, "IMAGE", f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "SOPInstanceUID")
+    assert len(answers) == 20
+    studies = find(node, "STUDY", "PatientName=张*", "StudyInstanceUID", "NumberOfStudyRelatedInstances",
+                   "NumberOfStudyRelatedSeries", "ModalitiesInStudy", "PatientName")
+    assert len(studies) == 1
+    assert studies[0]["PatientName"] == "张^秀英"
+    assert studies[0]["NumberOfStudyRelatedInstances"] == "20"
+    assert studies[0]["NumberOfStudyRelatedSeries"] == "1"
+    assert studies[0]["ModalitiesInStudy"] == "CT"
+
+
+def test_gb18030_name_roundtrips_and_matches(node, tmp_path):
+    blobs = [ct_instance(patient_name="张^秀英", charset="GB18030", patient_id="GB1"),
+             # ISO 2022 IR 58 (GB2312) as a modality writes it: escape sequence ESC $ ) A.
+             ct_instance(charset=r"\ISO 2022 IR 58", patient_id="GB2",
+                         patient_name_bytes=b"Wang^Fang=\x1b$)A\xcd\xf5^\xb7\xbc"),
+             ct_instance(patient_name="李^娜", charset="ISO_IR 192", patient_id="U8")]
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path, blobs))
+    by_id = {a["PatientID"]: a["PatientName"] for a in find(node, "STUDY", "PatientName", "PatientID")}
+    assert by_id == {"GB1": "张^秀英", "GB2": "Wang^Fang=王^芳", "U8": "李^娜"}
+    assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=王*", "PatientID")] == ["GB2"]
+    assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=WANG*", "PatientID")] == ["GB2"]
+    assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=张^秀英", "PatientID")] == ["GB1"]
+    assert [a["PatientID"] for a in find(node, "PATIENT", "PatientName=李?娜", "PatientID")] == ["U8"]
+
+
+def test_find_matching_rules(node, tmp_path):
+    uids = [generate_uid() for _ in range(3)]
+    blobs = [ct_instance(study_uid=uids[0], study_date="20261001", accession="ACC-1", patient_id="A"),
+             ct_instance(study_uid=uids[1], study_date="20261015", accession="ACC-2", patient_id="B", modality="MR"),
+             ct_instance(study_uid=uids[2], study_date="20261120", accession="X-3", patient_id="C")]
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path, blobs))
+
+    def ids(*keys, level="STUDY"):
+        return sorted(a["PatientID"] for a in find(node, level, "PatientID", *keys))
+
+    assert ids("StudyDate=20261001-20261031") == ["A", "B"]
+    assert ids("StudyDate=20261016-") == ["C"]
+    assert ids("StudyDate=-20261001") == ["A"]
+    assert ids("StudyDate=20261015") == ["B"]
+    assert ids("AccessionNumber=ACC-*") == ["A", "B"]
+    assert ids(f"StudyInstanceUID={uids[0]}\\{uids[2]}") == ["A", "C"]
+    assert ids("ModalitiesInStudy=MR") == ["B"]
+    assert ids("ModalitiesInStudy=CT\\MR") == ["A", "B", "C"]
+    assert ids("PatientID=?") == ["A", "B", "C"]
+    assert ids("StudyDate=") == ["A", "B", "C"]
+    series = find(node, "SERIES", f"StudyInstanceUID={uids[1]}", "Modality", "NumberOfSeriesRelatedInstances")
+    assert [(s["Modality"], s["NumberOfSeriesRelatedInstances"]) for s in series] == [("MR", "1")]
+
+
+def test_other_institution_sees_nothing(node, tmp_path):
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+          *write_files(tmp_path, [ct_instance()]))
+    assert len(find(node, "STUDY", "StudyInstanceUID")) == 1
+    assert find(node, "STUDY", "StudyInstanceUID", calling="OUTSIDER") == []
+    assert find(node, "PATIENT", "PatientID", calling="OUTSIDER") == []
+
+
+COMPRESSED = ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
+              "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG-LL.dcm",
+              "MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm", "SC_rgb_rle.dcm"]
+
+
+# storescu proposes uncompressed syntaxes unless told which compressed one to offer.
+PROPOSE = {
+    "1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1": "-xe", "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+}
+
+
+def test_store_many_transfer_syntaxes_exactly_as_received(node, tmp_path):
+    files = []
+    for name in COMPRESSED:  # several samples share one SOP Instance UID: give each its own
+        ds = dcmread(get_testdata_file(name))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        files.append(tmp_path / name)
+        ds.save_as(files[-1])
+    # Propose the file's own transfer syntax, as a modality sending compressed data does.
+    for path in files:
+        flag = PROPOSE[str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)]
+        dcmtk("storescu", "-R", flag, "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, path)
+    with node.runtime.db.scope(readonly=True) as session:
+        stored = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+    assert len(stored) == len(files)
+    for path in files:
+        original = dcmread(path)
+        row = stored[original.SOPInstanceUID]
+        assert row.transfer_syntax_uid == original.file_meta.TransferSyntaxUID
+        kept = dcmread(node.runtime.store.stream and __import__("io").BytesIO(node.runtime.store.get(row.object_key)))
+        assert kept.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert kept.PixelData == original.PixelData, path.name
+
+
+def test_get_retrieves_byte_identical_pixels(node, tmp_path):
+    study = generate_uid()
+    blobs = [ct_instance(study_uid=study, instance_number=i) for i in range(1, 6)]
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path / "in", blobs))
+    out = tmp_path / "out"
+    out.mkdir()
+    done = dcmtk("getscu", "-aet", "FINDER", "-aec", "LANCANG", "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", f"StudyInstanceUID={study}", "-od", out, "127.0.0.1", node.port)
+    received = {dcmread(p).SOPInstanceUID: dcmread(p) for p in out.iterdir()}
+    sent = {dcmread(__import__("io").BytesIO(b)).SOPInstanceUID: dcmread(__import__("io").BytesIO(b)) for b in blobs}
+    assert received.keys() == sent.keys(), done.stdout + done.stderr
+    for uid, ds in sent.items():
+        assert received[uid].PixelData == ds.PixelData
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    dcmtk("getscu", "-aet", "OUTSIDER", "-aec", "LANCANG", "-k", "QueryRetrieveLevel=STUDY",
+          "-k", f"StudyInstanceUID={study}", "-od", nothing, "127.0.0.1", node.port, check=False)
+    assert list(nothing.iterdir()) == []
+
+
+def test_resend_is_idempotent_and_changed_bytes_keep_the_old_version(node, tmp_path):
+    sop, study = generate_uid(), generate_uid()
+    first = ct_instance(sop_uid=sop, study_uid=study, seed=1)
+    changed = ct_instance(sop_uid=sop, study_uid=study, seed=2)
+    send = lambda blob, name: dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+                                    *write_files(tmp_path / name, [blob]))
+    send(first, "a")
+    send(first, "b")
+    assert _count(node.runtime, Instance) == 1
+    send(changed, "c")
+    with node.runtime.db.scope(readonly=True) as session:
+        row = session.scalar(select(Instance))
+        study_row = session.scalar(select(Study))
+        from imaging.models import SupersededInstance
+
+        old = session.scalar(select(SupersededInstance))
+        replaced = session.scalar(select(AuditRecord).where(AuditRecord.action == "dicom.instance.replaced"))
+    assert study_row.num_instances == 1
+    assert node.runtime.store.exists(old.object_key) and node.runtime.store.exists(row.object_key)
+    assert old.object_key != row.object_key and replaced.object_id == sop
+
+
+def test_store_and_find_are_audited_per_association(node, tmp_path):
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+          *write_files(tmp_path, [ct_instance(), ct_instance()]))
+    find(node, "STUDY", "PatientID")
+    _wait_for(node.runtime, "dicom.store", 1)  # written when the association's connection closes
+    with node.runtime.db.scope(readonly=True) as session:
+        records = {r.action: r for r in session.scalars(select(AuditRecord))}
+    assert records["dicom.store"].detail["stored"] == 2 and records["dicom.store"].actor == "MOD1"
+    assert records["dicom.find"].actor == "FINDER"
