@@ -25,8 +25,18 @@ from pathlib import Path
 from typing import Iterable
 
 NETNS_ENV = "LANCANG_BENCH_NETNS"
+DCMTK_DIR = "/usr/bin"          # Debian's dcmtk; the venv's bin holds pynetdicom's
+                                # own storescu/echoscu/findscu under the same names
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
+
+
+def dcmtk_tool(name: str) -> str:
+    """Absolute path of a dcmtk program (never pynetdicom's look-alike in a venv)."""
+    path = Path(DCMTK_DIR) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; apt-get install dcmtk")
+    return str(path)
 
 
 def nodelay_env() -> dict[str, str]:
@@ -230,17 +240,19 @@ def storescu_command(host: str, port: int, called_aet: str, files: list[Path],
     # -R: propose only the SOP classes the files hold (with every
     # uncompressed syntax, Explicit VR LE first on this host), instead of
     # dcmtk's full list of ~120 storage classes.
-    return ["storescu", "-R", "-aet", calling_aet, "-aec", called_aet,
+    return [dcmtk_tool("storescu"), "-R", "-aet", calling_aet, "-aec", called_aet,
             host, str(port), *map(str, files)]
 
 
 def storescu(host: str, port: int, called_aet: str,
              files_or_dir: Path | str | Iterable[Path | str],
-             associations: int = 1, calling_aet: str = "BENCH") -> tuple[float, int]:
+             associations: int = 1, calling_aet: str = "BENCH",
+             timeout: float | None = None) -> tuple[float, int]:
     """Send files over `associations` parallel storescu processes.
 
     Returns (wall-clock seconds, files sent).  Raises RuntimeError, with the
-    tool's own messages, if any storescu exits non-zero or reports an error.
+    tool's own messages, if any storescu exits non-zero or reports an error,
+    and subprocess.TimeoutExpired (after killing them) past `timeout` seconds.
     """
     files = dicom_files(files_or_dir)
     if not files:
@@ -256,7 +268,10 @@ def storescu(host: str, port: int, called_aet: str,
                     storescu_command(host, port, called_aet, chunk, calling_aet),
                     env=nodelay_env(), stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT))
-            codes = [proc.wait() for proc in procs]
+            deadline = None if timeout is None else started + timeout
+            codes = [proc.wait(None if deadline is None
+                               else max(0.0, deadline - time.perf_counter()))
+                     for proc in procs]
             seconds = time.perf_counter() - started
             _check_storescu(codes, logs)
         finally:
@@ -307,16 +322,18 @@ class StoreRate:
 
 def time_storescu(host: str, port: int, called_aet: str,
                   files_or_dir: Path | str | Iterable[Path | str],
-                  associations: int = 1, calling_aet: str = "BENCH") -> StoreRate:
+                  associations: int = 1, calling_aet: str = "BENCH",
+                  timeout: float | None = None) -> StoreRate:
     """`storescu()` reported as a rate."""
     files = dicom_files(files_or_dir)
-    seconds, count = storescu(host, port, called_aet, files, associations, calling_aet)
+    seconds, count = storescu(host, port, called_aet, files, associations, calling_aet,
+                              timeout)
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     return StoreRate(count, seconds, megabytes)
 
 
 def echoscu(host: str, port: int, called_aet: str, calling_aet: str = "BENCH") -> None:
     """One C-ECHO; raises CalledProcessError if the peer does not answer."""
-    subprocess.run(["echoscu", "-aet", calling_aet, "-aec", called_aet, host, str(port)],
+    subprocess.run([dcmtk_tool("echoscu"), "-aet", calling_aet, "-aec", called_aet, host, str(port)],
                    env=nodelay_env(), check=True, stdin=subprocess.DEVNULL,
                    capture_output=True)

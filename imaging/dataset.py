@@ -119,9 +119,31 @@ def _checked_uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
+def check_native_pixel_length(ds: Dataset) -> None:
+    """Refuse native (uncompressed) pixel data shorter than Rows x Columns x frames needs:
+    the sign of a truncated transfer that pydicom itself reads without complaint."""
+    element = ds.get("PixelData")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if element is None or syntax is None or syntax.is_compressed:
+        return
+    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits, samples = _int(ds, "BitsAllocated") or 0, _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    actual = len(element) if isinstance(element, (bytes, bytearray)) else len(ds["PixelData"].value or b"")
+    if actual < expected:
+        raise InvalidInstance(f"pixel data has {actual} bytes, the image needs {expected}: truncated", 0xC002)
+
+
 def extract(ds: Dataset) -> IndexRecord:
-    """Read the index attributes; raise InvalidInstance when required UIDs are missing."""
+    """Read the index attributes; raise InvalidInstance when required UIDs are missing
+    or native pixel data is shorter than the image it describes."""
+    if not any(_text(ds, keyword) for keyword in REQUIRED_UIDS):
+        # Not one identifying attribute: this is not a DICOM object we can make sense of.
+        raise InvalidInstance("no SOP Class, SOP Instance, Study or Series UID: not a DICOM data set", 0xC001)
     uids = {keyword: _checked_uid(ds, keyword) for keyword in REQUIRED_UIDS}
+    check_native_pixel_length(ds)
     try:
         name = person_name(ds.get("PatientName"))
     except Exception:

@@ -433,7 +433,8 @@ def preferred_transfer_syntaxes() -> list[str]:
     pynetdicom picks, per context, the first of *our* syntaxes the requestor proposed. A
     modality holding JPEG data proposes JPEG plus uncompressed; preferring the compressed
     one means the instance arrives as it was made and is stored as received (no transcoding
-    on either side). Lossless compressed syntaxes come before lossy ones.
+    on either side). Lossless compressed syntaxes come before lossy ones, explicit VR little
+    endian before the other uncompressed ones.
     """
     from pydicom.uid import UID
 
@@ -441,7 +442,8 @@ def preferred_transfer_syntaxes() -> list[str]:
         name = UID(uid).name
         if UID(uid).is_compressed:
             return 0 if "Lossless" in name else 1
-        return 2
+        # Explicit VR keeps the VRs of private elements; implicit is the last resort.
+        return 2 if uid == "1.2.840.10008.1.2.1" else 3
 
     return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
 

@@ -157,10 +157,10 @@ class Session:
     def canvas_box(self):
         return self.page.locator("[data-role=canvas]").bounding_box()
 
-    def select_series(self, uid, tap=False):
+    def select_series(self, uid):
         item = self.page.locator(f'.lcv-series[data-series="{uid}"]')
         item.scroll_into_view_if_needed()
-        (item.tap if tap else item.click)()
+        item.click()
         return self.wait_rendered(f"s.seriesUid === {json.dumps(uid)}")
 
     def proxied(self):
@@ -171,7 +171,12 @@ def run_checks(s: Session, name: str, fn):
     try:
         fn(s)
     except Exception as exc:  # a crash fails this scenario's remaining checks, not the run
-        s.check(f"{name}.crash", False, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-2500:])
+        try:
+            context = s.page.evaluate("() => ({pointer: window.__pointer.slice(-12), state: window.lancangViewer.state()})")
+        except Exception:
+            context = None
+        s.check(f"{name}.crash", False, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-1500:],
+                context=context)
         try:
             s.page.screenshot(path=f"/tmp/viewer-{name}-crash.png")
         except Exception:
@@ -403,6 +408,20 @@ def swipe(cdp, start, end, steps=8):
     touch(cdp, "touchEnd", [])
 
 
+def tap_until(page, locator, condition: str, attempts: int = 4):
+    """Tap until `condition` holds. Chromium sometimes turns no click out of a tap that follows a
+    synthetic swipe closely (the gesture detector still sees a fling); a person is never that fast."""
+    for _ in range(attempts):
+        page.wait_for_timeout(300)
+        locator.tap()
+        try:
+            page.wait_for_function(f"() => {condition}", timeout=1500)
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"tapping {locator} never made {condition} true")
+
+
 def phone(s: Session):
     from viewer_harness import STUDY_UID
     page, hx, check = s.page, s.hx, s.check
@@ -432,10 +451,7 @@ def phone(s: Session):
     back = s.wait_rendered(f"s.index < {sw['index']}")
     check("phone.swipe", sw["index"] >= 5 and back["index"] < sw["index"], forward=sw["index"], back=back["index"])
 
-    # Chromium drops a tap that comes within ~0.3 s of a synthetic fast swipe (no click): pause.
-    page.wait_for_timeout(400)
-    page.locator('[data-tool="wl"]').tap()
-    page.wait_for_function("() => window.lancangViewer.state().tool === 'wl'", timeout=3000)
+    tap_until(page, page.locator('[data-tool="wl"]'), "window.lancangViewer.state().tool === 'wl'")
     before = s.image_stats(192, 256)
     swipe(cdp, (cx - 80, cy), (cx + 60, cy + 40))
     wl = s.wait_rendered("s.windowWidth !== 400")
@@ -454,8 +470,10 @@ def phone(s: Session):
     check("phone.pinch", 2.5 < z["zoom"] < 3.5 and len(z["measurements"]) == 0, zoom=z["zoom"])
 
     m1 = hx.by_key("mono1")
-    page.wait_for_timeout(400)
-    st = s.select_series(m1.uid, tap=True)
+    item = page.locator(f'.lcv-series[data-series="{m1.uid}"]')
+    item.scroll_into_view_if_needed()
+    tap_until(page, item, f"window.lancangViewer.state().seriesUid === {json.dumps(m1.uid)}")
+    st = s.wait_rendered(f"s.seriesUid === {json.dumps(m1.uid)}")
     check("phone.series_tap", st["seriesUid"] == m1.uid, state=st["seriesUid"])
     page.screenshot(path="/tmp/viewer-phone-mono1.png")
 
