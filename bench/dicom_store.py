@@ -443,7 +443,8 @@ def versions(python: str) -> dict:
                            capture_output=True, text=True).stdout.split("\n")
     return {
         "orthanc": first_line(["Orthanc", "--version"]),
-        "dcmtk": first_line([peers.dcmtk_tool("storescu"), "--version"]).strip("$ "),
+        "dcmtk": first_line([peers.dcmtk_tool("storescu"), "--version"]).strip("$ ")
+                 .removeprefix("dcmtk: "),
         "lancang_commit": first_line([*git, "rev-parse", "--short", "HEAD"]),
         "lancang_modified_files": [line[3:] for line in dirty if line.strip()],
         "python": first_line([python, "--version"]),

@@ -229,8 +229,8 @@ class Receiver:
         with self.db.scope(readonly=True) as session:
             scope = access.scope_for(session, principal)
             rows = query.run(session, scope, query.Query(level="IMAGE", keys=keys))
-            return [(r["_entities"]["Instance"].object_key, r["_entities"]["Instance"].sop_instance_uid)
-                    for r in rows]
+            return [(i.object_key, i.sop_class_uid, i.transfer_syntax_uid)
+                    for i in (r["_entities"]["Instance"] for r in rows)]
 
     def _load(self, key: str) -> Dataset:
         return dcmread(io.BytesIO(self.objects.get(key)))
@@ -250,7 +250,7 @@ class Receiver:
         self._audit(principal, event, "dicom.get", str(event.identifier.get("QueryRetrieveLevel", "")),
                     identifier_keys(event.identifier), len(instances))
         yield len(instances)
-        for key, _uid in instances:
+        for key, _sop_class, _syntax in instances:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
@@ -276,14 +276,14 @@ class Receiver:
             instances = self._instances_for(principal, event.identifier)
         except DomainError as exc:
             log.warning("dicom.move.refused calling=%s reason=%s", calling, exc.detail)
-            yield node[0], node[1], {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
+            yield node[0], node[1], _move_options([])
             yield 0
             return
         self._audit(principal, event, "dicom.move", str(event.identifier.get("QueryRetrieveLevel", "")),
                     {**identifier_keys(event.identifier), "MoveDestination": destination}, len(instances))
-        yield node[0], node[1], {"evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
+        yield node[0], node[1], _move_options(instances)
         yield len(instances)
-        for key, _uid in instances:
+        for key, _sop_class, _syntax in instances:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
@@ -335,6 +335,27 @@ class Receiver:
                                  "failed": entry.failed, "failures": entry.failures})
         except Exception:  # the database may be the reason this association failed
             log.exception("dicom.store.audit_failed calling=%s", entry.calling)
+
+
+def _move_options(instances: list[tuple[str, str, str]]) -> dict:
+    """Association options for the C-MOVE sub-operations: one context per SOP class, offering
+    the stored syntaxes first (sent as stored), then explicit and implicit little endian."""
+    from pynetdicom import build_context
+
+    syntaxes: dict[str, list[str]] = {}
+    for _key, sop_class, syntax in instances:
+        offered = syntaxes.setdefault(sop_class, [])
+        if syntax not in offered:
+            offered.append(syntax)
+    contexts = []
+    for sop_class, offered in list(syntaxes.items())[:128]:
+        for fallback in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+            if fallback not in offered:
+                offered.append(fallback)
+        contexts.append(build_context(sop_class, offered))
+    if not contexts:  # nothing to send: pynetdicom still wants one context to associate
+        contexts.append(build_context(Verification))
+    return {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
 
 
 def _address(assoc) -> str:
