@@ -156,6 +156,41 @@ def cmd_token_revoke(args) -> None:
         print(f"token {row.id} revoked")
 
 
+# --- import ----------------------------------------------------------------------------
+
+
+def cmd_import(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from imaging.announce import TASK
+    from imaging.importer import run_import
+    from imaging.service import Ingestor
+    from storage import audit, jobs, service
+
+    runtime = _runtime()
+    with runtime.db.scope(readonly=True) as session:
+        institution = service.get_institution(session=session, code=args.institution)
+        institution_id = institution.id
+    ingestor = Ingestor(runtime.db, runtime.store)
+    try:
+        with tqdm(unit="file", desc="import", disable=args.quiet, file=sys.stderr) as bar:
+            summary = run_import(ingestor, [Path(p) for p in args.paths], institution_id=institution_id,
+                                 progress=bar)
+    finally:
+        ingestor.close()
+    for series_pk in sorted(summary.series_pks):
+        jobs.send_now(TASK, (series_pk,), "derive")
+    audit.record(runtime.db, principal=None, actor=CLI_ACTOR, action="dicom.import", object_type="study",
+                 object_id=",".join(sorted(summary.studies))[:4000], outcome="ok" if summary.ok else "failed",
+                 detail={**dict(summary.outcomes), "institution": args.institution,
+                         "paths": [str(p) for p in args.paths][:20]})
+    for line in summary.lines():
+        print(line)
+    return 0 if summary.ok else 1
+
+
 # --- audit -----------------------------------------------------------------------------
 
 
@@ -253,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
          (("--concurrency",), {"type": int, "default": 2}),
          (("--queues",), {"default": "derive,render,notify,maintenance"}))
 
+    _sub(commands, "import", "import DICOM files, folders and zip archives", cmd_import,
+         (("paths",), {"nargs": "+", "metavar": "PATH"}), (("--institution",), {"required": True}),
+         (("--quiet", "-q"), {"action": "store_true", "help": "no progress bar"}))
+
     db = commands.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
     _sub(db, "upgrade", "migrate the database to the newest schema", cmd_db_upgrade)
 
@@ -307,6 +346,8 @@ def _configure_logging(command: str) -> None:
                         stream=sys.stdout if service else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The filesystem broker has no host; kombu says so at every connection.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -978,6 +978,8 @@ ui.canvas.addEventListener("pointerdown", (e) => {
   if (!currentEntry()) return;
   ui.canvas.focus({ preventScroll: true });
   ui.canvas.setPointerCapture(e.pointerId);
+  // A primary pointer means no other contact is down: forget any whose "up" we never saw.
+  if (e.isPrimary) pointers.clear();
   const [x, y] = eventPoint(e);
   pointers.set(e.pointerId, { x, y });
   e.preventDefault();
