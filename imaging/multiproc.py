@@ -31,6 +31,9 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor decides when we stop
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    import sys
+
+    sys.setswitchinterval(0.0005)  # as in imaging.scp.run_receiver
     runtime = bootstrap(settings, component="dicom")
     announcer = SeriesAnnouncer(runtime.db)
     receiver = Receiver(runtime, on_committed=announcer.note)

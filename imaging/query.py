@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from sqlalchemy import Select, and_, false, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from imaging.models import Instance, Patient, Series, Study
@@ -40,6 +40,8 @@ ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in (
     Attr("PatientBirthDate", "DA", "PATIENT", Patient.birth_date, "date"),
     Attr("PatientSex", "CS", "PATIENT", Patient.sex),
     Attr("NumberOfPatientRelatedStudies", "IS", "PATIENT", None, "count"),
+    Attr("NumberOfPatientRelatedSeries", "IS", "PATIENT", None, "count"),
+    Attr("NumberOfPatientRelatedInstances", "IS", "PATIENT", None, "count"),
     Attr("StudyInstanceUID", "UI", "STUDY", Study.study_instance_uid, "uid"),
     Attr("StudyDate", "DA", "STUDY", Study.study_date, "date"),
     Attr("StudyTime", "TM", "STUDY", Study.study_time, "time"),
@@ -220,7 +222,7 @@ def _values(session: Session, q: Query, row) -> dict[str, Any]:
         if attr is None:
             continue
         if attr.kind == "count":
-            out[keyword] = _patient_studies(session, entities["Patient"])
+            out[keyword] = _patient_count(session, entities["Patient"], keyword)
             continue
         owner = attr.column.class_.__name__ if attr.column is not None else None
         entity = entities.get(owner)
@@ -231,10 +233,12 @@ def _values(session: Session, q: Query, row) -> dict[str, Any]:
     return out
 
 
-def _patient_studies(session: Session, patient: Patient) -> int:
-    from sqlalchemy import func
-
-    return session.scalar(select(func.count()).select_from(Study).where(Study.patient_pk == patient.id)) or 0
+def _patient_count(session: Session, patient: Patient, keyword: str) -> int:
+    """NumberOfPatientRelated{Studies,Series,Instances} from the study counters."""
+    column = {"NumberOfPatientRelatedStudies": func.count(),
+              "NumberOfPatientRelatedSeries": func.sum(Study.num_series),
+              "NumberOfPatientRelatedInstances": func.sum(Study.num_instances)}[keyword]
+    return session.scalar(select(column).select_from(Study).where(Study.patient_pk == patient.id)) or 0
 
 
 def stored_value(instance: Instance, keyword_tag: str) -> dict | None:
@@ -244,5 +248,3 @@ def stored_value(instance: Instance, keyword_tag: str) -> dict | None:
     except (ValueError, AttributeError):
         return None
 
-
-Converter = Callable[[Any], Any]

@@ -127,7 +127,10 @@ def test_gb18030_name_roundtrips_and_matches(node, tmp_path):
     assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=王*", "PatientID")] == ["GB2"]
     assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=WANG*", "PatientID")] == ["GB2"]
     assert [a["PatientID"] for a in find(node, "STUDY", "PatientName=张^秀英", "PatientID")] == ["GB1"]
-    assert [a["PatientID"] for a in find(node, "PATIENT", "PatientName=李?娜", "PatientID")] == ["U8"]
+    patients = find(node, "PATIENT", "PatientName=李?娜", "PatientID", "NumberOfPatientRelatedStudies",
+                    "NumberOfPatientRelatedInstances")
+    assert [(p["PatientID"], p["NumberOfPatientRelatedStudies"], p["NumberOfPatientRelatedInstances"])
+            for p in patients] == [("U8", "1", "1")]
 
 
 def test_find_matching_rules(node, tmp_path):
