@@ -71,8 +71,18 @@ class Series(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
-    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Derived images (imaging/derive.py). The series is up to date when derived_through
+    # equals last_received_at; the sweep re-derives series where it lags behind.
+    thumbnail_key: Mapped[str | None] = mapped_column(String(400))
+    derive_state: Mapped[str] = mapped_column(String(16), default="")  # "" running done partial failed
+    derived_through: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    derived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Attempts since the last completed derivation: a task that kills its worker (a decoder
+    # crash, out of memory) is redelivered; this bounds how often.
+    derive_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    derive_error: Mapped[str] = mapped_column(Text, default="")
 
     study: Mapped[Study] = relationship()
 
@@ -98,6 +108,12 @@ class Instance(Base):
     received_from: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The small preview (imaging/derive.py); preview_sha256 is the version of the instance it
+    # was attempted for, so a replaced instance is previewed again and a corrupt one is not
+    # retried until its bytes change. preview_error says why there is no preview.
+    preview_key: Mapped[str | None] = mapped_column(String(400))
+    preview_sha256: Mapped[str] = mapped_column(String(64), default="")
+    preview_error: Mapped[str] = mapped_column(Text, default="")
 
     series: Mapped[Series] = relationship()
 
@@ -118,3 +134,38 @@ class SupersededInstance(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     replaced_by: Mapped[str] = mapped_column(Text, default="")
+
+
+class Share(Base):
+    """A cloud-film link (云胶片) that lets one patient see one study after a PIN.
+
+    Only hashes are stored: the link token as SHA-256, the PIN as HMAC-SHA256 keyed with
+    the server secret and a per-share salt. The token is derived from `token_nonce` with
+    the server secret (imaging/shares.py), so a worker holding the key can print the QR
+    code again while the database alone opens nothing.
+    """
+
+    __tablename__ = "shares"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_nonce: Mapped[str] = mapped_column(String(32))
+    pin_salt: Mapped[str] = mapped_column(String(32))
+    pin_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str] = mapped_column(String(128), default="")
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opened_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The printable film sheet (imaging/filmsheet.py), made by a worker.
+    film_key: Mapped[str | None] = mapped_column(String(400))
+    film_state: Mapped[str] = mapped_column(String(16), default="")  # "" pending ready failed
+
+    study: Mapped[Study] = relationship()

@@ -17,7 +17,8 @@ How an answer's representation is chosen:
   (the caller answers 406).
 * A range without ``transfer-syntax`` asks for the media type's default transfer syntax
   (PS3.18 Table 8.7.3-5): Explicit VR Little Endian for ``application/dicom`` and
-  ``application/octet-stream``. For compressed image types (``image/jpeg``, ``image/jp2``...)
+  ``application/octet-stream``; a full wildcard (``*/*``, or ``type="*/*"``) accepts any
+  syntax, the resource's order still putting its default first. For compressed image types (``image/jpeg``, ``image/jp2``...)
   any transfer syntax of that media type is accepted: we never transcode between compressed
   syntaxes, so refusing a JPEG Baseline frame to a client that asked for ``image/jpeg``
   would help nobody (a deliberate leniency; an explicit ``transfer-syntax`` is honoured exactly).
@@ -227,10 +228,10 @@ def default_syntax_matches(media_type: str, syntax: str) -> bool:
     return SYNTAX_MEDIA_TYPES.get(syntax) == media_type
 
 
-def _syntax_score(wanted: str | None, offer: Offer) -> int | None:
-    if offer.transfer_syntax is None:
+def _syntax_score(wanted: str | None, offer: Offer, *, any_type: bool) -> int | None:
+    if offer.transfer_syntax is None or wanted == ANY_SYNTAX:
         return 0
-    if wanted == ANY_SYNTAX:
+    if wanted is None and any_type:  # "*/*" says nothing about syntax: anything goes
         return 0
     if wanted is None:
         return 0 if offer.transfer_syntax != ANY_SYNTAX and default_syntax_matches(
@@ -240,6 +241,8 @@ def _syntax_score(wanted: str | None, offer: Offer) -> int | None:
 
 def specificity(media_range: MediaRange, offer: Offer) -> int | None:
     """How specifically the range covers the offer (higher is more specific); None: not at all."""
+    any_type = media_range.media_type == "*/*" or (
+        media_range.media_type in (MULTIPART, "multipart/*") and (media_range.part_type or "*/*") == "*/*")
     if media_range.media_type == "*/*":
         type_score = 0
     elif media_range.media_type in (MULTIPART, "multipart/*"):
@@ -256,7 +259,7 @@ def specificity(media_range: MediaRange, offer: Offer) -> int | None:
         if single_score is None:
             return None
         type_score = 2 + single_score
-    syntax_score = _syntax_score(media_range.transfer_syntax, offer)
+    syntax_score = _syntax_score(media_range.transfer_syntax, offer, any_type=any_type)
     return None if syntax_score is None else type_score * 2 + syntax_score
 
 

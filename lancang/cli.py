@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(aud, "export", "export records", cmd_audit_export,
          (("--since",), {}), (("--format",), {"choices": ("csv", "json"), "default": "csv"}),
          (("--output", "-o"), {}))
+
+    from lancang import cli_consult
+
+    cli_consult.register(commands, _sub)
     return parser
 
 

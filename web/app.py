@@ -12,9 +12,11 @@ from fastapi.templating import Jinja2Templates
 
 from lancang.runtime import bootstrap
 from lancang.settings import Settings, get_settings
+from consult.routes import build_router as consult_router
+from imaging.dicomweb import build_dicomweb_router
 from imaging.routes import build_router as imaging_router
 from web import errors, pages, routes
-from web.deps import current_principal, db_session
+from web.deps import current_principal, db_session, require_user, write_session
 
 HERE = Path(__file__).parent
 log = logging.getLogger("lancang.web")
@@ -37,4 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(pages.router)
     app.include_router(imaging_router(db_session, current_principal))
+    app.include_router(build_dicomweb_router(db_session, write_session, current_principal))
+    app.include_router(consult_router(db_session, write_session, require_user))
     return app

@@ -931,6 +931,7 @@ function moveGesture(e) {
       break;
     }
     case "measure": {
+      if (!pending) break; // cancelled with Escape
       const ip = toImage(p[0], p[1]);
       pending = makeMeasurement(currentEntry(), pending.points[0], ip);
       requestDraw();
@@ -1011,7 +1012,14 @@ ui.canvas.addEventListener("pointermove", (e) => {
 });
 
 function pointerGone(e) {
-  if (!pointers.delete(e.pointerId)) return;
+  const ptr = pointers.get(e.pointerId);
+  if (!ptr) return;
+  // The release point counts as the last move: a busy page may have coalesced the moves away.
+  if (e.type === "pointerup" && pointers.size === 1 && gesture && gesture.tool !== "pinch") {
+    [ptr.x, ptr.y] = eventPoint(e);
+    moveGesture(e);
+  }
+  pointers.delete(e.pointerId);
   if (gesture && gesture.tool === "pinch") {
     if (pointers.size === 0) gesture = null;
     return; // lifting one finger of a pinch must not start a new gesture

@@ -1,0 +1,318 @@
+"""Reports: drafts that autosave, the reader's signed preliminary, the senior's co-signed final
+(or a return with comments), signed addenda; every version kept, none ever edited.
+
+Signing: each version is a PDF signed with PAdES by its signer(s) (consult/signing.py) with a
+QR code to the public verification page, plus a detached CMS signature over the canonical
+JSON of the report data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult import signing, templates
+from consult.models import ConsultRequest, Report, ReportVersion, SignerCredential, SigningAuthority
+from consult.notify import notify
+from consult.reportpdf import ReportContent, build_report_pdf
+from consult.service import _require, get, transition
+from imaging.models import Series, Study
+from storage import audit
+from storage.errors import Conflict, Invalid, NotFound, NotPermitted
+from storage.models import User
+from storage.types import utcnow
+
+WRITABLE = ("assigned", "scheduled", "in_progress")
+
+
+class SignatureRefused(NotPermitted):
+    """Wrong signing password or no usable certificate (403 with the reason)."""
+
+
+# -- certificate authority --------------------------------------------------------------
+
+
+def init_authority(*, session: Session, name: str, organisation: str, password: str) -> SigningAuthority:
+    """Create the institutional CA (refused when one is active: keys are not replaced silently)."""
+    if session.scalar(select(SigningAuthority).where(SigningAuthority.active.is_(True))) is not None:
+        raise Conflict("a signing authority exists already")
+    if len(password) < 12:
+        raise Invalid("the CA password needs at least 12 characters")
+    material = signing.create_ca(name, organisation, password)
+    authority = SigningAuthority(name=name, cert_pem=material.cert_pem, key_pem_encrypted=material.key_pem_encrypted)
+    session.add(authority)
+    session.flush()
+    return authority
+
+
+def active_authority(session: Session) -> SigningAuthority:
+    authority = session.scalar(select(SigningAuthority).where(SigningAuthority.active.is_(True)))
+    if authority is None:
+        raise NotFound("no signing authority: run `lancang ca init` first")
+    return authority
+
+
+def trusted_roots(session: Session) -> list[bytes]:
+    return list(session.scalars(select(SigningAuthority.cert_pem)))
+
+
+def issue_credential(*, session: Session, user: User, ca_password: str, signing_password: str) -> SignerCredential:
+    """Give a specialist an X.509 signing certificate; the key is encrypted with their password."""
+    if user.role != "specialist":
+        raise Invalid(f"{user.username} is not a specialist")
+    if len(signing_password) < 8:
+        raise Invalid("the signing password needs at least 8 characters")
+    authority = active_authority(session)
+    ca = signing.CaMaterial(authority.cert_pem, authority.key_pem_encrypted)
+    try:
+        material = signing.issue_signer(ca, ca_password, username=user.username, display_name=user.display_name,
+                                        institution=user.institution.name_zh, signer_password=signing_password)
+    except signing.SigningError as exc:
+        raise SignatureRefused(str(exc)) from None
+    for old in session.scalars(select(SignerCredential).where(SignerCredential.user_id == user.id,
+                                                              SignerCredential.revoked_at.is_(None))):
+        old.revoked_at = utcnow()
+    credential = SignerCredential(user_id=user.id, authority_id=authority.id, cert_pem=material.cert_pem,
+                                  key_pem_encrypted=material.key_pem_encrypted)
+    session.add(credential)
+    session.flush()
+    return credential
+
+
+def _credential(session: Session, user: User) -> tuple[SignerCredential, SigningAuthority]:
+    credential = session.scalar(select(SignerCredential).where(SignerCredential.user_id == user.id,
+                                                               SignerCredential.revoked_at.is_(None)))
+    if credential is None:
+        raise SignatureRefused("you have no signing certificate yet; ask the administrator / 尚未签发数字证书")
+    return credential, session.get(SigningAuthority, credential.authority_id)
+
+
+# -- drafts -----------------------------------------------------------------------------
+
+
+def get_report(*, session: Session, consult: ConsultRequest) -> Report | None:
+    return session.scalar(select(Report).where(Report.consult_id == consult.id))
+
+
+def save_draft(*, session: Session, consult_id: int, user: User, template: str, content: dict) -> Report:
+    """Autosave of the reader's working text (only while the read is open)."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id == consult.reader_id, "only the assigned reader writes the report")
+    if consult.status not in WRITABLE:
+        raise Conflict(f"the report cannot be edited while the consult is {consult.status}")
+    cleaned = templates.clean_content(template, content)
+    if consult.status != "in_progress":
+        transition(session, consult, user, "in_progress")
+    report = get_report(session=session, consult=consult)
+    if report is None:
+        report = Report(consult_id=consult.id, template=template, status="draft", draft=cleaned)
+        session.add(report)
+    else:
+        report.template, report.draft, report.updated_at = template, cleaned, utcnow()
+    session.flush()
+    return report
+
+
+# -- signing ----------------------------------------------------------------------------
+
+
+def _exam(session: Session, consult: ConsultRequest) -> tuple[Study, Series | None]:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == consult.studies[0].study_instance_uid))
+    series = session.scalar(select(Series).where(Series.study_pk == study.id).order_by(Series.id))
+    return study, series
+
+
+def _age(birth: str, on: str) -> str:
+    try:
+        born = date(int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
+        seen = date(int(on[:4]), int(on[4:6]), int(on[6:8])) if on else date.today()
+    except (ValueError, IndexError):
+        return ""
+    years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return f"{years}岁"
+
+
+def _pdf_content(session: Session, consult: ConsultRequest, report: Report, content: dict, verify_url: str,
+                 title: str | None = None) -> ReportContent:
+    study, series = _exam(session, consult)
+    template = templates.TEMPLATES[report.template]
+    fields = templates.fields_as_text(report.template, content.get("fields", {}))
+    findings = content["findings"] + (f"\n{fields}" if fields else "")
+    extra = {"title": title} if title else {}
+    return ReportContent(
+        institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
+        patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,
+        patient_sex=study.patient.sex, patient_age=_age(study.patient.birth_date, study.study_date),
+        patient_id=study.patient.patient_id, modality=(series.modality if series else "") or template.modality,
+        body_part=(series.body_part if series else "") or template.body_part, exam_date=study.study_date,
+        accession_number=study.accession_number, clinical_question=consult.clinical_question,
+        findings=findings, impression=content["impression"], recommendation=content["recommendation"],
+        reader_name=consult.reader.display_name if consult.reader else "",
+        read_at=None, reviewer_name=consult.reviewer.display_name if consult.reviewer else "", reviewed_at=None,
+        verify_url=verify_url, requesting_institution=consult.requesting_institution.name_zh, **extra)
+
+
+def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, reason: str,
+          content: dict) -> tuple[bytes, dict]:
+    credential, authority = _credential(session, user)
+    material = signing.SignerMaterial(credential.cert_pem, credential.key_pem_encrypted)
+    try:
+        signed = signing.sign_pdf(pdf, material, password, authority.cert_pem, field_name=field, reason=reason)
+        cms = signing.sign_data(signing.canonical_json(content), material, password)
+    except signing.SigningError as exc:
+        audit.append(session, principal=None, actor=user.username, action="report.sign", outcome="denied",
+                     detail={"reason": str(exc)})
+        raise SignatureRefused(f"{exc} / 签名失败") from None
+    return signed, {"user": user.username, "name": user.display_name, "field": field,
+                    "signed_at": utcnow().isoformat(), "cms_b64": base64.b64encode(cms).decode()}
+
+
+def _store_version(session: Session, store, report: Report, kind: str, content: dict, pdf: bytes,
+                   signatures: list[dict], public_id: str) -> ReportVersion:
+    number = len(report.versions) + 1
+    key = f"reports/{report.consult_id}/v{number}-{kind}.pdf"
+    store.put(key, pdf, content_type="application/pdf")
+    version = ReportVersion(report_id=report.id, number=number, kind=kind, public_id=public_id, content=content,
+                            content_sha256=hashlib.sha256(signing.canonical_json(content)).hexdigest(),
+                            pdf_key=key, pdf_sha256=hashlib.sha256(pdf).hexdigest(), signatures=signatures)
+    session.add(version)
+    session.flush()
+    report.versions.append(version)
+    return version
+
+
+def _verify_url(base_url: str, public_id: str) -> str:
+    return f"{base_url}/verify/{public_id}"
+
+
+def sign_preliminary(*, session: Session, store, consult_id: int, user: User, password: str,
+                     base_url: str) -> ReportVersion:
+    """The reader signs the draft: a PAdES-signed PDF and a CMS signature; the senior is told."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id == consult.reader_id, "only the assigned reader signs the preliminary report")
+    report = get_report(session=session, consult=consult)
+    if report is None or consult.status != "in_progress":
+        raise Conflict("there is no open draft to sign")
+    content = templates.clean_content(report.template, report.draft)
+    if not content["findings"].strip() or not content["impression"].strip():
+        raise Invalid("findings and impression are required / 请填写检查所见和诊断意见")
+    public_id = secrets.token_hex(8)
+    pdf = build_report_pdf(_pdf_content(session, consult, report, content, _verify_url(base_url, public_id)))
+    signed, signature = _sign(session, user, password, pdf, "reader", "初步报告 preliminary report", content)
+    version = _store_version(session, store, report, "preliminary", content, signed, [signature], public_id)
+    report.status, report.review_comment = "preliminary", ""
+    transition(session, consult, user, "reported", f"version {version.number}")
+    audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
+                 object_id=str(consult.id), detail={"version": version.number, "kind": "preliminary"})
+    notify(session, {consult.reviewer_id}, kind="report.review",
+           title=f"待审核报告 Report of consult #{consult.id} awaits your review", link=f"/consults/{consult.id}")
+    return version
+
+
+def return_for_revision(*, session: Session, consult_id: int, user: User, comments: str) -> Report:
+    """The senior sends the preliminary back with comments; it stays on record."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id == consult.reviewer_id, "only the assigned reviewer reviews")
+    if not comments.strip():
+        raise Invalid("write what should change / 请填写修改意见")
+    report = get_report(session=session, consult=consult)
+    transition(session, consult, user, "in_progress", comments)
+    report.status, report.review_comment = "draft", comments.strip()
+    notify(session, {consult.reader_id}, kind="report.returned",
+           title=f"报告被退回修改 Report of consult #{consult.id} returned", body=comments, link=f"/consults/{consult.id}")
+    return report
+
+
+def co_sign_final(*, session: Session, store, consult_id: int, user: User, password: str) -> ReportVersion:
+    """The senior co-signs the reader's signed PDF (an incremental signature): final, and
+    returned to the requesting institution (审核回传)."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id == consult.reviewer_id, "only the assigned reviewer signs the final report")
+    if consult.status != "reported":
+        raise Conflict(f"a consult that is {consult.status} has no report to co-sign")
+    report = get_report(session=session, consult=consult)
+    preliminary = report.versions[-1]
+    pdf = store.get(preliminary.pdf_key)
+    check = signing.verify_pdf(pdf, trusted_roots(session))
+    if not check.ok:
+        raise Conflict("the preliminary report does not verify; it was not co-signed: " + "; ".join(check.problems))
+    signed, signature = _sign(session, user, password, pdf, "reviewer", "审核签发 final report", preliminary.content)
+    version = _store_version(session, store, report, "final", preliminary.content, signed,
+                             [*preliminary.signatures, signature], preliminary.public_id + "f")
+    report.status = "final"
+    transition(session, consult, user, "final", f"version {version.number}")
+    transition(session, consult, None, "returned", "report returned to the requesting institution")
+    audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
+                 object_id=str(consult.id), detail={"version": version.number, "kind": "final"})
+    from consult.service import _users
+
+    recipients = _users(session, consult.requesting_institution_id, ("radiographer", "coordinator", "admin"))
+    notify(session, recipients | {consult.requested_by_id}, kind="report.final",
+           title=f"报告已回传 Final report of consult #{consult.id}", link=f"/consults/{consult.id}")
+    return version
+
+
+def sign_addendum(*, session: Session, store, consult_id: int, user: User, password: str, text: str,
+                  base_url: str) -> ReportVersion:
+    """A correction after the final: a new, separately signed version; the final stays as it was."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id in (consult.reader_id, consult.reviewer_id), "only the report's signers add addenda")
+    if consult.status not in ("final", "returned", "acknowledged"):
+        raise Conflict("addenda follow a final report")
+    if not text.strip():
+        raise Invalid("the addendum is empty")
+    report = get_report(session=session, consult=consult)
+    final = next(v for v in reversed(report.versions) if v.kind == "final")
+    content = {**final.content, "addendum": text.strip()[:20000], "amends_version": final.number}
+    public_id = secrets.token_hex(8)
+    pdf_content = _pdf_content(session, consult, report, {**final.content, "findings": text.strip(),
+                                                           "impression": "见原报告 See the final report",
+                                                           "recommendation": ""},
+                               _verify_url(base_url, public_id), title="补充报告  Addendum")
+    signed, signature = _sign(session, user, password, build_report_pdf(pdf_content), "addendum",
+                              "补充报告 addendum", content)
+    version = _store_version(session, store, report, "addendum", content, signed, [signature], public_id)
+    audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
+                 object_id=str(consult.id), detail={"version": version.number, "kind": "addendum"})
+    notify(session, {consult.requested_by_id}, kind="report.addendum",
+           title=f"报告补充 Addendum to consult #{consult.id}", link=f"/consults/{consult.id}")
+    return version
+
+
+# -- verification and reading -----------------------------------------------------------
+
+
+def verify_upload(*, session: Session, pdf: bytes) -> dict:
+    """What the verification page and `lancang report verify` say about a PDF."""
+    result = signing.verify_pdf(pdf, trusted_roots(session))
+    known = session.scalar(select(ReportVersion).where(ReportVersion.pdf_sha256 == hashlib.sha256(pdf).hexdigest()))
+    return {
+        "ok": result.ok,
+        "signers": [{"name": s.name, "institution": s.institution, "signed_at": s.signed_at.isoformat()
+                     if s.signed_at else None, "intact": s.intact, "trusted": s.trusted} for s in result.signers],
+        "problems": result.problems,
+        "known_version": {"public_id": known.public_id, "kind": known.kind} if known else None,
+    }
+
+
+def version_by_public_id(*, session: Session, public_id: str) -> ReportVersion:
+    version = session.scalar(select(ReportVersion).where(ReportVersion.public_id == public_id))
+    if version is None:
+        raise NotFound("no report with this verification code / 未找到该报告")
+    return version
+
+
+def final_for_study(session: Session, study_uid: str) -> ReportVersion | None:
+    """The newest final (or addendum) of any returned consult on this study (for the patient's page)."""
+    from consult.models import ConsultStudy
+
+    consult_ids = select(ConsultStudy.consult_id).where(ConsultStudy.study_instance_uid == study_uid)
+    reports = select(Report.id).where(Report.consult_id.in_(consult_ids), Report.status == "final")
+    return session.scalar(select(ReportVersion).where(ReportVersion.report_id.in_(reports),
+                                                      ReportVersion.kind.in_(("final", "addendum")))
+                          .order_by(ReportVersion.created_at.desc()))

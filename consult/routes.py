@@ -1,0 +1,265 @@
+"""The consult REST API under /api (described by the OpenAPI schema)."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult import reports, scheduling, service, templates
+from consult.models import Booking, ConsultEvent, ConsultRequest, Notification
+from consult.schemas import (Addendum, Assignment, Comments, ConsultCreate, ConsultDetail, ConsultOut, Draft,
+                             EventOut, ExceptionIn, NotificationOut, Password, Reason, Slot, VersionOut, Windows)
+from storage.errors import NotFound
+from storage.models import User
+from storage.types import utcnow
+
+
+def consult_out(consult: ConsultRequest) -> ConsultOut:
+    return ConsultOut(
+        id=consult.id, kind=consult.kind, status=consult.status, direction=consult.direction,
+        requesting_institution=consult.requesting_institution.code, target_institution=consult.target_institution.code,
+        requested_by=consult.requested_by.username, clinical_question=consult.clinical_question,
+        history=consult.history, priority=consult.priority, risk_colour=consult.risk_colour,
+        reader=consult.reader.username if consult.reader else None,
+        reviewer=consult.reviewer.username if consult.reviewer else None,
+        study_uids=[s.study_instance_uid for s in consult.studies], created_at=consult.created_at,
+        due_at=consult.due_at, overdue=service.is_overdue(consult), reason=consult.reason)
+
+
+def consult_detail(session: Session, consult: ConsultRequest, user: User) -> ConsultDetail:
+    report = reports.get_report(session=session, consult=consult)
+    events = session.scalars(select(ConsultEvent).where(ConsultEvent.consult_id == consult.id)
+                             .order_by(ConsultEvent.id)).all()
+    bookings = session.scalars(select(Booking).where(Booking.consult_id == consult.id,
+                                                     Booking.cancelled_at.is_(None))).all()
+    # The working draft is the signers' business; everyone else sees signed versions only.
+    show_draft = report is not None and user.id in (consult.reader_id, consult.reviewer_id)
+    return ConsultDetail(
+        **consult_out(consult).model_dump(),
+        events=[EventOut(at=e.at, from_status=e.from_status, to_status=e.to_status, note=e.note) for e in events],
+        report_status=report.status if report else None, draft=report.draft if show_draft else None,
+        review_comment=report.review_comment if report else "",
+        versions=[VersionOut(number=v.number, kind=v.kind, public_id=v.public_id, created_at=v.created_at,
+                             signers=[s["name"] for s in v.signatures], content=v.content,
+                             pdf_url=f"/api/consults/{consult.id}/report/versions/{v.number}.pdf")
+                  for v in (report.versions if report else [])],
+        bookings=[{"user": b.user.username, "role": b.role, "starts_at": b.starts_at.isoformat(),
+                   "ends_at": b.ends_at.isoformat()} for b in bookings])
+
+
+def build_router(db_session, write_session, current_user) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["consult"])
+    Read = Annotated[Session, Depends(db_session, scope="function")]
+    Write = Annotated[Session, Depends(write_session, scope="function")]
+    Me = Annotated[User, Depends(current_user)]
+
+    def base_url(request: Request) -> str:
+        return request.app.state.runtime.settings.effective_public_url
+
+    def store(request: Request):
+        return request.app.state.runtime.store
+
+    def me_in(session: Session, user: User) -> User:
+        return session.get(User, user.id)
+
+    @router.post("/consults", response_model=ConsultOut, status_code=status.HTTP_201_CREATED)
+    def create_consult(body: ConsultCreate, session: Write, user: Me):
+        """Ask another institution for a read or a live consult on one or more studies."""
+        consult = service.create(session=session, requester=me_in(session, user), kind=body.kind,
+                                 target_code=body.target, study_uids=body.study_uids,
+                                 clinical_question=body.clinical_question, history=body.history,
+                                 priority=body.priority, risk_colour=body.risk_colour)
+        return consult_out(consult)
+
+    @router.get("/consults", response_model=list[ConsultOut])
+    def list_consults(session: Read, user: Me, scope: str = "mine", status_: list[str] = Query([], alias="status"),
+                      priority: str | None = None, colour: str | None = None, modality: str | None = None,
+                      institution: str | None = None, offset: int = Query(0, ge=0), limit: int = Query(100, le=500)):
+        """Worklist (mine), board (incoming) or inbox (outgoing), by urgency then waiting time."""
+        items = service.worklist(session=session, user=me_in(session, user), statuses=status_, priority=priority,
+                                 colour=colour, modality=modality, institution=institution, scope=scope)
+        return [consult_out(c) for c in items[offset:offset + limit]]
+
+    @router.get("/consults/{consult_id}", response_model=ConsultDetail)
+    def get_consult(consult_id: int, session: Read, user: Me):
+        me = me_in(session, user)
+        return consult_detail(session, service.get(session=session, consult_id=consult_id, user=me), me)
+
+    def simple(name: str, fn, body_field: str | None = None, keyword: str | None = None):
+        """A state-machine action: call the service, answer with the consult as it now is."""
+
+        def run(consult_id: int, session: Session, user: User, body=None) -> ConsultDetail:
+            me = me_in(session, user)
+            kwargs = {keyword: getattr(body, body_field)} if body_field else {}
+            fn(session=session, consult_id=consult_id, user=me, **kwargs)
+            return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+        run.__name__ = name
+        return run
+
+    accept_ = simple("accept", service.accept)
+    decline_ = simple("decline", service.decline, "reason", "reason")
+    cancel_ = simple("cancel", service.cancel, "reason", "reason")
+    start_ = simple("start", service.start)
+    acknowledge_ = simple("acknowledge", service.acknowledge)
+
+    @router.post("/consults/{consult_id}/accept", response_model=ConsultDetail)
+    def accept(consult_id: int, session: Write, user: Me):
+        """Coordinator of the target institution accepts the request."""
+        return accept_(consult_id, session, user)
+
+    @router.post("/consults/{consult_id}/decline", response_model=ConsultDetail)
+    def decline(consult_id: int, body: Reason, session: Write, user: Me):
+        return decline_(consult_id, session, user, body)
+
+    @router.post("/consults/{consult_id}/cancel", response_model=ConsultDetail)
+    def cancel(consult_id: int, body: Reason, session: Write, user: Me):
+        return cancel_(consult_id, session, user, body)
+
+    @router.post("/consults/{consult_id}/start", response_model=ConsultDetail)
+    def start(consult_id: int, session: Write, user: Me):
+        return start_(consult_id, session, user)
+
+    @router.post("/consults/{consult_id}/acknowledge", response_model=ConsultDetail)
+    def acknowledge(consult_id: int, session: Write, user: Me):
+        """The requesting institution confirms it has the returned report."""
+        return acknowledge_(consult_id, session, user)
+
+    @router.post("/consults/{consult_id}/assign", response_model=ConsultDetail)
+    def assign(consult_id: int, body: Assignment, session: Write, user: Me):
+        """Name reader and senior reviewer; they (and only they) get access to the studies."""
+        me = me_in(session, user)
+        service.assign(session=session, consult_id=consult_id, user=me, reader_username=body.reader,
+                       reviewer_username=body.reviewer)
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.post("/consults/{consult_id}/schedule", response_model=ConsultDetail)
+    def schedule(consult_id: int, body: Slot, session: Write, user: Me):
+        """Book a live consult (one hour or less); 409 on a double booking or outside availability."""
+        me = me_in(session, user)
+        scheduling.book(session=session, consult_id=consult_id, coordinator=me, specialist_username=body.specialist,
+                        starts_local=body.start, minutes=body.minutes)
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.put("/consults/{consult_id}/report/draft", response_model=ConsultDetail)
+    def save_draft(consult_id: int, body: Draft, session: Write, user: Me):
+        """Autosave of the reader's draft."""
+        me = me_in(session, user)
+        reports.save_draft(session=session, consult_id=consult_id, user=me, template=body.template,
+                           content=body.model_dump())
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.post("/consults/{consult_id}/report/sign", response_model=ConsultDetail)
+    def sign(consult_id: int, body: Password, request: Request, session: Write, user: Me):
+        """The reader signs the preliminary report (PAdES + CMS)."""
+        me = me_in(session, user)
+        reports.sign_preliminary(session=session, store=store(request), consult_id=consult_id, user=me,
+                                 password=body.password, base_url=base_url(request))
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.post("/consults/{consult_id}/report/return", response_model=ConsultDetail)
+    def return_report(consult_id: int, body: Comments, session: Write, user: Me):
+        me = me_in(session, user)
+        reports.return_for_revision(session=session, consult_id=consult_id, user=me, comments=body.comments)
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.post("/consults/{consult_id}/report/cosign", response_model=ConsultDetail)
+    def cosign(consult_id: int, body: Password, request: Request, session: Write, user: Me):
+        """The senior co-signs: final, returned to the requesting institution."""
+        me = me_in(session, user)
+        reports.co_sign_final(session=session, store=store(request), consult_id=consult_id, user=me,
+                              password=body.password)
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.post("/consults/{consult_id}/report/addendum", response_model=ConsultDetail)
+    def addendum(consult_id: int, body: Addendum, request: Request, session: Write, user: Me):
+        me = me_in(session, user)
+        reports.sign_addendum(session=session, store=store(request), consult_id=consult_id, user=me,
+                              password=body.password, text=body.text, base_url=base_url(request))
+        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+    @router.get("/consults/{consult_id}/report/versions/{number}.pdf", response_class=Response)
+    def version_pdf(consult_id: int, number: int, request: Request, session: Read, user: Me):
+        """A signed version as PDF (participants of the consult only)."""
+        consult = service.get(session=session, consult_id=consult_id, user=me_in(session, user))
+        report = reports.get_report(session=session, consult=consult)
+        version = next((v for v in (report.versions if report else []) if v.number == number), None)
+        if version is None:
+            raise NotFound("no such report version")
+        from storage import audit
+
+        audit.record(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
+                     object_type="consult", object_id=str(consult_id), detail={"version": number})
+        return Response(store(request).get(version.pdf_key), media_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="report-{consult_id}-v{number}.pdf"'})
+
+    @router.get("/report-templates")
+    def list_templates(user: Me):
+        return [{"id": t.id, "label": t.label, "modality": t.modality, "body_part": t.body_part,
+                 "findings_hint": t.findings_hint,
+                 "fields": [{"name": f.name, "label": f.label, "unit": f.unit, "kind": f.kind} for f in t.fields]}
+                for t in templates.TEMPLATES.values()]
+
+    @router.put("/me/availability")
+    def set_availability(body: Windows, session: Write, user: Me):
+        """Weekly recurring availability in Asia/Shanghai time (replaces the previous one)."""
+        rows = scheduling.set_weekly(session=session, user=me_in(session, user), windows=body.windows)
+        return {"windows": [[r.weekday, f"{r.start_minute // 60:02d}:{r.start_minute % 60:02d}",
+                             f"{r.end_minute // 60:02d}:{r.end_minute % 60:02d}"] for r in rows]}
+
+    @router.post("/me/availability/exceptions", status_code=status.HTTP_201_CREATED)
+    def add_exception(body: ExceptionIn, session: Write, user: Me):
+        row = scheduling.add_exception(session=session, user=me_in(session, user), starts_local=body.starts,
+                                       ends_local=body.ends, available=body.available, note=body.note)
+        return {"id": row.id, "starts_at": row.starts_at, "ends_at": row.ends_at, "available": row.available}
+
+    @router.get("/specialists/free")
+    def free(session: Read, user: Me, start: str, minutes: int = 30):
+        """Specialists of my institution free in that local slot (for coordinators)."""
+        from datetime import datetime
+
+        try:
+            starts = datetime.fromisoformat(start)
+        except ValueError:
+            from storage.errors import Invalid
+
+            raise Invalid("start must be an ISO date-time like 2026-11-23T09:00") from None
+        people = scheduling.free_specialists(session=session, institution_id=user.institution_id,
+                                             starts_local=starts, minutes=minutes)
+        return [{"username": p.username, "display_name": p.display_name} for p in people]
+
+    @router.get("/me/notifications", response_model=list[NotificationOut])
+    def notifications(session: Read, user: Me, unread: bool = False):
+        query = select(Notification).where(Notification.user_id == user.id)
+        if unread:
+            query = query.where(Notification.read_at.is_(None))
+        rows = session.scalars(query.order_by(Notification.id.desc()).limit(200))
+        return [NotificationOut(id=n.id, at=n.at, kind=n.kind, title=n.title, body=n.body, link=n.link,
+                                read=n.read_at is not None) for n in rows]
+
+    @router.post("/me/notifications/{notification_id}/read", status_code=204)
+    def mark_read(notification_id: int, session: Write, user: Me):
+        row = session.get(Notification, notification_id)
+        if row is None or row.user_id != user.id:
+            raise NotFound("no such notification")
+        row.read_at = row.read_at or utcnow()
+
+    @router.get("/me/calendar.ics", response_class=Response)
+    def calendar(request: Request, session: Read, user: Me):
+        """My booked consults as iCalendar."""
+        return Response(scheduling.ical_feed(session=session, user=me_in(session, user), base_url=base_url(request)),
+                        media_type="text/calendar; charset=utf-8")
+
+    @router.get("/dashboard")
+    def dashboard(session: Read, user: Me, weeks: int = Query(8, ge=1, le=52)):
+        """Volumes, turnaround, overdue items and the queue (coordinators and admins)."""
+        from consult.dashboard import stats
+
+        from storage.errors import NotPermitted
+
+        if user.role not in ("coordinator", "admin"):
+            raise NotPermitted("the dashboard is for coordinators / 仅协调员可见")
+        return stats(session=session, institution_id=user.institution_id, weeks=weeks)
+
+    return router

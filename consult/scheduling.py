@@ -1,0 +1,210 @@
+"""Availability in Asia/Shanghai time (stored in UTC), bookings of one hour or less with
+no double booking of a person, rescheduling, and an iCalendar feed per user."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from consult.models import Availability, AvailabilityException, Booking, ConsultRequest
+from consult.notify import notify
+from consult.service import _is_target_coordinator, _require, get, transition
+from storage import audit
+from storage.errors import Conflict, Invalid, NotFound
+from storage.models import User
+from storage.types import utcnow
+
+LOCAL = ZoneInfo("Asia/Shanghai")
+MAX_SLOT_MINUTES = 60
+
+
+def local_to_utc(value: datetime) -> datetime:
+    """A naive local (Asia/Shanghai) time, or an aware one, as UTC."""
+    aware = value.replace(tzinfo=LOCAL) if value.tzinfo is None else value
+    return aware.astimezone(timezone.utc)
+
+
+def _minutes(text_value: str) -> int:
+    try:
+        hours, minutes = text_value.split(":")
+        value = int(hours) * 60 + int(minutes)
+    except ValueError:
+        raise Invalid(f"time {text_value!r} must look like 08:30") from None
+    if not 0 <= value <= 24 * 60:
+        raise Invalid(f"time {text_value!r} is out of range")
+    return value
+
+
+def set_weekly(*, session: Session, user: User, windows: list[tuple[int, str, str]]) -> list[Availability]:
+    """Replace the user's weekly availability: (weekday 0=Mon..6, "08:00", "12:00") in local time."""
+    rows = []
+    for weekday, start, end in windows:
+        if not 0 <= int(weekday) <= 6:
+            raise Invalid("weekday must be 0 (Monday) to 6 (Sunday)")
+        first, last = _minutes(start), _minutes(end)
+        if last <= first:
+            raise Invalid(f"{start}-{end}: the end must be after the start")
+        rows.append(Availability(user_id=user.id, weekday=int(weekday), start_minute=first, end_minute=last))
+    for old in session.scalars(select(Availability).where(Availability.user_id == user.id)):
+        session.delete(old)
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def add_exception(*, session: Session, user: User, starts_local: datetime, ends_local: datetime,
+                  available: bool, note: str = "") -> AvailabilityException:
+    """Leave (available=False) or extra hours (available=True) between two local times."""
+    starts, ends = local_to_utc(starts_local), local_to_utc(ends_local)
+    if ends <= starts:
+        raise Invalid("the end must be after the start")
+    row = AvailabilityException(user_id=user.id, starts_at=starts, ends_at=ends, available=available, note=note)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def is_available(session: Session, user_id: int, starts: datetime, ends: datetime) -> bool:
+    """Inside a weekly window (on its local day) or extra hours, and not on leave."""
+    exceptions = session.scalars(select(AvailabilityException).where(
+        AvailabilityException.user_id == user_id, AvailabilityException.starts_at < ends,
+        AvailabilityException.ends_at > starts)).all()
+    if any(not e.available for e in exceptions):
+        return False
+    if any(e.available and e.starts_at <= starts and e.ends_at >= ends for e in exceptions):
+        return True
+    local_start, local_end = starts.astimezone(LOCAL), ends.astimezone(LOCAL)
+    if local_start.date() != local_end.date() and local_end.time() != time(0, 0):
+        return False
+    first = local_start.hour * 60 + local_start.minute
+    last = first + int((ends - starts).total_seconds() // 60)
+    windows = session.scalars(select(Availability).where(Availability.user_id == user_id,
+                                                         Availability.weekday == local_start.weekday())).all()
+    return any(w.start_minute <= first and last <= w.end_minute for w in windows)
+
+
+def _lock_people(session: Session, user_ids: list[int]) -> None:
+    # PostgreSQL: serialize bookings per person for the rest of the transaction. SQLite write
+    # transactions already hold the database's single write lock.
+    if session.get_bind().dialect.name == "postgresql":
+        for user_id in sorted(user_ids):
+            session.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x424B, "b": user_id})
+
+
+def conflicts(session: Session, user_id: int, starts: datetime, ends: datetime,
+              ignore_consult: int | None = None) -> list[Booking]:
+    query = select(Booking).where(Booking.user_id == user_id, Booking.cancelled_at.is_(None),
+                                  Booking.starts_at < ends, Booking.ends_at > starts)
+    if ignore_consult is not None:
+        query = query.where(Booking.consult_id != ignore_consult)
+    return list(session.scalars(query))
+
+
+def book(*, session: Session, consult_id: int, coordinator: User, specialist_username: str,
+         starts_local: datetime, minutes: int = 30) -> list[Booking]:
+    """Book a live consult: the specialist, the presenter (requester) and the coordinator.
+
+    Refused (409) when anyone is already booked then, or the specialist is not available."""
+    consult = get(session=session, consult_id=consult_id, user=coordinator)
+    _require(_is_target_coordinator(consult, coordinator), "only the target institution's coordinator books")
+    if consult.kind != "live":
+        raise Invalid("only live consults are booked; reads are assigned")
+    if not 5 <= minutes <= MAX_SLOT_MINUTES:
+        raise Invalid(f"a slot lasts 5 to {MAX_SLOT_MINUTES} minutes / 时段须在1小时以内")
+    specialist = session.scalar(select(User).where(User.username == specialist_username))
+    if specialist is None or specialist.role != "specialist" or specialist.institution_id != consult.target_institution_id:
+        raise NotFound(f"{specialist_username} is not a specialist of the target institution")
+    starts = local_to_utc(starts_local)
+    ends = starts + timedelta(minutes=minutes)
+    if starts < utcnow():
+        raise Invalid("the slot is in the past")
+    people = {"specialist": specialist.id, "presenter": consult.requested_by_id, "coordinator": coordinator.id}
+    _lock_people(session, list(people.values()))
+    if not is_available(session, specialist.id, starts, ends):
+        raise Conflict(f"{specialist.display_name} is not available then / 该专家此时段不在班")
+    for role, user_id in people.items():
+        clash = conflicts(session, user_id, starts, ends, ignore_consult=consult.id)
+        if clash:
+            who = session.get(User, user_id)
+            raise Conflict(f"{who.display_name} is already booked then (consult #{clash[0].consult_id}) / 时间冲突")
+    for old in session.scalars(select(Booking).where(Booking.consult_id == consult.id, Booking.cancelled_at.is_(None))):
+        old.cancelled_at = utcnow()
+    bookings = [Booking(consult_id=consult.id, user_id=user_id, role=role, starts_at=starts, ends_at=ends)
+                for role, user_id in people.items()]
+    session.add_all(bookings)
+    rescheduled = consult.status == "scheduled"
+    transition(session, consult, coordinator, "scheduled", f"{starts.isoformat()} {minutes}min {specialist.username}")
+    if consult.reader_id is None:
+        from consult.service import grant
+
+        consult.reader_id = specialist.id
+        grant(session=session, consult=consult, user_ids={specialist.id}, granted_by=coordinator.username)
+    local = starts.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M")
+    notify(session, set(people.values()), kind="consult.scheduled",
+           title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: {local} (北京时间)",
+           link=f"/consults/{consult.id}")
+    session.flush()
+    return bookings
+
+
+def cancel_bookings(*, session: Session, consult: ConsultRequest) -> None:
+    for booking in session.scalars(select(Booking).where(Booking.consult_id == consult.id,
+                                                         Booking.cancelled_at.is_(None))):
+        booking.cancelled_at = utcnow()
+
+
+def free_specialists(*, session: Session, institution_id: int, starts_local: datetime, minutes: int) -> list[User]:
+    """Specialists of the institution who are available and not booked in that slot."""
+    starts = local_to_utc(starts_local)
+    ends = starts + timedelta(minutes=minutes)
+    people = session.scalars(select(User).where(User.institution_id == institution_id, User.role == "specialist",
+                                                User.active.is_(True)).order_by(User.username))
+    return [u for u in people if is_available(session, u.id, starts, ends) and not conflicts(session, u.id, starts, ends)]
+
+
+def bookings_for(*, session: Session, user: User, since: datetime | None = None) -> list[Booking]:
+    query = select(Booking).where(Booking.user_id == user.id, Booking.cancelled_at.is_(None))
+    if since is not None:
+        query = query.where(Booking.ends_at >= since)
+    return list(session.scalars(query.order_by(Booking.starts_at)))
+
+
+def ical_feed(*, session: Session, user: User, base_url: str) -> bytes:
+    """The user's booked consults as an iCalendar feed (RFC 5545)."""
+    from icalendar import Calendar, Event
+
+    calendar = Calendar()
+    calendar.add("prodid", "-//Lancang//Consults//ZH")
+    calendar.add("version", "2.0")
+    calendar.add("x-wr-calname", f"澜沧会诊 {user.display_name}")
+    for booking in bookings_for(session=session, user=user, since=utcnow() - timedelta(days=30)):
+        consult = session.get(ConsultRequest, booking.consult_id)
+        event = Event()
+        event.add("uid", f"lancang-booking-{booking.id}@lancang")
+        event.add("summary", f"远程会诊 #{consult.id} ({booking.role})")
+        event.add("dtstart", booking.starts_at)
+        event.add("dtend", booking.ends_at)
+        event.add("dtstamp", utcnow())
+        event.add("url", f"{base_url}/consults/{consult.id}")
+        event.add("description", consult.clinical_question[:500])
+        calendar.add_component(event)
+    return calendar.to_ical()
+
+
+def due_reminders(*, session: Session, within: timedelta = timedelta(minutes=30)) -> int:
+    """Notify everyone whose booking starts within `within`, once (a periodic task calls this)."""
+    now = utcnow()
+    due = session.scalars(select(Booking).where(Booking.cancelled_at.is_(None), Booking.reminded_at.is_(None),
+                                                Booking.starts_at > now, Booking.starts_at <= now + within)).all()
+    for booking in due:
+        booking.reminded_at = now
+        local = booking.starts_at.astimezone(LOCAL).strftime("%H:%M")
+        notify(session, {booking.user_id}, kind="consult.reminder",
+               title=f"会诊提醒 Consult #{booking.consult_id} starts at {local}", link=f"/consults/{booking.consult_id}")
+    audit_count = len(due)
+    if audit_count:
+        audit.append(session, principal=None, actor="system", action="consult.reminders", detail={"sent": audit_count})
+    return audit_count

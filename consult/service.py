@@ -1,0 +1,338 @@
+"""Consult requests: creation, routing along the referral tree, the audited state machine,
+service-level deadlines and the access grants that let assigned specialists read.
+
+Functions are keyword-only and never commit; the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult.models import KINDS, PRIORITIES, RISK_COLOURS, ConsultEvent, ConsultRequest, ConsultStudy
+from consult.notify import notify
+from imaging.models import Study
+from storage import access, audit
+from storage.access import Principal
+from storage.errors import Conflict, Invalid, NotFound, NotPermitted
+from storage.models import AccessGrant, Institution, User
+from storage.types import utcnow
+
+# Deadlines (hours) by priority, tightened by the maternal risk colour.
+PRIORITY_HOURS = {"routine": 72, "urgent": 24, "critical": 4}
+COLOUR_HOURS = {"orange": 48, "red": 24, "purple": 24}
+PRIORITY_RANK = {"critical": 0, "urgent": 1, "routine": 2}
+COLOUR_RANK = {"red": 0, "purple": 1, "orange": 2, "yellow": 3, "green": 4, None: 5}
+OPEN = ("requested", "accepted", "assigned", "scheduled", "in_progress", "reported")
+DONE = ("final", "returned", "acknowledged")
+
+# status -> statuses it may move to
+TRANSITIONS = {
+    "requested": {"accepted", "declined", "cancelled"},
+    "accepted": {"assigned", "scheduled", "cancelled"},
+    "assigned": {"assigned", "scheduled", "in_progress", "cancelled"},
+    "scheduled": {"scheduled", "in_progress", "cancelled"},
+    "in_progress": {"reported", "cancelled"},
+    "reported": {"final", "in_progress", "cancelled"},
+    "final": {"returned"},
+    "returned": {"acknowledged"},
+    "acknowledged": set(),
+    "declined": set(),
+    "cancelled": set(),
+}
+
+
+def due_at(*, created: datetime, priority: str, colour: str | None) -> datetime:
+    """The service-level deadline: the tighter of priority and risk colour."""
+    hours = min(PRIORITY_HOURS[priority], COLOUR_HOURS.get(colour or "", 10_000))
+    return created + timedelta(hours=hours)
+
+
+def urgency_key(consult: ConsultRequest) -> tuple:
+    """Sort key: priority, then risk colour, then longest waiting first."""
+    return (PRIORITY_RANK[consult.priority], COLOUR_RANK.get(consult.risk_colour, 5), consult.created_at)
+
+
+def is_overdue(consult: ConsultRequest, now: datetime | None = None) -> bool:
+    return consult.status in OPEN and (now or utcnow()) > consult.due_at
+
+
+def _ancestors(session: Session, institution: Institution) -> list[int]:
+    found, current = [], institution
+    while current.parent_id is not None and current.parent_id not in found:
+        found.append(current.parent_id)
+        current = session.get(Institution, current.parent_id)
+    return found
+
+
+def direction_between(session: Session, source: Institution, target: Institution) -> str:
+    """"up" to an ancestor or a partner hospital (上转), "down" to a descendant (下转)."""
+    if target.id == source.id:
+        raise Invalid("a consult goes to another institution / 请选择其他医院")
+    if target.id in _ancestors(session, source) or target.level == "partner":
+        return "up"
+    if source.id in _ancestors(session, target):
+        return "down"
+    raise Invalid(f"{target.code} is neither above nor below {source.code} in the referral tree")
+
+
+def create(*, session: Session, requester: User, kind: str, target_code: str, study_uids: list[str],
+           clinical_question: str, history: str = "", priority: str = "routine",
+           risk_colour: str | None = None) -> ConsultRequest:
+    """A township (or any member) asks another institution for a read or a live consult."""
+    if kind not in KINDS:
+        raise Invalid(f"kind must be one of {', '.join(KINDS)}")
+    if priority not in PRIORITIES:
+        raise Invalid(f"priority must be one of {', '.join(PRIORITIES)}")
+    if risk_colour not in (None, "", *RISK_COLOURS):
+        raise Invalid(f"risk colour must be one of {', '.join(RISK_COLOURS)}")
+    if not clinical_question.strip():
+        raise Invalid("please state the clinical question / 请填写会诊目的")
+    uids = list(dict.fromkeys(u.strip() for u in study_uids if u.strip()))
+    if not uids:
+        raise Invalid("choose at least one study / 请至少选择一个检查")
+    principal = _principal(requester)
+    for uid in uids:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
+                                                     study_uid=uid):
+            raise NotFound(f"study {uid} not found / 未找到该检查")
+    target = session.scalar(select(Institution).where(Institution.code == target_code))
+    if target is None:
+        raise NotFound(f"unknown institution {target_code!r}")
+    now = utcnow()
+    consult = ConsultRequest(
+        kind=kind, status="requested", requesting_institution_id=requester.institution_id,
+        requested_by_id=requester.id, target_institution_id=target.id,
+        direction=direction_between(session, requester.institution, target),
+        clinical_question=clinical_question.strip(), history=history.strip(), priority=priority,
+        risk_colour=risk_colour or None, created_at=now, status_changed_at=now,
+        due_at=due_at(created=now, priority=priority, colour=risk_colour or None),
+        studies=[ConsultStudy(study_instance_uid=uid) for uid in uids],
+    )
+    session.add(consult)
+    session.flush()
+    _record(session, consult, requester, "new", "requested", "")
+    notify(session, _users(session, target.id, ("coordinator", "admin")), kind="consult.requested",
+           title=f"新会诊申请 New consult request #{consult.id}", body=consult.clinical_question[:200],
+           link=f"/consults/{consult.id}")
+    return consult
+
+
+def get(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    """A consult the user takes part in: requesting or target institution, or assigned to them."""
+    consult = session.get(ConsultRequest, consult_id)
+    if consult is None or not can_view(session, consult, user):
+        raise NotFound("consult not found / 未找到该会诊")
+    return consult
+
+
+def can_view(session: Session, consult: ConsultRequest, user: User) -> bool:
+    if user.institution_id in (consult.requesting_institution_id, consult.target_institution_id):
+        return True
+    if user.id in (consult.reader_id, consult.reviewer_id):
+        return True
+    if user.role != "admin":
+        return False
+    subtree = access.subtree_ids(session, user.institution_id)
+    return consult.requesting_institution_id in subtree or consult.target_institution_id in subtree
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise NotPermitted(message)
+
+
+def _is_target_coordinator(consult: ConsultRequest, user: User) -> bool:
+    return user.institution_id == consult.target_institution_id and user.role in ("coordinator", "admin")
+
+
+def transition(session: Session, consult: ConsultRequest, actor: User | None, to: str, note: str = "") -> None:
+    """Move along the state machine (or raise Conflict), recording event and audit."""
+    if to not in TRANSITIONS[consult.status]:
+        raise Conflict(f"a consult that is {consult.status} cannot become {to}")
+    before = consult.status
+    consult.status = to
+    consult.status_changed_at = utcnow()
+    if to == "final":
+        consult.final_at = consult.status_changed_at
+    _record(session, consult, actor, before, to, note)
+
+
+def _record(session: Session, consult: ConsultRequest, actor: User | None, before: str, after: str, note: str):
+    session.add(ConsultEvent(consult_id=consult.id, actor_id=actor.id if actor else None,
+                             from_status=before, to_status=after, note=note))
+    audit.append(session, principal=_principal(actor) if actor else None, actor=None if actor else "system",
+                 action="consult.transition", object_type="consult", object_id=str(consult.id),
+                 detail={"from": before, "to": after, "note": note[:500]})
+
+
+def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator accepts")
+    transition(session, consult, user, "accepted")
+    consult.coordinator_id = user.id
+    notify(session, {consult.requested_by_id}, kind="consult.accepted",
+           title=f"会诊已受理 Consult #{consult.id} accepted", link=f"/consults/{consult.id}")
+    return consult
+
+
+def decline(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator declines")
+    if not reason.strip():
+        raise Invalid("give a reason for declining / 请填写退回原因")
+    transition(session, consult, user, "declined", reason)
+    consult.reason = reason.strip()
+    notify(session, {consult.requested_by_id}, kind="consult.declined",
+           title=f"会诊被退回 Consult #{consult.id} declined", body=reason, link=f"/consults/{consult.id}")
+    return consult
+
+
+def cancel(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.institution_id == consult.requesting_institution_id or _is_target_coordinator(consult, user),
+             "only the requesting institution or the target's coordinator cancels")
+    if not reason.strip():
+        raise Invalid("give a reason for cancelling / 请填写取消原因")
+    transition(session, consult, user, "cancelled", reason)
+    consult.reason = reason.strip()
+    revoke_grants(session=session, consult=consult)
+    from consult.scheduling import cancel_bookings
+
+    cancel_bookings(session=session, consult=consult)
+    return consult
+
+
+def assign(*, session: Session, consult_id: int, user: User, reader_username: str,
+           reviewer_username: str) -> ConsultRequest:
+    """Name the reader and the senior reviewer (two different specialists of the target institution)
+    and grant exactly them access to the consult's studies."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator assigns")
+    reader = _specialist(session, consult, reader_username)
+    reviewer = _specialist(session, consult, reviewer_username, senior=True)
+    if reader.id == reviewer.id:
+        raise Invalid("the reviewer must be another specialist / 审核医生须为另一位专家")
+    target = "scheduled" if consult.status == "scheduled" else "assigned"
+    transition(session, consult, user, target, f"reader={reader.username} reviewer={reviewer.username}")
+    revoke_grants(session=session, consult=consult, keep={reader.id, reviewer.id})
+    consult.reader_id, consult.reviewer_id = reader.id, reviewer.id
+    grant(session=session, consult=consult, user_ids={reader.id, reviewer.id}, granted_by=user.username)
+    notify(session, {reader.id, reviewer.id}, kind="consult.assigned",
+           title=f"新的阅片任务 Consult #{consult.id} assigned to you", body=consult.clinical_question[:200],
+           link=f"/consults/{consult.id}")
+    return consult
+
+
+def _specialist(session: Session, consult: ConsultRequest, username: str, senior: bool = False) -> User:
+    """A specialist of the target institution; a senior reviewer may also sit higher up the
+    tree (the county reads, the city signs)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None or not user.active:
+        raise NotFound(f"unknown user {username!r}")
+    allowed = {consult.target_institution_id}
+    if senior:
+        allowed.update(_ancestors(session, consult.target_institution))
+    if user.role != "specialist" or user.institution_id not in allowed:
+        where = "the target institution or above it" if senior else "the target institution"
+        raise Invalid(f"{username} is not a specialist of {where}")
+    return user
+
+
+def grant(*, session: Session, consult: ConsultRequest, user_ids: set[int], granted_by: str) -> None:
+    """Explicit, audited, revocable access for these users to exactly the consult's studies."""
+    source = f"consult:{consult.id}"
+    existing = {(g.grantee_user_id, g.study_instance_uid) for g in session.scalars(
+        select(AccessGrant).where(AccessGrant.source == source, AccessGrant.revoked_at.is_(None)))}
+    for user_id in sorted(user_ids):
+        for study in consult.studies:
+            if (user_id, study.study_instance_uid) in existing:
+                continue
+            session.add(AccessGrant(study_instance_uid=study.study_instance_uid, grantee_user_id=user_id,
+                                    source=source, granted_by=granted_by))
+            audit.append(session, principal=None, actor=granted_by, action="access.grant", object_type="study",
+                         object_id=study.study_instance_uid, detail={"user_id": user_id, "source": source})
+
+
+def revoke_grants(*, session: Session, consult: ConsultRequest, keep: set[int] = frozenset()) -> None:
+    source = f"consult:{consult.id}"
+    grants = session.scalars(select(AccessGrant).where(AccessGrant.source == source,
+                                                       AccessGrant.revoked_at.is_(None))).all()
+    for item in grants:
+        if item.grantee_user_id in keep:
+            continue
+        item.revoked_at = utcnow()
+        audit.append(session, principal=None, actor="system", action="access.revoke", object_type="study",
+                     object_id=item.study_instance_uid, detail={"user_id": item.grantee_user_id, "source": source})
+
+
+def start(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.id == consult.reader_id, "only the assigned reader starts the read")
+    if consult.status != "in_progress":
+        transition(session, consult, user, "in_progress")
+    return consult
+
+
+def acknowledge(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    consult = get(session=session, consult_id=consult_id, user=user)
+    _require(user.institution_id == consult.requesting_institution_id, "only the requesting institution acknowledges")
+    transition(session, consult, user, "acknowledged")
+    return consult
+
+
+def _users(session: Session, institution_id: int, roles: tuple[str, ...]) -> set[int]:
+    return set(session.scalars(select(User.id).where(User.institution_id == institution_id, User.role.in_(roles),
+                                                     User.active.is_(True))))
+
+
+def _principal(user: User) -> Principal:
+    return Principal(kind="user", name=user.username, institution_id=user.institution_id,
+                     institution_code=user.institution.code, role=user.role, user_id=user.id)
+
+
+def worklist(*, session: Session, user: User, statuses: list[str] | None = None, priority: str | None = None,
+             colour: str | None = None, modality: str | None = None, institution: str | None = None,
+             scope: str = "mine") -> list[ConsultRequest]:
+    """Consults for a user, by urgency then waiting time.
+
+    scope "mine": assigned to me (specialists); "incoming": to my institution (coordinators);
+    "outgoing": requested by my institution (township inbox)."""
+    query = select(ConsultRequest)
+    if scope == "incoming":
+        query = query.where(ConsultRequest.target_institution_id == user.institution_id)
+    elif scope == "outgoing":
+        query = query.where(ConsultRequest.requesting_institution_id == user.institution_id)
+    else:
+        query = query.where((ConsultRequest.reader_id == user.id) | (ConsultRequest.reviewer_id == user.id))
+    if statuses:
+        query = query.where(ConsultRequest.status.in_(statuses))
+    if priority:
+        query = query.where(ConsultRequest.priority == priority)
+    if colour:
+        query = query.where(ConsultRequest.risk_colour == colour)
+    if institution:
+        inst = session.scalar(select(Institution.id).where(Institution.code == institution))
+        query = query.where((ConsultRequest.requesting_institution_id == inst) |
+                            (ConsultRequest.target_institution_id == inst))
+    items = list(session.scalars(query))
+    if modality:
+        wanted = modality.upper()
+        items = [c for c in items if any(wanted in (_modalities(session, s.study_instance_uid)) for s in c.studies)]
+    return sorted(items, key=urgency_key)
+
+
+def _modalities(session: Session, study_uid: str) -> str:
+    return session.scalar(select(Study.modalities).where(Study.study_instance_uid == study_uid)) or ""
+
+
+def mark_overdue_notified(*, session: Session) -> list[int]:
+    """Consults past their deadline (for the coordinator board and reminders)."""
+    now = utcnow()
+    return list(session.scalars(select(ConsultRequest.id).where(ConsultRequest.status.in_(OPEN),
+                                                               ConsultRequest.due_at < now)))
+
+

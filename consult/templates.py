@@ -1,0 +1,83 @@
+"""Report templates by modality and body part; each adds structured fields to the three
+free-text sections every report has (findings, impression, recommendation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from storage.errors import Invalid
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    label: str
+    unit: str = ""
+    kind: str = "number"  # number | text
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    label: str
+    modality: str
+    body_part: str
+    findings_hint: str
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+
+TEMPLATES = {t.id: t for t in (
+    Template("chest_xray", "胸部X线 Chest X-ray", "DX", "CHEST",
+             "两肺纹理清晰，未见实变影；心影大小形态正常；双侧膈面光整，肋膈角锐利。"),
+    Template("ct_head", "头颅CT Head CT", "CT", "HEAD",
+             "脑实质内未见异常密度影；脑室系统大小形态正常；中线结构居中。",
+             (Field("midline_shift_mm", "中线移位 Midline shift", "mm"),)),
+    Template("abdominal_us", "腹部超声 Abdominal ultrasound", "US", "ABDOMEN",
+             "肝脏大小形态正常，实质回声均匀；胆囊壁光滑；胰、脾、双肾未见明显异常。",
+             (Field("liver_span_mm", "肝脏斜径 Liver span", "mm"), Field("spleen_mm", "脾厚 Spleen", "mm"))),
+    Template("obstetric_us", "产科超声 Obstetric ultrasound", "US", "PELVIS",
+             "宫内单活胎，胎心搏动可见，胎位头位；胎盘附着于子宫前壁，成熟度I级；羊水量正常。",
+             (Field("bpd_mm", "双顶径 BPD", "mm"), Field("hc_mm", "头围 HC", "mm"), Field("ac_mm", "腹围 AC", "mm"),
+              Field("fl_mm", "股骨长 FL", "mm"), Field("efw_g", "估计胎儿体重 EFW", "g"),
+              Field("ga_weeks", "孕周 GA", "weeks"), Field("afi_cm", "羊水指数 AFI", "cm"),
+              Field("fhr_bpm", "胎心率 FHR", "bpm"), Field("placenta", "胎盘位置 Placenta", "", "text"))),
+)}
+
+
+def for_modality(modality: str) -> str:
+    """A sensible default template for a study's modality."""
+    return {"CT": "ct_head", "US": "abdominal_us", "CR": "chest_xray", "DX": "chest_xray"}.get(modality, "chest_xray")
+
+
+def clean_content(template_id: str, content: dict) -> dict:
+    """The report content the template allows: three texts and the template's fields."""
+    template = TEMPLATES.get(template_id)
+    if template is None:
+        raise Invalid(f"unknown template {template_id!r}")
+    out = {key: str(content.get(key, "") or "")[:20000] for key in ("findings", "impression", "recommendation")}
+    fields = {}
+    for item in template.fields:
+        value = (content.get("fields") or {}).get(item.name)
+        if value in (None, ""):
+            continue
+        if item.kind == "number":
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise Invalid(f"{item.label} must be a number") from None
+            if not 0 <= value < 100000:
+                raise Invalid(f"{item.label} is out of range")
+        fields[item.name] = value if item.kind == "number" else str(value)[:200]
+    out["fields"] = fields
+    return out
+
+
+def fields_as_text(template_id: str, fields: dict) -> str:
+    template = TEMPLATES[template_id]
+    parts = []
+    for item in template.fields:
+        if item.name in fields:
+            value = fields[item.name]
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"{item.label}: {shown} {item.unit}".strip())
+    return "；".join(parts)

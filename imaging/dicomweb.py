@@ -1,0 +1,1224 @@
+"""DICOMweb Studies Service (PS3.18 10.3-10.6) at /dicom-web, and WADO-URI for older viewers.
+
+Resources:
+  STOW-RS  POST /studies[/{study}]                         multipart/related; type="application/dicom"
+  QIDO-RS  GET  /studies, /series, /instances,
+                /studies/{s}/series, /studies/{s}/instances, /studies/{s}/series/{se}/instances
+  WADO-RS  GET  /studies/{s}[/series/{se}[/instances/{i}]]  Part 10 objects, multipart
+                .../metadata                                DICOM JSON from the index only
+                .../rendered, .../thumbnail                 image/jpeg, image/png
+                .../instances/{i}/frames/{list}[/rendered]  pixel data per frame (1-based)
+                .../instances/{i}/bulkdata/{tag}            the BulkDataURIs of the metadata
+  WADO-URI GET  /wado?requestType=WADO&studyUID=&seriesUID=&objectUID=&contentType=
+
+Rules that hold everywhere:
+  * The caller is a user (bearer token or browser session); what they may see is
+    `storage.access.scope_for`, applied in the SQL of every lookup. A study that is not
+    visible answers exactly like one that does not exist (404); searches just do not match it.
+  * Every read and every denial is audited (`audit.record`), with the object ids and counts.
+  * Searches and metadata are answered from the index: stored DICOM JSON text is concatenated,
+    never re-parsed per instance for metadata, and objects are never opened for them.
+  * Media types are negotiated by `imaging.negotiation` (PS3.18 8.7): 406 only when nothing
+    acceptable can be produced. Objects are served as stored or transcoded to Explicit VR
+    Little Endian (decompressed with pydicom); other transcodings are not offered.
+  * Empty search results answer 200 with [] (PS3.18 allows 204; a JSON array is simpler
+    for every client and cannot be mistaken for an error).
+  * Bad input answers 400 (bad UIDs, frame 0, bad window/viewport/quality), never 500.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from imaging import multipart, negotiation, pixels, query
+from imaging.dataset import INSTANCE_PREFIX, InvalidInstance
+from imaging.models import Instance, Series, Study
+from imaging.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE
+from imaging.negotiation import Offer
+from imaging.service import Ingestor, parse_part10
+from storage import access, audit
+from storage.access import Principal, Scope
+from storage.errors import DomainError, NotFound, NotPermitted, Unavailable
+
+log = logging.getLogger("lancang.dicomweb")
+
+PREFIX = "/dicom-web"
+MAX_RESULTS = 1000  # QIDO answers at most this many matches per request (then a Warning)
+THUMBNAIL_SIZE = 128
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+# Syntaxes whose pixel data is stored native little endian: frames are slices of it.
+_NATIVE_LITTLE = (negotiation.EXPLICIT_VR_LITTLE_ENDIAN, negotiation.IMPLICIT_VR_LITTLE_ENDIAN,
+                  negotiation.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+_PIXEL_TAGS = ("7FE00010", "7FE00008", "7FE00009")  # Pixel Data, Float, Double Float
+_RENDERED = ("image/jpeg", "image/png")
+_JSON_OFFERS = (Offer("application/dicom+json"), Offer("application/json"))
+
+# Attributes of a study/series search result, tags as DICOM JSON keys.
+RETRIEVE_URL = "00081190"
+AVAILABLE_TRANSFER_SYNTAX = "00083002"
+# STOW-RS response attributes (PS3.18 10.5.3, Table 10.5.3-1) and failure reasons (PS3.4).
+REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
+REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE, FAILURE_REASON = "00081150", "00081155", "00081197"
+OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE, NOT_AUTHORIZED = 0x0110, 0x0111, 0x0124
+
+
+class BadRequest(DomainError):
+    status = 400
+    code = "bad_request"
+
+
+class NotAcceptable(DomainError):
+    status = 406
+    code = "not_acceptable"
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+# -- request helpers --------------------------------------------------------------------
+
+
+def check_uid(value: str, what: str) -> str:
+    """A UID from a URL or parameter: digits and dots, at most 64 characters, else 400."""
+    if not value or len(value) > 64 or not _UID.match(value):
+        raise BadRequest(f"{what} {value[:80]!r} is not a valid DICOM UID")
+    return value
+
+
+def parse_frame_numbers(text: str) -> list[int]:
+    """A PS3.18 frame list ("1", "1,3,5"): 1-based positive integers, else 400."""
+    numbers = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece.isdigit() or int(piece) < 1:
+            raise BadRequest(f"frame list {text[:80]!r}: frame numbers are integers from 1")
+        numbers.append(int(piece))
+    if len(numbers) > 10000:
+        raise BadRequest("too many frames in one request")
+    return numbers
+
+
+def base_url(request: Request) -> str:
+    """The absolute URL of the service, as clients must use it (public URL when configured)."""
+    public = request.app.state.runtime.settings.public_url
+    root = public.rstrip("/") if public else str(request.base_url).rstrip("/")
+    return root + PREFIX
+
+
+def study_url(base: str, study: str) -> str:
+    return f"{base}/studies/{study}"
+
+
+def series_url(base: str, study: str, series: str) -> str:
+    return f"{base}/studies/{study}/series/{series}"
+
+
+def instance_url(base: str, study: str, series: str, sop: str) -> str:
+    return f"{base}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def choose(request: Request, offers: Iterable[Offer], accept: str | None = None) -> Offer:
+    """The representation to answer with: `accept` query parameter, else the Accept header."""
+    offers = list(offers)
+    value = accept if accept is not None else (request.query_params.get("accept")
+                                               or request.headers.get("accept"))
+    try:
+        chosen = negotiation.negotiate(value, offers)
+    except negotiation.BadAccept as exc:
+        raise BadRequest(str(exc)) from None
+    if chosen is None:
+        raise NotAcceptable(f"none of the acceptable media types can be produced; "
+                            f"available: {negotiation.describe(offers)}")
+    return chosen
+
+
+def _audit(request: Request, principal: Principal, action: str, *, object_type: str, object_id: str,
+           outcome: str = "ok", detail: dict | None = None) -> None:
+    audit.record(request.app.state.runtime.db, principal=principal, action=action, object_type=object_type,
+                 object_id=object_id[:4000], source=_source(request), outcome=outcome, detail=detail or {})
+
+
+def _not_found(request: Request, principal: Principal, action: str, object_type: str, object_id: str):
+    """Audit the denial and raise the same 404 an absent object gets: existence is patient data."""
+    _audit(request, principal, action, object_type=object_type, object_id=object_id, outcome="denied")
+    return NotFound(f"{object_type} not found / 未找到")
+
+
+# -- index lookups (one query each, authorization in the SQL) ----------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A study, series or instance named by a WADO-RS URL."""
+
+    study: str
+    series: str | None = None
+    sop: str | None = None
+
+    @property
+    def level(self) -> str:
+        return "instance" if self.sop else "series" if self.series else "study"
+
+    @property
+    def uid(self) -> str:
+        return self.sop or self.series or self.study
+
+
+def target(study: str, series: str | None = None, sop: str | None = None) -> Target:
+    """Validate the UIDs of a WADO-RS URL (400 for malformed ones)."""
+    return Target(check_uid(study, "StudyInstanceUID"),
+                  check_uid(series, "SeriesInstanceUID") if series is not None else None,
+                  check_uid(sop, "SOPInstanceUID") if sop is not None else None)
+
+
+def _visible(statement, scope: Scope):
+    condition = scope.study_filter(Study.institution_id, Study.study_instance_uid)
+    return statement if condition is True else statement.where(condition)
+
+
+def _within(statement, where: Target):
+    statement = statement.where(Study.study_instance_uid == where.study)
+    if where.series:
+        statement = statement.where(Series.series_instance_uid == where.series)
+    if where.sop:
+        statement = statement.where(Instance.sop_instance_uid == where.sop)
+    return statement
+
+
+def _instances_statement(columns, where: Target, scope: Scope):
+    statement = (select(*columns).select_from(Instance).join(Series, Instance.series_pk == Series.id)
+                 .join(Study, Series.study_pk == Study.id))
+    statement = _visible(_within(statement, where), scope)
+    return statement.order_by(Series.series_number.asc().nullslast(), Series.id,
+                              Instance.instance_number.asc().nullslast(), Instance.id)
+
+
+_INSTANCE_COLUMNS = (Study.study_instance_uid.label("study"), Series.series_instance_uid.label("series"),
+                     Instance.sop_instance_uid.label("sop"), Instance.sop_class_uid.label("sop_class"),
+                     Instance.transfer_syntax_uid.label("syntax"), Instance.object_key.label("key"),
+                     Instance.number_of_frames.label("frames"), Instance.rows.label("rows"))
+
+
+def find_instances(session: Session, scope: Scope, where: Target) -> list:
+    """Visible instances under the target, in series/instance order (no metadata loaded)."""
+    return session.execute(_instances_statement(_INSTANCE_COLUMNS, where, scope)).all()
+
+
+def metadata_rows(session: Session, scope: Scope, where: Target) -> list:
+    """(study, series, sop, dicom_json) of visible instances under the target, one query."""
+    columns = (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
+               Instance.dicom_json)
+    return session.execute(_instances_statement(columns, where, scope)).all()
+
+
+def metadata_body(rows: Iterable, base: str) -> bytes:
+    """A DICOM JSON array made by concatenating stored JSON text; BulkDataURIs made absolute."""
+    pieces = [(text or "{}").replace(INSTANCE_PREFIX, instance_url(base, study, series, sop))
+              for study, series, sop, text in rows]
+    return ("[" + ",".join(pieces) + "]").encode("utf-8")
+
+
+def representative(rows: list) -> Any:
+    """The instance that stands for a study or series: the middle one of its first series."""
+    first_series = [r for r in rows if r.series == rows[0].series]
+    return first_series[len(first_series) // 2]
+
+
+# -- objects, transcoding, frames -------------------------------------------------------
+
+
+def load_dataset(store, key: str) -> Dataset:
+    """Read a stored Part 10 object (only the resources that need pixels or bulk data do)."""
+    return dcmread(io.BytesIO(store.get(key)))
+
+
+def can_decode(syntax: str) -> bool:
+    """Whether pydicom has a working decoder for a compressed transfer syntax."""
+    try:
+        return get_decoder(UID(syntax)).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def can_transcode_to_explicit_little(syntax: str) -> bool:
+    """Native little endian and decodable compressed syntaxes can become Explicit VR LE."""
+    if syntax in _NATIVE_LITTLE:
+        return True
+    return UID(syntax).is_compressed and can_decode(syntax)
+
+
+def to_explicit_little(data: bytes) -> bytes:
+    """The object re-encoded as Explicit VR Little Endian, pixel data decompressed, same UIDs."""
+    ds = dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+    ds.file_meta.TransferSyntaxUID = UID(EVRLE)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return out.getvalue()
+
+
+def dicom_offers(syntaxes: set[str], *, single_part: bool) -> list[Offer]:
+    """What a study/series/instance retrieval can produce: Explicit VR LE (the default, by
+    transcoding when needed) and the stored syntax(es); an instance also as one part."""
+    offers = []
+    if all(can_transcode_to_explicit_little(s) for s in syntaxes):
+        offers.append(Offer("application/dicom", True, EVRLE, native=syntaxes == {EVRLE}))
+    if len(syntaxes) == 1 and syntaxes != {EVRLE}:
+        offers.append(Offer("application/dicom", True, next(iter(syntaxes))))
+    elif len(syntaxes) > 1:
+        offers.append(Offer("application/dicom", True, negotiation.ANY_SYNTAX))
+    if single_part:
+        offers += [Offer(o.media_type, False, o.transfer_syntax, o.native) for o in offers
+                   if o.transfer_syntax != negotiation.ANY_SYNTAX]
+    return offers
+
+
+def frame_offers(syntax: str) -> list[Offer]:
+    """What frames of an instance stored in `syntax` can be sent as (PS3.18 8.7.3.5): the
+    default uncompressed octet-stream, and compressed frames as stored (image/... or
+    octet-stream with their transfer-syntax)."""
+    if syntax in _NATIVE_LITTLE:
+        return [Offer("application/octet-stream", True, EVRLE)]
+    offers = []
+    if not UID(syntax).is_compressed or can_decode(syntax):
+        offers.append(Offer("application/octet-stream", True, EVRLE, native=False))
+    if UID(syntax).is_compressed:
+        if syntax in negotiation.SYNTAX_MEDIA_TYPES:
+            offers.append(Offer(negotiation.SYNTAX_MEDIA_TYPES[syntax], True, syntax))
+        offers.append(Offer("application/octet-stream", True, syntax))
+    return offers
+
+
+def _native_frame(ds: Dataset, index: int) -> bytes | None:
+    """One frame sliced from native little endian Pixel Data; None when slicing does not apply."""
+    if ds.file_meta.TransferSyntaxUID not in _NATIVE_LITTLE or "PixelData" not in ds:
+        return None
+    bits = int(ds.get("BitsAllocated") or 0)
+    if bits % 8 or not bits:
+        return None  # 1-bit data is packed across frames: let the decoder unpack it
+    length = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+    data = ds.PixelData
+    if len(data) < (index + 1) * length:
+        raise NotFound(f"frame {index + 1} is beyond the stored pixel data")
+    return data[index * length:(index + 1) * length]
+
+
+def _decoded_frame(ds: Dataset, index: int) -> bytes:
+    try:
+        array, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index)
+    except Exception as exc:  # decoders raise many kinds of errors on bad data
+        raise NotAcceptable(f"frame {index + 1} cannot be decoded: {exc}"[:300]) from None
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def frame_bytes(ds: Dataset, index: int, *, decode: bool) -> bytes:
+    """One frame (0-based): compressed as stored, native as stored, or decoded to
+    uncompressed little endian pixels (colour as RGB, pixel-interleaved)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed and not decode:
+        extended = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        return get_frame(ds.PixelData, index, number_of_frames=pixels.number_of_frames(ds),
+                         extended_offsets=extended)
+    native = _native_frame(ds, index)
+    return native if native is not None else _decoded_frame(ds, index)
+
+
+def find_element(ds: Dataset, tag: int):
+    """The element with this tag: top level first, then inside sequences (depth first); the
+    stored BulkDataURIs name elements by tag only."""
+    if tag in ds:
+        return ds.get_item(tag)
+    for element in ds:
+        if element.VR == "SQ" and element.value:
+            for item in element.value:
+                found = find_element(item, tag)
+                if found is not None:
+                    return found
+    return None
+
+
+def element_bytes(element) -> bytes:
+    """The value of a bulk data element as stored (binary VRs) or as UTF-8 text."""
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if value is None:
+        return b""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value).encode("utf-8")
+    return str(value).encode("utf-8")
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The PS3.18 8.3.5 rendering parameters, validated before any object is read."""
+
+    window: tuple | None = None
+    viewport: tuple | None = None
+    quality: int = 90
+
+
+def render_options(params) -> RenderOptions:
+    """window=c,w[,fn], viewport=vw,vh[,sx,sy,sw,sh], quality=1..100; anything else 400."""
+    try:
+        window = pixels.parse_window(params["window"]) if params.get("window") else None
+        viewport = pixels.parse_viewport(params["viewport"]) if params.get("viewport") else None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    quality = 90
+    if params.get("quality"):
+        text = params["quality"].strip()
+        if not text.isdigit() or not 1 <= int(text) <= 100:
+            raise BadRequest(f"quality {text[:20]!r}: an integer from 1 to 100")
+        quality = int(text)
+    return RenderOptions(window, viewport, quality)
+
+
+def _pixel_errors(call: Callable[[], bytes]) -> bytes:
+    """Map the pixel module's errors: bad arguments 400, no such frame 404, no image 406."""
+    try:
+        return call()
+    except pixels.PixelDataError as exc:
+        raise NotAcceptable(f"cannot render: {exc}"[:300]) from None
+    except IndexError as exc:
+        raise NotFound(str(exc)) from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def rendered_image(ds: Dataset, frame: int, media_type: str, options: RenderOptions) -> bytes:
+    """One frame (0-based) rendered as JPEG/PNG with window, viewport and quality."""
+    return _pixel_errors(lambda: pixels.render(ds, frame, media_type=media_type, window=options.window,
+                                               viewport=options.viewport, quality=options.quality))
+
+
+def thumbnail_image(ds: Dataset, media_type: str, viewport: tuple | None) -> bytes:
+    """The representative frame fitted (never enlarged) to the viewport, default 128x128."""
+    if media_type == "image/jpeg" and (viewport is None or viewport[0] == viewport[1]):
+        size = viewport[0] if viewport else THUMBNAIL_SIZE
+        return _pixel_errors(lambda: pixels.thumbnail(ds, size))
+
+    def make() -> bytes:
+        width, height = viewport[:2] if viewport else (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+        image = pixels.render_frame(ds, pixels.representative_frame(ds))
+        return pixels.encode(pixels.fit(image, width, height), media_type, pixels.THUMBNAIL_QUALITY)
+
+    return _pixel_errors(make)
+
+
+def rendered_offers(*, several: bool) -> list[Offer]:
+    """JPEG (default) or PNG; several frames come as a multipart of images."""
+    return [Offer(media_type, several) for media_type in _RENDERED]
+
+
+# -- QIDO-RS ----------------------------------------------------------------------------
+
+_RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset"}
+_RETURN_LEVELS = {  # (level, how much of the hierarchy the URL fixes) -> levels returned
+    ("STUDY", 0): ("STUDY",),
+    ("SERIES", 0): ("STUDY", "SERIES"), ("SERIES", 1): ("SERIES",),
+    ("IMAGE", 0): ("STUDY", "SERIES", "IMAGE"), ("IMAGE", 1): ("SERIES", "IMAGE"), ("IMAGE", 2): ("IMAGE",),
+}
+_RANK = {level: rank for rank, level in enumerate(query.LEVELS)}
+
+
+@dataclass
+class Search:
+    """A parsed QIDO-RS request."""
+
+    level: str
+    fixed: int  # 0: all, 1: within a study, 2: within a series
+    match: dict[str, str] = field(default_factory=dict)  # indexed keyword -> DICOM matching value
+    include: list[str] = field(default_factory=list)  # extra return attributes, as tags
+    include_all: bool = False
+    limit: int | None = None
+    offset: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def attribute_tag(name: str) -> str:
+    """An attribute named by keyword or 8-hex tag, as the tag; 400 when unknown."""
+    if _TAG.match(name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise BadRequest(f"{name[:80]!r} is neither a DICOM attribute keyword nor a tag")
+    return f"{tag:08X}"
+
+
+def _keyword(tag: str) -> str:
+    return keyword_for_tag(int(tag, 16)) or ""
+
+
+def _vr(tag: str) -> str:
+    try:
+        return dictionary_VR(int(tag, 16))
+    except KeyError:
+        return "UN"
+
+
+def _number(text: str | None, name: str, *, minimum: int) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.strip().lstrip("-").isdigit() or int(text) < minimum:
+        raise BadRequest(f"{name}={text[:20]!r}: an integer from {minimum}")
+    return int(text)
+
+
+def _add_match(search: Search, name: str, value: str) -> None:
+    path = name.split(".")
+    if len(path) > 1:  # sequence matching (PS3.18 8.3.4.1 nested attributes) is not supported
+        attribute_tag(path[0])
+        search.warnings.append(f"matching on {name} is not supported and was ignored")
+        return
+    keyword = _keyword(attribute_tag(name))
+    attr = query.ATTRIBUTES.get(keyword)
+    if attr is None or attr.column is None or _RANK[attr.level] > _RANK[search.level]:
+        search.warnings.append(f"matching on {name} is not supported at this level and was ignored")
+        return
+    if attr.vr in ("UI", "CS"):  # UID and code lists may be comma separated in QIDO
+        value = value.replace(",", "\\")
+    previous = search.match.get(keyword)
+    search.match[keyword] = value if previous is None else f"{previous}\\{value}"
+
+
+def _add_includes(search: Search, value: str) -> None:
+    for name in (v.strip() for v in value.split(",")):
+        if not name:
+            continue
+        if name.lower() == "all":
+            search.include_all = True
+        else:
+            search.include.append(attribute_tag(name.split(".")[0]))
+
+
+def parse_search(params, level: str, fixed: int) -> Search:
+    """The matching keys, includefield, limit/offset of a QIDO-RS query string."""
+    search = Search(level, fixed)
+    for name, value in params.multi_items():
+        lower = name.lower()
+        if lower == "includefield":
+            _add_includes(search, value)
+        elif lower == "fuzzymatching":
+            if value.strip().lower() == "true":
+                search.warnings.append("fuzzy matching is not supported; literal matching was performed")
+        elif lower not in _RESERVED:
+            _add_match(search, name, value)
+    search.limit = _number(params.get("limit"), "limit", minimum=1)
+    search.offset = _number(params.get("offset"), "offset", minimum=0) or 0
+    return search
+
+
+def return_keywords(search: Search) -> list[str]:
+    """Indexed attributes to return: the defaults of each level shown, or all with includefield=all."""
+    levels = _RETURN_LEVELS[(search.level, search.fixed)]
+    if search.include_all:
+        shown = {"PATIENT", *levels}
+        keywords = [k for k, a in query.ATTRIBUTES.items() if a.level in shown and a.kind != "count"]
+    else:
+        keywords = [k for level in levels for k in query.DEFAULT_RETURN[level]]
+    extra = [_keyword(tag) for tag in search.include]
+    indexed = [k for k in extra if k in query.ATTRIBUTES and _RANK[query.ATTRIBUTES[k].level] <= _RANK[search.level]]
+    return list(dict.fromkeys(keywords + indexed))
+
+
+def json_element(vr: str, value: Any) -> dict:
+    """A DICOM JSON attribute (PS3.18 F.2.2) from an indexed value."""
+    if value is None or value == "":
+        return {"vr": vr}
+    if vr == "PN":
+        groups = str(value).split("=")
+        names = {name: group for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups) if group}
+        return {"vr": vr, "Value": [names]} if names else {"vr": vr}
+    if vr in ("IS", "US", "UL", "SS", "SL"):
+        return {"vr": vr, "Value": [int(value)]}
+    if vr == "CS" and "\\" in str(value):
+        return {"vr": vr, "Value": str(value).split("\\")}
+    return {"vr": vr, "Value": [value]}
+
+
+def _stored(text: str | None, base: str, row_ids: tuple[str, str, str]) -> dict:
+    try:
+        return json.loads((text or "{}").replace(INSTANCE_PREFIX, instance_url(base, *row_ids)))
+    except ValueError:
+        return {}
+
+
+def _representative_json(session: Session, level: str, rows: list[dict]) -> dict[int, str]:
+    """For study/series results: pk -> DICOM JSON text of its first instance (two queries)."""
+    if level == "STUDY":
+        pks = [row["_entities"]["Study"].id for row in rows]
+        group = Series.study_pk
+        first = (select(group.label("pk"), func.min(Instance.id).label("instance_pk")).select_from(Instance)
+                 .join(Series, Instance.series_pk == Series.id).where(group.in_(pks)).group_by(group))
+    else:
+        pks = [row["_entities"]["Series"].id for row in rows]
+        first = (select(Instance.series_pk.label("pk"), func.min(Instance.id).label("instance_pk"))
+                 .where(Instance.series_pk.in_(pks)).group_by(Instance.series_pk))
+    firsts = {r.instance_pk: r.pk for r in session.execute(first)}
+    texts = session.execute(select(Instance.id, Instance.dicom_json).where(Instance.id.in_(list(firsts)))).all()
+    return {firsts[i]: text for i, text in texts}
+
+
+def _retrieve_url(base: str, entities: dict) -> str:
+    study = entities["Study"].study_instance_uid
+    if "Instance" in entities:
+        return instance_url(base, study, entities["Series"].series_instance_uid,
+                            entities["Instance"].sop_instance_uid)
+    if "Series" in entities:
+        return series_url(base, study, entities["Series"].series_instance_uid)
+    return study_url(base, study)
+
+
+def search_result(row: dict, search: Search, keywords: list[str], base: str, stored: dict | None) -> dict:
+    """One QIDO-RS result: indexed attributes, requested stored ones, RetrieveURL."""
+    entities = row["_entities"]
+    out: dict[str, dict] = {}
+    if search.include_all and search.level == "IMAGE" and stored:
+        out.update(stored)
+    for keyword in keywords:
+        if keyword in row:
+            out[f"{tag_for_keyword(keyword):08X}"] = json_element(query.ATTRIBUTES[keyword].vr, row[keyword])
+    for tag in search.include:
+        if tag not in out:
+            found = (stored or {}).get(tag)
+            out[tag] = found if found is not None else {"vr": _vr(tag)}
+    if search.level == "IMAGE":
+        out[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [entities["Instance"].transfer_syntax_uid]}
+    out[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, entities)]}
+    return dict(sorted(out.items()))
+
+
+def run_search(session: Session, scope: Scope, search: Search, base: str) -> tuple[list[dict], bool]:
+    """(results, truncated): the index query, then the result datasets."""
+    keywords = return_keywords(search)
+    keys = {k: "" for k in keywords}
+    keys.update(search.match)
+    wanted = min(search.limit or MAX_RESULTS, MAX_RESULTS)
+    rows = query.run(session, scope, query.Query(search.level, keys, limit=wanted + 1, offset=search.offset))
+    truncated = len(rows) > wanted
+    rows = rows[:wanted]
+    needs_stored = bool(search.include) or (search.include_all and search.level == "IMAGE")
+    representatives = _representative_json(session, search.level, rows) if needs_stored and rows \
+        and search.level != "IMAGE" else {}
+    results = []
+    for row in rows:
+        results.append(search_result(row, search, keywords, base, _row_stored(row, search, base, representatives)
+                                     if needs_stored else None))
+    return results, truncated and (search.limit is None or search.limit > MAX_RESULTS)
+
+
+def _row_stored(row: dict, search: Search, base: str, representatives: dict[int, str]) -> dict:
+    entities = row["_entities"]
+    if search.level == "IMAGE":
+        instance = entities["Instance"]
+        ids = (entities["Study"].study_instance_uid, entities["Series"].series_instance_uid,
+               instance.sop_instance_uid)
+        return _stored(instance.dicom_json, base, ids)
+    owner = entities["Study"] if search.level == "STUDY" else entities["Series"]
+    text = representatives.get(owner.id)
+    stored = json.loads(text) if text else {}
+    # Only what was asked for, and never bulk data: its URIs point into one instance.
+    picked = {tag: stored[tag] for tag in search.include if tag in stored}
+    return {tag: value for tag, value in picked.items() if INSTANCE_PREFIX not in json.dumps(value)}
+
+
+def _warning_header(base: str, warnings: list[str]) -> dict[str, str]:
+    if not warnings:
+        return {}
+    return {"Warning": ", ".join(f'299 {base}: "{w}"' for w in dict.fromkeys(warnings))}
+
+
+# -- STOW-RS ----------------------------------------------------------------------------
+
+_INGESTOR_LOCK = threading.Lock()
+
+
+def ingestor_for(app) -> Ingestor:
+    """The app's one Ingestor (it owns a thread pool), made on first use from the runtime;
+    committed series are announced for thumbnails exactly as after C-STORE."""
+    found = getattr(app.state, "dicomweb_ingestor", None)
+    if found is not None:
+        return found
+    with _INGESTOR_LOCK:
+        found = getattr(app.state, "dicomweb_ingestor", None)
+        if found is None:
+            from imaging.announce import SeriesAnnouncer
+
+            runtime = app.state.runtime
+            announcer = SeriesAnnouncer(runtime.db)
+            found = Ingestor(runtime.db, runtime.store, on_committed=announcer.note)
+            app.state.dicomweb_announcer = announcer
+            app.state.dicomweb_ingestor = found
+    return found
+
+
+def close(app) -> None:
+    """Stop the STOW ingestor and announcer if they were started (call on app shutdown)."""
+    announcer = getattr(app.state, "dicomweb_announcer", None)
+    ingestor = getattr(app.state, "dicomweb_ingestor", None)
+    if announcer is not None:
+        announcer.stop()
+    if ingestor is not None:
+        ingestor.close()
+    app.state.dicomweb_ingestor = app.state.dicomweb_announcer = None
+
+
+@dataclass
+class StowOutcome:
+    """What one STOW-RS request did, for the response and the audit record."""
+
+    referenced: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"stored": 0, "already": 0, "replaced": 0})
+    studies: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, sop_class: str, sop_uid: str, reason: int, why: str) -> None:
+        item = {}
+        if sop_class:
+            item[REFERENCED_SOP_CLASS] = {"vr": "UI", "Value": [sop_class]}
+        if sop_uid:
+            item[REFERENCED_SOP_INSTANCE] = {"vr": "UI", "Value": [sop_uid]}
+        item[FAILURE_REASON] = {"vr": "US", "Value": [reason]}
+        self.failed.append(item)
+        if len(self.failures) < 20:
+            self.failures.append(f"{reason:04X} {sop_uid or '?'} {why}"[:300])
+
+    @property
+    def status(self) -> int:
+        """PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored."""
+        if not self.failed:
+            return 200
+        return 202 if self.referenced else 409
+
+
+def check_stow_content_type(content_type: str) -> str:
+    """The boundary of a STOW-RS body; 415 unless multipart/related; type="application/dicom"."""
+    try:
+        media_type, params = multipart.boundary_of(content_type or "")
+    except multipart.MalformedMultipart:
+        media_type, params = negotiation.parse_media_type(content_type or "")
+        if media_type == negotiation.MULTIPART:
+            raise BadRequest("multipart/related without a boundary parameter") from None
+        raise UnsupportedMediaType(f'expected multipart/related; type="application/dicom", '
+                                   f'got {content_type[:100]!r}') from None
+    part_type = negotiation.parse_media_type(params.get("type", ""))[0]
+    if media_type != negotiation.MULTIPART or part_type not in ("", "application/dicom"):
+        raise UnsupportedMediaType('only multipart/related; type="application/dicom" is accepted '
+                                   "(DICOM JSON / XML metadata with bulk data is not supported)")
+    return params["boundary"]
+
+
+class StowContext:
+    """Stores the parts of one STOW-RS request for one caller, one part at a time."""
+
+    def __init__(self, ingestor: Ingestor, db, principal: Principal, base: str, study: str | None):
+        self.ingestor, self.db, self.principal, self.base, self.study = ingestor, db, principal, base, study
+        self.outcome = StowOutcome()
+        self._seen: set[str] = set()
+        self._owners: dict[str, int | None] = {}
+
+    def store_all(self, parts: list[multipart.Part]) -> StowOutcome:
+        for part in parts:
+            self.store(part)
+        return self.outcome
+
+    def store(self, part: multipart.Part) -> None:
+        """Store one part, or record why not with its PS3.4 failure reason."""
+        part_type = negotiation.parse_media_type(part.content_type)[0] if part.content_type else ""
+        if part_type not in ("", "application/dicom"):
+            return self.outcome.fail("", "", CANNOT_UNDERSTAND, f"part of type {part_type}")
+        data = part.content
+        if data[128:132] != b"DICM":
+            return self.outcome.fail("", "", CANNOT_UNDERSTAND, "not a DICOM Part 10 file")
+        try:
+            ds = parse_part10(data)
+        except InvalidInstance as exc:
+            return self.outcome.fail("", "", CANNOT_UNDERSTAND, exc.reason)
+        sop_class, sop_uid = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+        refusal = self._refusal(ds, sop_uid)
+        if refusal is not None:
+            return self.outcome.fail(sop_class, sop_uid, *refusal)
+        self._ingest(data, ds, sop_class, sop_uid)
+
+    def _refusal(self, ds: Dataset, sop_uid: str) -> tuple[int, str] | None:
+        study = str(ds.get("StudyInstanceUID", ""))
+        if self.study and study != self.study:
+            return MISMATCH, f"StudyInstanceUID {study} does not match the URL's {self.study}"
+        if sop_uid and sop_uid in self._seen:
+            return DUPLICATE_SOP_INSTANCE, "the same SOP Instance UID twice in one request"
+        self._seen.add(sop_uid)
+        owner = self._owner(study)
+        if owner is not None and owner != self.principal.institution_id:
+            return NOT_AUTHORIZED, "the study belongs to another institution"
+        return None
+
+    def _owner(self, study: str) -> int | None:
+        """The institution that owns an existing study (None for a new one), cached per request."""
+        if study and study not in self._owners:
+            with self.db.scope(readonly=True) as session:
+                self._owners[study] = session.scalar(
+                    select(Study.institution_id).where(Study.study_instance_uid == study))
+        return self._owners.get(study)
+
+    def _ingest(self, data: bytes, ds: Dataset, sop_class: str, sop_uid: str) -> None:
+        try:
+            result = self.ingestor.ingest(data, ds=ds, institution_id=self.principal.institution_id,
+                                          source=f"stow:{self.principal.name}")
+        except InvalidInstance as exc:
+            reason = CANNOT_UNDERSTAND if exc.status & 0xF000 == 0xC000 else MISMATCH
+            return self.outcome.fail(sop_class, sop_uid, reason, exc.reason)
+        except (Unavailable, SQLAlchemyError, OSError) as exc:
+            log.error("dicomweb.store.unavailable sop=%s error=%s", sop_uid, exc)
+            return self.outcome.fail(sop_class, sop_uid, OUT_OF_RESOURCES, type(exc).__name__)
+        except DomainError as exc:
+            return self.outcome.fail(sop_class, sop_uid, MISMATCH, exc.detail)
+        except Exception as exc:  # one bad instance must not lose the others' answers
+            log.exception("dicomweb.store.error sop=%s", sop_uid)
+            return self.outcome.fail(sop_class, sop_uid, PROCESSING_FAILURE, type(exc).__name__)
+        self.outcome.counts[result.outcome] += 1
+        self.outcome.studies.add(result.study_instance_uid)
+        url = instance_url(self.base, result.study_instance_uid, result.series_instance_uid, sop_uid)
+        self.outcome.referenced.append({
+            REFERENCED_SOP_CLASS: {"vr": "UI", "Value": [result.sop_class_uid]},
+            REFERENCED_SOP_INSTANCE: {"vr": "UI", "Value": [result.sop_instance_uid]},
+            RETRIEVE_URL: {"vr": "UR", "Value": [url]},
+        })
+
+
+def stow_response(outcome: StowOutcome, base: str, study: str | None) -> dict:
+    """The Store Instances response dataset (PS3.18 Table 10.5.3-1)."""
+    body: dict[str, dict] = {}
+    studies = {study} if study else outcome.studies
+    if len(studies) == 1 and outcome.referenced:
+        body[RETRIEVE_URL] = {"vr": "UR", "Value": [study_url(base, next(iter(studies)))]}
+    if outcome.failed:
+        body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": outcome.failed}
+    if outcome.referenced:
+        body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": outcome.referenced}
+    return dict(sorted(body.items()))
+
+
+def _json_response(payload: Any, offer: Offer, status: int = 200, headers: dict | None = None) -> Response:
+    content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Response(content, status_code=status, media_type=offer.media_type, headers=headers)
+
+
+# -- the router -------------------------------------------------------------------------
+
+
+def build_dicomweb_router(db_session, write_session, current_principal) -> APIRouter:
+    """The DICOMweb router, given the web layer's unit-of-work and principal dependencies.
+
+    `write_session` is accepted for symmetry with future write resources (rejection, delete);
+    STOW-RS does not use it: the Ingestor commits each instance in its own transaction, and
+    holding a request-long write transaction would block it on SQLite.
+    """
+    router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
+    DbSession = Annotated[Session, Depends(db_session, scope="function")]
+    CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+    del write_session
+
+    def runtime(request: Request):
+        return request.app.state.runtime
+
+    def instances_or_404(request, session, principal, where: Target, action: str) -> list:
+        rows = find_instances(session, access.scope_for(session, principal), where)
+        if not rows:
+            raise _not_found(request, principal, action, where.level, where.uid)
+        return rows
+
+    # ---- STOW-RS ----
+
+    async def stow(request: Request, principal: Principal, study: str | None) -> Response:
+        if study is not None:
+            check_uid(study, "StudyInstanceUID")
+        boundary = check_stow_content_type(request.headers.get("content-type", ""))
+        offer = choose(request, _JSON_OFFERS)
+        if principal.kind != "user" or principal.institution_id is None:
+            raise NotPermitted("only users of an institution can store instances / 无权上传")
+        body = await request.body()  # whole body in memory: fine up to a few hundred MB
+        try:
+            parts = multipart.split(body, boundary)
+        except multipart.MalformedMultipart as exc:
+            raise BadRequest(str(exc)) from None
+        del body
+        if not parts:
+            raise BadRequest("the multipart body has no parts")
+        base = base_url(request)
+        context = StowContext(ingestor_for(request.app), runtime(request).db, principal, base, study)
+        outcome = await run_in_threadpool(context.store_all, parts)
+        _audit(request, principal, "dicomweb.store", object_type="study",
+               object_id=",".join(sorted(outcome.studies)) or (study or ""),
+               outcome="ok" if not outcome.failed else "failed",
+               detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures})
+        log.info("dicomweb.store.done user=%s stored=%s failed=%s", principal.name,
+                 len(outcome.referenced), len(outcome.failed))
+        return _json_response(stow_response(outcome, base, study), offer, outcome.status)
+
+    @router.post("/studies")
+    async def store_instances(request: Request, principal: CurrentPrincipal) -> Response:
+        """STOW-RS Store Instances: each part a Part 10 object, stored durably like C-STORE."""
+        return await stow(request, principal, None)
+
+    @router.post("/studies/{study}")
+    async def store_study_instances(study: str, request: Request, principal: CurrentPrincipal) -> Response:
+        """STOW-RS into one study: instances of another study fail with 0xA900."""
+        return await stow(request, principal, study)
+
+    # ---- QIDO-RS ----
+
+    def qido(request: Request, session: Session, principal: Principal, level: str,
+             study: str | None = None, series: str | None = None) -> Response:
+        offer = choose(request, _JSON_OFFERS)
+        search = parse_search(request.query_params, level, fixed=2 if series else 1 if study else 0)
+        if study:
+            search.match["StudyInstanceUID"] = check_uid(study, "StudyInstanceUID")
+        if series:
+            search.match["SeriesInstanceUID"] = check_uid(series, "SeriesInstanceUID")
+        base = base_url(request)
+        results, truncated = run_search(session, access.scope_for(session, principal), search, base)
+        if truncated:
+            search.warnings.append("there are more results than the server returns at once; "
+                                   "request the rest with offset")
+        _audit(request, principal, "dicomweb.search", object_type=level.lower(),
+               object_id=json.dumps(search.match, ensure_ascii=False), detail={"matches": len(results)})
+        return _json_response(results, offer, headers=_warning_header(base, search.warnings))
+
+    @router.get("/studies")
+    def search_studies(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Studies."""
+        return qido(request, session, principal, "STUDY")
+
+    @router.get("/series")
+    def search_all_series(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Series in all studies (study attributes included)."""
+        return qido(request, session, principal, "SERIES")
+
+    @router.get("/instances")
+    def search_all_instances(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Instances in all studies."""
+        return qido(request, session, principal, "IMAGE")
+
+    @router.get("/studies/{study}/series")
+    def search_series(study: str, request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Series of one study."""
+        return qido(request, session, principal, "SERIES", study)
+
+    @router.get("/studies/{study}/instances")
+    def search_study_instances(study: str, request: Request, session: DbSession,
+                               principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Instances of one study."""
+        return qido(request, session, principal, "IMAGE", study)
+
+    @router.get("/studies/{study}/series/{series}/instances")
+    def search_instances(study: str, series: str, request: Request, session: DbSession,
+                         principal: CurrentPrincipal) -> Response:
+        """QIDO-RS Search for Instances of one series."""
+        return qido(request, session, principal, "IMAGE", study, series)
+
+    # ---- WADO-RS: instances ----
+
+    def retrieve(request: Request, session: Session, principal: Principal, where: Target) -> Response:
+        rows = instances_or_404(request, session, principal, where, "dicomweb.retrieve")
+        offer = choose(request, dicom_offers({r.syntax for r in rows}, single_part=where.sop is not None))
+        _audit(request, principal, "dicomweb.retrieve", object_type=where.level, object_id=where.uid,
+               detail={"instances": len(rows), "transfer_syntax": offer.transfer_syntax})
+        store = runtime(request).store
+        if not offer.multipart:
+            syntax = _answer_syntax(offer, rows[0].syntax)
+            return StreamingResponse(_object_chunks(store, rows[0], offer),
+                                     media_type=f"application/dicom; transfer-syntax={syntax}")
+        boundary = multipart.new_boundary()
+        parts = ((f"application/dicom; transfer-syntax={_answer_syntax(offer, row.syntax)}",
+                  _object_chunks(store, row, offer)) for row in rows)
+        return StreamingResponse(multipart.stream(parts, boundary), media_type=offer.content_type(boundary))
+
+    @router.get("/studies/{study}")
+    def retrieve_study(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Study: every instance, multipart/related; type="application/dicom"."""
+        return retrieve(request, session, principal, target(study))
+
+    @router.get("/studies/{study}/series/{series}")
+    def retrieve_series(study: str, series: str, request: Request, session: DbSession,
+                        principal: CurrentPrincipal):
+        """WADO-RS Retrieve Series."""
+        return retrieve(request, session, principal, target(study, series))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}")
+    def retrieve_instance(study: str, series: str, sop: str, request: Request, session: DbSession,
+                          principal: CurrentPrincipal):
+        """WADO-RS Retrieve Instance."""
+        return retrieve(request, session, principal, target(study, series, sop))
+
+    # ---- WADO-RS: metadata ----
+
+    def metadata(request: Request, session: Session, principal: Principal, where: Target) -> Response:
+        offer = choose(request, _JSON_OFFERS)
+        rows = metadata_rows(session, access.scope_for(session, principal), where)
+        if not rows:
+            raise _not_found(request, principal, "dicomweb.metadata", where.level, where.uid)
+        _audit(request, principal, "dicomweb.metadata", object_type=where.level, object_id=where.uid,
+               detail={"instances": len(rows)})
+        return Response(metadata_body(rows, base_url(request)), media_type=offer.media_type)
+
+    @router.get("/studies/{study}/metadata")
+    def study_metadata(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Study Metadata (DICOM JSON of every instance, from the index)."""
+        return metadata(request, session, principal, target(study))
+
+    @router.get("/studies/{study}/series/{series}/metadata")
+    def series_metadata(study: str, series: str, request: Request, session: DbSession,
+                        principal: CurrentPrincipal):
+        """WADO-RS Retrieve Series Metadata."""
+        return metadata(request, session, principal, target(study, series))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata(study: str, series: str, sop: str, request: Request, session: DbSession,
+                          principal: CurrentPrincipal):
+        """WADO-RS Retrieve Instance Metadata (a JSON array of one dataset)."""
+        return metadata(request, session, principal, target(study, series, sop))
+
+    # ---- WADO-RS: frames and bulk data ----
+
+    def frames_response(request: Request, row, ds: Dataset, numbers: list[int], offer: Offer) -> Response:
+        decode = offer.transfer_syntax == EVRLE and row.syntax not in _NATIVE_LITTLE
+        actual = EVRLE if decode or row.syntax in _NATIVE_LITTLE else row.syntax
+        content_type = f"{offer.media_type}; transfer-syntax={actual}"
+        pieces = [(content_type, frame_bytes(ds, n - 1, decode=decode)) for n in numbers]
+        boundary = multipart.new_boundary()
+        return Response(multipart.encode(pieces, boundary), media_type=offer.content_type(boundary))
+
+    def frame_numbers_or_404(row, numbers: list[int]) -> None:
+        if row.rows is None:
+            raise NotFound("this instance has no pixel data, hence no frames")
+        beyond = [n for n in numbers if n > (row.frames or 1)]
+        if beyond:
+            raise NotFound(f"frame {beyond[0]} does not exist: the instance has {row.frames or 1} frame(s)")
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
+    def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request,
+                        session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Frames (1-based list): uncompressed octet-stream by default, or the
+        compressed frames as stored when the client accepts their media type."""
+        where, numbers = target(study, series, sop), parse_frame_numbers(frames)
+        row = instances_or_404(request, session, principal, where, "dicomweb.frames")[0]
+        frame_numbers_or_404(row, numbers)
+        offer = choose(request, frame_offers(row.syntax))
+        _audit(request, principal, "dicomweb.frames", object_type="instance", object_id=sop,
+               detail={"frames": numbers[:50], "transfer_syntax": offer.transfer_syntax})
+        ds = load_dataset(runtime(request).store, row.key)
+        return frames_response(request, row, ds, numbers, offer)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
+    def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
+                          session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Bulk Data named by the metadata's BulkDataURI (an 8-hex tag); pixel
+        data comes as its frames, one part each."""
+        where = target(study, series, sop)
+        if not _TAG.match(tag):
+            raise BadRequest(f"bulk data {tag[:40]!r}: expected an 8-hex-digit tag")
+        row = instances_or_404(request, session, principal, where, "dicomweb.bulkdata")[0]
+        pixel = tag.upper() in _PIXEL_TAGS
+        offers = frame_offers(row.syntax) if pixel else [Offer("application/octet-stream", True),
+                                                         Offer("application/octet-stream", False)]
+        offer = choose(request, offers)
+        ds = load_dataset(runtime(request).store, row.key)
+        element = find_element(ds, int(tag, 16))
+        if element is None:
+            raise NotFound(f"the instance has no bulk data element {tag}")
+        _audit(request, principal, "dicomweb.bulkdata", object_type="instance", object_id=sop,
+               detail={"tag": tag.upper()})
+        if pixel:
+            return frames_response(request, row, ds, list(range(1, pixels.number_of_frames(ds) + 1)), offer)
+        value = element_bytes(element)
+        if not offer.multipart:
+            return Response(value, media_type=offer.media_type)
+        boundary = multipart.new_boundary()
+        return Response(multipart.encode([(offer.media_type, value)], boundary),
+                        media_type=offer.content_type(boundary))
+
+    # ---- WADO-RS: rendered and thumbnails ----
+
+    def render_one(request: Request, session: Session, principal: Principal, where: Target,
+                   frame: int | None) -> Response:
+        """Render the target's representative instance; frame None: its representative frame."""
+        options = render_options(request.query_params)
+        offer = choose(request, rendered_offers(several=False))
+        rows = instances_or_404(request, session, principal, where, "dicomweb.rendered")
+        row = representative(rows)
+        _audit(request, principal, "dicomweb.rendered", object_type=where.level, object_id=where.uid,
+               detail={"instance": row.sop, "media_type": offer.media_type})
+        ds = load_dataset(runtime(request).store, row.key)
+        index = pixels.representative_frame(ds) if frame is None else frame
+        return Response(rendered_image(ds, index, offer.media_type, options), media_type=offer.media_type)
+
+    @router.get("/studies/{study}/rendered")
+    def study_rendered(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Rendered Study: one image of its representative instance."""
+        return render_one(request, session, principal, target(study), None)
+
+    @router.get("/studies/{study}/series/{series}/rendered")
+    def series_rendered(study: str, series: str, request: Request, session: DbSession,
+                        principal: CurrentPrincipal):
+        """WADO-RS Retrieve Rendered Series: one image of its middle instance."""
+        return render_one(request, session, principal, target(study, series), None)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+    def instance_rendered(study: str, series: str, sop: str, request: Request, session: DbSession,
+                          principal: CurrentPrincipal):
+        """WADO-RS Retrieve Rendered Instance: its first frame."""
+        return render_one(request, session, principal, target(study, series, sop), 0)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
+    def frames_rendered(study: str, series: str, sop: str, frames: str, request: Request,
+                        session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Rendered Frames: one image, or a multipart of images for several."""
+        where, numbers = target(study, series, sop), parse_frame_numbers(frames)
+        options = render_options(request.query_params)
+        offer = choose(request, rendered_offers(several=len(numbers) > 1))
+        row = instances_or_404(request, session, principal, where, "dicomweb.rendered")[0]
+        frame_numbers_or_404(row, numbers)
+        _audit(request, principal, "dicomweb.rendered", object_type="instance", object_id=sop,
+               detail={"frames": numbers[:50], "media_type": offer.media_type})
+        ds = load_dataset(runtime(request).store, row.key)
+        images = [(offer.media_type, rendered_image(ds, n - 1, offer.media_type, options)) for n in numbers]
+        if not offer.multipart:
+            return Response(images[0][1], media_type=offer.media_type)
+        boundary = multipart.new_boundary()
+        return Response(multipart.encode(images, boundary), media_type=offer.content_type(boundary))
+
+    def thumbnail(request: Request, session: Session, principal: Principal, where: Target) -> Response:
+        viewport = render_options(request.query_params).viewport
+        offer = choose(request, rendered_offers(several=False))
+        row = representative(instances_or_404(request, session, principal, where, "dicomweb.thumbnail"))
+        _audit(request, principal, "dicomweb.thumbnail", object_type=where.level, object_id=where.uid,
+               detail={"instance": row.sop})
+        ds = load_dataset(runtime(request).store, row.key)
+        return Response(thumbnail_image(ds, offer.media_type, viewport), media_type=offer.media_type)
+
+    @router.get("/studies/{study}/thumbnail")
+    def study_thumbnail(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+        """WADO-RS Retrieve Study Thumbnail (viewport=vw,vh; default 128x128)."""
+        return thumbnail(request, session, principal, target(study))
+
+    @router.get("/studies/{study}/series/{series}/thumbnail")
+    def series_thumbnail(study: str, series: str, request: Request, session: DbSession,
+                         principal: CurrentPrincipal):
+        """WADO-RS Retrieve Series Thumbnail."""
+        return thumbnail(request, session, principal, target(study, series))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    def instance_thumbnail(study: str, series: str, sop: str, request: Request, session: DbSession,
+                           principal: CurrentPrincipal):
+        """WADO-RS Retrieve Instance Thumbnail (its representative frame)."""
+        return thumbnail(request, session, principal, target(study, series, sop))
+
+    # ---- WADO-URI ----
+
+    @router.get("/wado")
+    def wado_uri(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+        """WADO-URI (PS3.18 9): one object as application/dicom, or one frame as image/jpeg|png."""
+        params = request.query_params
+        if params.get("requestType", "") != "WADO":
+            raise BadRequest("requestType must be WADO")
+        where = target(*(params.get(name, "") for name in ("studyUID", "seriesUID", "objectUID")))
+        row = instances_or_404(request, session, principal, where, "dicomweb.wado_uri")[0]
+        offer = choose(request, wado_uri_offers(row), accept=params.get("contentType") or "*/*")
+        if offer.media_type == "application/dicom":
+            syntax = wado_uri_syntax(row, params.get("transferSyntax"))
+            _audit(request, principal, "dicomweb.wado_uri", object_type="instance", object_id=where.sop,
+                   detail={"content_type": offer.media_type, "transfer_syntax": syntax})
+            as_sent = Offer("application/dicom", False, syntax)
+            return StreamingResponse(_object_chunks(runtime(request).store, row, as_sent),
+                                     media_type=as_sent.content_type())
+        options = wado_uri_render_options(params)
+        frame = _number(params.get("frameNumber"), "frameNumber", minimum=1) or 1
+        frame_numbers_or_404(row, [frame])
+        _audit(request, principal, "dicomweb.wado_uri", object_type="instance", object_id=where.sop,
+               detail={"content_type": offer.media_type, "frame": frame})
+        ds = load_dataset(runtime(request).store, row.key)
+        return Response(rendered_image(ds, frame - 1, offer.media_type, options), media_type=offer.media_type)
+
+    return router
+
+
+def _answer_syntax(offer: Offer, stored: str) -> str:
+    """The transfer syntax an object goes out in: as stored, or the offer's (transcoded)."""
+    return stored if offer.transfer_syntax in (None, negotiation.ANY_SYNTAX, stored) else offer.transfer_syntax
+
+
+def _object_chunks(store, row, offer: Offer) -> Iterator[bytes]:
+    """A stored object's bytes, streamed from the store, or transcoded to Explicit VR LE."""
+    if _answer_syntax(offer, row.syntax) == row.syntax:
+        yield from store.stream(row.key)
+        return
+    yield to_explicit_little(store.get(row.key))
+
+
+def wado_uri_offers(row) -> list[Offer]:
+    """WADO-URI representations (PS3.18 9.1.2.1.5): JPEG (the default for images), PNG, or
+    the object itself (the default for everything else); transferSyntax is a separate parameter."""
+    images = [Offer(media_type) for media_type in _RENDERED] if row.rows is not None else []
+    return images + [Offer("application/dicom")]
+
+
+def wado_uri_syntax(row, requested: str | None) -> str:
+    """The WADO-URI transferSyntax: Explicit VR LE by default (transcoding when needed) or
+    the stored syntax; anything else 406."""
+    wanted = (requested or EVRLE).strip()
+    if wanted == row.syntax or (wanted == EVRLE and can_transcode_to_explicit_little(row.syntax)):
+        return wanted
+    raise NotAcceptable(f"the object is stored as {row.syntax} and cannot be sent as {wanted[:70]}")
+
+
+def wado_uri_render_options(params) -> RenderOptions:
+    """WADO-URI rows/columns/windowCenter/windowWidth/imageQuality as rendering options."""
+    rows = _number(params.get("rows"), "rows", minimum=1)
+    columns = _number(params.get("columns"), "columns", minimum=1)
+    translated = {}
+    if rows or columns:
+        translated["viewport"] = f"{columns or pixels.MAX_VIEWPORT},{rows or pixels.MAX_VIEWPORT}"
+    center, width = params.get("windowCenter"), params.get("windowWidth")
+    if center or width:
+        if not (center and width):
+            raise BadRequest("windowCenter and windowWidth go together")
+        translated["window"] = f"{center},{width}"
+    if params.get("imageQuality"):
+        translated["quality"] = params["imageQuality"]
+    return render_options(translated)

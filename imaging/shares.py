@@ -1,0 +1,445 @@
+"""Cloud film (云胶片): a link and a PIN that let a patient see one study on a phone.
+
+Secrets and what is stored:
+
+* The link token is HMAC-SHA256(server secret, 128 random bits kept as ``token_nonce``),
+  base64url: random to anyone without the server secret. The database keeps only its
+  SHA-256 (``token_hash``), which is what a request is looked up by. Deriving it from the
+  nonce lets the film-sheet worker print the QR code again without the token ever passing
+  through the broker or sitting in the database; a stolen database alone opens nothing.
+* The 6-digit PIN is shown once (to the radiographer, who gives it to the patient) and
+  kept as HMAC-SHA256(server secret, per-share salt + PIN), compared with
+  hmac.compare_digest. Five wrong PINs lock the link for good; the hospital makes a new one.
+* After the PIN the browser gets a short-lived cookie scoped to the link's path whose value
+  is an HMAC over the share, the token hash and the expiry: nothing to look up, and
+  revocation, expiry and locking are still checked on every request because every request
+  loads the share by its token.
+
+Every open, unlock (right or wrong), view and download is audited with the address and
+the user agent. Services here never commit; the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from imaging.models import Instance, Patient, Series, Share, Study
+from storage import access, audit, jobs
+from storage.access import Principal
+from storage.errors import Gone, Invalid, Locked, NotFound, NotPermitted
+from storage.models import Institution
+from storage.types import utcnow
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 365
+MAX_FAILED_PINS = 5
+UNLOCK_TTL_S = 30 * 60            # the unlocked cookie; the page re-asks for the PIN after it
+FILM_TASK = "imaging.make_film_sheet"
+SHARER_ROLES = ("radiographer", "admin")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+_PIN = re.compile(r"^\d{6}$")
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+MODALITY_ZH = {
+    "CT": "CT 计算机断层扫描", "MR": "磁共振 MR", "CR": "X线摄影", "DX": "X线摄影", "DR": "X线摄影",
+    "US": "超声", "MG": "乳腺X线摄影", "NM": "核医学", "PT": "PET", "XA": "血管造影",
+    "RF": "X线透视", "ES": "内镜", "OT": "其他", "SC": "图像", "IO": "口腔X线", "PX": "全景X线",
+}
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def link_token(secret_key: str, nonce: str) -> str:
+    """The link token for a share's nonce (43 base64url characters, 256 bits of HMAC)."""
+    digest = hmac.new(secret_key.encode(), b"lancang/film-link/" + nonce.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _pin_digest(secret_key: str, salt: str, pin: str) -> str:
+    return hmac.new(secret_key.encode(), f"lancang/film-pin/{salt}/{pin}".encode(), hashlib.sha256).hexdigest()
+
+
+def share_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/f/{token}"
+
+
+def token_from(text: str) -> str | None:
+    """The token in a link (".../f/TOKEN[/...]") or a bare token; None if it has none."""
+    text = text.strip()
+    match = re.search(r"/f/([A-Za-z0-9_-]+)", text)
+    candidate = match.group(1) if match else text
+    return candidate if _TOKEN.match(candidate) else None
+
+
+# --------------------------------------------------------------------------- radiographer side
+
+
+@dataclass
+class CreatedShare:
+    """A new share and its secrets: the only moment the PIN and the link exist in clear."""
+
+    share: Share
+    token: str
+    pin: str
+    url: str
+
+    def as_json(self) -> dict:
+        return {"id": self.share.id, "url": self.url, "pin": self.pin,
+                "expires_at": self.share.expires_at.isoformat(timespec="seconds"),
+                "study_instance_uid": self.share.study_instance_uid}
+
+
+def _study(session: Session, study_uid: str) -> Study:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None:
+        raise NotFound("study not found / 未找到该检查")
+    return study
+
+
+def require_sharer(session: Session, principal: Principal, study_uid: str) -> Study:
+    """The study, if this principal may share it with its patient.
+
+    The performing institution's radiographers (and admins over it) may; a study they
+    cannot see is "not found" (its existence is itself patient data); the CLI is the system.
+    """
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
+                                                 study_uid=study_uid):
+        raise NotFound("study not found / 未找到该检查")
+    if principal.kind == "system":
+        return study
+    if principal.kind != "user" or principal.role not in SHARER_ROLES:
+        raise NotPermitted("only radiographers share studies with patients / 仅技师可创建云胶片")
+    if not principal.is_admin and principal.institution_id != study.institution_id:
+        raise NotPermitted("only the performing institution shares a study / 仅检查医院可创建云胶片")
+    return study
+
+
+def create_share(*, session: Session, principal: Principal, study_uid: str, secret_key: str,
+                 public_url: str, days: float = DEFAULT_DAYS, source: str = "") -> CreatedShare:
+    """Creates a link + PIN for one study, audits it, and asks a worker for the film sheet."""
+    if not (0 < days <= MAX_DAYS):
+        raise Invalid(f"days must be more than 0 and at most {MAX_DAYS} / 有效期须为1至{MAX_DAYS}天")
+    study = require_sharer(session, principal, study_uid)
+    nonce = secrets.token_hex(16)
+    token = link_token(secret_key, nonce)
+    pin = f"{secrets.randbelow(10**6):06d}"
+    salt = secrets.token_hex(16)
+    now = utcnow()
+    share = Share(study_pk=study.id, study_instance_uid=study.study_instance_uid,
+                  institution_id=study.institution_id, token_hash=hash_token(token), token_nonce=nonce,
+                  pin_salt=salt, pin_hash=_pin_digest(secret_key, salt, pin),
+                  created_by=principal.name[:128], created_at=now, expires_at=now + timedelta(days=days),
+                  failed_attempts=0, opened_count=0, film_state="pending")
+    session.add(share)
+    session.flush()
+    audit.append(session, principal=principal, action="film.share.create", object_type="share",
+                 object_id=str(share.id), source=source,
+                 detail={"study": study.study_instance_uid, "expires_at": share.expires_at.isoformat()})
+    jobs.send_after_commit(session, FILM_TASK, share.id, queue="render")
+    return CreatedShare(share, token, pin, share_url(public_url, token))
+
+
+def list_shares(*, session: Session, principal: Principal, study_uid: str) -> list[Share]:
+    """The study's shares, newest first (for the radiographer)."""
+    study = require_sharer(session, principal, study_uid)
+    return list(session.scalars(select(Share).where(Share.study_pk == study.id)
+                                .order_by(Share.created_at.desc(), Share.id.desc())))
+
+
+def get_share_for(*, session: Session, principal: Principal, share_id: int | None = None,
+                  token: str | None = None) -> Share:
+    """A share by id or token, if the principal may manage its study."""
+    if token is not None:
+        share = session.scalar(select(Share).where(Share.token_hash == hash_token(token)))
+    else:
+        share = session.get(Share, share_id) if share_id is not None else None
+    if share is None:
+        raise NotFound("share not found / 未找到该云胶片链接")
+    try:
+        require_sharer(session, principal, share.study_instance_uid)
+    except NotFound:
+        raise NotFound("share not found / 未找到该云胶片链接") from None
+    return share
+
+
+def revoke_share(*, session: Session, principal: Principal, share_id: int | None = None,
+                 token: str | None = None, source: str = "") -> Share:
+    """Revokes a link at once (idempotent) and audits it."""
+    share = get_share_for(session=session, principal=principal, share_id=share_id, token=token)
+    if share.revoked_at is None:
+        share.revoked_at = utcnow()
+        share.revoked_by = principal.name[:128]
+        audit.append(session, principal=principal, action="film.share.revoke", object_type="share",
+                     object_id=str(share.id), source=source, detail={"study": share.study_instance_uid})
+    return share
+
+
+def share_state(share: Share, now: datetime | None = None) -> str:
+    """active | revoked | expired | locked."""
+    now = now or utcnow()
+    if share.revoked_at is not None:
+        return "revoked"
+    if share.expires_at <= now:
+        return "expired"
+    if share.locked_at is not None:
+        return "locked"
+    return "active"
+
+
+# --------------------------------------------------------------------------- patient side
+
+
+def patient_principal(share: Share) -> Principal:
+    return Principal(kind="patient", name=f"film-share:{share.id}", study_uid=share.study_instance_uid)
+
+
+def find_share(session: Session, token: str, *, for_update: bool = False) -> Share:
+    """The share a link token names, whatever its state; NotFound otherwise."""
+    if not isinstance(token, str) or not _TOKEN.match(token):
+        raise NotFound("no such link / 链接不存在")
+    statement = select(Share).where(Share.token_hash == hash_token(token))
+    if for_update:
+        statement = statement.with_for_update()
+    share = session.scalar(statement)
+    if share is None:
+        raise NotFound("no such link / 链接不存在")
+    return share
+
+
+def require_usable(share: Share) -> None:
+    """Raise Gone (revoked or expired) or Locked (too many wrong PINs)."""
+    state = share_state(share)
+    if state == "revoked":
+        raise Gone("this link was withdrawn by the hospital / 该链接已被医院撤销")
+    if state == "expired":
+        raise Gone("this link has expired / 该链接已过期")
+    if state == "locked":
+        raise Locked("locked after too many wrong PINs / 提取码错误次数过多，链接已锁定")
+
+
+def _client(source: str, user_agent: str) -> dict:
+    return {"user_agent": (user_agent or "")[:300]}
+
+
+def record_access(session: Session, share: Share, action: str, *, source: str, user_agent: str,
+                  outcome: str = "ok", **detail) -> None:
+    """Audit one patient-side event in the caller's transaction."""
+    audit.append(session, principal=patient_principal(share), action=action, outcome=outcome,
+                 object_type="share", object_id=str(share.id), source=source,
+                 detail={**_client(source, user_agent), "study": share.study_instance_uid, **detail})
+
+
+def open_share(*, session: Session, token: str, source: str, user_agent: str) -> Share:
+    """The PIN page was opened: counts and audits it; raises for a dead link."""
+    share = find_share(session, token, for_update=True)
+    require_usable(share)
+    share.opened_count += 1
+    share.last_opened_at = utcnow()
+    record_access(session, share, "film.open", source=source, user_agent=user_agent)
+    return share
+
+
+@dataclass
+class UnlockResult:
+    ok: bool
+    share: Share
+    remaining: int          # wrong PINs left before the link locks
+    locked: bool = False
+
+
+def unlock(*, session: Session, token: str, pin: str, secret_key: str, source: str,
+           user_agent: str) -> UnlockResult:
+    """Checks a PIN in constant time; the fifth wrong one locks the link. Audited either way.
+
+    Does not raise for a wrong PIN: the caller must commit the failure count.
+    """
+    share = find_share(session, token, for_update=True)
+    require_usable(share)
+    candidate = (pin or "").strip()
+    # Compare even malformed input, so the answer takes the same time either way.
+    expected = share.pin_hash
+    given = _pin_digest(secret_key, share.pin_salt, candidate if _PIN.match(candidate) else "x")
+    if hmac.compare_digest(expected, given) and _PIN.match(candidate):
+        share.failed_attempts = 0
+        record_access(session, share, "film.unlock", source=source, user_agent=user_agent)
+        return UnlockResult(True, share, MAX_FAILED_PINS)
+    share.failed_attempts += 1
+    locked = share.failed_attempts >= MAX_FAILED_PINS
+    if locked:
+        share.locked_at = utcnow()
+    record_access(session, share, "film.unlock", source=source, user_agent=user_agent,
+                  outcome="denied", failed_attempts=share.failed_attempts, locked=locked)
+    return UnlockResult(False, share, max(0, MAX_FAILED_PINS - share.failed_attempts), locked)
+
+
+def unlock_cookie(secret_key: str, share: Share, now: float | None = None) -> tuple[str, int]:
+    """(cookie value, max-age): proof that this browser entered this link's PIN recently."""
+    expires = int((now or time.time()) + UNLOCK_TTL_S)
+    return f"{expires}.{_cookie_mac(secret_key, share, expires)}", UNLOCK_TTL_S
+
+
+def _cookie_mac(secret_key: str, share: Share, expires: int) -> str:
+    message = f"lancang/film-unlocked/{share.id}/{share.token_hash}/{expires}".encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def cookie_valid(secret_key: str, share: Share, value: str | None) -> bool:
+    if not value or "." not in value:
+        return False
+    expires_text, _, mac = value.partition(".")
+    if not expires_text.isdigit() or int(expires_text) < time.time():
+        return False
+    return hmac.compare_digest(_cookie_mac(secret_key, share, int(expires_text)), mac)
+
+
+# --------------------------------------------------------------------------- what the patient sees
+
+
+@dataclass
+class FilmSeries:
+    series_uid: str
+    label: str
+    modality: str
+    thumbnail_key: str | None
+    items: list[tuple[int, int]] = field(default_factory=list)  # (instance id, frames)
+
+    @property
+    def images(self) -> int:
+        return sum(frames for _, frames in self.items)
+
+
+@dataclass
+class FilmStudy:
+    """One study as the patient page shows it, in plain Chinese."""
+
+    study_uid: str
+    institution: str
+    date: str
+    exam: str
+    patient_name: str
+    series: list[FilmSeries]
+
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.series)
+
+
+@dataclass
+class PatientReport:
+    """What the patient page shows of a signed report (filled by consult)."""
+
+    title: str
+    findings: str
+    impression: str
+    signed_at: str
+    pdf_url: str | None = None
+
+
+def report_for_study(session: Session, study_uid: str) -> PatientReport | None:
+    """The signed report for the patient page, once it exists.
+
+    Placeholder hook: consult/ fills this in (a signed, returned report for the study);
+    until then the page says the report is not ready yet.
+    """
+    return None
+
+
+def chinese_date(dicom_date: str) -> str:
+    """DICOM DA (YYYYMMDD) as 2026年11月1日; the raw text if it is not a date."""
+    if len(dicom_date) == 8 and dicom_date.isdigit():
+        return f"{int(dicom_date[:4])}年{int(dicom_date[4:6])}月{int(dicom_date[6:])}日"
+    return dicom_date or "日期不详"
+
+
+def display_name(pn: str) -> str:
+    """A DICOM PN for a Chinese reader: the ideographic group when present, without carets."""
+    groups = pn.split("=")
+    ideographic = groups[1] if len(groups) > 1 else ""
+    chosen = ideographic if ideographic.strip("^ ") else groups[0]
+    parts = [part.strip() for part in chosen.split("^") if part.strip()]
+    return "".join(parts) if not chosen.isascii() else " ".join(parts)
+
+
+def exam_name(study: Study, modalities: list[str]) -> str:
+    if study.description:
+        return study.description
+    names = [MODALITY_ZH.get(m, m) for m in modalities if m]
+    return "、".join(dict.fromkeys(names)) or "影像检查"
+
+
+def film_study(session: Session, share: Share) -> FilmStudy:
+    """The study behind a share, with its series and images in viewing order."""
+    study = session.get(Study, share.study_pk)
+    institution = session.get(Institution, study.institution_id)
+    patient = session.get(Patient, study.patient_pk)
+    series_rows = session.scalars(select(Series).where(Series.study_pk == study.id)
+                                  .order_by(Series.series_number.asc().nullslast(), Series.id)).all()
+    instances = session.execute(
+        select(Instance.series_pk, Instance.id, Instance.instance_number, Instance.sop_instance_uid,
+               Instance.number_of_frames, Instance.rows)
+        .join(Series, Series.id == Instance.series_pk).where(Series.study_pk == study.id)).all()
+    by_series: dict[int, list] = {}
+    for row in instances:
+        by_series.setdefault(row.series_pk, []).append(row)
+    result = []
+    for series in series_rows:
+        rows = [r for r in by_series.get(series.id, []) if r.rows]  # no pixels, nothing to show
+        if not rows:
+            continue
+        ordered = sorted(rows, key=lambda r: (r.instance_number is None, r.instance_number or 0,
+                                              r.sop_instance_uid))  # as _viewing_order
+        modality_name = MODALITY_ZH.get(series.modality, series.modality or "图像")
+        label = series.description or modality_name
+        if series.series_number is not None:
+            label = f"{label}（序列 {series.series_number}）"
+        result.append(FilmSeries(series.series_instance_uid, label, series.modality, series.thumbnail_key,
+                                 [(r.id, max(1, r.number_of_frames or 1)) for r in ordered]))
+    modalities = [s.modality for s in series_rows]
+    return FilmStudy(
+        study_uid=study.study_instance_uid,
+        institution=(institution.name_zh if institution else "") or study.institution_name or "检查医院",
+        date=chinese_date(study.study_date), exam=exam_name(study, modalities),
+        patient_name=display_name(patient.name) if patient else "", series=result)
+
+
+def instance_in_share(session: Session, share: Share, instance_id: int) -> Instance:
+    """An instance of the shared study, or NotFound (never another study's)."""
+    instance = session.scalar(select(Instance).join(Series, Series.id == Instance.series_pk)
+                              .where(Instance.id == instance_id, Series.study_pk == share.study_pk))
+    if instance is None:
+        raise NotFound("image not found / 未找到该图像")
+    return instance
+
+
+def _viewing_order(instance: Instance):
+    return (instance.instance_number is None, instance.instance_number or 0, instance.sop_instance_uid)
+
+
+def study_instances(session: Session, share: Share) -> list[tuple[Series, Instance]]:
+    """Every instance of the shared study, series by series in viewing order (for download)."""
+    rows = session.execute(select(Series, Instance).join(Instance, Instance.series_pk == Series.id)
+                           .where(Series.study_pk == share.study_pk)).all()
+    return sorted(rows, key=lambda row: ((row[0].series_number is None, row[0].series_number or 0, row[0].id),
+                                         _viewing_order(row[1])))
+
+
+def local_time(value: datetime) -> str:
+    """A timestamp as Beijing time, for people."""
+    return value.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
