@@ -26,8 +26,8 @@ Rules that hold everywhere:
   * Bad input answers 400 (bad UIDs, frame 0, bad window/viewport/quality), never 500.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the router-local
+# Annotated dependencies (DbSession, CurrentPrincipal) at definition time.
 import io
 import json
 import logging

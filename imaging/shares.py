@@ -404,7 +404,7 @@ def film_study(session: Session, share: Share) -> FilmStudy:
         if not rows:
             continue
         ordered = sorted(rows, key=lambda r: (r.instance_number is None, r.instance_number or 0,
-                                              r.sop_instance_uid))  # as _viewing_order
+                                              r.sop_instance_uid))  # as viewing_order
         modality_name = MODALITY_ZH.get(series.modality, series.modality or "图像")
         label = series.description or modality_name
         if series.series_number is not None:
@@ -428,7 +428,8 @@ def instance_in_share(session: Session, share: Share, instance_id: int) -> Insta
     return instance
 
 
-def _viewing_order(instance: Instance):
+def viewing_order(instance: Instance):
+    """Sort key: Instance Number, then SOP Instance UID (missing numbers last)."""
     return (instance.instance_number is None, instance.instance_number or 0, instance.sop_instance_uid)
 
 
@@ -437,7 +438,7 @@ def study_instances(session: Session, share: Share) -> list[tuple[Series, Instan
     rows = session.execute(select(Series, Instance).join(Instance, Instance.series_pk == Series.id)
                            .where(Series.study_pk == share.study_pk)).all()
     return sorted(rows, key=lambda row: ((row[0].series_number is None, row[0].series_number or 0, row[0].id),
-                                         _viewing_order(row[1])))
+                                         viewing_order(row[1])))
 
 
 def local_time(value: datetime) -> str:

@@ -12,11 +12,12 @@ from fastapi.templating import Jinja2Templates
 
 from lancang.runtime import bootstrap
 from lancang.settings import Settings, get_settings
+from consult.pages import build_router as consult_pages
 from consult.routes import build_router as consult_router
 from imaging.dicomweb import build_dicomweb_router
 from imaging.routes import build_router as imaging_router
 from web import errors, pages, routes
-from web.deps import current_principal, db_session, require_user, write_session
+from web.deps import current_principal, db_session, optional_user, require_user, write_session
 
 HERE = Path(__file__).parent
 log = logging.getLogger("lancang.web")
@@ -41,4 +42,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(imaging_router(db_session, current_principal))
     app.include_router(build_dicomweb_router(db_session, write_session, current_principal))
     app.include_router(consult_router(db_session, write_session, require_user))
+    app.include_router(consult_pages(db_session, optional_user))
     return app

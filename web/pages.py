@@ -69,4 +69,16 @@ def logout(request: Request, session: WriteSession):
 def home(request: Request, user: OptionalUser):
     if user is None:
         return RedirectResponse("/login", status_code=303)
-    return _render(request, "home.html", user=user)
+    return _render(request, "home.html", user=user, menu=_menu(user.role))
+
+
+def _menu(role: str) -> list[dict]:
+    """What each role starts from."""
+    items = {
+        "radiographer": [("/consults/new", "新建会诊申请 Request a consult"), ("/consults", "申请与回传报告 My requests")],
+        "specialist": [("/consults", "我的阅片任务 My worklist"), ("/calendar", "会诊日程 Calendar")],
+        "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/dashboard", "统计 Dashboard"),
+                        ("/calendar", "日程 Calendar")],
+        "admin": [("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard")],
+    }[role]
+    return [{"href": href, "label": label} for href, label in items + [("/verify", "报告验证 Verify a report")]]

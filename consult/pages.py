@@ -1,0 +1,146 @@
+"""Pages for every role: township request form and inbox, coordinator board and calendar,
+specialist worklist and report editor, the public verification page. Actions call the
+JSON API from the page (web/static/consult.js) with the browser session."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult import dashboard, reports, scheduling, service, templates
+from consult.models import PRIORITIES, RISK_COLOURS
+from consult.routes import consult_detail
+from imaging.models import Study
+from storage import access
+from storage.errors import Invalid
+from storage.models import Institution, User
+from storage.types import utcnow
+
+STATUS_LABELS = {
+    "requested": "待受理 Requested", "accepted": "已受理 Accepted", "declined": "已退回 Declined",
+    "assigned": "已分配 Assigned", "scheduled": "已预约 Scheduled", "in_progress": "阅片中 In progress",
+    "reported": "待审核 Reported", "final": "已签发 Final", "returned": "已回传 Returned",
+    "acknowledged": "已确认 Acknowledged", "cancelled": "已取消 Cancelled",
+}
+PRIORITY_LABELS = {"routine": "常规 Routine", "urgent": "加急 Urgent", "critical": "危急 Critical"}
+COLOUR_LABELS = {"green": "绿 Green", "yellow": "黄 Yellow", "orange": "橙 Orange", "red": "红 Red",
+                 "purple": "紫 Purple"}
+MAX_UPLOAD = 20 * 1024 * 1024
+
+
+def build_router(db_session, optional_user) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    Read = Annotated[Session, Depends(db_session, scope="function")]
+    MaybeUser = Annotated[User | None, Depends(optional_user)]
+
+    def render(request: Request, name: str, **context):
+        context.update(status_labels=STATUS_LABELS, priority_labels=PRIORITY_LABELS, colour_labels=COLOUR_LABELS)
+        return request.app.state.templates.TemplateResponse(request, name, context)
+
+    def login_first(request: Request):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @router.get("/consults", response_class=HTMLResponse)
+    def consult_list(request: Request, session: Read, user: MaybeUser, status: str = "", priority: str = "",
+                     colour: str = ""):
+        if user is None:
+            return login_first(request)
+        user = session.get(User, user.id)
+        scope = {"radiographer": "outgoing", "coordinator": "incoming", "admin": "incoming"}.get(user.role, "mine")
+        items = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
+                                 priority=priority or None, colour=colour or None)
+        outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
+        return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
+                      now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
+                                                                         "colour": colour},
+                      priorities=PRIORITIES, colours=RISK_COLOURS)
+
+    @router.get("/consults/new", response_class=HTMLResponse)
+    def new_consult(request: Request, session: Read, user: MaybeUser, study: str = ""):
+        if user is None:
+            return login_first(request)
+        user = session.get(User, user.id)
+        scope = access.scope_for(session, service._principal(user))
+        studies = session.scalars(select(Study).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
+                                  .order_by(Study.created_at.desc()).limit(100)).all()
+        targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
+                   if i.id != user.institution_id and _routable(session, user.institution, i)]
+        return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
+                      priorities=PRIORITIES, colours=RISK_COLOURS)
+
+    @router.get("/consults/{consult_id}", response_class=HTMLResponse)
+    def consult_page(consult_id: int, request: Request, session: Read, user: MaybeUser, template: str = ""):
+        if user is None:
+            return login_first(request)
+        user = session.get(User, user.id)
+        consult = service.get(session=session, consult_id=consult_id, user=user)
+        detail = consult_detail(session, consult, user)
+        report = reports.get_report(session=session, consult=consult)
+        studies = [session.scalar(select(Study).where(Study.study_instance_uid == s.study_instance_uid))
+                   for s in consult.studies]
+        specialists = session.scalars(select(User).where(User.role == "specialist", User.active.is_(True))
+                                      .order_by(User.institution_id, User.username)).all()
+        template_id = template if template in templates.TEMPLATES else report.template if report else templates.for_modality(
+            (studies[0].modalities.split("\\")[0] if studies and studies[0] else ""))
+        return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
+                      studies=[s for s in studies if s], specialists=specialists,
+                      templates=templates.TEMPLATES, template_id=template_id,
+                      can_read_images=[access.can_see_study(session, service._principal(user),
+                                                            institution_id=s.institution_id,
+                                                            study_uid=s.study_instance_uid) for s in studies if s],
+                      is_coordinator=service._is_target_coordinator(consult, user))
+
+    @router.get("/dashboard", response_class=HTMLResponse)
+    def dashboard_page(request: Request, session: Read, user: MaybeUser, weeks: int = 8):
+        if user is None:
+            return login_first(request)
+        user = session.get(User, user.id)
+        data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
+        charts = {
+            "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),
+            "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"]),
+            "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"]),
+        }
+        return render(request, "consult/dashboard.html", user=user, data=data, charts=charts)
+
+    @router.get("/calendar", response_class=HTMLResponse)
+    def calendar_page(request: Request, session: Read, user: MaybeUser):
+        if user is None:
+            return login_first(request)
+        user = session.get(User, user.id)
+        bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
+        return render(request, "consult/calendar.html", user=user, bookings=bookings, local=scheduling.LOCAL)
+
+    @router.get("/verify", response_class=HTMLResponse)
+    def verify_form(request: Request, user: MaybeUser):
+        return render(request, "consult/verify.html", user=user, version=None, verdict=None)
+
+    @router.get("/verify/{public_id}", response_class=HTMLResponse)
+    def verify_code(public_id: str, request: Request, session: Read, user: MaybeUser):
+        version = reports.version_by_public_id(session=session, public_id=public_id)
+        return render(request, "consult/verify.html", user=user, version=version, verdict=None)
+
+    @router.post("/verify", response_class=HTMLResponse)
+    async def verify_upload(request: Request, session: Read, user: MaybeUser, file: UploadFile = File(...)):
+        pdf = await file.read(MAX_UPLOAD + 1)
+        if len(pdf) > MAX_UPLOAD:
+            raise Invalid("the file is larger than 20 MB / 文件过大")
+        verdict = reports.verify_upload(session=session, pdf=pdf)
+        if "application/json" in request.headers.get("accept", ""):
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse(verdict)
+        return render(request, "consult/verify.html", user=user, version=None, verdict=verdict,
+                      filename=file.filename)
+
+    return router
+
+
+def _routable(session: Session, source: Institution, target: Institution) -> bool:
+    try:
+        service.direction_between(session, source, target)
+        return True
+    except Exception:
+        return False

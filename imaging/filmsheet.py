@@ -1,0 +1,293 @@
+"""The printable film sheet (云胶片打印页): one A4 page for the patient to take home.
+
+Institution header, the exam, a grid of key images, the QR code of the cloud-film link and
+where to find the PIN. The PIN itself is never printed: the sheet may be left lying about,
+the PIN travels separately (the collection slip, or the radiographer writes it in the box).
+
+fpdf2 embeds a subset of a CJK OpenType font (Debian fonts-noto-cjk, CFF outlines in a .ttc
+are fine for it); the QR code (segno) is drawn as vector rectangles so it scans from any
+printer. Made by the worker (task ``imaging.make_film_sheet``) and kept in the object store
+at ``derived/{study}/film/share-{id}.pdf``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import segno
+from fpdf import FPDF
+from sqlalchemy import select
+
+from imaging import derive, pixels, shares
+from imaging.models import Instance, Series, Share, Study
+from storage.db import Database
+from storage.objects import ObjectStore, StoreUnavailable
+from storage.types import utcnow
+
+log = logging.getLogger("lancang.imaging")
+
+FONT_ENV = ("LANCANG_FILM_FONT", "LANCANG_REPORT_FONT")
+FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
+KEY_IMAGES = 12              # a 3 x 4 grid
+GRID_COLUMNS = 3
+KEY_IMAGE_PIXELS = 640       # ~200 dpi across a 64 mm cell: sharp in print, small in the PDF
+KEY_IMAGE_QUALITY = 88
+
+
+class FilmFontError(RuntimeError):
+    """No CJK font is installed for the film sheet."""
+
+
+def find_font() -> tuple[str, int]:
+    """(path, face index) of a font with Simplified Chinese glyphs."""
+    configured = [os.environ.get(name, "").strip() for name in FONT_ENV]
+    for candidate in [c for c in configured if c] + list(FONT_CANDIDATES):
+        if Path(candidate).is_file():
+            return candidate, _simplified_chinese_face(candidate)
+    raise FilmFontError("no CJK font for the film sheet: apt-get install fonts-noto-cjk, or set "
+                        "LANCANG_FILM_FONT to a .ttf/.otf/.ttc file")
+
+
+@lru_cache(maxsize=4)
+def _simplified_chinese_face(path: str) -> int:
+    if not path.lower().endswith((".ttc", ".otc")):
+        return 0
+    from fontTools.ttLib import TTCollection
+
+    collection = TTCollection(path, lazy=True)
+    try:
+        for index, font in enumerate(collection.fonts):
+            if (font["name"].getDebugName(1) or "").endswith(" SC"):
+                return index
+    finally:
+        collection.close()
+    return 0
+
+
+@dataclass
+class KeyImage:
+    jpeg: bytes
+    caption: str
+
+
+@dataclass
+class FilmSheetContent:
+    institution: str
+    patient_name: str
+    exam: str
+    date: str
+    accession: str
+    url: str
+    expires: str
+    images: list[KeyImage] = field(default_factory=list)
+
+
+def _draw_qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:
+    """The QR code as filled rectangles (one per run of dark modules in a row)."""
+    qr = segno.make(data, error="m")
+    matrix = [list(row) for row in qr.matrix]
+    border = 2  # quiet zone, in modules (white paper around it does the rest)
+    n = len(matrix) + 2 * border
+    module = size / n
+    pdf.set_fill_color(255, 255, 255)
+    pdf.rect(x, y, size, size, style="F")
+    pdf.set_fill_color(0, 0, 0)
+    for r, row in enumerate(matrix):
+        c = 0
+        while c < len(row):
+            if row[c]:
+                start = c
+                while c < len(row) and row[c]:
+                    c += 1
+                pdf.rect(x + (start + border) * module, y + (r + border) * module,
+                         (c - start) * module, module, style="F")
+            else:
+                c += 1
+
+
+def build_film_sheet(content: FilmSheetContent) -> bytes:
+    """The A4 PDF for one share."""
+    font, face = find_font()
+    pdf = FPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.set_margins(12, 10, 12)
+    pdf.add_font("cjk", "", font, collection_font_number=face)
+    pdf.add_page()
+    pdf.set_title(f"云胶片 {content.exam}")
+    pdf.set_creator("Lancang 澜沧影像云")
+
+    width = pdf.w - 24
+    pdf.set_font("cjk", size=17)
+    pdf.cell(width, 9, content.institution, align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("cjk", size=10)
+    pdf.set_text_color(80, 90, 100)
+    pdf.cell(width, 6, "云胶片 · 数字影像 Cloud film · digital images", align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_draw_color(11, 110, 138)
+    pdf.set_line_width(0.6)
+    pdf.line(12, pdf.get_y() + 1, pdf.w - 12, pdf.get_y() + 1)
+    pdf.ln(3)
+
+    pdf.set_font("cjk", size=10)
+    facts = [("姓名 Name", content.patient_name or "—"), ("检查 Exam", content.exam),
+             ("日期 Date", content.date), ("检查号 Accession", content.accession or "—")]
+    column = width / 2
+    for i, (label, value) in enumerate(facts):
+        pdf.set_text_color(90, 100, 110)
+        pdf.cell(28, 6, label)
+        pdf.set_text_color(0, 0, 0)
+        pdf.cell(column - 28, 6, value[:40], new_x="LMARGIN" if i % 2 else "RIGHT",
+                 new_y="NEXT" if i % 2 else "TOP")
+    pdf.ln(2)
+
+    # Key images: black cells like a film, captions under each.
+    top = pdf.get_y()
+    footer_height = 58
+    rows = max(1, -(-max(1, len(content.images)) // GRID_COLUMNS))
+    gap = 3
+    cell_w = (width - gap * (GRID_COLUMNS - 1)) / GRID_COLUMNS
+    caption_h = 4.5
+    cell_h = min(cell_w, (pdf.h - 10 - footer_height - top - rows * (caption_h + gap)) / rows)
+    pdf.set_font("cjk", size=7.5)
+    for index, image in enumerate(content.images):
+        r, c = divmod(index, GRID_COLUMNS)
+        x = 12 + c * (cell_w + gap)
+        y = top + r * (cell_h + caption_h + gap)
+        pdf.set_fill_color(0, 0, 0)
+        pdf.rect(x, y, cell_w, cell_h, style="F")
+        pdf.image(io.BytesIO(image.jpeg), x=x, y=y, w=cell_w, h=cell_h, keep_aspect_ratio=True)
+        pdf.set_xy(x, y + cell_h + 0.5)
+        pdf.set_text_color(60, 70, 80)
+        pdf.cell(cell_w, caption_h - 0.5, image.caption[:48], align="C")
+    if not content.images:
+        pdf.set_xy(12, top + 20)
+        pdf.set_font("cjk", size=11)
+        pdf.cell(width, 8, "图像处理中，请扫码查看 Images are being processed: scan to view", align="C")
+
+    # Footer: QR code, how to open it, where the PIN is.
+    y = pdf.h - 10 - footer_height + 4
+    pdf.set_draw_color(200, 205, 210)
+    pdf.set_line_width(0.3)
+    pdf.line(12, y - 2, pdf.w - 12, y - 2)
+    qr_size = 46
+    _draw_qr(pdf, content.url, 12, y, qr_size)
+    text_x = 12 + qr_size + 6
+    text_w = pdf.w - 12 - text_x
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_xy(text_x, y + 1)
+    pdf.set_font("cjk", size=13)
+    pdf.cell(text_w, 7, "手机扫码查看影像和报告", new_x="LEFT", new_y="NEXT")
+    pdf.set_font("cjk", size=9)
+    pdf.set_text_color(80, 90, 100)
+    pdf.cell(text_w, 5, "Scan with your phone to see your images and report", new_x="LEFT", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_font("cjk", size=11)
+    pdf.cell(text_w, 7, "提取码 PIN：__ __ __ __ __ __", new_x="LEFT", new_y="NEXT")
+    pdf.set_font("cjk", size=8.5)
+    pdf.set_text_color(60, 70, 80)
+    pdf.multi_cell(text_w, 4.2,
+                   "6位提取码印在取片凭条上，或由检查科室另行告知；请勿与他人分享。输错5次链接将被锁定。\n"
+                   "The 6-digit PIN is on your collection slip from the imaging department. "
+                   "Do not share it; five wrong PINs lock the link.", new_x="LEFT", new_y="NEXT")
+    pdf.set_font("cjk", size=8)
+    pdf.cell(text_w, 4.5, f"有效期至 Valid until {content.expires}", new_x="LEFT", new_y="NEXT")
+    pdf.set_font("helvetica", size=6.5)
+    pdf.multi_cell(text_w, 3.2, content.url)
+    return bytes(pdf.output())
+
+
+# --------------------------------------------------------------------------- the worker's job
+
+
+def film_key(study_uid: str, share_id: int) -> str:
+    return f"derived/{study_uid}/film/share-{share_id}.pdf"
+
+
+def _pick_key_images(series: list[tuple[Series, list[Instance]]], count: int) -> list[tuple[Series, Instance, int]]:
+    """Up to `count` (series, instance, position) picks: every series gets its middle image,
+    the rest are spread evenly through the larger series."""
+    series = [(s, items) for s, items in series if items][:count]
+    if not series:
+        return []
+    share_each = max(1, count // len(series))
+    picks: list[tuple[Series, Instance, int]] = []
+    for s, items in series:
+        n = min(share_each, len(items))
+        if n == 1:
+            positions = [len(items) // 2]
+        else:  # evenly spaced, away from the very first and last slice
+            positions = sorted({round((k + 1) * len(items) / (n + 1)) for k in range(n)})
+        picks.extend((s, items[min(p, len(items) - 1)], min(p, len(items) - 1)) for p in positions)
+    return picks[:count]
+
+
+def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_key: str,
+                    public_url: str) -> str | None:
+    """Render and store the film sheet of one share; idempotent (same key, same content).
+
+    Returns the object key, or None when the share is gone (missing, revoked, expired).
+    Key images are rendered from the DICOM at print resolution; instances that cannot be
+    decoded are skipped.
+    """
+    with db.scope(readonly=True) as session:
+        share = session.get(Share, share_id)
+        if share is None or shares.share_state(share) in ("revoked", "expired"):
+            log.info("imaging.film_sheet.skipped share_id=%s", share_id)
+            return None
+        key = film_key(share.study_instance_uid, share.id)
+        if share.film_state == "ready" and share.film_key == key and store.exists(key):
+            return key
+        study = session.get(Study, share.study_pk)
+        summary = shares.film_study(session, share)
+        series_rows = session.scalars(select(Series).where(Series.study_pk == study.id)
+                                      .order_by(Series.series_number.asc().nullslast(), Series.id)).all()
+        grouped = []
+        for s in series_rows:
+            items = session.scalars(select(Instance).where(Instance.series_pk == s.id,
+                                                           Instance.rows.is_not(None))).all()
+            grouped.append((s, sorted(items, key=shares.viewing_order)))
+        url = shares.share_url(public_url, shares.link_token(secret_key, share.token_nonce))
+        expires = shares.local_time(share.expires_at)[:10]
+        accession = study.accession_number
+    picks = _pick_key_images(grouped, KEY_IMAGES)
+    images = []
+    for series, instance, position in picks:
+        try:
+            ds = derive.load_dataset(store, instance.object_key)
+            frame = derive.representative_frame(ds)
+            picture = pixels.fit(pixels.render_frame(ds, frame), KEY_IMAGE_PIXELS, KEY_IMAGE_PIXELS)
+            jpeg = pixels.encode(picture, "image/jpeg", KEY_IMAGE_QUALITY)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a corrupt instance leaves a gap, not a failed sheet
+            log.warning("imaging.film_sheet.image_failed share_id=%s sop=%s reason=%s",
+                        share_id, instance.sop_instance_uid, exc)
+            continue
+        label = series.description or shares.MODALITY_ZH.get(series.modality, series.modality)
+        images.append(KeyImage(jpeg, f"{label} · 第 {instance.instance_number or position + 1} 幅"))
+    pdf = build_film_sheet(FilmSheetContent(
+        institution=summary.institution, patient_name=summary.patient_name, exam=summary.exam,
+        date=summary.date, accession=accession, url=url, expires=expires, images=images))
+    store.put(key, pdf, content_type="application/pdf")
+    with db.scope() as session:
+        share = session.get(Share, share_id)
+        if share is not None:
+            share.film_key = key
+            share.film_state = "ready"
+    log.info("imaging.film_sheet.ok share_id=%s images=%s bytes=%s at=%s", share_id, len(images), len(pdf),
+             utcnow().isoformat(timespec="seconds"))
+    return key
+

@@ -1,0 +1,46 @@
+"""The consult pages render for every role (server side) and the verification page answers."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.consult.test_flow import PEOPLE, api, world  # noqa: F401  (fixtures)
+from web.app import create_app
+
+
+@pytest.fixture(params=["embedded"])
+def backend(request):
+    return request.param
+
+
+def _login(client, username):
+    response = client.post("/login", data={"username": username, "password": "password-1"}, follow_redirects=False)
+    assert response.status_code == 303
+
+
+def test_pages_for_every_role(runtime, world, api):
+    _, study = world
+    created = api("POST", "li", "/api/consults", json={"kind": "live", "target": "COUNTY", "study_uids": [study],
+                                                       "clinical_question": "胎儿心脏筛查", "risk_colour": "red"}).json()
+    for username in PEOPLE:
+        with TestClient(create_app(runtime.settings)) as client:
+            _login(client, username)
+            home = client.get("/")
+            assert home.status_code == 200 and "/verify" in home.text
+            listing = client.get("/consults")
+            assert listing.status_code == 200, listing.text
+            detail = client.get(f"/consults/{created['id']}")
+            expected = 200 if PEOPLE[username][1] in ("TOWN", "COUNTY") else 404
+            assert detail.status_code == expected, (username, detail.text[:300])
+            if username == "zhou":
+                assert "受理 Accept" in detail.text and "胎儿心脏筛查" in listing.text
+                board = client.get("/dashboard")
+                assert board.status_code == 200 and board.text.count("<svg") == 3
+            assert client.get("/calendar").status_code == 200
+    with TestClient(create_app(runtime.settings)) as client:
+        assert client.get("/consults", follow_redirects=False).status_code == 303  # to the login page
+        page = client.get("/verify")
+        assert page.status_code == 200 and "验证" in page.text
+        refused = client.post("/verify", files={"file": ("x.pdf", b"%PDF-1.7 not really", "application/pdf")})
+        assert refused.status_code == 200 and "报告无效" in refused.text
