@@ -65,8 +65,9 @@ log = logging.getLogger("lancang.dicomweb")
 PREFIX = "/dicom-web"
 MAX_RESULTS = 1000  # QIDO answers at most this many matches per request (then a Warning)
 THUMBNAIL_SIZE = 128
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+_DECIMAL = re.compile(r"[0-9]{1,9}")
 # Syntaxes whose pixel data is stored native little endian: frames are slices of it.
 _NATIVE_LITTLE = (negotiation.EXPLICIT_VR_LITTLE_ENDIAN, negotiation.IMPLICIT_VR_LITTLE_ENDIAN,
                   negotiation.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
@@ -104,19 +105,25 @@ class UnsupportedMediaType(DomainError):
 
 def check_uid(value: str, what: str) -> str:
     """A UID from a URL or parameter: digits and dots, at most 64 characters, else 400."""
-    if not value or len(value) > 64 or not _UID.match(value):
+    if not value or len(value) > 64 or not _UID.fullmatch(value):
         raise BadRequest(f"{what} {value[:80]!r} is not a valid DICOM UID")
     return value
+
+
+def decimal(text: str | None) -> int | None:
+    """A plain ASCII decimal (at most 9 digits) as an int, else None."""
+    text = (text or "").strip()
+    return int(text) if _DECIMAL.fullmatch(text) else None
 
 
 def parse_frame_numbers(text: str) -> list[int]:
     """A PS3.18 frame list ("1", "1,3,5"): 1-based positive integers, else 400."""
     numbers = []
     for piece in text.split(","):
-        piece = piece.strip()
-        if not piece.isdigit() or int(piece) < 1:
+        number = decimal(piece)
+        if number is None or number < 1:
             raise BadRequest(f"frame list {text[:80]!r}: frame numbers are integers from 1")
-        numbers.append(int(piece))
+        numbers.append(number)
     if len(numbers) > 10000:
         raise BadRequest("too many frames in one request")
     return numbers
@@ -247,8 +254,10 @@ def metadata_body(rows: Iterable, base: str) -> bytes:
 
 
 def representative(rows: list) -> Any:
-    """The instance that stands for a study or series: the middle one of its first series."""
-    first_series = [r for r in rows if r.series == rows[0].series]
+    """The instance that stands for a study or series: the middle one of its first series
+    that has images (reports and other non-image objects only when nothing else exists)."""
+    images = [r for r in rows if r.rows is not None] or rows
+    first_series = [r for r in images if r.series == images[0].series]
     return first_series[len(first_series) // 2]
 
 
@@ -348,8 +357,11 @@ def frame_bytes(ds: Dataset, index: int, *, decode: bool) -> bytes:
         extended = None
         if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
             extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        return get_frame(ds.PixelData, index, number_of_frames=pixels.number_of_frames(ds),
-                         extended_offsets=extended)
+        try:
+            return get_frame(ds.PixelData, index, number_of_frames=pixels.number_of_frames(ds),
+                             extended_offsets=extended)
+        except (ValueError, IndexError, KeyError) as exc:  # broken offset tables or fragments
+            raise NotAcceptable(f"frame {index + 1} cannot be extracted: {exc}"[:300]) from None
     native = _native_frame(ds, index)
     return native if native is not None else _decoded_frame(ds, index)
 
@@ -401,10 +413,9 @@ def render_options(params) -> RenderOptions:
         raise BadRequest(str(exc)) from None
     quality = 90
     if params.get("quality"):
-        text = params["quality"].strip()
-        if not text.isdigit() or not 1 <= int(text) <= 100:
-            raise BadRequest(f"quality {text[:20]!r}: an integer from 1 to 100")
-        quality = int(text)
+        quality = decimal(params["quality"])
+        if quality is None or not 1 <= quality <= 100:
+            raise BadRequest(f"quality {params['quality'][:20]!r}: an integer from 1 to 100")
     return RenderOptions(window, viewport, quality)
 
 
@@ -472,7 +483,7 @@ class Search:
 
 def attribute_tag(name: str) -> str:
     """An attribute named by keyword or 8-hex tag, as the tag; 400 when unknown."""
-    if _TAG.match(name):
+    if _TAG.fullmatch(name):
         return name.upper()
     tag = tag_for_keyword(name)
     if tag is None:
@@ -494,9 +505,10 @@ def _vr(tag: str) -> str:
 def _number(text: str | None, name: str, *, minimum: int) -> int | None:
     if text is None or text == "":
         return None
-    if not text.strip().lstrip("-").isdigit() or int(text) < minimum:
+    number = decimal(text)
+    if number is None or number < minimum:
         raise BadRequest(f"{name}={text[:20]!r}: an integer from {minimum}")
-    return int(text)
+    return number
 
 
 def _add_match(search: Search, name: str, value: str) -> None:
@@ -660,7 +672,10 @@ def _row_stored(row: dict, search: Search, base: str, representatives: dict[int,
 def _warning_header(base: str, warnings: list[str]) -> dict[str, str]:
     if not warnings:
         return {}
-    return {"Warning": ", ".join(f'299 {base}: "{w}"' for w in dict.fromkeys(warnings))}
+    quoted = (w.replace("\\", "\\\\").replace('"', '\\"') for w in dict.fromkeys(warnings))
+    text = ", ".join(f'299 {base}: "{w}"' for w in quoted)
+    # Header values are Latin-1: a parameter name a client wrote in Chinese must not break it.
+    return {"Warning": text.encode("ascii", "replace").decode()}
 
 
 # -- STOW-RS ----------------------------------------------------------------------------
@@ -1016,7 +1031,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
 
     # ---- WADO-RS: frames and bulk data ----
 
-    def frames_response(request: Request, row, ds: Dataset, numbers: list[int], offer: Offer) -> Response:
+    def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer) -> Response:
         decode = offer.transfer_syntax == EVRLE and row.syntax not in _NATIVE_LITTLE
         actual = EVRLE if decode or row.syntax in _NATIVE_LITTLE else row.syntax
         content_type = f"{offer.media_type}; transfer-syntax={actual}"
@@ -1043,7 +1058,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         _audit(request, principal, "dicomweb.frames", object_type="instance", object_id=sop,
                detail={"frames": numbers[:50], "transfer_syntax": offer.transfer_syntax})
         ds = load_dataset(runtime(request).store, row.key)
-        return frames_response(request, row, ds, numbers, offer)
+        return frames_response(row, ds, numbers, offer)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
     def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
@@ -1051,7 +1066,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         """WADO-RS Retrieve Bulk Data named by the metadata's BulkDataURI (an 8-hex tag); pixel
         data comes as its frames, one part each."""
         where = target(study, series, sop)
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise BadRequest(f"bulk data {tag[:40]!r}: expected an 8-hex-digit tag")
         row = instances_or_404(request, session, principal, where, "dicomweb.bulkdata")[0]
         pixel = tag.upper() in _PIXEL_TAGS
@@ -1065,7 +1080,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         _audit(request, principal, "dicomweb.bulkdata", object_type="instance", object_id=sop,
                detail={"tag": tag.upper()})
         if pixel:
-            return frames_response(request, row, ds, list(range(1, pixels.number_of_frames(ds) + 1)), offer)
+            return frames_response(row, ds, list(range(1, pixels.number_of_frames(ds) + 1)), offer)
         value = element_bytes(element)
         if not offer.multipart:
             return Response(value, media_type=offer.media_type)

@@ -128,6 +128,13 @@ def test_read_consult_end_to_end(api, world, runtime, tmp_path):
         verdict = reports.verify_upload(session=session, pdf=pdf)
     assert verdict["ok"] and [s["name"] for s in verdict["signers"]] == ["王医生", "陈主任"]
     assert ok(api("POST", "li", f"/api/consults/{cid}/acknowledge"))["status"] == "acknowledged"
+    # The public verification page says the same for an uploaded copy (no login needed).
+    page = api.client.post("/verify", files={"file": ("report.pdf", pdf, "application/pdf")})
+    assert "报告完整" in page.text and "陈主任" in page.text
+    flipped = bytearray(pdf)
+    flipped[len(pdf) // 2] ^= 0x20
+    page = api.client.post("/verify", files={"file": ("report.pdf", bytes(flipped), "application/pdf")})
+    assert "报告无效" in page.text
 
     # A signed report is never edited; corrections are signed addenda.
     assert api("PUT", "wang", f"/api/consults/{cid}/report/draft", json=draft).status_code == 409

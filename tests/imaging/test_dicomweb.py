@@ -105,8 +105,7 @@ def _populate(world: World, ingestor: Ingestor, town: int, other: int) -> None:
     add("D-1", ct_instance(study_uid=u["D"], patient_name="张^伟", patient_id="P9", accession="ACC-D"), other)
 
 
-def _serve(app) -> tuple[uvicorn.Server, threading.Thread, int]:
-    port = free_port()
+def _serve(app, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="dicomweb-test-server", daemon=True)
     thread.start()
@@ -114,7 +113,7 @@ def _serve(app) -> tuple[uvicorn.Server, threading.Thread, int]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    return server, thread, port
+    return server, thread
 
 
 @pytest.fixture(scope="module", params=["embedded", "servers"])
@@ -122,11 +121,15 @@ def world(request, tmp_path_factory):
     from lancang.runtime import bootstrap
 
     tmp = tmp_path_factory.mktemp(f"dicomweb-{request.param}")
+    # dicomweb-client sends a Host header without the port: URLs come from the public URL,
+    # as they must behind any proxy.
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
     if request.param == "servers":
         servers = Servers(*(request.getfixturevalue(f"{n}_server") for n in ("postgres", "redis", "s3")))
-        settings = server_settings(tmp, servers)
+        settings = server_settings(tmp, servers, public_url=public)
     else:
-        settings = embedded_settings(tmp)
+        settings = embedded_settings(tmp, public_url=public)
     runtime = bootstrap(settings, component="test")
     tokens = {}
     with runtime.db.scope() as session:
@@ -139,8 +142,8 @@ def world(request, tmp_path_factory):
             tokens[f"{who}-cookie"] = service.issue_token(session=session, user=user, kind="session")[0]
         town_id, other_id = town.id, other.id
     app = create_app(settings)
-    server, thread, port = _serve(app)
-    world = World(f"http://127.0.0.1:{port}/dicom-web", runtime, tokens)
+    server, thread = _serve(app, port)
+    world = World(f"{public}/dicom-web", runtime, tokens)
     ingestor = Ingestor(runtime.db, runtime.store)
     try:
         _populate(world, ingestor, town_id, other_id)
@@ -188,7 +191,8 @@ def test_search_studies_by_chinese_name_wildcard(world):
 @pytest.mark.parametrize("filters, expected", [
     ({"00100020": "P1"}, {"A"}),
     ({"StudyDate": "20260101-20261231", "PatientID": "P*"}, {"A", "C"}),
-    ({"ModalitiesInStudy": "MR", "StudyDate": "-20261231"}, {"A"}),
+    ({"ModalitiesInStudy": "MR", "StudyDate": "-20261231"}, {"A", "C"}),  # emri_small is MR
+    ({"ModalitiesInStudy": "CT,SC", "PatientID": "P3"}, {"C"}),
     ({"AccessionNumber": "ACC-B"}, {"B"}),
     ({"PatientName": "王^五"}, {"C"}),
 ])
@@ -264,6 +268,8 @@ def test_search_warnings_and_bad_parameters(world):
         assert response.status_code == 200 and len(response.json()) == 1
         assert response.headers["content-type"] == "application/dicom+json"
         assert "fuzzy matching" in response.headers["warning"] and "Modality" in response.headers["warning"]
+        nested = http.get("/studies", params={"00081111.张": "x", "PatientID": "P1"})
+        assert nested.status_code == 200 and "00081111.?" in nested.headers["warning"]
         for params in ({"limit": "-1"}, {"limit": "x"}, {"offset": "-3"}, {"NoSuchKeyword": "1"},
                        {"0010002": "x"}, {"StudyDate": "2026xx01"}):
             bad = http.get("/studies", params=params)
@@ -290,11 +296,12 @@ def test_retrieve_study_series_instance(world):
 def test_compressed_instance_is_transcoded_by_default_and_as_stored_on_request(world):
     client, u = world.client(), world.uids
     original = world.original("J2K")
-    transcoded = client.retrieve_instance(u["C"], u["C1"], u["J2K"])
-    assert transcoded.file_meta.TransferSyntaxUID == EVRLE
-    assert transcoded.SOPInstanceUID == u["J2K"]
-    assert np.array_equal(transcoded.pixel_array, original.pixel_array)
-    stored = client.retrieve_instance(u["C"], u["C1"], u["J2K"], media_types=(("application/dicom", "*"),))
+    for media_types in (("application/dicom",), (("application/dicom", EVRLE),)):  # the default, named
+        transcoded = client.retrieve_instance(u["C"], u["C1"], u["J2K"], media_types=media_types)
+        assert transcoded.file_meta.TransferSyntaxUID == EVRLE
+        assert transcoded.SOPInstanceUID == u["J2K"]
+        assert np.array_equal(transcoded.pixel_array, original.pixel_array)
+    stored = client.retrieve_instance(u["C"], u["C1"], u["J2K"])  # dicomweb-client asks transfer-syntax=*
     assert stored.file_meta.TransferSyntaxUID == J2K_LOSSY and stored.PixelData == original.PixelData
     mixed = client.retrieve_study(u["C"], media_types=(("application/dicom", "*"),))
     assert [ds.file_meta.TransferSyntaxUID for ds in mixed] == [J2K_LOSSY, JPEG_BASELINE, EVRLE, EVRLE]
@@ -312,7 +319,8 @@ def test_metadata_study_series_instance(world):
     assert uri == f"{world.base}/studies/{u['A']}/series/{u['A1']}/instances/{u['A1-1']}/bulkdata/7FE00010"
     assert client.retrieve_bulkdata(uri) == [world.original("A1-1").PixelData]
     series = client.retrieve_series_metadata(u["A"], u["A1"])
-    assert len(series) == 3 and Dataset.from_json(series[2]).InstanceNumber == 3
+    third = Dataset.from_json(series[2], bulk_data_uri_handler=lambda uri: b"")
+    assert len(series) == 3 and third.InstanceNumber == 3
     instance = client.retrieve_instance_metadata(u["C"], u["C3"], u["MULTI"])
     assert instance["00280008"]["Value"] == [10]
 
@@ -406,8 +414,9 @@ def test_thumbnails(world):
 
 
 def test_stow_round_trip(world):
-    client, study = world.client(), generate_uid()
-    sent = [dcmread(io.BytesIO(ct_instance(study_uid=study, series_uid=study + ".1", instance_number=n, seed=7,
+    client, study, series = world.client(), generate_uid(), generate_uid()
+    # 2 x 512 KB: above dicomweb-client's 1 MB chunk size, so it is sent with chunked encoding.
+    sent = [dcmread(io.BytesIO(ct_instance(study_uid=study, series_uid=series, instance_number=n, seed=7, size=512,
                                            patient_name="赵^六", patient_id="P-STOW", study_date="20270101")))
             for n in (1, 2)]
     response = client.store_instances(sent)
@@ -420,7 +429,8 @@ def test_stow_round_trip(world):
     assert [ds.PixelData for ds in back] == [ds.PixelData for ds in sent]
     assert _study_uids(client.search_for_studies(search_filters={"PatientName": "赵*"})) == {study}
     compressed = world.original("J2K")
-    compressed.StudyInstanceUID, compressed.SOPInstanceUID = generate_uid(), generate_uid()
+    compressed.StudyInstanceUID, compressed.SeriesInstanceUID, compressed.SOPInstanceUID = (
+        generate_uid(), generate_uid(), generate_uid())
     client.store_instances([compressed], study_instance_uid=compressed.StudyInstanceUID)
     again = client.retrieve_instance(compressed.StudyInstanceUID, compressed.SeriesInstanceUID,
                                      compressed.SOPInstanceUID, media_types=(("application/dicom", "*"),))
@@ -512,6 +522,10 @@ def test_missing_accept_gives_each_resource_its_default(world):
 
 @pytest.mark.parametrize("path, params, status", [
     ("/studies/abc", {}, 400),
+    ("/studies/{A}%0A/metadata", {}, 400),
+    ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/\u00b2", {}, 400),
+    ("/studies/{A}/series/{A1}/instances/{A1-1}/rendered", {"quality": "\u00b2"}, 400),
+    ("/studies", {"limit": "\u00b2"}, 400),
     ("/studies/{A}/series/1..2", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/0", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/1,x", {}, 400),
@@ -564,7 +578,8 @@ def test_anonymous_is_refused_and_a_browser_session_works(world):
                              ("GET", f"/studies/{u['A']}"), ("POST", "/studies")):
             response = anonymous.request(method, path)
             assert response.status_code == 401 and response.json()["error"] == "not_authenticated"
-        cookie = anonymous.get(f"/studies/{u['A']}/metadata", cookies={"lancang_session": world.tokens["town-cookie"]})
+    with httpx.Client(base_url=world.base, cookies={"lancang_session": world.tokens["town-cookie"]}) as browser:
+        cookie = browser.get(f"/studies/{u['A']}/metadata")
         assert cookie.status_code == 200 and len(cookie.json()) == 4
 
 

@@ -521,7 +521,7 @@ def errors(s: Session):
           and "404" in text, text=text)
 
 
-UNITS_JS = """
+UNITS_JS = r"""
 async () => {
   const dw = await import('/static/viewer/dicomweb.js');
   const im = await import('/static/viewer/imaging.js');

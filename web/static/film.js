@@ -1,0 +1,122 @@
+/* Cloud film viewer for phones on weak mobile data.
+ * One image at a time, sized for the screen (a few fixed widths the server caches),
+ * the instance's small preview as a placeholder while it loads, the next images
+ * prefetched once the current one is shown. Swipe, buttons, slider or arrow keys. */
+(function () {
+  "use strict";
+  var dataNode = document.getElementById("film-data");
+  var img = document.getElementById("film-image");
+  if (!dataNode || !img) return;
+  var data = JSON.parse(dataNode.textContent);
+  var stage = document.getElementById("film-stage");
+  var counter = document.getElementById("film-counter");
+  var scrub = document.getElementById("film-scrub");
+  var seriesButtons = document.querySelectorAll(".film-series-item");
+  var prefetched = {};          // url -> Image, so prefetches are not garbage-collected early
+  var seriesIndex = 0, pos = 0, frames = expand(0), pending = null;
+
+  function expand(index) {
+    var out = [];
+    data.series[index].items.forEach(function (item) {
+      for (var f = 0; f < item[1]; f++) out.push([item[0], f]);
+    });
+    return out;
+  }
+
+  function screenWidth() {
+    var dpr = Math.min(window.devicePixelRatio || 1, 3);
+    var want = Math.round((stage.clientWidth || window.innerWidth) * dpr);
+    for (var i = 0; i < data.widths.length; i++) if (data.widths[i] >= want) return data.widths[i];
+    return data.widths[data.widths.length - 1];
+  }
+
+  function imageUrl(item) {
+    return data.base + "/img/" + item[0] + "/" + item[1] + ".jpg?w=" + screenWidth();
+  }
+
+  function previewUrl(item) {
+    return data.base + "/pv/" + item[0] + ".jpg";
+  }
+
+  function prefetch() {
+    [pos + 1, pos + 2, pos - 1].forEach(function (j) {
+      if (j < 0 || j >= frames.length) return;
+      var url = imageUrl(frames[j]);
+      if (prefetched[url]) return;
+      var im = new Image();
+      im.decoding = "async";
+      im.src = url;
+      prefetched[url] = im;
+    });
+  }
+
+  function load(url) {
+    if (img.getAttribute("data-src") === url) return;
+    stage.classList.add("loading");
+    img.removeAttribute("srcset");
+    img.setAttribute("data-src", url);
+    img.src = url;
+  }
+
+  function show(index, immediate) {
+    if (!frames.length) return;
+    pos = Math.max(0, Math.min(frames.length - 1, index));
+    var item = frames[pos];
+    counter.textContent = (pos + 1) + " / " + frames.length;
+    if (scrub) scrub.value = pos + 1;
+    stage.style.backgroundImage = "url(" + previewUrl(item) + ")";
+    var url = imageUrl(item);
+    clearTimeout(pending);
+    // While the slider is dragged only placeholders change; the image follows when it rests.
+    if (immediate || prefetched[url]) load(url);
+    else pending = setTimeout(function () { load(url); }, 120);
+  }
+
+  function selectSeries(index) {
+    seriesIndex = index;
+    frames = expand(index);
+    if (scrub) {
+      scrub.max = frames.length;
+      scrub.hidden = frames.length < 2;
+    }
+    seriesButtons.forEach(function (b, i) { b.classList.toggle("current", i === index); });
+    show(0, true);
+    stage.scrollIntoView({ behavior: "smooth", block: "nearest" });
+  }
+
+  img.addEventListener("load", function () {
+    stage.classList.remove("loading", "failed");
+    prefetch();
+  });
+  img.addEventListener("error", function () {
+    stage.classList.remove("loading");
+    stage.classList.add("failed");
+  });
+  if (img.complete && img.naturalWidth) prefetch();
+
+  document.getElementById("film-prev").addEventListener("click", function () { show(pos - 1, true); });
+  document.getElementById("film-next").addEventListener("click", function () { show(pos + 1, true); });
+  if (scrub) scrub.addEventListener("input", function () { show(scrub.value - 1, false); });
+  seriesButtons.forEach(function (button) {
+    button.addEventListener("click", function () { selectSeries(Number(button.getAttribute("data-series"))); });
+  });
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "ArrowRight") show(pos + 1, true);
+    if (e.key === "ArrowLeft") show(pos - 1, true);
+  });
+
+  // Swipe: a mostly horizontal move of 40 px or more; vertical moves scroll the page.
+  var startX = null, startY = null;
+  stage.addEventListener("touchstart", function (e) {
+    if (e.touches.length !== 1) { startX = null; return; }
+    startX = e.touches[0].clientX;
+    startY = e.touches[0].clientY;
+  }, { passive: true });
+  stage.addEventListener("touchend", function (e) {
+    if (startX === null) return;
+    var t = e.changedTouches[0];
+    var dx = t.clientX - startX, dy = t.clientY - startY;
+    startX = null;
+    if (Math.abs(dx) >= 40 && Math.abs(dx) > Math.abs(dy)) show(dx < 0 ? pos + 1 : pos - 1, true);
+  }, { passive: true });
+})();
