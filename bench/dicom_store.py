@@ -180,18 +180,24 @@ class Run:
     associations: int
     processes: int | None
     repeat: int
-    instances: int
-    megabytes: float
-    seconds: float
-    instances_per_s: float
-    mb_per_s: float
-    found: int
-    find_seconds: float
-    server_cpu_s: float
     load_before: float
-    load_after: float
+    load_after: float | None = None
+    instances: int | None = None
+    megabytes: float | None = None
+    seconds: float | None = None
+    instances_per_s: float | None = None
+    mb_per_s: float | None = None
+    found: int | None = None
+    find_seconds: float | None = None
+    server_cpu_s: float | None = None
     ratio: float | None = None
+    error: str | None = None
+    kept_logs: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 # --------------------------------------------------------------- targets
@@ -334,12 +340,8 @@ class Lancang:
             os.sync()
             tree = process_tree(proc.pid)
             cpu0 = cpu_seconds(tree + server_pids)
-            try:
-                rate = peers.time_storescu("127.0.0.1", port, LANCANG_AET, files, associations,
-                                           CALLING_AET, timeout)
-            except BaseException:
-                print(f"  receiver log tail ({log_path}):\n{_tail(log_path)}", flush=True)
-                raise
+            rate = peers.time_storescu("127.0.0.1", port, LANCANG_AET, files, associations,
+                                       CALLING_AET, timeout)
             found, find_s = check_findable(port, LANCANG_AET, studies)
             tree = process_tree(proc.pid)
             seen.update(tree)
@@ -471,24 +473,46 @@ def _tempdir(name: str):
 
 
 def measure(target, args, files, studies, associations, processes, repeat) -> Run:
+    """One run on a fresh target.  A failure is a result too: recorded, logs kept."""
     name = f"r{repeat}-{target.name}-{associations}a" + (f"-{processes}p" if processes else "")
-    before = load1()
-    with scratch(args, name) as workdir:
-        if isinstance(target, Orthanc):
-            rate, extra = target.run(workdir, files, associations, studies, args.timeout)
-        else:
-            rate, extra = target.run(workdir, files, associations, processes, studies, args.timeout)
     run = Run(target=target.name, associations=associations, processes=processes, repeat=repeat,
-              instances=rate.instances, megabytes=round(rate.megabytes, 1),
-              seconds=round(rate.seconds, 3), instances_per_s=round(rate.instances_per_s, 1),
-              mb_per_s=round(rate.mb_per_s, 1), found=extra.pop("found"),
-              find_seconds=round(extra.pop("find_seconds"), 3),
-              server_cpu_s=round(extra.pop("server_cpu_s"), 1),
-              load_before=before, load_after=load1(), extra=extra)
-    if run.found != len(files):
-        raise BenchError(f"{LABELS[target.name]}: C-FIND right after the last acknowledgement "
-                         f"found {run.found} of {len(files)} instances")
+              load_before=load1())
+    with scratch(args, name) as workdir:
+        try:
+            if isinstance(target, Orthanc):
+                rate, extra = target.run(workdir, files, associations, studies, args.timeout)
+            else:
+                rate, extra = target.run(workdir, files, associations, processes, studies,
+                                         args.timeout)
+            run.instances, run.megabytes = rate.instances, round(rate.megabytes, 1)
+            run.seconds = round(rate.seconds, 3)
+            run.instances_per_s = round(rate.instances_per_s, 1)
+            run.mb_per_s = round(rate.mb_per_s, 1)
+            run.found = extra.pop("found")
+            run.find_seconds = round(extra.pop("find_seconds"), 3)
+            run.server_cpu_s = round(extra.pop("server_cpu_s"), 1)
+            run.extra = extra
+            if run.found != len(files):
+                raise BenchError(f"C-FIND right after the last acknowledgement found "
+                                 f"{run.found} of {len(files)} instances")
+        except Exception as exc:                      # Ctrl-C still stops the whole benchmark
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.kept_logs = keep_logs(workdir, name)
+        finally:
+            run.load_after = load1()
     return run
+
+
+def keep_logs(workdir: Path, name: str) -> str | None:
+    """Copy a failed run's server logs out of its (soon deleted) work directory."""
+    logs = [p for p in workdir.glob("*.log") if p.is_file()]
+    if not logs:
+        return None
+    keep = Path(tempfile.gettempdir()) / "dicom_store-failed" / f"{name}-{time.strftime('%H%M%S')}"
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in logs:
+        shutil.copy2(log, keep / log.name)
+    return str(keep)
 
 
 def fmt_procs(run_or_p) -> str:
@@ -501,6 +525,10 @@ HEADER = (f"{'target':<22} {'assoc':>5} {'procs':>5} {'inst/s':>8} {'MB/s':>7} "
 
 
 def run_line(run: Run) -> str:
+    if not run.ok:
+        first = run.error.splitlines()[0][:90]
+        return (f"{LABELS[run.target]:<22} {run.associations:>5} {fmt_procs(run):>5}   FAILED: {first}"
+                + (f" (logs: {run.kept_logs})" if run.kept_logs else ""))
     ratio = "-" if run.ratio is None else f"{run.ratio:.2f}x"
     find = f"{run.found} {run.find_seconds:.1f}s"
     return (f"{LABELS[run.target]:<22} {run.associations:>5} {fmt_procs(run):>5} "
@@ -513,10 +541,18 @@ def summarize(runs: list[Run]) -> list[dict]:
     for run in runs:
         groups.setdefault((run.target, run.associations, run.processes), []).append(run)
     rows = []
-    for (target, assoc, procs), group in groups.items():
+    for (target, assoc, procs), every in groups.items():
+        group = [r for r in every if r.ok]
+        failed = len(every) - len(group)
+        if not group:
+            rows.append({"target": target, "associations": assoc, "processes": procs, "runs": 0,
+                         "failed": failed, "instances_per_s": None, "mb_per_s": None,
+                         "ratio": None, "instances_per_s_all": [], "load1_all": []})
+            continue
         ratios = [r.ratio for r in group if r.ratio is not None]
         rows.append({
             "target": target, "associations": assoc, "processes": procs, "runs": len(group),
+            "failed": failed,
             "instances_per_s": round(statistics.median(r.instances_per_s for r in group), 1),
             "mb_per_s": round(statistics.median(r.mb_per_s for r in group), 1),
             "ratio": round(statistics.median(ratios), 3) if ratios else None,
@@ -535,8 +571,14 @@ def print_summary(rows: list[dict], count: int, megabytes: float, repeat: int) -
     print(f"{'target':<22} {'assoc':>5} {'procs':>5} {'inst/s':>8} {'MB/s':>7} {'vs Orthanc':>10}   "
           f"inst/s of each run")
     for row in rows:
+        if not row["runs"]:
+            print(f"{LABELS[row['target']]:<22} {row['associations']:>5} "
+                  f"{fmt_procs(row['processes']):>5}   every run FAILED ({row['failed']})")
+            continue
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         each = ", ".join(f"{v:.0f}" for v in row["instances_per_s_all"])
+        if row["failed"]:
+            each += f"; {row['failed']} FAILED"
         print(f"{LABELS[row['target']]:<22} {row['associations']:>5} {fmt_procs(row['processes']):>5} "
               f"{row['instances_per_s']:>8.0f} {row['mb_per_s']:>7.0f} {ratio:>10}   {each}")
     for assoc, goal in GOALS.items():
@@ -585,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
                     for procs in ([None] if name == "orthanc" else processes_for(args, assoc)):
                         run = measure(targets[name], args, files, studies, assoc, procs, repeat)
                         if name == "orthanc":
-                            baseline = run
-                        elif baseline is not None:
+                            baseline = run if run.ok else None
+                        elif baseline is not None and run.ok:
                             run.ratio = round(run.instances_per_s / baseline.instances_per_s, 3)
                         runs.append(run)
                         print(run_line(run), flush=True)
@@ -600,7 +642,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({**info, "runs": [asdict(r) for r in runs],
                                          "summary": rows}, indent=2, ensure_ascii=False))
         print(f"wrote {args.json}")
-    return 0
+    failures = [r for r in runs if not r.ok]
+    for run in failures:
+        print(f"\nFAILED {LABELS[run.target]}, {run.associations} association(s), "
+              f"processes {fmt_procs(run)}, round {run.repeat}"
+              + (f"; logs kept in {run.kept_logs}" if run.kept_logs else "") + f":\n{run.error[:3000]}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -255,6 +255,25 @@ def derive_series(db: Database, store: ObjectStore, series_pk: int) -> DeriveOut
     if isinstance(claim, DeriveOutcome):
         log.info("imaging.derive_series.%s series_pk=%s", claim.status, series_pk)
         return claim
+    try:
+        return _derive(db, store, claim)
+    except Exception as exc:
+        if _is_transient(exc):
+            _release_attempt(db, series_pk)  # an outage is not a crash: do not count it
+        raise
+
+
+def _release_attempt(db: Database, series_pk: int) -> None:
+    try:
+        with db.scope() as session:
+            session.execute(update(Series).where(Series.id == series_pk, Series.derive_attempts > 0)
+                            .values(derive_attempts=Series.derive_attempts - 1))
+    except Exception:  # the database may be the backend that is down
+        log.warning("imaging.derive_series.release_failed series_pk=%s", series_pk)
+
+
+def _derive(db: Database, store: ObjectStore, claim: _Claim) -> DeriveOutcome:
+    series_pk = claim.series_pk
     started = time.monotonic()
     outcome = DeriveOutcome("done", series_pk)
     done: dict[int, tuple[str | None, str]] = {}

@@ -366,6 +366,24 @@ def frame_bytes(ds: Dataset, index: int, *, decode: bool) -> bytes:
     return native if native is not None else _decoded_frame(ds, index)
 
 
+def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer) -> Response:
+    """The frames (1-based) as a multipart body, each part with its transfer syntax."""
+    decode = offer.transfer_syntax == EVRLE and row.syntax not in _NATIVE_LITTLE
+    actual = EVRLE if decode or row.syntax in _NATIVE_LITTLE else row.syntax
+    content_type = f"{offer.media_type}; transfer-syntax={actual}"
+    pieces = [(content_type, frame_bytes(ds, n - 1, decode=decode)) for n in numbers]
+    boundary = multipart.new_boundary()
+    return Response(multipart.encode(pieces, boundary), media_type=offer.content_type(boundary))
+
+def frame_numbers_or_404(row, numbers: list[int]) -> None:
+    """404 for an instance without pixel data or a frame beyond its Number of Frames."""
+    if row.rows is None:
+        raise NotFound("this instance has no pixel data, hence no frames")
+    beyond = [n for n in numbers if n > (row.frames or 1)]
+    if beyond:
+        raise NotFound(f"frame {beyond[0]} does not exist: the instance has {row.frames or 1} frame(s)")
+
+
 def find_element(ds: Dataset, tag: int):
     """The element with this tag: top level first, then inside sequences (depth first); the
     stored BulkDataURIs name elements by tag only."""
@@ -583,27 +601,50 @@ def json_element(vr: str, value: Any) -> dict:
     return {"vr": vr, "Value": [value]}
 
 
-def _stored(text: str | None, base: str, row_ids: tuple[str, str, str]) -> dict:
+def _instance_json(row: dict, base: str) -> dict:
+    """An instance result's own stored DICOM JSON, BulkDataURIs made absolute."""
+    entities = row["_entities"]
+    url = instance_url(base, entities["Study"].study_instance_uid, entities["Series"].series_instance_uid,
+                       entities["Instance"].sop_instance_uid)
     try:
-        return json.loads((text or "{}").replace(INSTANCE_PREFIX, instance_url(base, *row_ids)))
+        return json.loads((entities["Instance"].dicom_json or "{}").replace(INSTANCE_PREFIX, url))
     except ValueError:
         return {}
 
 
-def _representative_json(session: Session, level: str, rows: list[dict]) -> dict[int, str]:
-    """For study/series results: pk -> DICOM JSON text of its first instance (two queries)."""
+def _first_instance_json(session: Session, level: str, owner_pks: list[int]) -> dict[int, str]:
+    """Study or series pk -> DICOM JSON text of its first stored instance (two queries)."""
     if level == "STUDY":
-        pks = [row["_entities"]["Study"].id for row in rows]
-        group = Series.study_pk
-        first = (select(group.label("pk"), func.min(Instance.id).label("instance_pk")).select_from(Instance)
-                 .join(Series, Instance.series_pk == Series.id).where(group.in_(pks)).group_by(group))
+        owner = Series.study_pk
+        first = (select(owner.label("pk"), func.min(Instance.id).label("instance_pk")).select_from(Instance)
+                 .join(Series, Instance.series_pk == Series.id).where(owner.in_(owner_pks)).group_by(owner))
     else:
-        pks = [row["_entities"]["Series"].id for row in rows]
         first = (select(Instance.series_pk.label("pk"), func.min(Instance.id).label("instance_pk"))
-                 .where(Instance.series_pk.in_(pks)).group_by(Instance.series_pk))
-    firsts = {r.instance_pk: r.pk for r in session.execute(first)}
-    texts = session.execute(select(Instance.id, Instance.dicom_json).where(Instance.id.in_(list(firsts)))).all()
-    return {firsts[i]: text for i, text in texts}
+                 .where(Instance.series_pk.in_(owner_pks)).group_by(Instance.series_pk))
+    owners = {r.instance_pk: r.pk for r in session.execute(first)}
+    texts = session.execute(select(Instance.id, Instance.dicom_json).where(Instance.id.in_(list(owners))))
+    return {owners[instance_pk]: text for instance_pk, text in texts}
+
+
+def _requested(text: str | None, tags: list[str]) -> dict:
+    """The requested attributes of a representative instance, never its bulk data (whose
+    URIs point into that one instance)."""
+    stored = json.loads(text) if text else {}
+    picked = {tag: stored[tag] for tag in tags if tag in stored}
+    return {tag: value for tag, value in picked.items() if INSTANCE_PREFIX not in json.dumps(value)}
+
+
+def stored_attributes(session: Session, search: Search, rows: list[dict], base: str) -> list[dict | None]:
+    """Per result, the attributes that come from stored DICOM JSON rather than the index:
+    an instance's own (includefield), or a study's/series' from its first instance."""
+    if search.level == "IMAGE":
+        wanted = search.include or search.include_all
+        return [_instance_json(row, base) if wanted else None for row in rows]
+    if not search.include or not rows:
+        return [None] * len(rows)
+    entity = "Study" if search.level == "STUDY" else "Series"
+    texts = _first_instance_json(session, search.level, [row["_entities"][entity].id for row in rows])
+    return [_requested(texts.get(row["_entities"][entity].id), search.include) for row in rows]
 
 
 def _retrieve_url(base: str, entities: dict) -> str:
@@ -636,37 +677,16 @@ def search_result(row: dict, search: Search, keywords: list[str], base: str, sto
 
 
 def run_search(session: Session, scope: Scope, search: Search, base: str) -> tuple[list[dict], bool]:
-    """(results, truncated): the index query, then the result datasets."""
+    """(results, truncated): one index query through imaging.query, then the result datasets;
+    truncated when the server's maximum, not the client's limit, cut the answer short."""
     keywords = return_keywords(search)
-    keys = {k: "" for k in keywords}
-    keys.update(search.match)
+    keys = {keyword: "" for keyword in keywords} | search.match
     wanted = min(search.limit or MAX_RESULTS, MAX_RESULTS)
     rows = query.run(session, scope, query.Query(search.level, keys, limit=wanted + 1, offset=search.offset))
-    truncated = len(rows) > wanted
+    truncated = len(rows) > wanted and (search.limit is None or search.limit > MAX_RESULTS)
     rows = rows[:wanted]
-    needs_stored = bool(search.include) or (search.include_all and search.level == "IMAGE")
-    representatives = _representative_json(session, search.level, rows) if needs_stored and rows \
-        and search.level != "IMAGE" else {}
-    results = []
-    for row in rows:
-        results.append(search_result(row, search, keywords, base, _row_stored(row, search, base, representatives)
-                                     if needs_stored else None))
-    return results, truncated and (search.limit is None or search.limit > MAX_RESULTS)
-
-
-def _row_stored(row: dict, search: Search, base: str, representatives: dict[int, str]) -> dict:
-    entities = row["_entities"]
-    if search.level == "IMAGE":
-        instance = entities["Instance"]
-        ids = (entities["Study"].study_instance_uid, entities["Series"].series_instance_uid,
-               instance.sop_instance_uid)
-        return _stored(instance.dicom_json, base, ids)
-    owner = entities["Study"] if search.level == "STUDY" else entities["Series"]
-    text = representatives.get(owner.id)
-    stored = json.loads(text) if text else {}
-    # Only what was asked for, and never bulk data: its URIs point into one instance.
-    picked = {tag: stored[tag] for tag in search.include if tag in stored}
-    return {tag: value for tag, value in picked.items() if INSTANCE_PREFIX not in json.dumps(value)}
+    stored = stored_attributes(session, search, rows, base)
+    return [search_result(row, search, keywords, base, extra) for row, extra in zip(rows, stored)], truncated
 
 
 def _warning_header(base: str, warnings: list[str]) -> dict[str, str]:
@@ -759,6 +779,14 @@ def check_stow_content_type(content_type: str) -> str:
     return params["boundary"]
 
 
+class Refused(Exception):
+    """One STOW-RS part that is not stored, with its PS3.4 failure reason."""
+
+    def __init__(self, reason: int, why: str):
+        super().__init__(why)
+        self.reason, self.why = reason, why
+
+
 class StowContext:
     """Stores the parts of one STOW-RS request for one caller, one part at a time."""
 
@@ -774,34 +802,43 @@ class StowContext:
         return self.outcome
 
     def store(self, part: multipart.Part) -> None:
-        """Store one part, or record why not with its PS3.4 failure reason."""
+        """Store one part durably, or record why not."""
+        sop_class = sop_uid = ""
+        try:
+            ds = self._readable(part)
+            sop_class, sop_uid = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+            self._check(ds, sop_uid)
+            result = self._ingest(part.content, ds, sop_uid)
+        except Refused as refused:
+            self.outcome.fail(sop_class, sop_uid, refused.reason, refused.why)
+            return
+        self._referenced(result)
+
+    @staticmethod
+    def _readable(part: multipart.Part) -> Dataset:
+        """The part as a dataset: application/dicom (or untyped) Part 10 bytes, else 0xC000."""
         part_type = negotiation.parse_media_type(part.content_type)[0] if part.content_type else ""
         if part_type not in ("", "application/dicom"):
-            return self.outcome.fail("", "", CANNOT_UNDERSTAND, f"part of type {part_type}")
-        data = part.content
-        if data[128:132] != b"DICM":
-            return self.outcome.fail("", "", CANNOT_UNDERSTAND, "not a DICOM Part 10 file")
+            raise Refused(CANNOT_UNDERSTAND, f"part of type {part_type}")
+        if part.content[128:132] != b"DICM":
+            raise Refused(CANNOT_UNDERSTAND, "not a DICOM Part 10 file")
         try:
-            ds = parse_part10(data)
+            return parse_part10(part.content)
         except InvalidInstance as exc:
-            return self.outcome.fail("", "", CANNOT_UNDERSTAND, exc.reason)
-        sop_class, sop_uid = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-        refusal = self._refusal(ds, sop_uid)
-        if refusal is not None:
-            return self.outcome.fail(sop_class, sop_uid, *refusal)
-        self._ingest(data, ds, sop_class, sop_uid)
+            raise Refused(CANNOT_UNDERSTAND, exc.reason) from None
 
-    def _refusal(self, ds: Dataset, sop_uid: str) -> tuple[int, str] | None:
+    def _check(self, ds: Dataset, sop_uid: str) -> None:
+        """Refuse a study other than the URL's (0xA900), a SOP Instance UID sent twice in
+        this request (0x0111) and a study that another institution owns (0x0124)."""
         study = str(ds.get("StudyInstanceUID", ""))
         if self.study and study != self.study:
-            return MISMATCH, f"StudyInstanceUID {study} does not match the URL's {self.study}"
+            raise Refused(MISMATCH, f"StudyInstanceUID {study} does not match the URL's {self.study}")
         if sop_uid and sop_uid in self._seen:
-            return DUPLICATE_SOP_INSTANCE, "the same SOP Instance UID twice in one request"
+            raise Refused(DUPLICATE_SOP_INSTANCE, "the same SOP Instance UID twice in one request")
         self._seen.add(sop_uid)
         owner = self._owner(study)
         if owner is not None and owner != self.principal.institution_id:
-            return NOT_AUTHORIZED, "the study belongs to another institution"
-        return None
+            raise Refused(NOT_AUTHORIZED, "the study belongs to another institution")
 
     def _owner(self, study: str) -> int | None:
         """The institution that owns an existing study (None for a new one), cached per request."""
@@ -811,24 +848,28 @@ class StowContext:
                     select(Study.institution_id).where(Study.study_instance_uid == study))
         return self._owners.get(study)
 
-    def _ingest(self, data: bytes, ds: Dataset, sop_class: str, sop_uid: str) -> None:
+    def _ingest(self, data: bytes, ds: Dataset, sop_uid: str):
+        """Ingestor.ingest with its errors as failure reasons: backend down 0xA700, bad data
+        0xC000 or 0xA900, anything unforeseen 0x0110."""
         try:
-            result = self.ingestor.ingest(data, ds=ds, institution_id=self.principal.institution_id,
-                                          source=f"stow:{self.principal.name}")
+            return self.ingestor.ingest(data, ds=ds, institution_id=self.principal.institution_id,
+                                        source=f"stow:{self.principal.name}")
         except InvalidInstance as exc:
-            reason = CANNOT_UNDERSTAND if exc.status & 0xF000 == 0xC000 else MISMATCH
-            return self.outcome.fail(sop_class, sop_uid, reason, exc.reason)
+            raise Refused(CANNOT_UNDERSTAND if exc.status & 0xF000 == 0xC000 else MISMATCH, exc.reason) from None
         except (Unavailable, SQLAlchemyError, OSError) as exc:
             log.error("dicomweb.store.unavailable sop=%s error=%s", sop_uid, exc)
-            return self.outcome.fail(sop_class, sop_uid, OUT_OF_RESOURCES, type(exc).__name__)
+            raise Refused(OUT_OF_RESOURCES, type(exc).__name__) from None
         except DomainError as exc:
-            return self.outcome.fail(sop_class, sop_uid, MISMATCH, exc.detail)
+            raise Refused(MISMATCH, exc.detail) from None
         except Exception as exc:  # one bad instance must not lose the others' answers
             log.exception("dicomweb.store.error sop=%s", sop_uid)
-            return self.outcome.fail(sop_class, sop_uid, PROCESSING_FAILURE, type(exc).__name__)
+            raise Refused(PROCESSING_FAILURE, type(exc).__name__) from None
+
+    def _referenced(self, result) -> None:
         self.outcome.counts[result.outcome] += 1
         self.outcome.studies.add(result.study_instance_uid)
-        url = instance_url(self.base, result.study_instance_uid, result.series_instance_uid, sop_uid)
+        url = instance_url(self.base, result.study_instance_uid, result.series_instance_uid,
+                           result.sop_instance_uid)
         self.outcome.referenced.append({
             REFERENCED_SOP_CLASS: {"vr": "UI", "Value": [result.sop_class_uid]},
             REFERENCED_SOP_INSTANCE: {"vr": "UI", "Value": [result.sop_instance_uid]},
@@ -1030,21 +1071,6 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return metadata(request, session, principal, target(study, series, sop))
 
     # ---- WADO-RS: frames and bulk data ----
-
-    def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer) -> Response:
-        decode = offer.transfer_syntax == EVRLE and row.syntax not in _NATIVE_LITTLE
-        actual = EVRLE if decode or row.syntax in _NATIVE_LITTLE else row.syntax
-        content_type = f"{offer.media_type}; transfer-syntax={actual}"
-        pieces = [(content_type, frame_bytes(ds, n - 1, decode=decode)) for n in numbers]
-        boundary = multipart.new_boundary()
-        return Response(multipart.encode(pieces, boundary), media_type=offer.content_type(boundary))
-
-    def frame_numbers_or_404(row, numbers: list[int]) -> None:
-        if row.rows is None:
-            raise NotFound("this instance has no pixel data, hence no frames")
-        beyond = [n for n in numbers if n > (row.frames or 1)]
-        if beyond:
-            raise NotFound(f"frame {beyond[0]} does not exist: the instance has {row.frames or 1} frame(s)")
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
     def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request,

@@ -31,11 +31,11 @@ from fastapi import APIRouter, Body, Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from markupsafe import Markup
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from imaging import derive, pixels, shares
-from imaging.models import Series, Share, Study
+from imaging.models import Instance, Series, Share, Study
 from storage import audit, jobs
 from storage.access import Principal
 from storage.errors import DomainError, Gone, Locked, NotAuthenticated, NotFound, TooManyRequests
@@ -396,12 +396,11 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                   for s in study.series}
         data = {"base": f"/f/{token}", "widths": list(SCREEN_WIDTHS),
                 "series": [{"label": s.label, "items": s.items} for s in study.series]}
-        size = session.scalar(select(Study.num_instances).where(Study.id == share.study_pk))
         download_bytes = _study_bytes(session, share)
         first = study.series[0].items[0] if study.series else None
         return _render(request, "film/view.html", token=token, study=study, thumbs=thumbs, report=report,
                        data=Markup(json.dumps(data, separators=(",", ":")).replace("</", "<\\/")),
-                       first=first, widths=SCREEN_WIDTHS, instances=size or 0,
+                       first=first, widths=SCREEN_WIDTHS,
                        download_mb=max(1, round(download_bytes / 1e6)) if download_bytes else 0)
 
     @router.get("/f/{token}/img/{instance_id}/{frame}.jpg", include_in_schema=False)
@@ -478,10 +477,7 @@ def _render_screen(store, object_key: str, frame: int, width: int) -> bytes:
 
 
 def _study_bytes(session: Session, share: Share) -> int:
-    from sqlalchemy import func
-
-    from imaging.models import Instance
-
-    return session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
-                          .join(Series, Series.id == Instance.series_pk)
-                          .where(Series.study_pk == share.study_pk)) or 0
+    total = session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
+                           .join(Series, Series.id == Instance.series_pk)
+                           .where(Series.study_pk == share.study_pk))
+    return int(total or 0)  # PostgreSQL sums BIGINT as NUMERIC

@@ -146,9 +146,9 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
     column = width / 2
     for i, (label, value) in enumerate(facts):
         pdf.set_text_color(90, 100, 110)
-        pdf.cell(28, 6, label)
+        pdf.cell(34, 6, label)
         pdf.set_text_color(0, 0, 0)
-        pdf.cell(column - 28, 6, value[:40], new_x="LMARGIN" if i % 2 else "RIGHT",
+        pdf.cell(column - 34, 6, value[:40], new_x="LMARGIN" if i % 2 else "RIGHT",
                  new_y="NEXT" if i % 2 else "TOP")
     pdf.ln(2)
 
@@ -192,7 +192,7 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
     pdf.set_font("cjk", size=9)
     pdf.set_text_color(80, 90, 100)
     pdf.cell(text_w, 5, "Scan with your phone to see your images and report", new_x="LEFT", new_y="NEXT")
-    pdf.ln(2)
+    pdf.set_xy(text_x, pdf.get_y() + 2)
     pdf.set_text_color(0, 0, 0)
     pdf.set_font("cjk", size=11)
     pdf.cell(text_w, 7, "提取码 PIN：__ __ __ __ __ __", new_x="LEFT", new_y="NEXT")
@@ -226,11 +226,13 @@ def _pick_key_images(series: list[tuple[Series, list[Instance]]], count: int) ->
     picks: list[tuple[Series, Instance, int]] = []
     for s, items in series:
         n = min(share_each, len(items))
-        if n == 1:
+        if n == len(items):
+            positions = list(range(n))
+        elif n == 1:
             positions = [len(items) // 2]
         else:  # evenly spaced, away from the very first and last slice
-            positions = sorted({round((k + 1) * len(items) / (n + 1)) for k in range(n)})
-        picks.extend((s, items[min(p, len(items) - 1)], min(p, len(items) - 1)) for p in positions)
+            positions = sorted({min(len(items) - 1, (k + 1) * len(items) // (n + 1)) for k in range(n)})
+        picks.extend((s, items[p], p) for p in positions)
     return picks[:count]
 
 

@@ -18,10 +18,11 @@ How an answer's representation is chosen:
 * A range without ``transfer-syntax`` asks for the media type's default transfer syntax
   (PS3.18 Table 8.7.3-5): Explicit VR Little Endian for ``application/dicom`` and
   ``application/octet-stream``; a full wildcard (``*/*``, or ``type="*/*"``) accepts any
-  syntax, the resource's order still putting its default first. For compressed image types (``image/jpeg``, ``image/jp2``...)
-  any transfer syntax of that media type is accepted: we never transcode between compressed
-  syntaxes, so refusing a JPEG Baseline frame to a client that asked for ``image/jpeg``
-  would help nobody (a deliberate leniency; an explicit ``transfer-syntax`` is honoured exactly).
+  syntax, the resource's order still putting its default first. For compressed image types
+  (``image/jpeg``, ``image/jp2``...) any transfer syntax of that media type is accepted: we
+  never transcode between compressed syntaxes, so refusing a JPEG Baseline frame to a client
+  that asked for ``image/jpeg`` would help nobody (a deliberate leniency; an explicit
+  ``transfer-syntax`` is honoured exactly).
 * ``multipart/related`` ranges match only multipart offers; single-part ranges only
   single-part offers; ``*/*`` matches both.
 """

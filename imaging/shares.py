@@ -234,16 +234,12 @@ def require_usable(share: Share) -> None:
         raise Locked("locked after too many wrong PINs / 提取码错误次数过多，链接已锁定")
 
 
-def _client(source: str, user_agent: str) -> dict:
-    return {"user_agent": (user_agent or "")[:300]}
-
-
 def record_access(session: Session, share: Share, action: str, *, source: str, user_agent: str,
                   outcome: str = "ok", **detail) -> None:
     """Audit one patient-side event in the caller's transaction."""
     audit.append(session, principal=patient_principal(share), action=action, outcome=outcome,
                  object_type="share", object_id=str(share.id), source=source,
-                 detail={**_client(source, user_agent), "study": share.study_instance_uid, **detail})
+                 detail={"user_agent": (user_agent or "")[:300], "study": share.study_instance_uid, **detail})
 
 
 def open_share(*, session: Session, token: str, source: str, user_agent: str) -> Share:

@@ -228,6 +228,39 @@ def cmd_audit_export(args) -> None:
         sys.stdout.write(text)
 
 
+# --- cloud film ------------------------------------------------------------------------
+
+
+def cmd_share_create(args) -> None:
+    from imaging import shares
+    from storage.access import Principal
+
+    runtime = _runtime()
+    settings = runtime.settings
+    with runtime.db.scope() as session:
+        created = shares.create_share(session=session, principal=Principal(kind="system", name=CLI_ACTOR),
+                                      study_uid=args.study_uid,
+                                      secret_key=settings.effective_secret_key,
+                                      public_url=settings.effective_public_url, days=args.days, source="cli")
+        result = created.as_json()
+    print(json.dumps(result, ensure_ascii=False))
+
+
+def cmd_share_revoke(args) -> None:
+    from imaging import shares
+    from storage.access import Principal
+
+    text = args.share.strip()
+    token = None if text.isdigit() else shares.token_from(text)
+    if not text.isdigit() and token is None:
+        raise DomainError(f"not a share id or a cloud-film link: {text!r}")
+    with _runtime().db.scope() as session:
+        share = shares.revoke_share(session=session, principal=Principal(kind="system", name=CLI_ACTOR),
+                                    source="cli",
+                                    share_id=int(text) if text.isdigit() else None, token=token)
+        print(f"share {share.id} revoked (study {share.study_instance_uid})")
+
+
 # --- database and processes ------------------------------------------------------------
 
 
@@ -332,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(aud, "export", "export records", cmd_audit_export,
          (("--since",), {}), (("--format",), {"choices": ("csv", "json"), "default": "csv"}),
          (("--output", "-o"), {}))
+
+    share = commands.add_parser("share", help="cloud-film links for patients").add_subparsers(dest="sub", required=True)
+    _sub(share, "create", "create a link and PIN for a study (prints JSON: url, pin, expires_at, id)",
+         cmd_share_create, (("study_uid",), {"metavar": "STUDY_UID"}),
+         (("--days",), {"type": float, "default": 30, "help": "days until the link expires (default 30)"}))
+    _sub(share, "revoke", "revoke a link by its URL or id", cmd_share_revoke,
+         (("share",), {"metavar": "URL_OR_ID"}))
 
     from lancang import cli_consult
 

@@ -65,6 +65,37 @@ def logout(request: Request, session: WriteSession):
     return response
 
 
+@router.get("/studies/{study_uid}/view", response_class=HTMLResponse)
+def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: OptionalUser):
+    """The diagnostic viewer over our DICOMweb service (404 for a study the user may not see)."""
+    if user is None:
+        return RedirectResponse(f"/login?next=/studies/{study_uid}/view", status_code=303)
+    from sqlalchemy import select
+
+    from imaging.models import Study
+    from storage import access
+    from storage.errors import NotFound
+
+    principal = service.principal_for(user)
+    with runtime.db.scope(readonly=True) as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        visible = study is not None and access.can_see_study(
+            session, principal, institution_id=study.institution_id, study_uid=study_uid)
+    audit.record(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
+                 source=client_address(request), outcome="ok" if visible else "denied")
+    if not visible:
+        raise NotFound("study not found / 未找到该检查")
+    return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web")
+
+
+@router.get("/upload", response_class=HTMLResponse)
+def upload_page(request: Request, user: OptionalUser):
+    """Upload DICOM files, folders or zip archives from the browser (STOW-RS, web/static/upload.js)."""
+    if user is None:
+        return RedirectResponse("/login?next=/upload", status_code=303)
+    return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
+
+
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, user: OptionalUser):
     if user is None:
@@ -75,7 +106,8 @@ def home(request: Request, user: OptionalUser):
 def _menu(role: str) -> list[dict]:
     """What each role starts from."""
     items = {
-        "radiographer": [("/consults/new", "新建会诊申请 Request a consult"), ("/consults", "申请与回传报告 My requests")],
+        "radiographer": [("/upload", "上传影像 Upload images"), ("/consults/new", "新建会诊申请 Request a consult"),
+                         ("/consults", "申请与回传报告 My requests")],
         "specialist": [("/consults", "我的阅片任务 My worklist"), ("/calendar", "会诊日程 Calendar")],
         "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/dashboard", "统计 Dashboard"),
                         ("/calendar", "日程 Calendar")],

@@ -107,7 +107,8 @@ def test_q_zero_on_a_specific_range_excludes_despite_a_wildcard():
 
 
 def test_more_specific_range_wins_a_tie():
-    accept = f'multipart/related; type="application/dicom", multipart/related; type="application/dicom"; transfer-syntax={J2K}'
+    accept = (f'multipart/related; type="application/dicom", '
+              f'multipart/related; type="application/dicom"; transfer-syntax={J2K}')
     assert negotiate(accept, RETRIEVE) == RETRIEVE[1]
 
 
@@ -178,7 +179,8 @@ def test_json(accept, expected):
 def test_content_types():
     assert RETRIEVE[0].content_type("b") == (
         f'multipart/related; type="application/dicom"; transfer-syntax={EVRLE}; boundary=b')
-    assert Offer("application/dicom", True, "*").content_type("b") == 'multipart/related; type="application/dicom"; boundary=b'
+    as_stored = Offer("application/dicom", True, "*")
+    assert as_stored.content_type("b") == 'multipart/related; type="application/dicom"; boundary=b'
     assert Offer("image/png").content_type() == "image/png"
     assert Offer("application/dicom", False, J2K).content_type() == f"application/dicom; transfer-syntax={J2K}"
     assert "image/jpeg" in describe(FRAMES)

@@ -378,10 +378,12 @@ class Harness:
 
 def in_private_netns() -> bool:
     """True when only the loopback interface exists (as inside ``unshare -n``)."""
+    # /proc/net/dev follows the process's network namespace (/sys/class/net would need a remount).
     try:
-        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+        lines = Path("/proc/net/dev").read_text().splitlines()[2:]
     except OSError:
         return False
+    return [line.split(":", 1)[0].strip() for line in lines] == ["lo"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,950 @@
+"""Live consult rooms: a server-side aiortc peer per participant, media forwarded through a
+MediaRelay, the shared DICOM view and chat fanned out over data channels, recording.
+
+Negotiation happens once per connection and never again: a participant offers its camera
+and microphone (sendonly) plus MAX_REMOTE pairs of recvonly transceivers ("slots"). The
+server puts other participants' relayed tracks into free slots with a SlotTrack whose
+source can change, so joins, leaves and rejoins never need a renegotiation (aiortc's
+renegotiation support is thin, and glare between browser and server is avoided).
+
+aiortc encodes once per receiving peer (aiortc issue #1155): a camera forwarded to N
+viewers costs N encodes. bench/rooms.py measures it.
+
+Database functions are keyword-only and never commit; the async room code calls them in a
+thread inside `db.scope()` so the event loop never waits on a database lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import sdp as sdp_parser
+from aiortc.contrib.media import MediaRecorder, MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult.models import Booking, ConsultRequest
+from consult.room_models import Recording, RoomChatMessage, RoomConsent
+from storage import audit
+from storage.errors import Conflict, NotFound, NotPermitted
+from storage.models import User
+from storage.types import utcnow
+
+log = logging.getLogger("lancang.consult.rooms")
+
+MAX_REMOTE = 5  # slots per participant: a room holds at most MAX_REMOTE + 1 people with media
+LIVE_STATUSES = ("scheduled", "in_progress")
+ROLES = ("presenter", "specialist", "coordinator")
+LOW_SIZE = (320, 240)  # what a participant in low-bandwidth mode receives
+MODES = ("normal", "low", "audio")
+MAX_SDP = 200_000
+MAX_MESSAGE = 64_000
+MAX_CHAT = 2000
+RECORDING_TYPE = "video/mp4"  # libx264 + AAC in MP4: what MediaRecorder writes reliably here
+
+
+# ---- who may be in a room (database side) -----------------------------------------------
+
+@dataclass(frozen=True)
+class Seat:
+    consult_id: int
+    user_id: int
+    username: str
+    display_name: str
+    role: str
+
+
+def room_role(session: Session, consult: ConsultRequest, user: User) -> str | None:
+    """The user's role in the consult's room: an active booking, or the consult's coordinator."""
+    booking = session.scalar(select(Booking).where(Booking.consult_id == consult.id, Booking.user_id == user.id,
+                                                   Booking.cancelled_at.is_(None)).order_by(Booking.id.desc()))
+    if booking is not None and booking.role in ROLES:
+        return booking.role
+    if user.id == consult.coordinator_id:
+        return "coordinator"
+    return None
+
+
+def seat_for(*, session: Session, consult_id: int, user: User) -> Seat:
+    """The seat of a participant of a live consult that is scheduled or running, or raise."""
+    consult = session.get(ConsultRequest, consult_id)
+    if consult is None:
+        raise NotFound("consult not found / 未找到该会诊")
+    role = room_role(session, consult, user)
+    if role is None:
+        raise NotPermitted("only the consult's participants may join / 仅会诊参与者可进入")
+    if consult.kind != "live" or consult.status not in LIVE_STATUSES:
+        raise Conflict(f"this consult has no open room ({consult.kind}, {consult.status}) / 会诊室未开放")
+    return Seat(consult_id=consult.id, user_id=user.id, username=user.username,
+                display_name=user.display_name or user.username, role=role)
+
+
+def require_participant(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    """Participants and the coordinator, whatever the consult's status (recordings, chat)."""
+    consult = session.get(ConsultRequest, consult_id)
+    if consult is None:
+        raise NotFound("consult not found / 未找到该会诊")
+    if room_role(session, consult, user) is None:
+        raise NotPermitted("only the consult's participants / 仅会诊参与者可访问")
+    return consult
+
+
+def save_chat(*, session: Session, consult_id: int, user_id: int, text: str) -> RoomChatMessage:
+    message = RoomChatMessage(consult_id=consult_id, user_id=user_id, text=text, at=utcnow())
+    session.add(message)
+    session.flush()
+    return message
+
+
+def chat_out(message: RoomChatMessage, user: User) -> dict:
+    return {"type": "chat", "id": message.id, "from": user.username, "name": user.display_name or user.username,
+            "at": message.at.isoformat(), "text": message.text}
+
+
+def chat_history(*, session: Session, consult_id: int, limit: int = 500) -> list[dict]:
+    rows = session.execute(select(RoomChatMessage, User).join(User, User.id == RoomChatMessage.user_id)
+                           .where(RoomChatMessage.consult_id == consult_id)
+                           .order_by(RoomChatMessage.id.desc()).limit(limit)).all()
+    return [chat_out(message, user) for message, user in reversed(rows)]
+
+
+def record_consent(*, session: Session, consult_id: int, user_id: int, username: str, given: bool) -> None:
+    """Append the decision (the history is kept) and audit it."""
+    session.add(RoomConsent(consult_id=consult_id, user_id=user_id, given=given, at=utcnow()))
+    audit.append(session, principal=None, actor=username, action="room.consent", object_type="consult",
+                 object_id=str(consult_id), detail={"given": given})
+
+
+def current_consent(*, session: Session, consult_id: int, user_id: int) -> bool:
+    latest = session.scalar(select(RoomConsent.given).where(RoomConsent.consult_id == consult_id,
+                                                            RoomConsent.user_id == user_id)
+                            .order_by(RoomConsent.id.desc()).limit(1))
+    return bool(latest)
+
+
+def recording_key(consult_id: int, room_session: str) -> str:
+    return f"recordings/{consult_id}/{room_session}.mp4"
+
+
+def list_recordings(*, session: Session, consult_id: int) -> list[Recording]:
+    return list(session.scalars(select(Recording).where(Recording.consult_id == consult_id,
+                                                        Recording.deleted_at.is_(None)).order_by(Recording.id)))
+
+
+def purge_expired(*, session: Session, store, now: datetime | None = None) -> int:
+    """Delete recordings past their retention date (object first, then mark the row)."""
+    now = now or utcnow()
+    expired = session.scalars(select(Recording).where(Recording.retain_until <= now,
+                                                      Recording.deleted_at.is_(None))).all()
+    for row in expired:
+        store.delete(row.object_key)
+        row.deleted_at = now
+        audit.append(session, principal=None, actor="system:retention", action="recording.purge",
+                     object_type="consult", object_id=str(row.consult_id), detail={"recording": row.id})
+    return len(expired)
+
+
+# ---- ICE servers: STUN and coturn's TURN REST credentials ----------------------------------
+
+def turn_credentials(secret: str, username: str, ttl_s: int, now: float | None = None) -> tuple[str, str]:
+    """coturn `use-auth-secret`: username "<expiry>:<user>", password base64(HMAC-SHA1(secret, username))."""
+    expiry = int((now if now is not None else time.time()) + ttl_s)
+    name = f"{expiry}:{username}"
+    digest = hmac.new(secret.encode(), name.encode(), hashlib.sha1).digest()
+    return name, base64.b64encode(digest).decode()
+
+
+def _secret(value) -> str:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else (value or "")
+
+
+def ice_servers(settings, username: str, now: float | None = None) -> list[dict]:
+    """What a browser passes to RTCPeerConnection: STUN, then TURN (UDP and TCP) when configured."""
+    servers: list[dict] = []
+    stun = list(getattr(settings, "room_stun_urls", []) or [])
+    if stun:
+        servers.append({"urls": stun})
+    turn = list(getattr(settings, "room_turn_urls", []) or [])
+    secret = _secret(getattr(settings, "room_turn_secret", ""))
+    if turn and secret:
+        name, credential = turn_credentials(secret, username, int(getattr(settings, "room_turn_ttl_s", 3600)), now)
+        servers.append({"urls": turn, "username": name, "credential": credential})
+    return servers
+
+
+def server_configuration(settings) -> RTCConfiguration:
+    """The server's own peers: STUN only when configured (never aioice's public default)."""
+    stun = list(getattr(settings, "room_stun_urls", []) or [])
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=stun)] if stun else [])
+
+
+# ---- media plumbing ---------------------------------------------------------------------
+
+class SlotTrack(MediaStreamTrack):
+    """A track whose source can be swapped (or removed) while a sender keeps reading it.
+
+    An RTCRtpSender stops for good when its track raises MediaStreamError, so a slot must
+    outlive the participant shown in it: recv() waits for the next source instead."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.scale: tuple[int, int] | None = None
+        self._source: MediaStreamTrack | None = None
+        self._changed = asyncio.Event()
+        self._stamped: MediaStreamTrack | None = None  # the source the timestamp offset belongs to
+        self._offset = 0
+        self._last_pts: int | None = None
+
+    def set_source(self, track: MediaStreamTrack | None) -> None:
+        old, self._source = self._source, track
+        self._changed.set()
+        if old is not None and old is not track:
+            old.stop()
+
+    async def recv(self):
+        while self.readyState == "live":
+            source = self._source
+            self._changed.clear()
+            if source is None:
+                await self._changed.wait()
+                continue
+            getter = asyncio.ensure_future(source.recv())
+            waker = asyncio.ensure_future(self._changed.wait())
+            try:
+                done, _ = await asyncio.wait((getter, waker), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (getter, waker):
+                    if not task.done():
+                        task.cancel()
+            if getter not in done:
+                continue  # the source was swapped while we waited
+            try:
+                frame = getter.result()
+            except MediaStreamError:
+                if self._source is source:
+                    self._source = None
+                continue
+            return self._restamp(self._shape(frame), source)
+        raise MediaStreamError
+
+    def _shape(self, frame):
+        if self.kind != "video" or self.scale is None or (frame.width, frame.height) == self.scale:
+            return frame
+        small = frame.reformat(width=self.scale[0], height=self.scale[1])
+        small.pts, small.time_base = frame.pts, frame.time_base
+        return small
+
+    def _restamp(self, frame, source):
+        """Keep this slot's timestamps increasing across sources: encoders refuse a pts that goes
+        back (a rejoined camera starts at 0 again). The relay hands one frame object to every
+        subscriber, so a shifted frame is a copy, never the shared one."""
+        if source is not self._stamped:
+            self._stamped = source
+            step = getattr(frame, "samples", 0) or 3000
+            behind = self._last_pts is not None and frame.pts <= self._last_pts
+            self._offset = self._last_pts + step - frame.pts if behind else 0
+        if self._offset:
+            frame = _copy_frame(frame, frame.pts + self._offset)
+        self._last_pts = frame.pts
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        source, self._source = self._source, None
+        self._changed.set()
+        if source is not None:
+            source.stop()
+
+
+def _copy_frame(frame, pts: int):
+    if isinstance(frame, AudioFrame):
+        copy = AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name)
+        copy.sample_rate = frame.sample_rate
+    else:
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        copy = VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+    copy.pts, copy.time_base = pts, frame.time_base
+    return copy
+
+
+@dataclass
+class Slot:
+    video: SlotTrack | None
+    audio: SlotTrack | None
+    video_mid: str | None
+    audio_mid: str | None
+    owner: str | None = None
+    owner_media: int | None = None  # serial of the owner's Media: a rejoin brings new tracks
+
+    def clear(self) -> None:
+        for track in (self.video, self.audio):
+            if track is not None:
+                track.set_source(None)
+        self.owner = self.owner_media = None
+
+
+@dataclass
+class Media:
+    """One negotiated peer connection of a participant and what it carries."""
+
+    pc: RTCPeerConnection
+    camera: dict[str, MediaStreamTrack] = field(default_factory=dict)  # kind -> the participant's track
+    slots: list[Slot] = field(default_factory=list)
+    channel: Any = None
+    frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    closed: bool = False
+    serial: int = field(default_factory=lambda: next(_serials))
+
+
+_serials = itertools.count(1)
+
+
+@dataclass
+class Participant:
+    seat: Seat
+    send: Callable[[dict], Awaitable[None]]  # the signalling WebSocket
+    mode: str = "normal"
+    media: Media | None = None
+    consent: bool = False
+    gone: bool = False
+
+    @property
+    def username(self) -> str:
+        return self.seat.username
+
+    def public(self) -> dict:
+        return {"username": self.username, "name": self.seat.display_name, "role": self.seat.role,
+                "mode": self.mode, "consent": self.consent, "media": self.media is not None}
+
+
+def _safe_json(raw: str | bytes) -> dict | None:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError:
+            return None
+    if len(raw) > MAX_MESSAGE + MAX_SDP:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("type"), str) else None
+
+
+def parse_offer(text: Any) -> sdp_parser.SessionDescription:
+    """Parse an offer's SDP or raise ValueError: garbage never reaches a peer connection."""
+    if not isinstance(text, str) or not text.startswith("v=0") or len(text) > MAX_SDP:
+        raise ValueError("not an SDP offer")
+    parsed = sdp_parser.SessionDescription.parse(text)
+    if not parsed.media:
+        raise ValueError("the offer has no media")
+    for media in parsed.media:
+        if media.kind in ("audio", "video") and (not media.ice.usernameFragment or not media.dtls
+                                                  or not media.dtls.fingerprints):
+            raise ValueError("the offer lacks ICE or DTLS parameters")
+    return parsed
+
+
+# ---- recording --------------------------------------------------------------------------
+
+class RoomRecording:
+    """One recorded stretch: every present participant's audio and video into one MP4 file."""
+
+    def __init__(self, room: "Room", sources: dict[tuple[str, str], MediaStreamTrack]):
+        self.session = uuid.uuid4().hex
+        self.started_at = utcnow()
+        self.participants = sorted({username for username, _ in sources})
+        self.sources = {key: id(track) for key, track in sources.items()}
+        fd, self.path = tempfile.mkstemp(prefix="lancang-room-", suffix=".mp4")
+        os.close(fd)
+        self.recorder = MediaRecorder(self.path, format="mp4")
+        for (username, kind), track in sorted(sources.items()):
+            self.recorder.addTrack(room.relay.subscribe(track, buffered=kind == "audio"))
+        _fast_x264(self.recorder)
+
+    async def start(self) -> None:
+        await self.recorder.start()
+
+    async def stop(self) -> str:
+        """Finish the file (the MP4 index is written on close); returns its path."""
+        try:
+            await self.recorder.stop()
+        except Exception:  # a stream that never got a frame cannot be flushed; the others are written
+            log.exception("room.recording.stop.failed session=%s", self.session)
+        return self.path
+
+
+def _fast_x264(recorder: MediaRecorder) -> None:
+    # MediaRecorder encodes in the event loop with x264's default preset (slow): ultrafast
+    # keeps a recorded room from delaying signalling and the shared view.
+    for context in getattr(recorder, "_MediaRecorder__tracks", {}).values():
+        stream = getattr(context, "stream", None)
+        if stream is not None and stream.type == "video":
+            stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+
+
+def store_recording(*, db, store, consult_id: int, recording: RoomRecording, path: str,
+                    retention_days: int) -> int | None:
+    """Put the file in the object store and link it to the consult (runs in a thread)."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return None
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        key = recording_key(consult_id, recording.session)
+        with open(path, "rb") as handle:
+            store.put(key, handle, length=size, content_type=RECORDING_TYPE)
+        ended = utcnow()
+        with db.scope() as session:
+            row = Recording(consult_id=consult_id, session=recording.session, object_key=key,
+                            content_type=RECORDING_TYPE, size=size, sha256=digest.hexdigest(),
+                            started_at=recording.started_at, ended_at=ended, participants=recording.participants,
+                            retain_until=ended + timedelta(days=retention_days))
+            session.add(row)
+            session.flush()
+            audit.append(session, principal=None, actor="system:rooms", action="recording.store",
+                         object_type="consult", object_id=str(consult_id),
+                         detail={"recording": row.id, "key": key, "size": size, "participants": recording.participants})
+            return row.id
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+# ---- rooms ------------------------------------------------------------------------------
+
+class Room:
+    """The participants of one consult's room, their peers, the lead, the view, the recording."""
+
+    def __init__(self, consult_id: int, registry: "RoomRegistry"):
+        self.consult_id = consult_id
+        self.registry = registry
+        self.participants: dict[str, Participant] = {}
+        self.relay = MediaRelay()
+        self.lead: str | None = None
+        self.view: dict | None = None
+        self.view_seq = 0
+        self.record_wanted = False
+        self.recording: RoomRecording | None = None
+        self.recordings_stored: list[int] = []
+        self._record_lock = asyncio.Lock()
+
+    # -- membership --
+
+    async def join(self, participant: Participant) -> None:
+        old = self.participants.get(participant.username)
+        if old is not None:  # a rejoin replaces the stale connection
+            await self.leave(old, replaced=True)
+        self.participants[participant.username] = participant
+        # The presenter leads by default; whoever was handed the lead keeps it across a rejoin.
+        if self.lead not in self.participants or (participant.seat.role == "presenter" and self.view is None
+                                                  and self._role(self.lead) != "presenter"):
+            self.lead = self._next_lead()
+        await self._send(participant, {"type": "welcome", "you": participant.public(), "lead": self.lead,
+                                       "participants": [p.public() for p in self.participants.values()],
+                                       "slots": MAX_REMOTE, "view": self.view, "recording": self._record_state()})
+        await self._broadcast({"type": "participants", "participants": [p.public() for p in self.participants.values()],
+                               "lead": self.lead})
+
+    async def leave(self, participant: Participant, replaced: bool = False) -> None:
+        if participant.gone:
+            return
+        participant.gone = True
+        if self.participants.get(participant.username) is participant:
+            del self.participants[participant.username]
+        await self._close_media(participant)
+        if self.lead == participant.username and not replaced:
+            self.lead = self._next_lead()
+        self._assign_slots()
+        if not replaced:
+            await self._broadcast({"type": "participants", "lead": self.lead,
+                                   "participants": [p.public() for p in self.participants.values()]})
+            await self._broadcast_slots()
+            await self.update_recording()
+        log.info("room.leave.ok consult=%s user=%s replaced=%s", self.consult_id, participant.username, replaced)
+
+    def _role(self, username: str | None) -> str | None:
+        p = self.participants.get(username or "")
+        return p.seat.role if p else None
+
+    def _next_lead(self) -> str | None:
+        for role in ROLES:
+            for p in self.participants.values():
+                if p.seat.role == role:
+                    return p.username
+        return None
+
+    # -- signalling --
+
+    async def handle_signal(self, participant: Participant, raw: str | bytes) -> None:
+        """One WebSocket message; bad input gets an error reply and changes nothing."""
+        message = _safe_json(raw)
+        if message is None:
+            await self._error(participant, "bad-message", "expected a JSON object with a type")
+            return
+        kind = message["type"]
+        try:
+            if kind == "offer":
+                await self._offer(participant, message.get("sdp"))
+            elif kind == "mode":
+                await self._set_mode(participant, message.get("mode"))
+            elif kind == "consent":
+                await self._consent(participant, message.get("given"))
+            elif kind == "record":
+                await self._record(participant, message.get("on"))
+            elif kind == "ping":
+                await self._send(participant, {"type": "pong", "t": message.get("t")})
+            elif kind in ("view", "chat", "lead"):
+                await self.handle_room_message(participant, message)
+            else:
+                await self._error(participant, "unknown-type", f"unknown message type {kind[:40]!r}")
+        except Exception:  # never let one participant's message take the room down
+            log.exception("room.signal.failed consult=%s user=%s type=%s", self.consult_id,
+                          participant.username, kind[:40])
+            await self._error(participant, "failed", "the server could not handle this message")
+
+    async def _offer(self, participant: Participant, text: Any) -> None:
+        try:
+            parsed = parse_offer(text)
+        except Exception as exc:
+            await self._error(participant, "bad-sdp", f"malformed SDP offer: {str(exc)[:200]}")
+            return
+        media = Media(pc=RTCPeerConnection(server_configuration(self.registry.settings)))
+        self.registry.pcs.add(media.pc)
+        self._watch(participant, media)
+        try:
+            await media.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
+            self._claim_slots(media, parsed)
+            await media.pc.setLocalDescription(await media.pc.createAnswer())
+        except Exception as exc:
+            # The participant's current connection (if any) and the room stay as they were.
+            await self._close(media)
+            await self._error(participant, "bad-sdp", f"the offer could not be negotiated: {str(exc)[:200]}")
+            return
+        if participant.gone:
+            await self._close(media)
+            return
+        old, participant.media = participant.media, media
+        if old is not None:
+            await self._close(old)
+        self._drain_camera(participant, media)
+        await self._send(participant, {"type": "answer", "sdp": media.pc.localDescription.sdp})
+        self._assign_slots()
+        await self._broadcast_slots()
+        await self._broadcast({"type": "participants", "lead": self.lead,
+                               "participants": [p.public() for p in self.participants.values()]})
+        log.info("room.offer.ok consult=%s user=%s tracks=%s", self.consult_id, participant.username,
+                 sorted(media.camera))
+
+    def _watch(self, participant: Participant, media: Media) -> None:
+        pc = media.pc
+
+        @pc.on("track")
+        def on_track(track):
+            if track.kind in ("audio", "video") and track.kind not in media.camera:
+                media.camera[track.kind] = track
+
+        @pc.on("datachannel")
+        def on_datachannel(channel):
+            media.channel = channel
+
+            @channel.on("message")
+            def on_message(raw):
+                task = asyncio.ensure_future(self._channel_message(participant, media, raw))
+                media.tasks.append(task)
+                task.add_done_callback(lambda t: t in media.tasks and media.tasks.remove(t))
+
+            asyncio.ensure_future(self._greet_channel(participant, media))
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            if pc.connectionState == "failed" and participant.media is media:
+                log.warning("room.peer.failed consult=%s user=%s", self.consult_id, participant.username)
+                participant.media = None
+                await self._close(media)
+                self._assign_slots()
+                await self._broadcast_slots()
+                await self.update_recording()
+                await self._error(participant, "peer-failed", "the media connection failed; offer again")
+
+    def _claim_slots(self, media: Media, parsed: sdp_parser.SessionDescription) -> None:
+        """Offered sendonly/sendrecv m-lines carry the participant's camera and microphone;
+        recvonly ones are slots for the others (answered sendonly with a SlotTrack)."""
+        directions = {m.rtp.muxId: m.direction for m in parsed.media if m.kind in ("audio", "video")}
+        free: dict[str, list] = {"video": [], "audio": []}
+        for transceiver in media.pc.getTransceivers():
+            offered = directions.get(transceiver.mid)
+            if offered in ("sendonly", "sendrecv"):
+                transceiver.direction = "recvonly"
+            elif offered == "recvonly" and len(free[transceiver.kind]) < MAX_REMOTE:
+                track = SlotTrack(transceiver.kind)
+                transceiver.sender.replaceTrack(track)
+                transceiver.direction = "sendonly"
+                free[transceiver.kind].append((transceiver.mid, track))
+            else:
+                transceiver.direction = "inactive" if offered != "sendrecv" else "recvonly"
+        for i in range(max(len(free["video"]), len(free["audio"]))):
+            video = free["video"][i] if i < len(free["video"]) else (None, None)
+            audio = free["audio"][i] if i < len(free["audio"]) else (None, None)
+            media.slots.append(Slot(video=video[1], audio=audio[1], video_mid=video[0], audio_mid=audio[0]))
+
+    def _drain_camera(self, participant: Participant, media: Media) -> None:
+        """Read every incoming track through the relay even when nobody watches: aiortc queues
+        undelivered frames without bound, and the counts tell when media really flows."""
+        for kind, track in media.camera.items():
+            sink = self.relay.subscribe(track, buffered=False)
+            media.tasks.append(asyncio.ensure_future(self._drain(participant, media, kind, sink)))
+
+    async def _drain(self, participant: Participant, media: Media, kind: str, sink: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await sink.recv()
+                media.frames[kind] += 1
+                if media.frames[kind] == 1 and self.record_wanted:
+                    await self.update_recording()
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+        finally:
+            sink.stop()
+
+    def _assign_slots(self) -> None:
+        """Show everyone with a camera in a slot of everyone else; clear slots of people gone."""
+        live = {p.username: p for p in self.participants.values() if p.media is not None}
+        for viewer in live.values():
+            for slot in viewer.media.slots:
+                owner = live.get(slot.owner or "")
+                if slot.owner is not None and (owner is None or owner.media.serial != slot.owner_media):
+                    slot.clear()
+            shown = {slot.owner for slot in viewer.media.slots if slot.owner}
+            for other in live.values():
+                if other is viewer or other.username in shown or not other.media.camera:
+                    continue
+                slot = next((s for s in viewer.media.slots if s.owner is None), None)
+                if slot is None:
+                    break
+                slot.owner, slot.owner_media = other.username, other.media.serial
+                self._fill(slot, other.media, viewer.mode)
+
+    def _fill(self, slot: Slot, source: Media, mode: str) -> None:
+        video, audio = source.camera.get("video"), source.camera.get("audio")
+        if slot.video is not None:
+            slot.video.scale = LOW_SIZE if mode == "low" else None
+            slot.video.set_source(self.relay.subscribe(video, buffered=False) if video and mode != "audio" else None)
+        if slot.audio is not None:
+            slot.audio.set_source(self.relay.subscribe(audio) if audio else None)
+
+    async def _set_mode(self, participant: Participant, mode: Any) -> None:
+        """Low bandwidth: receive 320x240 video, or audio only (no video sent down at all)."""
+        if mode not in MODES:
+            await self._error(participant, "bad-mode", f"mode is one of {', '.join(MODES)}")
+            return
+        before, participant.mode = participant.mode, mode
+        if participant.media is not None and before != mode:
+            for slot in participant.media.slots:
+                owner = self.participants.get(slot.owner or "")
+                if owner is not None and owner.media is not None:
+                    self._fill(slot, owner.media, mode)
+        await self._broadcast({"type": "participants", "lead": self.lead,
+                               "participants": [p.public() for p in self.participants.values()]})
+
+    async def _broadcast_slots(self) -> None:
+        for p in list(self.participants.values()):
+            if p.media is None:
+                continue
+            slots = [{"video_mid": s.video_mid, "audio_mid": s.audio_mid, "participant": s.owner,
+                      "name": self.participants[s.owner].seat.display_name if s.owner in self.participants else None,
+                      "role": self._role(s.owner)} for s in p.media.slots]
+            await self._send(p, {"type": "slots", "slots": slots})
+
+    # -- data channel: shared view, lead, chat --
+
+    async def _greet_channel(self, participant: Participant, media: Media) -> None:
+        """Whoever (re)joins starts from the current view, lead and chat."""
+        try:
+            history = await asyncio.to_thread(self.registry.chat_history, self.consult_id)
+        except Exception:
+            log.exception("room.chat.history.failed consult=%s", self.consult_id)
+            history = []
+        self._channel_send(media, {"type": "state", "lead": self.lead, "view": self.view, "seq": self.view_seq,
+                                   "chat": history})
+
+    async def _channel_message(self, participant: Participant, media: Media, raw) -> None:
+        message = _safe_json(raw)
+        if message is None:
+            self._channel_send(media, {"type": "error", "code": "bad-message", "detail": "expected JSON with a type"})
+            return
+        try:
+            await self.handle_room_message(participant, message)
+        except Exception:
+            log.exception("room.channel.failed consult=%s user=%s", self.consult_id, participant.username)
+            self._channel_send(media, {"type": "error", "code": "failed", "detail": "message not handled"})
+
+    async def handle_room_message(self, participant: Participant, message: dict) -> None:
+        kind = message["type"]
+        if kind == "view":
+            await self._view(participant, message)
+        elif kind == "lead":
+            await self._hand_over(participant, message.get("to"))
+        elif kind == "chat":
+            await self._chat(participant, message.get("text"))
+        elif kind == "ping":
+            self._reply(participant, {"type": "pong", "t": message.get("t")})
+        else:
+            self._reply(participant, {"type": "error", "code": "unknown-type", "detail": kind[:40]})
+
+    async def _view(self, participant: Participant, message: dict) -> None:
+        state = message.get("state")
+        if participant.username != self.lead:
+            self._reply(participant, {"type": "error", "code": "not-lead", "detail": f"{self.lead} leads the view"})
+            return
+        if not isinstance(state, dict) or len(json.dumps(state)) > MAX_MESSAGE:
+            self._reply(participant, {"type": "error", "code": "bad-view", "detail": "state must be a small object"})
+            return
+        self.view = state
+        self.view_seq += 1
+        out = {"type": "view", "from": participant.username, "seq": self.view_seq, "t": message.get("t"),
+               "state": state}
+        for other in self.participants.values():
+            if other is not participant and other.media is not None:
+                self._channel_send(other.media, out)
+
+    async def _hand_over(self, participant: Participant, to: Any) -> None:
+        if participant.username != self.lead and participant.seat.role != "coordinator":
+            self._reply(participant, {"type": "error", "code": "not-lead", "detail": "only the lead hands over"})
+            return
+        if not isinstance(to, str) or to not in self.participants:
+            self._reply(participant, {"type": "error", "code": "bad-lead", "detail": "not in the room"})
+            return
+        self.lead = to
+        await self._broadcast({"type": "lead", "lead": to, "by": participant.username}, channel=True)
+
+    async def _chat(self, participant: Participant, text: Any) -> None:
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_CHAT:
+            self._reply(participant, {"type": "error", "code": "bad-chat", "detail": f"1 to {MAX_CHAT} characters"})
+            return
+        out = await asyncio.to_thread(self.registry.save_chat, self.consult_id, participant.seat.user_id, text.strip())
+        await self._broadcast(out, channel=True)
+
+    # -- consent and recording --
+
+    async def _consent(self, participant: Participant, given: Any) -> None:
+        if not isinstance(given, bool):
+            await self._error(participant, "bad-consent", "given is true or false")
+            return
+        await asyncio.to_thread(self.registry.record_consent, self.consult_id, participant.seat, given)
+        participant.consent = given
+        await self.update_recording()
+
+    async def _record(self, participant: Participant, on: Any) -> None:
+        if not isinstance(on, bool):
+            await self._error(participant, "bad-record", "on is true or false")
+            return
+        self.record_wanted = on
+        await self.update_recording()
+
+    def _record_state(self) -> dict:
+        missing = sorted(p.username for p in self.participants.values() if not p.consent)
+        state = "recording" if self.recording else ("waiting-consent" if self.record_wanted and missing
+                                                     else "waiting-media" if self.record_wanted else "off")
+        return {"state": state, "missing_consent": missing, "stored": list(self.recordings_stored)}
+
+    def _record_sources(self) -> dict[tuple[str, str], MediaStreamTrack]:
+        """Tracks that have delivered frames (an unused stream cannot be finished in MP4)."""
+        found = {}
+        for p in self.participants.values():
+            if p.media is None:
+                continue
+            for kind, track in p.media.camera.items():
+                if p.media.frames.get(kind, 0) > 0:
+                    found[(p.username, kind)] = track
+        return found
+
+    async def update_recording(self) -> None:
+        """Record while it is wanted and everyone present consents; a change of who is in the
+        room closes the current file and starts the next one (MP4 streams are fixed)."""
+        async with self._record_lock:
+            present = list(self.participants.values())
+            allowed = self.record_wanted and present and all(p.consent for p in present)
+            sources = self._record_sources() if allowed else {}
+            current = self.recording
+            if current is not None and (not allowed or current.sources != {k: id(t) for k, t in sources.items()}):
+                self.recording = None
+                await self._finish(current)
+            if allowed and sources and self.recording is None:
+                self.recording = RoomRecording(self, sources)
+                await self.recording.start()
+                log.info("room.recording.start consult=%s session=%s", self.consult_id, self.recording.session)
+        await self._broadcast({"type": "recording", **self._record_state()})
+
+    async def _finish(self, recording: RoomRecording) -> None:
+        path = await recording.stop()
+        try:
+            row_id = await asyncio.to_thread(self.registry.store_recording, self.consult_id, recording, path)
+        except Exception:
+            log.exception("room.recording.store.failed consult=%s session=%s", self.consult_id, recording.session)
+            return
+        if row_id is not None:
+            self.recordings_stored.append(row_id)
+            log.info("room.recording.stored consult=%s recording=%s", self.consult_id, row_id)
+
+    # -- sending and closing --
+
+    async def _send(self, participant: Participant, message: dict) -> None:
+        if participant.gone and message.get("type") != "error":
+            return
+        try:
+            await participant.send(message)
+        except Exception:  # a socket that is going away; its handler cleans up
+            pass
+
+    async def _error(self, participant: Participant, code: str, detail: str) -> None:
+        await self._send(participant, {"type": "error", "code": code, "detail": detail})
+
+    def _reply(self, participant: Participant, message: dict) -> None:
+        """Answer on the data channel when there is one, else on the WebSocket."""
+        if participant.media is not None and participant.media.channel is not None \
+                and participant.media.channel.readyState == "open":
+            self._channel_send(participant.media, message)
+        else:
+            asyncio.ensure_future(self._send(participant, message))
+
+    @staticmethod
+    def _channel_send(media: Media, message: dict) -> None:
+        channel = media.channel
+        if channel is not None and channel.readyState == "open":
+            try:
+                channel.send(json.dumps(message, ensure_ascii=False))
+            except Exception:
+                log.debug("room.channel.send.failed", exc_info=True)
+
+    async def _broadcast(self, message: dict, channel: bool = False) -> None:
+        for p in list(self.participants.values()):
+            if channel and p.media is not None and p.media.channel is not None \
+                    and p.media.channel.readyState == "open":
+                self._channel_send(p.media, message)
+            else:
+                await self._send(p, message)
+
+    async def _close_media(self, participant: Participant) -> None:
+        media, participant.media = participant.media, None
+        if media is not None:
+            await self._close(media)
+
+    async def _close(self, media: Media) -> None:
+        """Close a peer and everything reading from it; safe to call twice."""
+        if media.closed:
+            return
+        media.closed = True
+        for task in list(media.tasks):
+            task.cancel()
+        for slot in media.slots:
+            for track in (slot.video, slot.audio):
+                if track is not None:
+                    track.stop()
+        try:
+            await media.pc.close()
+        except Exception:
+            log.exception("room.peer.close.failed consult=%s", self.consult_id)
+        self.registry.pcs.discard(media.pc)
+
+    async def close(self) -> None:
+        """Stop and store a running recording, then hang up on everyone."""
+        self.record_wanted = False
+        for p in list(self.participants.values()):
+            p.gone = True
+            await self._close_media(p)
+        self.participants.clear()
+        if self.recording is not None:
+            current, self.recording = self.recording, None
+            await self._finish(current)
+
+
+class RoomRegistry:
+    """Every room and every RTCPeerConnection of this process, closed on shutdown."""
+
+    def __init__(self, *, settings, db, store):
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.rooms: dict[int, Room] = {}
+        self.pcs: set[RTCPeerConnection] = set()
+        self.closed = False
+
+    def room(self, consult_id: int) -> Room:
+        if consult_id not in self.rooms:
+            self.rooms[consult_id] = Room(consult_id, self)
+        return self.rooms[consult_id]
+
+    async def join(self, seat: Seat, send: Callable[[dict], Awaitable[None]]) -> tuple[Room, Participant]:
+        if self.closed:
+            raise Conflict("the server is shutting down")
+        room = self.room(seat.consult_id)
+        consent = await asyncio.to_thread(self._consent_of, seat)
+        participant = Participant(seat=seat, send=send, consent=consent)
+        await room.join(participant)
+        return room, participant
+
+    async def leave(self, room: Room, participant: Participant) -> None:
+        await room.leave(participant)
+        if not room.participants and room.recording is None and self.rooms.get(room.consult_id) is room:
+            del self.rooms[room.consult_id]
+
+    async def close(self) -> None:
+        """App shutdown: store recordings, close every peer connection. Safe to call twice."""
+        self.closed = True
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()
+        for pc in list(self.pcs):
+            await pc.close()
+        self.pcs.clear()
+
+    # The thread-side helpers: each is one unit of work.
+
+    def _consent_of(self, seat: Seat) -> bool:
+        with self.db.scope(readonly=True) as session:
+            return current_consent(session=session, consult_id=seat.consult_id, user_id=seat.user_id)
+
+    def chat_history(self, consult_id: int) -> list[dict]:
+        with self.db.scope(readonly=True) as session:
+            return chat_history(session=session, consult_id=consult_id)
+
+    def save_chat(self, consult_id: int, user_id: int, text: str) -> dict:
+        with self.db.scope() as session:
+            message = save_chat(session=session, consult_id=consult_id, user_id=user_id, text=text)
+            return chat_out(message, session.get(User, user_id))
+
+    def record_consent(self, consult_id: int, seat: Seat, given: bool) -> None:
+        with self.db.scope() as session:
+            record_consent(session=session, consult_id=consult_id, user_id=seat.user_id, username=seat.username,
+                           given=given)
+
+    def store_recording(self, consult_id: int, recording: RoomRecording, path: str) -> int | None:
+        days = int(getattr(self.settings, "room_recording_retention_days", 365))
+        return store_recording(db=self.db, store=self.store, consult_id=consult_id, recording=recording, path=path,
+                               retention_days=days)

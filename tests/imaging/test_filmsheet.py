@@ -1,0 +1,181 @@
+"""The printable film sheet: an A4 PDF with the header, key images and a QR code that
+really scans (poppler renders the page, zbar decodes it), made by a real worker process."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from imaging import derive, filmsheet, shares
+from imaging.models import Share
+from imaging.service import Ingestor
+from storage import service as tenancy
+from storage.access import SYSTEM
+from tests.conftest import embedded_settings, settings_env
+from tests.dicomdata import ct_instance
+from web import service as identity
+from web.app import create_app
+
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("pdftoppm", "pdftotext", "zbarimg", "pdfimages")),
+                                reason="poppler-utils and zbar-tools are needed (scripts/test.sh installs them)")
+
+
+def _study(runtime, *, slices=(5, 2)) -> tuple[str, int]:
+    with runtime.db.scope() as session:
+        town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township")
+        user = identity.add_user(session=session, username="rad", role="radiographer", institution_code="TOWN",
+                                 password="password-1")
+        token = identity.issue_token(session=session, user=user)[0]
+        town_id = town.id
+    ingestor = Ingestor(runtime.db, runtime.store)
+    study_uid = generate_uid()
+    series_pks = set()
+    for count in slices:
+        series_uid = generate_uid()
+        for number in range(1, count + 1):
+            series_pks.add(ingestor.ingest(ct_instance(study_uid=study_uid, series_uid=series_uid, size=128,
+                                                       instance_number=number), institution_id=town_id,
+                                           source="test").series_pk)
+    ingestor.close()
+    for pk in series_pks:
+        derive.derive_series(runtime.db, runtime.store, pk)
+    return study_uid, token
+
+
+def _share(runtime, study_uid: str) -> shares.CreatedShare:
+    settings = runtime.settings
+    with runtime.db.scope() as session:
+        created = shares.create_share(session=session, principal=SYSTEM, study_uid=study_uid,
+                                      secret_key=settings.effective_secret_key,
+                                      public_url=settings.effective_public_url)
+        session.expunge(created.share)
+    return created
+
+
+def _run(*command: str) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_sheet_shows_header_key_images_and_a_qr_code_that_scans(runtime, tmp_path):
+    study_uid, _ = _study(runtime)
+    created = _share(runtime, study_uid)
+    key = filmsheet.make_film_sheet(runtime.db, runtime.store, created.share.id,
+                                    secret_key=runtime.settings.effective_secret_key,
+                                    public_url=runtime.settings.effective_public_url)
+    assert key == f"derived/{study_uid}/film/share-{created.share.id}.pdf"
+    pdf = tmp_path / "film.pdf"
+    pdf.write_bytes(runtime.store.get(key))
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+    info = _run("pdfinfo", str(pdf))
+    assert "Pages:          1" in info and "(A4)" in info
+    text = _run("pdftotext", "-layout", str(pdf), "-")
+    for words in ("勐朗镇卫生院", "云胶片", "胸部CT平扫", "张秀英", "2026年11月1日", "提取码", "手机扫码查看影像"):
+        assert words in text, words
+    assert created.pin not in text                  # the PIN is never printed
+    images = [line for line in _run("pdfimages", "-list", str(pdf)).splitlines()[2:] if line.strip()]
+    assert len(images) == 7                          # 5 + 2 slices: every image of a small study
+
+    _run("pdftoppm", "-r", "150", "-png", "-singlefile", str(pdf), str(tmp_path / "page"))
+    decoded = subprocess.run(["zbarimg", "--quiet", "--raw", str(tmp_path / "page.png")], capture_output=True,
+                             text=True)
+    assert decoded.stdout.strip() == created.url
+    page = np.asarray(Image.open(tmp_path / "page.png").convert("L"), dtype=float)
+    grid = page[int(page.shape[0] * 0.2):int(page.shape[0] * 0.4)]
+    assert grid.std() > 40                           # the key images are drawn (not a blank page)
+
+    # Idempotent: a redelivered task finds the sheet made and leaves it.
+    before = runtime.store.get(key)
+    assert filmsheet.make_film_sheet(runtime.db, runtime.store, created.share.id,
+                                     secret_key=runtime.settings.effective_secret_key,
+                                     public_url=runtime.settings.effective_public_url) == key
+    assert runtime.store.get(key) == before
+
+
+def test_key_images_are_spread_through_the_series():
+    @dataclass
+    class Fake:
+        id: int
+
+    one = [(Fake(1), list(range(100)))]
+    picks = filmsheet._pick_key_images(one, 12)
+    positions = [p for _, _, p in picks]
+    assert len(picks) == 12 and positions == sorted(positions) and 0 < positions[0] < 10 and positions[-1] > 90
+    three = [(Fake(i), list(range(30))) for i in range(3)]
+    assert [len([p for p in filmsheet._pick_key_images(three, 12) if p[0].id == i]) for i in range(3)] == [4, 4, 4]
+    many = [(Fake(i), list(range(9))) for i in range(20)]
+    assert [(s.id, p) for s, _, p in filmsheet._pick_key_images(many, 12)] == [(i, 4) for i in range(12)]
+    assert filmsheet._pick_key_images([(Fake(1), [])], 12) == []
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_radiographer_downloads_the_sheet_once_made(runtime):
+    study_uid, token = _study(runtime, slices=(3,))
+    bearer = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(runtime.settings)) as client:
+        assert client.get(f"/api/studies/{study_uid}/film.pdf", headers=bearer).status_code == 404  # no link yet
+        share_id = client.post(f"/api/studies/{study_uid}/shares", headers=bearer).json()["id"]
+        pending = client.get(f"/api/shares/{share_id}/film.pdf", headers=bearer)
+        assert pending.status_code == 202 and pending.headers["retry-after"] == "3"
+        html = client.get(f"/api/shares/{share_id}/film.pdf", headers={**bearer, "accept": "text/html"})
+        assert html.status_code == 202 and "胶片页正在生成" in html.text
+        filmsheet.make_film_sheet(runtime.db, runtime.store, share_id,
+                                  secret_key=runtime.settings.effective_secret_key,
+                                  public_url=runtime.settings.effective_public_url)
+        for path in (f"/api/shares/{share_id}/film.pdf", f"/api/studies/{study_uid}/film.pdf"):
+            ready = client.get(path, headers=bearer)
+            assert ready.status_code == 200 and ready.headers["content-type"] == "application/pdf"
+            assert ready.content.startswith(b"%PDF") and "attachment" in ready.headers["content-disposition"]
+        listing = client.get(f"/api/studies/{study_uid}/shares", headers=bearer).json()
+        assert listing[0]["film_state"] == "ready" and listing[0]["film_url"]
+        assert client.get(f"/api/shares/{share_id}/film.pdf").status_code == 401
+        client.delete(f"/api/shares/{share_id}", headers=bearer)
+        assert client.get(f"/api/studies/{study_uid}/film.pdf", headers=bearer).status_code == 404
+    # A sheet is not made for a revoked link.
+    assert filmsheet.make_film_sheet(runtime.db, runtime.store, share_id, secret_key="x", public_url="http://x") is None
+
+
+def test_a_real_worker_makes_the_sheet_after_the_share_is_created(tmp_path):
+    settings = embedded_settings(tmp_path)
+    from lancang.runtime import bootstrap
+
+    runtime = bootstrap(settings, component="test")
+    study_uid, _ = _study(runtime, slices=(4,))
+    worker = subprocess.Popen([sys.executable, "-m", "lancang.cli", "worker", "--concurrency", "1",
+                               "--queues", "render"], env=settings_env(settings), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        created = _share(runtime, study_uid)  # sends imaging.make_film_sheet after the commit
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with runtime.db.scope(readonly=True) as session:
+                row = session.scalar(select(Share).where(Share.id == created.share.id))
+            if row.film_state == "ready":
+                break
+            time.sleep(0.3)
+        assert row.film_state == "ready", "the worker never made the film sheet"
+        assert runtime.store.get(row.film_key).startswith(b"%PDF")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    assert "imaging.make_film_sheet" in output
+
+
+def test_a_missing_font_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(filmsheet, "FONT_CANDIDATES", (str(tmp_path / "none.ttc"),))
+    for name in filmsheet.FONT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(filmsheet.FilmFontError, match="fonts-noto-cjk"):
+        filmsheet.find_font()
