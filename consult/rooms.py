@@ -310,6 +310,7 @@ class Media:
     slots: list[Slot] = field(default_factory=list)
     channel: Any = None
     frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
+    size: tuple[int, int] | None = None  # of the participant's camera, from its latest frame
     tasks: list[asyncio.Task] = field(default_factory=list)
     closed: bool = False
     serial: int = field(default_factory=lambda: next(_serials))
@@ -370,7 +371,8 @@ def parse_offer(text: Any) -> sdp_parser.SessionDescription:
 class RoomRecording:
     """One recorded stretch: every present participant's audio and video into one MP4 file."""
 
-    def __init__(self, room: "Room", sources: dict[tuple[str, str], MediaStreamTrack]):
+    def __init__(self, room: "Room", sources: dict[tuple[str, str], MediaStreamTrack],
+                 sizes: dict[tuple[str, str], tuple[int, int]]):
         self.session = uuid.uuid4().hex
         self.started_at = utcnow()
         self.participants = sorted({username for username, _ in sources})
@@ -378,15 +380,20 @@ class RoomRecording:
         fd, self.path = tempfile.mkstemp(prefix="lancang-room-", suffix=".mp4")
         os.close(fd)
         self.recorder = MediaRecorder(self.path, format="mp4")
-        for (username, kind), track in sorted(sources.items()):
-            self.recorder.addTrack(room.relay.subscribe(track, buffered=kind == "audio"))
-        _fast_x264(self.recorder)
+        for key, track in sorted(sources.items()):
+            relayed = room.relay.subscribe(track, buffered=key[1] == "audio")
+            self.recorder.addTrack(relayed)
+            _prepare_stream(self.recorder, relayed, sizes.get(key))
 
     async def start(self) -> None:
         await self.recorder.start()
 
     async def stop(self) -> str:
         """Finish the file (the MP4 index is written on close); returns its path."""
+        for context in getattr(self.recorder, "_MediaRecorder__tracks", {}).values():
+            task = context.task
+            if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("room.recording.track.failed session=%s error=%r", self.session, task.exception())
         try:
             await self.recorder.stop()
         except Exception:  # a stream that never got a frame cannot be flushed; the others are written
@@ -394,13 +401,21 @@ class RoomRecording:
         return self.path
 
 
-def _fast_x264(recorder: MediaRecorder) -> None:
-    # MediaRecorder encodes in the event loop with x264's default preset (slow): ultrafast
-    # keeps a recorded room from delaying signalling and the shared view.
-    for context in getattr(recorder, "_MediaRecorder__tracks", {}).values():
-        stream = getattr(context, "stream", None)
-        if stream is not None and stream.type == "video":
-            stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+def _prepare_stream(recorder: MediaRecorder, track: MediaStreamTrack, size: tuple[int, int] | None) -> None:
+    """MediaRecorder sizes a video stream from its first frame, but the MP4 header (which opens
+    every codec) is written at the first packet of any stream: resizing then fails and that
+    camera is lost. Sizing every
+    stream up front keeps them all. x264's default preset is slow and runs in the event loop:
+    ultrafast keeps a recorded room from delaying signalling and the shared view."""
+    context = getattr(recorder, "_MediaRecorder__tracks", {}).get(track)
+    stream = getattr(context, "stream", None)
+    if stream is None or stream.type != "video":
+        return
+    if size:
+        stream.width, stream.height = size
+        context.started = True  # else its first frame resizes a codec the header already opened
+    # Not tune=zerolatency: with it the muxer drops a second video stream (checked with PyAV 18).
+    stream.options = {"preset": "ultrafast"}
 
 
 def store_recording(*, db, store, consult_id: int, recording: RoomRecording, path: str,
@@ -623,8 +638,10 @@ class Room:
     async def _drain(self, participant: Participant, media: Media, kind: str, sink: MediaStreamTrack) -> None:
         try:
             while True:
-                await sink.recv()
+                frame = await sink.recv()
                 media.frames[kind] += 1
+                if kind == "video":
+                    media.size = (frame.width, frame.height)
                 if media.frames[kind] == 1 and self.record_wanted:
                     await self.update_recording()
         except (MediaStreamError, asyncio.CancelledError):
@@ -796,9 +813,11 @@ class Room:
                 self.recording = None
                 await self._finish(current)
             if allowed and sources and self.recording is None:
-                self.recording = RoomRecording(self, sources)
+                sizes = {(p.username, "video"): p.media.size for p in present if p.media is not None}
+                self.recording = RoomRecording(self, sources, sizes)
                 await self.recording.start()
-                log.info("room.recording.start consult=%s session=%s", self.consult_id, self.recording.session)
+                log.info("room.recording.start consult=%s session=%s sources=%s", self.consult_id,
+                         self.recording.session, sorted(sources))
         await self._broadcast({"type": "recording", **self._record_state()})
 
     async def _finish(self, recording: RoomRecording) -> None:

@@ -46,6 +46,7 @@ log = logging.getLogger("lancang.imaging")
 
 COOKIE = "lancang_film"
 SCREEN_WIDTHS = (320, 480, 640, 800, 1080, 1440)   # rendered sizes: a few, so renders are cached
+FIRST_IMAGE_WIDTH = 800                             # in the page's HTML, before film.js knows the screen
 SCREEN_QUALITY = 80
 SIGNED_URL_TTL = timedelta(minutes=15)
 STATE_ZH = {"active": "有效 Active", "revoked": "已撤销 Revoked", "expired": "已过期 Expired",
@@ -400,7 +401,7 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         first = study.series[0].items[0] if study.series else None
         return _render(request, "film/view.html", token=token, study=study, thumbs=thumbs, report=report,
                        data=Markup(json.dumps(data, separators=(",", ":")).replace("</", "<\\/")),
-                       first=first, widths=SCREEN_WIDTHS,
+                       first=first, first_width=FIRST_IMAGE_WIDTH,
                        download_mb=max(1, round(download_bytes / 1e6)) if download_bytes else 0)
 
     @router.get("/f/{token}/img/{instance_id}/{frame}.jpg", include_in_schema=False)
@@ -412,7 +413,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         series = session.get(Series, instance.series_pk)
         if not 0 <= frame < max(1, instance.number_of_frames or 1):
             raise NotFound("image not found / 未找到该图像")
-        width = _snap_width(w)
+        # Never wider than the image itself (the phone scales up), so sizes share one render.
+        width = min(_snap_width(w), max(instance.columns or 0, instance.rows or 0) or SCREEN_WIDTHS[-1])
         store = runtime(request).store
         key = (f"derived/{share.study_instance_uid}/{series.series_instance_uid}/{instance.sop_instance_uid}"
                f"/screen/{frame}-{width}-{instance.sha256[:16]}.jpg")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -76,14 +76,24 @@ class _Lru(OrderedDict):
             self.popitem(last=False)
 
 
-def _insert_ignore(session: Session, model, values: dict, keys: list[str], returning=None):
+def _insert_ignore(conn, model, values: dict, keys: list[str], returning=None):
     """INSERT ... ON CONFLICT DO NOTHING (both dialects): concurrent writers may race."""
-    dialect = session.get_bind().dialect.name
-    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    builder = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = builder(model.__table__).values(**values).on_conflict_do_nothing(index_elements=keys)
     if returning is not None:
         statement = statement.returning(returning)
-    return session.execute(statement)
+    return conn.execute(statement)
+
+
+# The statements every instance runs, built once.
+INSERT_INSTANCE = Instance.__table__.insert()
+COUNT_SERIES_INSTANCE = (Series.__table__.update().where(Series.__table__.c.id == bindparam("pk"))
+                         .values(num_instances=Series.__table__.c.num_instances + 1,
+                                 last_received_at=bindparam("now")))
+COUNT_STUDY_INSTANCE = (Study.__table__.update().where(Study.__table__.c.id == bindparam("pk"))
+                        .values(num_instances=Study.__table__.c.num_instances + 1, updated_at=bindparam("now")))
+TOUCH_SERIES = (Series.__table__.update().where(Series.__table__.c.id == bindparam("pk"))
+                .values(last_received_at=bindparam("now")))
 
 
 class Ingestor:
@@ -141,21 +151,23 @@ class Ingestor:
         return sha256, key
 
     def _index(self, record: IndexRecord, **kwargs) -> IngestResult:
-        try:
-            with self.db.scope() as session:
-                return self._upsert(session, record, **kwargs)
-        except Exception:
-            with self._cache_lock:  # a rolled-back insert may have been cached
-                self._studies.pop(record.study_uid, None)
-                self._series.pop(record.series_uid, None)
-            raise
+        learned: dict = {}
+        with self.db.scope() as session:
+            result = self._upsert(session, record, learned=learned, **kwargs)
+        # Only committed rows are cached: another thread must never reuse a key that a
+        # transaction still in flight (and perhaps about to roll back) created.
+        with self._cache_lock:
+            for cache, key, value in learned.values():
+                cache.remember(key, value)
+        return result
 
-    def _upsert(self, session: Session, record: IndexRecord, *, metadata: str, sha256: str, key: str,
+    def _upsert(self, session: Session, record: IndexRecord, *, learned: dict, metadata: str, sha256: str, key: str,
                 size: int, institution_id: int, source: str, transfer_syntax: str) -> IngestResult:
-        study_pk = self._study_pk(session, record, institution_id)
-        series_pk, new_series = self._series_pk(session, record, study_pk)
+        conn = session.connection()  # Core statements: the ORM execute path costs more than the SQL
+        study_pk = self._study_pk(conn, record, institution_id, learned)
+        series_pk, new_series = self._series_pk(conn, record, study_pk, learned)
         now = utcnow()
-        existing = session.execute(
+        existing = conn.execute(
             select(Instance.id, Instance.sha256, Instance.object_key, Instance.size)
             .where(Instance.sop_instance_uid == record.sop_uid)
         ).first()
@@ -167,29 +179,27 @@ class Ingestor:
             dicom_json=metadata, received_from=source[:64], updated_at=now,
         )
         if existing is None:
-            session.execute(Instance.__table__.insert().values(sop_instance_uid=record.sop_uid, created_at=now, **values))
-            session.execute(update(Series).where(Series.id == series_pk).values(
-                num_instances=Series.num_instances + 1, last_received_at=now))
-            session.execute(update(Study).where(Study.id == study_pk).values(
-                num_instances=Study.num_instances + 1, updated_at=now))
+            conn.execute(INSERT_INSTANCE, dict(sop_instance_uid=record.sop_uid, created_at=now, **values))
+            conn.execute(COUNT_SERIES_INSTANCE, {"pk": series_pk, "now": now})
+            conn.execute(COUNT_STUDY_INSTANCE, {"pk": study_pk, "now": now})
         elif existing.sha256 == sha256:
             outcome = "already"
-            session.execute(update(Series).where(Series.id == series_pk).values(last_received_at=now))
+            conn.execute(TOUCH_SERIES, {"pk": series_pk, "now": now})
         else:
             outcome = "replaced"
             session.add(SupersededInstance(sop_instance_uid=record.sop_uid, object_key=existing.object_key,
                                            sha256=existing.sha256, size=existing.size, replaced_by=source[:200]))
-            session.execute(update(Instance).where(Instance.id == existing.id).values(**values))
-            session.execute(update(Series).where(Series.id == series_pk).values(last_received_at=now))
+            conn.execute(update(Instance.__table__).where(Instance.id == existing.id).values(**values))
+            conn.execute(TOUCH_SERIES, {"pk": series_pk, "now": now})
             audit.append(session, principal=None, actor=source or "system", action="dicom.instance.replaced",
                          object_type="instance", object_id=record.sop_uid,
                          detail={"old_sha256": existing.sha256, "new_sha256": sha256, "old_key": existing.object_key})
         if new_series:
-            self._refresh_study_series(session, study_pk)
+            self._refresh_study_series(conn, study_pk)
         return IngestResult(outcome, record.sop_uid, record.sop_class_uid, record.series_uid,
                             record.study_uid, key, series_pk)
 
-    def _patient_pk(self, session: Session, record: IndexRecord, institution_id: int) -> int:
+    def _patient_pk(self, conn, record: IndexRecord, institution_id: int) -> int:
         # Without a PatientID nothing says two studies are the same person: one per study.
         patient_id = record.patient_id or f"~{record.study_uid}"[:64]
         name = record.patient_name
@@ -197,37 +207,36 @@ class Ingestor:
                       name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
                       name_phonetic=name.phonetic, birth_date=record.birth_date, sex=record.sex,
                       created_at=utcnow())
-        _insert_ignore(session, Patient, values, ["institution_id", "issuer", "patient_id"])
-        row = session.execute(select(Patient.id, Patient.name).where(
+        _insert_ignore(conn, Patient, values, ["institution_id", "issuer", "patient_id"])
+        row = conn.execute(select(Patient.id, Patient.name).where(
             Patient.institution_id == institution_id, Patient.issuer == record.issuer,
             Patient.patient_id == patient_id)).one()
         if name.full and row.name != name.full:  # the newest demographics win
-            session.execute(update(Patient).where(Patient.id == row.id).values(
+            conn.execute(update(Patient.__table__).where(Patient.id == row.id).values(
                 name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
                 name_phonetic=name.phonetic))
         return row.id
 
-    def _study_pk(self, session: Session, record: IndexRecord, institution_id: int) -> int:
+    def _study_pk(self, conn, record: IndexRecord, institution_id: int, learned: dict) -> int:
         with self._cache_lock:
             cached = self._studies.get(record.study_uid)
         if cached is None:
-            found = session.execute(select(Study.id, Study.institution_id)
-                                    .where(Study.study_instance_uid == record.study_uid)).first()
+            found = conn.execute(select(Study.id, Study.institution_id)
+                                 .where(Study.study_instance_uid == record.study_uid)).first()
             if found is None:
-                patient_pk = self._patient_pk(session, record, institution_id)
+                patient_pk = self._patient_pk(conn, record, institution_id)
                 now = utcnow()
-                _insert_ignore(session, Study, dict(
+                _insert_ignore(conn, Study, dict(
                     study_instance_uid=record.study_uid, patient_pk=patient_pk, institution_id=institution_id,
                     study_date=record.study_date, study_time=record.study_time,
                     accession_number=record.accession_number, study_id=record.study_id,
                     description=record.study_description, referring_physician=record.referring_physician,
                     institution_name=record.institution_name, created_at=now, updated_at=now,
                 ), ["study_instance_uid"])
-                found = session.execute(select(Study.id, Study.institution_id)
-                                        .where(Study.study_instance_uid == record.study_uid)).one()
+                found = conn.execute(select(Study.id, Study.institution_id)
+                                     .where(Study.study_instance_uid == record.study_uid)).one()
             cached = (found.id, found.institution_id)
-            with self._cache_lock:
-                self._studies.remember(record.study_uid, cached)
+            learned["study"] = (self._studies, record.study_uid, cached)
         study_pk, owner = cached
         if owner != institution_id:
             raise InvalidInstance(
@@ -235,34 +244,33 @@ class Ingestor:
                 "from here", 0xA900)
         return study_pk
 
-    def _series_pk(self, session: Session, record: IndexRecord, study_pk: int) -> tuple[int, bool]:
+    def _series_pk(self, conn, record: IndexRecord, study_pk: int, learned: dict) -> tuple[int, bool]:
         with self._cache_lock:
             cached = self._series.get(record.series_uid)
         if cached is not None:
             return cached, False
-        found = session.execute(select(Series.id, Series.study_pk)
-                                .where(Series.series_instance_uid == record.series_uid)).first()
+        found = conn.execute(select(Series.id, Series.study_pk)
+                             .where(Series.series_instance_uid == record.series_uid)).first()
         created = False
         if found is None:
             now = utcnow()
-            inserted = _insert_ignore(session, Series, dict(
+            inserted = _insert_ignore(conn, Series, dict(
                 series_instance_uid=record.series_uid, study_pk=study_pk, modality=record.modality,
                 series_number=record.series_number, description=record.series_description,
                 body_part=record.body_part, num_instances=0, last_received_at=now, created_at=now,
             ), ["series_instance_uid"], returning=Series.id)
             created = inserted.first() is not None  # nothing comes back when another writer won
-            found = session.execute(select(Series.id, Series.study_pk)
-                                    .where(Series.series_instance_uid == record.series_uid)).one()
+            found = conn.execute(select(Series.id, Series.study_pk)
+                                 .where(Series.series_instance_uid == record.series_uid)).one()
         if found.study_pk != study_pk:
             raise InvalidInstance(f"series {record.series_uid} already belongs to another study", 0xA900)
-        with self._cache_lock:
-            self._series.remember(record.series_uid, found.id)
+        learned["series"] = (self._series, record.series_uid, found.id)
         return found.id, created
 
     @staticmethod
-    def _refresh_study_series(session: Session, study_pk: int) -> None:
-        modalities = sorted({m for (m,) in session.execute(
+    def _refresh_study_series(conn, study_pk: int) -> None:
+        modalities = sorted({m for (m,) in conn.execute(
             select(Series.modality).where(Series.study_pk == study_pk)) if m})
-        count = session.scalar(select(func.count()).select_from(Series).where(Series.study_pk == study_pk))
-        session.execute(update(Study).where(Study.id == study_pk).values(
+        count = conn.execute(select(func.count()).select_from(Series).where(Series.study_pk == study_pk)).scalar()
+        conn.execute(update(Study.__table__).where(Study.id == study_pk).values(
             modalities="\\".join(modalities), num_series=count))

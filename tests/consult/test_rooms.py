@@ -326,7 +326,7 @@ def test_recording_needs_everyones_consent_and_plays_back(server):
     # Decode it: one video stream per camera (red and blue), audio too, about 2.5 s long.
     with av.open(io.BytesIO(played.content)) as container:
         videos = [s for s in container.streams if s.type == "video"]
-        assert len(videos) == 2 and any(s.type == "audio" for s in container.streams)
+        assert len(videos) == 2 and any(s.type == "audio" for s in container.streams), list(container.streams)
         colours, counts = [], []
         for stream in videos:
             frames = [f for f in container.decode(stream)]

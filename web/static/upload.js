@@ -731,7 +731,7 @@
         rows.push(el("tr", { "data-study": uid },
           el("td", { class: "up-study" }, info ? el("strong", { class: "up-patient", text: info }) : null,
              el("span", { class: "up-uid", text: uid })),
-          el("td", { text: `${s.stored + s.already}` + (s.already ? `（其中已存在 ${s.already} already）` : "") }),
+          el("td", { text: `${s.stored + s.already} 幅 images` + (s.already ? `（其中已存在 ${s.already} already）` : "") }),
           el("td", { class: "actions" },
             el("a", { class: "button primary-link", href: `/studies/${uid}/view`, text: "阅片 Open viewer" }),
             el("a", { class: "button", href: `/consults/new?study=${encodeURIComponent(uid)}`, text: "申请会诊 Request a consult" }))));

@@ -1,0 +1,161 @@
+"""The consult pages in a real Chromium against the real app (uvicorn, embedded settings),
+with the people of tests/consult/test_flow.py: the township radiographer requests a read
+from the upload summary's link (/consults/new?study=…), the county coordinator sees it on
+the board with its priority and risk-colour badges, accepts and assigns it on its page, and
+the reader writes the report in the editor (autosaved) and signs it with the signing
+password: "待审核 Reported". Screenshots: /tmp/lancang-consult-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import embedded_settings
+from tests.dicomdata import ct_instance
+from tests.web.test_upload_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, LiveApp, login
+
+PEOPLE = {  # username: (role, institution, display name), as in test_flow.py
+    "li": ("radiographer", "TOWN", "李技师"),
+    "zhou": ("coordinator", "COUNTY", "周协调"),
+    "wang": ("specialist", "COUNTY", "王医生"),
+    "sun": ("specialist", "COUNTY", "孙医生"),
+    "chen": ("specialist", "CITY", "陈主任"),
+}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from consult import reports
+    from imaging.service import Ingestor
+    from lancang.runtime import bootstrap
+    from storage import service as tenancy
+    from web import service as identity
+
+    settings = embedded_settings(tmp_path_factory.mktemp("consult"))
+    runtime = bootstrap(settings, component="test")
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city")
+        tenancy.add_institution(session=session, code="COUNTY", name="澜沧县人民医院", level="county",
+                                parent_code="CITY")
+        town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township",
+                                       parent_code="COUNTY")
+        town_id = town.id
+        for username, (role, code, name) in PEOPLE.items():
+            identity.add_user(session=session, username=username, role=role, institution_code=code,
+                              password=PASSWORD, display_name=name)
+        reports.init_authority(session=session, name="普洱市影像会诊CA", organisation="普洱市卫健委",
+                               password="ca-password-123")
+        for username in ("wang", "chen"):
+            reports.issue_credential(session=session, user=identity.get_user(session=session, username=username),
+                                     ca_password="ca-password-123", signing_password=f"sign-{username}")
+    study = generate_uid()
+    ingestor = Ingestor(runtime.db, runtime.store)
+    ingestor.ingest(ct_instance(study_uid=study), institution_id=town_id, source="test")
+    ingestor.close()
+    runtime.db.dispose()
+    with LiveApp(settings) as app:
+        app.study = study
+        yield app
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def person(browser, live, username, errors, **context):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **context)
+    page = ctx.new_page()
+    page.set_default_timeout(15000)
+    page.on("pageerror", lambda e: errors.append(f"{username}: {e}"))
+    login(page, live.url, username, "/")
+    return page
+
+
+def submit(page, form_selector: str) -> None:
+    """Submit one of the pages' API forms; consult.js reloads the page after a success."""
+    try:
+        with page.expect_navigation(timeout=10000):
+            page.locator(f"{form_selector} button[type=submit]").click()
+    except Exception:
+        flash = page.locator("#flash")
+        raise AssertionError(f"{form_selector}: no reload; the page says "
+                             f"{flash.inner_text() if flash.is_visible() else '(nothing)'}") from None
+
+
+def test_request_triage_assign_report_sign(live, browser):
+    errors: list[str] = []
+    study = live.study
+
+    # The township asks the county for an urgent read, from the upload summary's link.
+    li = person(browser, live, "li", errors)
+    li.goto(f"{live.url}/consults/new?study={study}")
+    assert li.locator(f'select[name="study_uids[]"] option[value="{study}"]').evaluate("o => o.selected")
+    li.select_option('select[name="target"]', "COUNTY")
+    li.select_option('select[name="priority"]', "urgent")
+    li.select_option('select[name="risk_colour"]', "red")
+    li.fill('textarea[name="clinical_question"]', "咳嗽两周，请协助诊断")
+    li.locator('form[data-api="/api/consults"] button[type=submit]').click()
+    li.wait_for_url(re.compile(r".*/consults/[0-9]+$"))
+    consult = int(li.url.rsplit("/", 1)[1])
+    assert "待受理 Requested" in li.locator("main").inner_text()
+    li.context.close()
+
+    # The coordinator's board shows it with its badges, then the coordinator triages it.
+    zhou = person(browser, live, "zhou", errors)
+    zhou.goto(f"{live.url}/consults")
+    row = zhou.locator("table.worklist tbody tr", has=zhou.locator(f'a[href="/consults/{consult}"]'))
+    assert row.count() == 1
+    assert row.locator(".badge.urgent").inner_text() == "加急 Urgent"
+    assert row.locator(".risk.red").inner_text() == "红 Red"
+    assert "勐朗镇卫生院" in row.inner_text() and "咳嗽两周" in row.inner_text()
+    colour = row.locator(".risk.red").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb(198, 40, 40)", colour
+    zhou.screenshot(path="/tmp/lancang-consult-board.png", full_page=True)
+    row.locator(f'a[href="/consults/{consult}"]').first.click()
+    zhou.wait_for_url(f"{live.url}/consults/{consult}")
+    submit(zhou, f'form[data-api="/api/consults/{consult}/accept"]')
+    assert "已受理 Accepted" in zhou.locator("main").inner_text()
+    zhou.select_option('#assign-form select[name="reader"]', "wang")
+    zhou.select_option('#assign-form select[name="reviewer"]', "chen")
+    submit(zhou, "#assign-form")
+    text = zhou.locator("main").inner_text()
+    assert "已分配 Assigned" in text and "王医生" in text and "陈主任" in text, text
+    zhou.context.close()
+
+    # The reader finds it on the worklist, writes the report (autosaved) and signs it.
+    wang = person(browser, live, "wang", errors)
+    wang.goto(f"{live.url}/consults")
+    wang.locator(f'a[href="/consults/{consult}"]').first.click()
+    wang.wait_for_url(f"{live.url}/consults/{consult}")
+    assert wang.locator(f'a[href="/studies/{study}/view"]').count() == 1  # the grant opened the images
+    wang.fill('#report-editor textarea[name="findings"]', "右下肺见斑片状高密度影，边界模糊。")
+    wang.fill('#report-editor textarea[name="impression"]', "右下肺炎")
+    wang.locator('#report-editor textarea[name="recommendation"]').press_sequentially("抗感染治疗后复查")
+    wang.wait_for_function("() => document.getElementById('autosave-state').textContent.includes('已自动保存')")
+    wang.reload()  # the draft is on the server, not only in the page
+    assert wang.locator('#report-editor textarea[name="impression"]').input_value() == "右下肺炎"
+    assert "抗感染治疗后复查" in wang.locator('#report-editor textarea[name="recommendation"]').input_value()
+    wang.fill(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]', "wrong-password")
+    wang.locator(f'form[data-api="/api/consults/{consult}/report/sign"] button[type=submit]').click()
+    wang.wait_for_selector("#flash.error")
+    wang.fill(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]', "sign-wang")
+    submit(wang, f'form[data-api="/api/consults/{consult}/report/sign"]')
+    text = wang.locator("main").inner_text()
+    assert "待审核 Reported" in text, text
+    versions = wang.locator("table tr", has_text="v1")
+    assert versions.count() == 1 and "王医生" in versions.inner_text() and "初步 Preliminary" in versions.inner_text()
+    wang.screenshot(path="/tmp/lancang-consult-reported.png", full_page=True)
+    wang.context.close()
+    assert not errors, errors
