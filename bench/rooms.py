@@ -34,12 +34,17 @@ class PatternTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, rgb: tuple[int, int, int], size: tuple[int, int] = (160, 120), fps: int = 15):
+    def __init__(self, rgb: tuple[int, int, int], size: tuple[int, int] = (160, 120), fps: int = 15,
+                 texture: bool = False):
         super().__init__()
         width, height = size
-        picture = np.zeros((height, width, 3), dtype=np.uint8)
+        picture = np.zeros((height, width, 3), dtype=np.int16)
         picture[:, :] = rgb
+        if texture:  # a camera-like load for the encoder: fixed noise that moves every frame
+            picture += np.random.default_rng(1).integers(-24, 25, (height, width, 1), dtype=np.int16)
+        picture = picture.clip(0, 255).astype(np.uint8)
         self._yuv = VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p").to_ndarray()
+        self._texture = texture
         self._fps = fps
         self._start: float | None = None
         self._count = 0
@@ -53,7 +58,8 @@ class PatternTrack(MediaStreamTrack):
             wait = self._start + self._count / self._fps - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        frame = VideoFrame.from_ndarray(self._yuv, format="yuv420p")
+        planes = np.roll(self._yuv, 4 * self._count, axis=1) if self._texture else self._yuv
+        frame = VideoFrame.from_ndarray(planes, format="yuv420p")
         frame.pts = self._count * (90000 // self._fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self._count += 1
@@ -85,6 +91,7 @@ class RoomClient:
     fps: int = 15
     audio: bool = True
     sample_every: int = 1
+    texture: bool = False
     messages: list = field(default_factory=list)  # every signalling message
     channel_messages: list = field(default_factory=list)  # every data-channel message
     errors: list = field(default_factory=list)
@@ -109,7 +116,7 @@ class RoomClient:
         if not any(m.get("type") == "welcome" for m in self.messages):
             raise PermissionError(self.messages[-1])
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.camera = PatternTrack(COLOURS[self.colour], self.size, self.fps)
+        self.camera = PatternTrack(COLOURS[self.colour], self.size, self.fps, self.texture)
         self.pc.addTransceiver(self.camera, direction="sendonly")
         if self.audio:
             self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
@@ -246,14 +253,24 @@ def _world(data_dir: str, rooms: int) -> tuple[dict, list[int]]:
     from storage import service as tenancy
     from web import service as identity
 
+    from imaging.service import Ingestor
+    from pydicom.uid import generate_uid
+    from tests.dicomdata import ct_instance
+
     runtime = bootstrap(Settings(_env_file=None, data_dir=data_dir), component="bench")
     tokens, consults = {}, []
     with runtime.db.scope() as session:
         tenancy.add_institution(session=session, code="CITY", name="市医院", level="city")
-        tenancy.add_institution(session=session, code="TOWN", name="镇卫生院", level="township", parent_code="CITY")
-        coordinator = identity.add_user(session=session, username="coord", role="coordinator", institution_code="CITY",
-                                        password="password-1", display_name="协调")
-    start = (datetime.now(LOCAL) + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+        town = tenancy.add_institution(session=session, code="TOWN", name="镇卫生院", level="township",
+                                       parent_code="CITY")
+        town_id = town.id
+        identity.add_user(session=session, username="coord", role="coordinator", institution_code="CITY",
+                          password="password-1", display_name="协调")
+    ingestor = Ingestor(runtime.db, runtime.store)
+    study = generate_uid()
+    ingestor.ingest(ct_instance(study_uid=study), institution_id=town_id, source="bench")
+    ingestor.close()
+    start = (datetime.now(LOCAL) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     for i in range(rooms):
         with runtime.db.scope() as session:
             presenter = identity.add_user(session=session, username=f"p{i}", role="radiographer",
@@ -264,12 +281,13 @@ def _world(data_dir: str, rooms: int) -> tuple[dict, list[int]]:
                 tokens[user.username] = identity.issue_token(session=session, user=user)[0]
             scheduling.set_weekly(session=session, user=specialist, windows=[(d, "00:00", "23:59") for d in range(7)])
             consult = service.create(session=session, requester=presenter, kind="live", target_code="CITY",
-                                     study_uids=[], clinical_question="bench", history="", priority="routine",
-                                     risk_colour=None)
-            coordinator = session.merge(coordinator)
+                                     study_uids=[study], clinical_question="bench")
+            coordinator = identity.get_user(session=session, username="coord")
             service.accept(session=session, consult_id=consult.id, user=coordinator)
+            # The coordinator is booked in every room: one half hour each.
             scheduling.book(session=session, consult_id=consult.id, coordinator=coordinator,
-                            specialist_username=specialist.username, starts_local=start.replace(tzinfo=None), minutes=30)
+                            specialist_username=specialist.username,
+                            starts_local=(start + timedelta(minutes=40 * i)).replace(tzinfo=None), minutes=30)
             consults.append(consult.id)
     runtime.db.dispose()
     return tokens, consults
@@ -335,8 +353,10 @@ async def _wait_http(url: str, timeout: float = 30) -> None:
 
 
 async def _pair(base, consult_id, tokens, i, size, fps) -> tuple[RoomClient, RoomClient]:
-    presenter = RoomClient(base, consult_id, tokens[f"p{i}"], colour="red", size=size, fps=fps, sample_every=30)
-    specialist = RoomClient(base, consult_id, tokens[f"s{i}"], colour="blue", size=size, fps=fps, sample_every=30)
+    presenter = RoomClient(base, consult_id, tokens[f"p{i}"], colour="red", size=size, fps=fps, sample_every=30,
+                           texture=True)
+    specialist = RoomClient(base, consult_id, tokens[f"s{i}"], colour="blue", size=size, fps=fps,
+                            sample_every=30, texture=True)
     await presenter.join()
     await specialist.join()
     return presenter, specialist
@@ -392,7 +412,6 @@ async def run(args) -> None:
             cpu = (_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
             rates = []
             for c in clients:
-                peer = "s" if c.token == tokens.get(f"p{clients.index(c) // 2}") else "p"
                 for mid, r in c.received.items():
                     if r.frames:
                         rates.append((r.frames - before[id(c)].get(mid, 0)) / args.seconds)

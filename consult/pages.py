@@ -82,8 +82,10 @@ def build_router(db_session, optional_user) -> APIRouter:
                    for s in consult.studies]
         specialists = session.scalars(select(User).where(User.role == "specialist", User.active.is_(True))
                                       .order_by(User.institution_id, User.username)).all()
-        template_id = template if template in templates.TEMPLATES else report.template if report else templates.for_modality(
-            (studies[0].modalities.split("\\")[0] if studies and studies[0] else ""))
+        first = studies[0] if studies and studies[0] else None
+        template_id = (template if template in templates.TEMPLATES else report.template if report else
+                       templates.for_study(first.modalities.split("\\")[0] if first else "", "",
+                                           first.description if first else ""))
         return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
                       studies=[s for s in studies if s], specialists=specialists,
                       templates=templates.TEMPLATES, template_id=template_id,

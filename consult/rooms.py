@@ -414,7 +414,6 @@ def _prepare_stream(recorder: MediaRecorder, track: MediaStreamTrack, size: tupl
     if size:
         stream.width, stream.height = size
         context.started = True  # else its first frame resizes a codec the header already opened
-    # Not tune=zerolatency: with it the muxer drops a second video stream (checked with PyAV 18).
     stream.options = {"preset": "ultrafast"}
 
 
@@ -534,7 +533,7 @@ class Room:
                 await self._record(participant, message.get("on"))
             elif kind == "ping":
                 await self._send(participant, {"type": "pong", "t": message.get("t")})
-            elif kind in ("view", "chat", "lead"):
+            elif kind in ("view", "pointer", "chat", "lead"):
                 await self.handle_room_message(participant, message)
             else:
                 await self._error(participant, "unknown-type", f"unknown message type {kind[:40]!r}")
@@ -725,6 +724,8 @@ class Room:
         kind = message["type"]
         if kind == "view":
             await self._view(participant, message)
+        elif kind == "pointer":
+            self._pointer(participant, message)
         elif kind == "lead":
             await self._hand_over(participant, message.get("to"))
         elif kind == "chat":
@@ -746,6 +747,16 @@ class Room:
         self.view_seq += 1
         out = {"type": "view", "from": participant.username, "seq": self.view_seq, "t": message.get("t"),
                "state": state}
+        for other in self.participants.values():
+            if other is not participant and other.media is not None:
+                self._channel_send(other.media, out)
+
+    def _pointer(self, participant: Participant, message: dict) -> None:
+        """The lead's pointer in image pixels: fanned out, never kept (it changes every few ms)."""
+        x, y = message.get("x"), message.get("y")
+        if participant.username != self.lead or not all(isinstance(v, (int, float)) for v in (x, y)):
+            return
+        out = {"type": "pointer", "from": participant.username, "x": x, "y": y}
         for other in self.participants.values():
             if other is not participant and other.media is not None:
                 self._channel_send(other.media, out)

@@ -29,6 +29,8 @@ class Template:
 TEMPLATES = {t.id: t for t in (
     Template("chest_xray", "胸部X线 Chest X-ray", "DX", "CHEST",
              "两肺纹理清晰，未见实变影；心影大小形态正常；双侧膈面光整，肋膈角锐利。"),
+    Template("ct_chest", "胸部CT Chest CT", "CT", "CHEST",
+             "两肺野清晰，未见实变及结节影；气管支气管通畅；纵隔内未见肿大淋巴结；双侧胸腔未见积液。"),
     Template("ct_head", "头颅CT Head CT", "CT", "HEAD",
              "脑实质内未见异常密度影；脑室系统大小形态正常；中线结构居中。",
              (Field("midline_shift_mm", "中线移位 Midline shift", "mm"),)),
@@ -44,9 +46,14 @@ TEMPLATES = {t.id: t for t in (
 )}
 
 
-def for_modality(modality: str) -> str:
-    """A sensible default template for a study's modality."""
-    return {"CT": "ct_head", "US": "abdominal_us", "CR": "chest_xray", "DX": "chest_xray"}.get(modality, "chest_xray")
+def for_study(modality: str, body_part: str = "", description: str = "") -> str:
+    """A sensible default template from the study's modality, body part and description."""
+    text = f"{body_part} {description}".upper()
+    if modality == "CT":
+        return "ct_head" if ("HEAD" in text or "BRAIN" in text or "头" in text or "颅" in text) else "ct_chest"
+    if modality == "US":
+        return "obstetric_us" if any(k in text for k in ("OB", "PELVIS", "产", "孕", "胎")) else "abdominal_us"
+    return "chest_xray"
 
 
 def clean_content(template_id: str, content: dict) -> dict:

@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 from lancang.runtime import bootstrap
 from lancang.settings import Settings, get_settings
 from consult.pages import build_router as consult_pages
+from consult.room_routes import build_room_router
 from consult.routes import build_router as consult_router
 from imaging.dicomweb import build_dicomweb_router
 from imaging.dicomweb import close as close_dicomweb
@@ -23,7 +24,39 @@ from web.deps import current_principal, db_session, optional_user, require_user,
 from web.ratelimit import RateLimiter
 
 HERE = Path(__file__).parent
+
+
+def display_name(value: str) -> str:
+    """A DICOM PN for people: the ideographic group when there is one, '^' as spaces
+    (张^秀英 -> 张秀英, Wang^Fang=王^芳 -> 王芳)."""
+    groups = (value or "").split("=")
+    chosen = groups[1] if len(groups) > 1 and groups[1] else groups[0]
+    parts = [p for p in chosen.split("^") if p]
+    cjk = any("\u4e00" <= ch <= "\u9fff" for ch in chosen)
+    return ("" if cjk else " ").join(parts)
+
+
+def display_date(value: str) -> str:
+    """DICOM DA (20261101) as 2026-11-01."""
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if value and len(value) == 8 and value.isdigit() else (value or "")
 log = logging.getLogger("lancang.web")
+
+
+def room_user(connection, session):
+    """The user of a room WebSocket (or page): the session cookie, else a `token` query parameter
+    (an API token: aiortc clients and tools cannot set cookies). None when neither is valid."""
+    from storage.errors import NotAuthenticated
+    from web import service
+    from web.deps import SESSION_COOKIE
+
+    for kind, secret in (("session", connection.cookies.get(SESSION_COOKIE)),
+                         ("api", connection.query_params.get("token"))):
+        if secret:
+            try:
+                return service.user_for_token(session=session, secret=secret, kind=kind)
+            except NotAuthenticated:
+                return None
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
                   description="Regional imaging cloud and teleconsultation platform.")
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.state.templates.env.filters.update(pn=display_name, da=display_date)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app)
     app.include_router(routes.router)
@@ -48,4 +82,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_dicomweb_router(db_session, write_session, current_principal))
     app.include_router(consult_router(db_session, write_session, require_user))
     app.include_router(consult_pages(db_session, optional_user))
+    app.include_router(build_room_router(db_session, write_session, require_user, room_user))
     return app

@@ -144,6 +144,7 @@ def test_request_triage_assign_report_sign(live, browser):
     wang.fill('#report-editor textarea[name="impression"]', "右下肺炎")
     wang.locator('#report-editor textarea[name="recommendation"]').press_sequentially("抗感染治疗后复查")
     wang.wait_for_function("() => document.getElementById('autosave-state').textContent.includes('已自动保存')")
+    wang.screenshot(path="/tmp/lancang-consult-editor.png", full_page=True)
     wang.reload()  # the draft is on the server, not only in the page
     assert wang.locator('#report-editor textarea[name="impression"]').input_value() == "右下肺炎"
     assert "抗感染治疗后复查" in wang.locator('#report-editor textarea[name="recommendation"]').input_value()

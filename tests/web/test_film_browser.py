@@ -131,8 +131,8 @@ def phone(browser):
 
 def _enter_pin(page, pin: str) -> None:
     page.fill("#pin", pin)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("domcontentloaded")
+    with page.expect_navigation():
+        page.tap("button[type=submit]")  # a finger, not a mouse
 
 
 def _swipe(page, dx: float) -> None:
@@ -141,8 +141,10 @@ def _swipe(page, dx: float) -> None:
     cdp = page.context.new_cdp_session(page)
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
     for step in range(1, 6):
+        # a finger's pace: a faster, sloped move would start a fling, and the next tap only stops it
+        page.wait_for_timeout(30)
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
-                                              "touchPoints": [{"x": x + dx * step / 5, "y": y + 2}]})
+                                              "touchPoints": [{"x": x + dx * step / 5, "y": y}]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     cdp.detach()
 
@@ -183,17 +185,24 @@ def test_the_images_open_on_a_phone_only_after_the_pin(site, phone):
     first_src = image.get_attribute("src")
     phone.wait_for_function("() => performance.getEntriesByType('resource').filter("
                             "e => e.name.includes('/img/')).length >= 2")
-    _swipe(phone, -220)
-    phone.wait_for_function(f"() => document.getElementById('film-counter').textContent === '2 / {SLICES}'")
-    phone.wait_for_function(IMAGE_LOADED)
+
+    def shows(number: int) -> None:
+        phone.wait_for_function(f"() => document.getElementById('film-counter').textContent === '{number} / {SLICES}'")
+        phone.wait_for_function(IMAGE_LOADED)
+
+    phone.tap("#film-next")
+    shows(2)
     second_src = image.get_attribute("src")
     assert second_src != first_src and "/img/" in second_src
-    _swipe(phone, 220)
-    phone.wait_for_function(f"() => document.getElementById('film-counter').textContent === '1 / {SLICES}'")
-    phone.tap("#film-next")
-    phone.tap("#film-next")
-    phone.wait_for_function(f"() => document.getElementById('film-counter').textContent === '3 / {SLICES}'")
-    phone.wait_for_function(IMAGE_LOADED)
+    phone.tap("#film-next")  # a quick second tap is a tap, not a double-tap zoom
+    shows(3)
+    _swipe(phone, 220)       # finger to the right: back
+    shows(2)
+    assert image.get_attribute("src") == second_src
+    _swipe(phone, -220)      # finger to the left: on
+    shows(3)
+    _swipe(phone, -220)
+    shows(4)
     assert phone.evaluate("document.getElementById('film-image').naturalWidth") == 256
 
 

@@ -155,6 +155,7 @@ def upload_state(page) -> dict:
     return page.evaluate("() => window.lancangUpload.state()")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, on the damaged file in the server thread
 def test_upload_folder_zip_retry_and_resend(live, browser, exam):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -269,7 +270,12 @@ def test_upload_page_on_a_phone(live, browser, exam, tmp_path):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.set_default_timeout(15000)
-    login(page, live.url, "li", "/upload")
+    page.goto(f"{live.url}/upload")  # signed out: the page sends people to sign in first
+    assert page.url == f"{live.url}/login?next=/upload"
+    page.fill("input[name=username]", "li")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live.url}/upload")
     button = page.locator("label.up-button").first.bounding_box()
     assert button["height"] >= 44 and button["width"] >= 300
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 391
@@ -293,3 +299,114 @@ def test_upload_page_on_a_phone(live, browser, exam, tmp_path):
     assert not errors, errors
     context.close()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def gbk_zip(entries: list[tuple[str, bytes, int]]) -> bytes:
+    """A zip as Windows Explorer on a Chinese system makes it: names in GBK, no UTF-8 flag.
+    zipfile writes non-ASCII names as UTF-8, so ASCII stand-ins of the same length are
+    written and then replaced byte for byte in the local headers and the central directory."""
+    buffer = io.BytesIO()
+    swaps = []
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, (name, data, method) in enumerate(entries):
+            encoded = name.encode("gbk")
+            stand_in = f"{i:0{len(encoded)}d}".encode()
+            swaps.append((stand_in, encoded))
+            archive.writestr(zipfile.ZipInfo(stand_in.decode(), date_time=(2026, 11, 1, 0, 0, 0)), data,
+                             compress_type=method)
+    raw = buffer.getvalue()
+    for stand_in, encoded in swaps:
+        assert raw.count(stand_in) == 2
+        raw = raw.replace(stand_in, encoded)
+    return raw
+
+
+def test_zip_archives_from_chinese_windows_and_damaged_entries(live, browser, tmp_path):
+    """GBK names are decoded, __MACOSX and folders skipped, a damaged entry (CRC) is rejected
+    without being sent, and a zip renamed without .zip is still unpacked."""
+    study = generate_uid()
+    good = ct_instance(study_uid=study, instance_number=1, size=64)
+    second = ct_instance(study_uid=study, instance_number=2, size=64)
+    archive = bytearray(gbk_zip([("胸部增强/图像1.dcm", good, zipfile.ZIP_DEFLATED),
+                                 ("胸部增强/图像2.dcm", second, zipfile.ZIP_STORED)]))
+    # Damage the stored entry's pixel data after the CRC was written: the header still reads well.
+    offset = archive.find(second[-120:-80])
+    assert offset > 0
+    archive[offset + 20] ^= 0x55
+    archive = bytes(archive)
+    (tmp_path / "exam.zip").write_bytes(archive)
+    with zipfile.ZipFile(tmp_path / "renamed", "w", zipfile.ZIP_DEFLATED) as extra:
+        extra.writestr("__MACOSX/._IM3", b"\0\5\x16\7")
+        extra.writestr("series/", b"")
+        extra.writestr("series/IM3", ct_instance(study_uid=study, instance_number=3, size=64))
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(15000)
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and "/dicom-web/studies" in r.url and posts.append(r.url))
+    login(page, live.url, "li", "/upload")
+    page.locator("#up-files").set_input_files([tmp_path / "exam.zip", tmp_path / "renamed"])
+    counts = summary(page)
+    items = {i["name"]: i for i in upload_state(page)["items"]}
+    assert counts == {"stored": 2, "rejected": 1, "skipped": 1}, items
+    assert items["exam.zip › 胸部增强/图像1.dcm"]["state"] == "stored"
+    bad = items["exam.zip › 胸部增强/图像2.dcm"]
+    assert bad["state"] == "rejected" and "CRC" in bad["reason"] and bad["attempts"] == 1
+    assert items["renamed"]["state"] == "skipped" and "zip" in items["renamed"]["reason"]
+    assert items["renamed › series/IM3"]["state"] == "stored"
+    assert not [name for name in items if "__MACOSX" in name or name.endswith("/")]
+    assert len(posts) == 2  # the damaged entry never left the browser
+    assert not errors, errors
+    context.close()
+
+
+DROP_JS = """
+([name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name));
+  const zone = document.getElementById('up-drop');
+  zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+  zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+}
+"""
+
+
+def test_drop_and_a_session_that_ends_mid_upload(live, browser):
+    """A file dropped on the zone is sent; when the session has ended (401) the page says so,
+    stops, and "retry failed" after signing in again sends the file."""
+    import base64
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(15000)
+    login(page, live.url, "li", "/upload")
+    study = generate_uid()
+    expired = {"on": True}
+
+    def on_stow(route):
+        if expired["on"]:
+            return route.fulfill(status=401, content_type="application/json",
+                                 body='{"error":"not_authenticated","detail":"login required / 请先登录"}')
+        return route.continue_()
+
+    page.route(re.compile(r".*/dicom-web/studies$"), on_stow)
+    data = ct_instance(study_uid=study, instance_number=1, size=64)
+    page.evaluate(DROP_JS, ["dropped.dcm", base64.b64encode(data).decode()])
+    counts = summary(page)
+    assert counts == {"stored": 0, "failed": 1}
+    assert page.locator("#up-auth").is_visible()
+    item = upload_state(page)["items"][0]
+    assert item["attempts"] == 1 and "登录已过期" in item["reason"]  # no automatic retries: it cannot help
+    expired["on"] = False
+    page.click("#up-retry")
+    page.wait_for_function("() => window.lancangUpload.state().totals.stored === 1")
+    assert summary(page) == {"stored": 1}
+    assert page.locator("#up-auth").is_hidden()
+    assert not errors, errors
+    context.close()

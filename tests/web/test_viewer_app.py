@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -33,7 +34,7 @@ HASH_JS = """
   return {hash: h, mean: sum / (d.length / 4)}; }
 """
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium not installed")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 
 
 @pytest.fixture(scope="module")

@@ -375,6 +375,8 @@
     if (!list.length) return;
     $("up-progress").hidden = false;
     $("up-clear").hidden = true;
+    // A folder comes in the file system's order; show it as people name their images.
+    list.sort((a, b) => (a.path || a.file.name).localeCompare(b.path || b.file.name, undefined, { numeric: true }));
     for (const { file, path } of list) {
       const name = path || file.name;
       if (/\.zip$/i.test(file.name)) addZip(file, name);

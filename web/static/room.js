@@ -1,0 +1,386 @@
+// Live consult room (会诊室): signalling over a WebSocket, one peer connection to the server,
+// the shared DICOM view over a data channel.
+//
+// The offer carries our camera and microphone (sendonly) and SLOTS recvonly video/audio pairs;
+// the server fills slots with other participants and says which is which ("slots"), so joins
+// and leaves never renegotiate. The shared view is not a screen share: the lead's viewer
+// state goes to every follower, whose own viewer renders the same image from DICOMweb.
+"use strict";
+
+(function () {
+  const SLOTS = 5;
+  const LOW = { maxBitrate: 150000, width: 320, height: 240, maxFramerate: 15 };
+  const root = document.getElementById("room");
+  const consultId = root.dataset.consult;
+  const me = root.dataset.user;
+  const myRole = root.dataset.role;
+  const $ = (id) => document.getElementById(id);
+
+  const R = {
+    ws: null, pc: null, channel: null, local: null, camera: null, mic: null, screen: null,
+    videoTx: null, audioTx: null, mode: "normal", lead: null, slots: [], participants: [],
+    viewer: null, frameDoc: null, pending: null, applying: false, applied: [], closed: false,
+    frames: {}, // participant -> decoded frame count (requestVideoFrameCallback)
+  };
+
+  function status(text) { $("room-status").textContent = text; }
+
+  async function iceServers() {
+    try {
+      const response = await fetch(`/api/rooms/${consultId}/ice`, { credentials: "same-origin" });
+      if (response.ok) return (await response.json()).iceServers;
+    } catch (err) { /* fall back to host candidates */ }
+    return [];
+  }
+
+  async function openDevices() {
+    // Weak 4G or no camera: the room still works with audio, or with nothing to send.
+    const attempts = [{ audio: true, video: { width: 640, height: 480 } }, { audio: true }, { video: true }];
+    for (const constraints of attempts) {
+      try { return await navigator.mediaDevices.getUserMedia(constraints); } catch (err) { /* next */ }
+    }
+    return new MediaStream();
+  }
+
+  function send(message) {
+    if (R.ws && R.ws.readyState === WebSocket.OPEN) R.ws.send(JSON.stringify(message));
+  }
+
+  function say(message) {
+    if (R.channel && R.channel.readyState === "open") R.channel.send(JSON.stringify(message));
+    else send(message); // the server takes view/chat/lead on the socket too
+  }
+
+  // ---- signalling ------------------------------------------------------------------------
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws/rooms/${consultId}`);
+    R.ws = ws;
+    ws.onmessage = (event) => {
+      let message;
+      try { message = JSON.parse(event.data); } catch (err) { return; }
+      onSignal(message).catch((err) => console.error("room", err));
+    };
+    ws.onclose = (event) => {
+      if (R.closed) return;
+      if (event.code >= 4400 && event.code < 4500) { status("无法进入 Cannot join"); return; }
+      status("重新连接… Reconnecting…");
+      hangUp();
+      setTimeout(connect, 2000); // a dropped participant rejoins by itself
+    };
+  }
+
+  async function onSignal(message) {
+    switch (message.type) {
+      case "welcome":
+        R.lead = message.lead;
+        $("room-consent").checked = Boolean(message.you.consent);
+        showParticipants(message.participants);
+        showRecording(message.recording);
+        await negotiate();
+        break;
+      case "answer":
+        await R.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        break;
+      case "slots": R.slots = message.slots; showSlots(); break;
+      case "participants": R.lead = message.lead; showParticipants(message.participants); break;
+      case "recording": showRecording(message); break;
+      case "error":
+        if (message.code === "refused") status(`无法进入 Cannot join: ${message.detail}`);
+        else if (message.code === "peer-failed") renegotiate();
+        else console.warn("room error", message);
+        break;
+      default: onRoomMessage(message);
+    }
+  }
+
+  async function negotiate() {
+    const pc = new RTCPeerConnection({ iceServers: await iceServers() });
+    R.pc = pc;
+    const video = R.screen || R.camera;
+    R.videoTx = pc.addTransceiver(video && R.mode !== "audio" ? video : "video", { direction: "sendonly" });
+    R.audioTx = pc.addTransceiver(R.mic || "audio", { direction: "sendonly" });
+    for (let i = 0; i < SLOTS; i++) {
+      pc.addTransceiver("video", { direction: "recvonly" });
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+    R.channel = pc.createDataChannel("room");
+    R.channel.onmessage = (event) => {
+      try { onRoomMessage(JSON.parse(event.data)); } catch (err) { console.error("room", err); }
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== R.pc) return;
+      if (pc.connectionState === "connected") status("已连接 Connected");
+      if (pc.connectionState === "failed") renegotiate();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc); // the server (aiortc) does not take trickled candidates
+    send({ type: "offer", sdp: pc.localDescription.sdp });
+    if (R.mode === "low") await capSender();
+  }
+
+  function gathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+      pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, 3000); // TURN that never answers must not stall the room
+    });
+  }
+
+  function hangUp() {
+    if (R.pc) { try { R.pc.close(); } catch (err) { /* already closed */ } }
+    R.pc = null; R.channel = null; R.slots = []; showSlots();
+  }
+
+  function renegotiate() {
+    hangUp();
+    setTimeout(() => negotiate().catch((err) => console.error("room", err)), 1000);
+  }
+
+  // ---- videos --------------------------------------------------------------------------
+
+  function showSlots() {
+    const box = $("room-videos");
+    const wanted = new Set(R.slots.filter((s) => s.participant).map((s) => s.video_mid));
+    for (const tile of [...box.querySelectorAll("[data-mid]")]) {
+      if (!wanted.has(tile.dataset.mid) || tile.dataset.participant !== slotOf(tile.dataset.mid).participant) tile.remove();
+    }
+    if (!R.pc) return;
+    for (const slot of R.slots) {
+      if (!slot.participant || box.querySelector(`[data-mid="${slot.video_mid}"]`)) continue;
+      const tracks = R.pc.getTransceivers().filter((t) => t.mid === slot.video_mid || t.mid === slot.audio_mid)
+        .map((t) => t.receiver.track);
+      const tile = document.createElement("div");
+      tile.className = "room-tile";
+      tile.dataset.mid = slot.video_mid;
+      tile.dataset.participant = slot.participant;
+      const video = document.createElement("video");
+      video.autoplay = true; video.playsInline = true;
+      video.srcObject = new MediaStream(tracks);
+      const label = document.createElement("span");
+      label.textContent = `${slot.name || slot.participant} · ${roleLabel(slot.role)}`;
+      tile.append(video, label);
+      box.append(tile);
+      countFrames(video, slot.participant);
+    }
+  }
+
+  function slotOf(mid) { return R.slots.find((s) => s.video_mid === mid) || {}; }
+
+  function roleLabel(role) {
+    return { presenter: "汇报 Presenter", specialist: "专家 Specialist", coordinator: "协调 Coordinator" }[role] || "";
+  }
+
+  function countFrames(video, who) {
+    R.frames[who] = 0;
+    if (!video.requestVideoFrameCallback) return;
+    const tick = () => { R.frames[who] = (R.frames[who] || 0) + 1; if (video.isConnected) video.requestVideoFrameCallback(tick); };
+    video.requestVideoFrameCallback(tick);
+  }
+
+  function showParticipants(list) {
+    R.participants = list;
+    $("room-lead").textContent = (list.find((p) => p.username === R.lead) || {}).name || R.lead || "—";
+    const select = $("room-lead-to");
+    select.replaceChildren(...list.filter((p) => p.username !== R.lead).map((p) => new Option(p.name, p.username)));
+    $("room-hand-over").disabled = !(R.lead === me || myRole === "coordinator") || !select.options.length;
+  }
+
+  function showRecording(rec) {
+    const labels = { off: "未录制 Not recording", recording: "录制中 Recording",
+      "waiting-consent": `等待同意 Waiting for consent: ${(rec.missing_consent || []).join(", ")}`,
+      "waiting-media": "等待画面 Waiting for media" };
+    $("room-recording").textContent = labels[rec.state] || rec.state;
+    $("room-record").setAttribute("aria-pressed", String(rec.state !== "off"));
+  }
+
+  // ---- devices and bandwidth -----------------------------------------------------------
+
+  async function capSender() {
+    // Township on weak 4G: 320x240 at 150 kbps upstream, the server sends 320x240 down.
+    const sender = R.videoTx && R.videoTx.sender;
+    if (!sender || !sender.track) return;
+    const params = sender.getParameters();
+    if (!params.encodings || !params.encodings.length) params.encodings = [{}];
+    const settings = sender.track.getSettings();
+    const scale = Math.max(1, (settings.width || 640) / LOW.width);
+    Object.assign(params.encodings[0], R.mode === "low"
+      ? { maxBitrate: LOW.maxBitrate, scaleResolutionDownBy: scale, maxFramerate: LOW.maxFramerate }
+      : { maxBitrate: undefined, scaleResolutionDownBy: 1, maxFramerate: undefined });
+    try { await sender.setParameters(params); } catch (err) { console.warn("room setParameters", err); }
+  }
+
+  async function setMode(mode) {
+    R.mode = mode;
+    send({ type: "mode", mode });
+    if (!R.videoTx) return;
+    await R.videoTx.sender.replaceTrack(mode === "audio" ? null : (R.screen || R.camera));
+    await capSender();
+  }
+
+  async function toggleScreen() {
+    if (R.screen) { R.screen.stop(); R.screen = null; }
+    else {
+      try {
+        const stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
+        R.screen = stream.getVideoTracks()[0];
+        R.screen.onended = () => { R.screen = null; toggleBack(); };
+      } catch (err) { return; }
+    }
+    toggleBack();
+  }
+
+  function toggleBack() {
+    $("room-screen").setAttribute("aria-pressed", String(Boolean(R.screen)));
+    if (R.videoTx && R.mode !== "audio") R.videoTx.sender.replaceTrack(R.screen || R.camera).then(capSender);
+  }
+
+  function toggleTrack(track, button) {
+    if (!track) return;
+    track.enabled = !track.enabled;
+    button.setAttribute("aria-pressed", String(track.enabled));
+  }
+
+  // ---- shared view, lead, chat ---------------------------------------------------------
+
+  function onRoomMessage(message) {
+    switch (message.type) {
+      case "state":
+        R.lead = message.lead; showParticipants(R.participants);
+        $("room-chat-log").replaceChildren();
+        (message.chat || []).forEach(showChat);
+        if (message.view && R.lead !== me) follow(message);
+        break;
+      case "view": if (R.lead !== me) follow(message); break;
+      case "pointer": showPointer(message); break;
+      case "lead": R.lead = message.lead; showParticipants(R.participants); break;
+      case "chat": showChat(message); break;
+      case "error": console.warn("room", message); break;
+      default: break;
+    }
+  }
+
+  /** Apply the lead's state; while one apply runs, only the newest waiting state is kept. */
+  async function follow(message) {
+    R.pending = message;
+    if (R.applying || !R.viewer) return;
+    R.applying = true;
+    try {
+      while (R.pending) {
+        const next = R.pending; R.pending = null;
+        try {
+          await R.viewer.apply(next.view || next.state);
+          R.applied.push({ seq: next.seq, t: next.t, rendered: Date.now() });
+          if (R.applied.length > 1000) R.applied.shift();
+        } catch (err) { console.warn("room apply", err); }
+      }
+    } finally { R.applying = false; }
+  }
+
+  function showPointer(message) {
+    if (!R.viewer || !R.frameDoc) return;
+    let dot = R.frameDoc.getElementById("room-pointer");
+    if (!dot) {
+      dot = R.frameDoc.createElement("div");
+      dot.id = "room-pointer";
+      dot.style.cssText = "position:fixed;width:14px;height:14px;margin:-7px 0 0 -7px;border-radius:50%;" +
+        "border:2px solid #ff0;pointer-events:none;z-index:10";
+      R.frameDoc.body.append(dot);
+    }
+    const at = R.viewer.imageToClient(message.x, message.y);
+    dot.style.left = `${at.x}px`; dot.style.top = `${at.y}px`;
+  }
+
+  function showChat(message) {
+    const item = document.createElement("li");
+    const time = new Date(message.at).toLocaleTimeString("zh-CN", { hour: "2-digit", minute: "2-digit" });
+    item.textContent = `${time} ${message.name}: ${message.text}`;
+    $("room-chat-log").append(item);
+    item.scrollIntoView({ block: "nearest" });
+  }
+
+  function bindViewer() {
+    const frame = $("room-frame");
+    const attach = () => {
+      const doc = frame.contentDocument;
+      if (!doc || !frame.contentWindow.lancangViewer) { setTimeout(attach, 100); return; }
+      R.frameDoc = doc;
+      R.viewer = frame.contentWindow.lancangViewer;
+      for (const selector of ["header.top", "footer"]) { const el = doc.querySelector(selector); if (el) el.hidden = true; }
+      doc.addEventListener("viewer:statechange", (event) => {
+        if (R.lead === me) say({ type: "view", state: event.detail, t: Date.now() });
+      });
+      let last = 0;
+      doc.addEventListener("pointermove", (event) => {
+        const now = performance.now();
+        if (R.lead !== me || now - last < 50) return;
+        last = now;
+        const p = R.viewer.clientToImage(event.clientX, event.clientY);
+        say({ type: "pointer", x: Math.round(p.x * 10) / 10, y: Math.round(p.y * 10) / 10 });
+      });
+      if (R.pending) follow(R.pending);
+    };
+    frame.addEventListener("load", attach);
+    attach();
+  }
+
+  // ---- start ---------------------------------------------------------------------------
+
+  async function main() {
+    bindViewer();
+    R.local = await openDevices();
+    R.camera = R.local.getVideoTracks()[0] || null;
+    R.mic = R.local.getAudioTracks()[0] || null;
+    $("room-self").srcObject = R.local;
+    $("room-mic").onclick = () => toggleTrack(R.mic, $("room-mic"));
+    $("room-cam").onclick = () => toggleTrack(R.camera, $("room-cam"));
+    $("room-screen").onclick = toggleScreen;
+    $("room-mode").onchange = (event) => setMode(event.target.value);
+    $("room-consent").onchange = (event) => send({ type: "consent", given: event.target.checked });
+    $("room-record").onclick = () => send({ type: "record", on: $("room-record").getAttribute("aria-pressed") !== "true" });
+    $("room-hand-over").onclick = () => { const to = $("room-lead-to").value; if (to) say({ type: "lead", to }); };
+    $("room-chat-form").onsubmit = (event) => {
+      event.preventDefault();
+      const text = $("room-chat-text").value.trim();
+      if (text) say({ type: "chat", text });
+      $("room-chat-text").value = "";
+    };
+    window.addEventListener("pagehide", () => { R.closed = true; hangUp(); if (R.ws) R.ws.close(); });
+    connect();
+  }
+
+  // For tests and the benchmark: what this page decodes and follows.
+  window.lancangRoom = {
+    get lead() { return R.lead; },
+    get slots() { return R.slots; },
+    get applied() { return R.applied; },
+    get mode() { return R.mode; },
+    setMode,
+    say,
+    frames: () => ({ ...R.frames }),
+    /** Mean RGB of what this page shows of `who` (its <video>), or null. */
+    sample(who) {
+      const tile = document.querySelector(`#room-videos [data-participant="${who}"] video`);
+      if (!tile || !tile.videoWidth) return null;
+      const canvas = document.createElement("canvas");
+      canvas.width = 32; canvas.height = 24;
+      const c = canvas.getContext("2d");
+      c.drawImage(tile, 0, 0, 32, 24);
+      const data = c.getImageData(0, 0, 32, 24).data;
+      const sum = [0, 0, 0];
+      for (let i = 0; i < data.length; i += 4) { sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; }
+      const n = data.length / 4;
+      return { rgb: sum.map((v) => v / n), width: tile.videoWidth, height: tile.videoHeight };
+    },
+    async inboundStats() {
+      if (!R.pc) return [];
+      const report = await R.pc.getStats();
+      return [...report.values()].filter((s) => s.type === "inbound-rtp" && s.kind === "video")
+        .map((s) => ({ mid: s.mid, framesDecoded: s.framesDecoded || 0, width: s.frameWidth, height: s.frameHeight }));
+    },
+  };
+
+  main().catch((err) => { console.error("room", err); status("出错 Error: " + err.message); });
+})();
