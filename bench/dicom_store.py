@@ -140,6 +140,24 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def wait_idle(root: int, window: float = 1.0, busy: float = 0.1, timeout: float = 120) -> float:
+    """Wait until `root`'s process tree uses under `busy` CPU seconds per `window`.
+
+    One C-ECHO answer proves only one receiver process ready: with
+    LANCANG_DICOM_PROCESSES > 1 the other spawned workers may still be importing
+    and bootstrapping, and would eat CPU inside the timed run.  Returns the wait.
+    """
+    started = time.monotonic()
+    before = cpu_seconds(process_tree(root))
+    while time.monotonic() - started < timeout:
+        time.sleep(window)
+        now = cpu_seconds(process_tree(root))
+        if now - before < busy:
+            break
+        before = now
+    return time.monotonic() - started
+
+
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -335,6 +353,7 @@ class Lancang:
         seen: set[int] = set()
         try:
             self._wait_echo(proc, port, log_path)
+            settle_s = wait_idle(proc.pid)
             seen.update(process_tree(proc.pid))
             server_pids = self._server_pids()
             os.sync()
@@ -350,7 +369,8 @@ class Lancang:
         finally:
             stop_tree(proc, seen)
         return rate, {"found": found, "find_seconds": find_s, "server_cpu_s": cpu,
-                      "receiver_processes": len(tree), "log_warnings": warnings}
+                      "receiver_processes": len(tree), "settle_s": round(settle_s, 1),
+                      "log_warnings": warnings}
 
     @staticmethod
     def _wait_echo(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 120) -> None:

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     residency_override: bool = False
     residency_override_reason: str = ""
 
+    # Live consult rooms: ICE servers handed to browsers and to the server's own peers.
+    # TURN credentials are time-limited (coturn --use-auth-secret with this shared secret).
+    room_stun_urls: list[str] = []
+    room_turn_urls: list[str] = []
+    room_turn_secret: SecretStr = SecretStr("")
+    room_turn_ttl_s: int = 3600
+    room_recording_retention_days: int = 365
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
