@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import pixels
@@ -334,8 +334,7 @@ def sweep_underived(db: Database, *, settle_s: float = SWEEP_SETTLE_S,
             select(Series.id).where(
                 Series.last_received_at >= now - lookback,
                 Series.last_received_at <= now - timedelta(seconds=settle_s),
-                or_(Series.derived_through.is_(None),
-                    and_(Series.derived_through < Series.last_received_at)),
+                or_(Series.derived_through.is_(None), Series.derived_through < Series.last_received_at),
             ).order_by(Series.last_received_at).limit(limit)
         ).all()
     return list(rows)

@@ -601,13 +601,28 @@ def json_element(vr: str, value: Any) -> dict:
     return {"vr": vr, "Value": [value]}
 
 
+# Each QIDO result's identity, selected next to its attributes (imaging.query.run_columns):
+# the UIDs for RetrieveURL/BulkDataURIs, the stored syntax, the keys of stored JSON lookups.
+_ID_COLUMNS = {"_study": Study.study_instance_uid, "_series": Series.series_instance_uid,
+               "_sop": Instance.sop_instance_uid, "_syntax": Instance.transfer_syntax_uid,
+               "_study_pk": Study.id, "_series_pk": Series.id}
+_IDS_AT_LEVEL = {"STUDY": ("_study", "_study_pk"), "SERIES": ("_study", "_series", "_series_pk"),
+                 "IMAGE": ("_study", "_series", "_sop", "_syntax")}
+
+
+def _id_columns(search: Search) -> dict:
+    """The identity columns a search's results need; instances' stored JSON only when asked for."""
+    extra = {label: _ID_COLUMNS[label] for label in _IDS_AT_LEVEL[search.level]}
+    if search.level == "IMAGE" and (search.include or search.include_all):
+        extra["_json"] = Instance.dicom_json
+    return extra
+
+
 def _instance_json(row: dict, base: str) -> dict:
     """An instance result's own stored DICOM JSON, BulkDataURIs made absolute."""
-    entities = row["_entities"]
-    url = instance_url(base, entities["Study"].study_instance_uid, entities["Series"].series_instance_uid,
-                       entities["Instance"].sop_instance_uid)
+    url = instance_url(base, row["_study"], row["_series"], row["_sop"])
     try:
-        return json.loads((entities["Instance"].dicom_json or "{}").replace(INSTANCE_PREFIX, url))
+        return json.loads((row["_json"] or "{}").replace(INSTANCE_PREFIX, url))
     except ValueError:
         return {}
 
@@ -642,51 +657,57 @@ def stored_attributes(session: Session, search: Search, rows: list[dict], base: 
         return [_instance_json(row, base) if wanted else None for row in rows]
     if not search.include or not rows:
         return [None] * len(rows)
-    entity = "Study" if search.level == "STUDY" else "Series"
-    texts = _first_instance_json(session, search.level, [row["_entities"][entity].id for row in rows])
-    return [_requested(texts.get(row["_entities"][entity].id), search.include) for row in rows]
+    pk = "_study_pk" if search.level == "STUDY" else "_series_pk"
+    texts = _first_instance_json(session, search.level, [row[pk] for row in rows])
+    return [_requested(texts.get(row[pk]), search.include) for row in rows]
 
 
-def _retrieve_url(base: str, entities: dict) -> str:
-    study = entities["Study"].study_instance_uid
-    if "Instance" in entities:
-        return instance_url(base, study, entities["Series"].series_instance_uid,
-                            entities["Instance"].sop_instance_uid)
-    if "Series" in entities:
-        return series_url(base, study, entities["Series"].series_instance_uid)
-    return study_url(base, study)
+def _retrieve_url(base: str, row: dict, level: str) -> str:
+    if level == "IMAGE":
+        return instance_url(base, row["_study"], row["_series"], row["_sop"])
+    if level == "SERIES":
+        return series_url(base, row["_study"], row["_series"])
+    return study_url(base, row["_study"])
 
 
-def search_result(row: dict, search: Search, keywords: list[str], base: str, stored: dict | None) -> dict:
+def _elements(keywords: list[str]) -> list[tuple[str, str, str]]:
+    """(keyword, tag, VR) of indexed return attributes, looked up once per search."""
+    return [(keyword, f"{tag_for_keyword(keyword):08X}", query.ATTRIBUTES[keyword].vr) for keyword in keywords]
+
+
+def search_result(row: dict, search: Search, elements: list[tuple[str, str, str]], base: str,
+                  stored: dict | None) -> dict:
     """One QIDO-RS result: indexed attributes, requested stored ones, RetrieveURL."""
-    entities = row["_entities"]
     out: dict[str, dict] = {}
     if search.include_all and search.level == "IMAGE" and stored:
         out.update(stored)
-    for keyword in keywords:
+    for keyword, tag, vr in elements:
         if keyword in row:
-            out[f"{tag_for_keyword(keyword):08X}"] = json_element(query.ATTRIBUTES[keyword].vr, row[keyword])
+            out[tag] = json_element(vr, row[keyword])
     for tag in search.include:
         if tag not in out:
             found = (stored or {}).get(tag)
             out[tag] = found if found is not None else {"vr": _vr(tag)}
     if search.level == "IMAGE":
-        out[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [entities["Instance"].transfer_syntax_uid]}
-    out[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, entities)]}
+        out[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [row["_syntax"]]}
+    out[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, row, search.level)]}
     return dict(sorted(out.items()))
 
 
 def run_search(session: Session, scope: Scope, search: Search, base: str) -> tuple[list[dict], bool]:
-    """(results, truncated): one index query through imaging.query, then the result datasets;
-    truncated when the server's maximum, not the client's limit, cut the answer short."""
+    """(results, truncated): one index query through imaging.query (only the columns the
+    answer needs), then the result datasets; truncated when the server's maximum, not the
+    client's limit, cut the answer short."""
     keywords = return_keywords(search)
     keys = {keyword: "" for keyword in keywords} | search.match
     wanted = min(search.limit or MAX_RESULTS, MAX_RESULTS)
-    rows = query.run(session, scope, query.Query(search.level, keys, limit=wanted + 1, offset=search.offset))
+    rows = query.run_columns(session, scope, query.Query(search.level, keys, limit=wanted + 1, offset=search.offset),
+                             _id_columns(search))
     truncated = len(rows) > wanted and (search.limit is None or search.limit > MAX_RESULTS)
     rows = rows[:wanted]
     stored = stored_attributes(session, search, rows, base)
-    return [search_result(row, search, keywords, base, extra) for row, extra in zip(rows, stored)], truncated
+    elements = _elements(keywords)
+    return [search_result(row, search, elements, base, extra) for row, extra in zip(rows, stored)], truncated
 
 
 def _warning_header(base: str, warnings: list[str]) -> dict[str, str]:

@@ -21,6 +21,7 @@ Patient (no account; the link, then the PIN; rate-limited per address; audited):
 import io
 import json
 import logging
+import time
 import zipfile
 from datetime import timedelta
 from types import SimpleNamespace
@@ -144,6 +145,7 @@ class _Pipe(io.RawIOBase):
     def __init__(self):
         self._chunks: list[bytes] = []
         self._written = 0
+        self.buffered = 0
 
     def writable(self) -> bool:
         return True
@@ -151,6 +153,7 @@ class _Pipe(io.RawIOBase):
     def write(self, data) -> int:
         self._chunks.append(bytes(data))
         self._written += len(data)
+        self.buffered += len(data)
         return len(data)
 
     def tell(self) -> int:
@@ -159,6 +162,7 @@ class _Pipe(io.RawIOBase):
     def drain(self) -> bytes:
         data = b"".join(self._chunks)
         self._chunks.clear()
+        self.buffered = 0
         return data
 
 
@@ -170,20 +174,27 @@ README_TXT = (
 )
 
 
+ZIP_FLUSH = 256 * 1024
+
+
 def _zip_stream(store, entries: list[tuple[str, str, int]]) -> Iterator[bytes]:
-    """Stream a zip of (name, object key, size) without holding a file in memory."""
+    """Stream a zip of (name, object key, size) without holding a file in memory.
+
+    Deflate level 1: DICOM often halves, for little CPU, and the patient is on mobile data.
+    """
     pipe = _Pipe()
+    today = time.localtime()[:6]
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         archive.writestr("README.txt", README_TXT.encode("utf-8"))
         for name, key, size in entries:
-            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(name, date_time=today)
             info.compress_type = zipfile.ZIP_DEFLATED
+            info._compresslevel = 1  # what ZipFile.open(name) would set; a ZipInfo defaults to 6
             with archive.open(info, "w", force_zip64=size > 2**31 - 2**24) as member:
                 for chunk in store.stream(key):
                     member.write(chunk)
-                    if pipe.tell():
+                    if pipe.buffered >= ZIP_FLUSH:
                         yield pipe.drain()
-            yield pipe.drain()
     yield pipe.drain()
 
 
@@ -231,6 +242,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
 
     def _film_response(request: Request, session: Session, principal: Principal, share: Share):
         rt = runtime(request)
+        if shares.share_state(share) in ("revoked", "expired"):  # its QR code opens nothing any more
+            raise Gone("this link is no longer active; create a new one / 该链接已失效，请新建")
         if share.film_state == "ready" and share.film_key:
             try:
                 size = rt.store.size(share.film_key)
@@ -243,8 +256,6 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                 return StreamingResponse(body, media_type="application/pdf", headers={
                     "Content-Length": str(size),
                     "Content-Disposition": f'attachment; filename="film-{share.id}.pdf"'})
-        if shares.share_state(share) in ("revoked", "expired"):
-            raise Gone("this link is no longer active; create a new one / 该链接已失效，请新建")
         # Not made yet (or lost): ask again; the task is idempotent.
         share.film_state = "pending"
         jobs.send_after_commit(session, shares.FILM_TASK, share.id, queue="render")
@@ -274,7 +285,6 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                      created: shares.CreatedShare | None = None, status: int = 200) -> HTMLResponse:
         listing = shares.list_shares(session=session, principal=principal, study_uid=study_uid)
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        summary = shares.film_study(session, listing[0]) if listing else None
         institution = session.get(Institution, principal.institution_id) if principal.institution_id else None
         user = SimpleNamespace(display_name=principal.name,
                                institution=SimpleNamespace(name_zh=institution.name_zh if institution else ""))
@@ -282,7 +292,7 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         rows = [{"share": s, "state": shares.share_state(s), "state_zh": STATE_ZH[shares.share_state(s)],
                  "film_zh": FILM_ZH.get(s.film_state, s.film_state), "created": shares.local_time(s.created_at),
                  "expires": shares.local_time(s.expires_at)} for s in listing]
-        return _render(request, "film/manage.html", status=status, user=user, study=study, summary=summary,
+        return _render(request, "film/manage.html", status=status, user=user, study=study,
                        patient=shares.display_name(study.patient.name) if study else "",
                        date=shares.chinese_date(study.study_date) if study else "",
                        rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS))
@@ -326,6 +336,16 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                                    request.cookies.get(COOKIE)):
             raise NotAuthenticated("enter the PIN first / 请先输入提取码")
         return share
+
+    def _image_access(request: Request, session: Session, token: str) -> Share | Response:
+        try:
+            return _unlocked(request, session, token)
+        except NotAuthenticated:
+            # The PIN page or a plain 401, never the staff login page the error handler picks.
+            if "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse(f"/f/{token}", status_code=303)
+            return JSONResponse({"error": "not_authenticated", "detail": "enter the PIN first / 请先输入提取码"},
+                                status_code=401)
 
     def _audit_dead_link(session: Session, request: Request, token: str, exc: DomainError, action: str) -> None:
         """Audit a refused patient request in the request's own transaction (kept: we return, not raise)."""
@@ -408,7 +428,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     def film_image(token: str, instance_id: int, frame: int, request: Request, session: DbSession,
                    w: int | None = None):
         _limit(limits.images, request)
-        share = _unlocked(request, session, token)
+        share = _image_access(request, session, token)
+        if isinstance(share, Response):
+            return share
         instance = shares.instance_in_share(session, share, instance_id)
         series = session.get(Series, instance.series_pk)
         if not 0 <= frame < max(1, instance.number_of_frames or 1):
@@ -432,7 +454,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     @router.get("/f/{token}/pv/{instance_id}.jpg", include_in_schema=False)
     def film_preview(token: str, instance_id: int, request: Request, session: DbSession):
         _limit(limits.images, request)
-        share = _unlocked(request, session, token)
+        share = _image_access(request, session, token)
+        if isinstance(share, Response):
+            return share
         instance = shares.instance_in_share(session, share, instance_id)
         if not instance.preview_key:
             raise NotFound("no preview yet / 预览图尚未生成")

@@ -30,6 +30,8 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
     from lancang.runtime import bootstrap
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor decides when we stop
+    # A spawned process starts with no logging configured: set it up like the parent's.
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     import sys
 

@@ -190,12 +190,11 @@ def _order(level: str, query: Select) -> Select:
     return query.order_by(Instance.instance_number.asc().nullslast(), Instance.id)
 
 
-def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
-    """Rows matching the query as {keyword: python value}; only attributes at or above
-    the query level constrain it (PS3.4: hierarchical keys above the level are allowed)."""
+def _statement(q: Query, base: Select, scope: Scope) -> Select:
+    """`base` (the level's joins) with the scope, the matching keys, order, offset and limit."""
     if q.level not in LEVELS:
         raise Invalid(f"unknown query level {q.level!r}")
-    statement = _scoped(q.level, _base(q.level), scope)
+    statement = _scoped(q.level, base, scope)
     for keyword, value in q.keys.items():
         attr = ATTRIBUTES.get(keyword)
         if attr is None or _RANK[attr.level] > _RANK[q.level]:
@@ -210,8 +209,70 @@ def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
         statement = statement.offset(q.offset)
     if q.limit is not None:
         statement = statement.limit(q.limit)
-    rows = session.execute(statement).all()
+    return statement
+
+
+def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
+    """Rows matching the query as {keyword: python value}; only attributes at or above
+    the query level constrain it (PS3.4: hierarchical keys above the level are allowed)."""
+    if q.level not in LEVELS:
+        raise Invalid(f"unknown query level {q.level!r}")
+    rows = session.execute(_statement(q, _base(q.level), scope)).all()
     return [_values(session, q, row) for row in rows]
+
+
+# The models joined at each level (what `_base` selects), by class name.
+_JOINED = {"PATIENT": ("Patient",), "STUDY": ("Study", "Patient"), "SERIES": ("Series", "Study", "Patient"),
+           "IMAGE": ("Instance", "Series", "Study", "Patient")}
+
+
+def _base_columns(level: str, columns: list) -> Select:
+    """`_base(level)`'s joins, selecting only `columns`."""
+    statement = select(*columns)
+    if level == "PATIENT":
+        return statement.select_from(Patient)
+    if level == "STUDY":
+        return statement.select_from(Study).join(Patient, Study.patient_pk == Patient.id)
+    if level == "SERIES":
+        return (statement.select_from(Series).join(Study, Series.study_pk == Study.id)
+                .join(Patient, Study.patient_pk == Patient.id))
+    return (statement.select_from(Instance).join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id).join(Patient, Study.patient_pk == Patient.id))
+
+
+def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """What `run` answers (same matching, scope, order, offset, limit), selecting only the
+    columns of the requested keywords instead of whole ORM entities: no `_entities`; each row
+    has the keyword values plus `extra` ({label: column of a model joined at this level})."""
+    if q.level not in LEVELS:
+        raise Invalid(f"unknown query level {q.level!r}")
+    joined = _JOINED[q.level]
+    labels: list[str] = []
+    columns: list = []
+    counts: list[str] = []
+    for keyword in q.keys:
+        attr = ATTRIBUTES.get(keyword)
+        if attr is None:
+            continue
+        if attr.kind == "count":
+            counts.append(keyword)
+        elif attr.column is not None and attr.column.class_.__name__ in joined:
+            labels.append(keyword)
+            columns.append(attr.column)
+    for label, column in (extra or {}).items():
+        labels.append(label)
+        columns.append(column)
+    if counts:
+        labels.append("_patient_pk")
+        columns.append(Patient.id)
+    rows = session.execute(_statement(q, _base_columns(q.level, columns), scope)).all()
+    out = [dict(zip(labels, row)) for row in rows]
+    if counts:
+        for row in out:
+            for keyword in counts:
+                row[keyword] = _patient_count(session, row["_patient_pk"], keyword)
+            del row["_patient_pk"]
+    return out
 
 
 def _values(session: Session, q: Query, row) -> dict[str, Any]:
@@ -222,7 +283,7 @@ def _values(session: Session, q: Query, row) -> dict[str, Any]:
         if attr is None:
             continue
         if attr.kind == "count":
-            out[keyword] = _patient_count(session, entities["Patient"], keyword)
+            out[keyword] = _patient_count(session, entities["Patient"].id, keyword)
             continue
         owner = attr.column.class_.__name__ if attr.column is not None else None
         entity = entities.get(owner)
@@ -233,12 +294,12 @@ def _values(session: Session, q: Query, row) -> dict[str, Any]:
     return out
 
 
-def _patient_count(session: Session, patient: Patient, keyword: str) -> int:
+def _patient_count(session: Session, patient_pk: int, keyword: str) -> int:
     """NumberOfPatientRelated{Studies,Series,Instances} from the study counters."""
     column = {"NumberOfPatientRelatedStudies": func.count(),
               "NumberOfPatientRelatedSeries": func.sum(Study.num_series),
               "NumberOfPatientRelatedInstances": func.sum(Study.num_instances)}[keyword]
-    return session.scalar(select(column).select_from(Study).where(Study.patient_pk == patient.id)) or 0
+    return session.scalar(select(column).select_from(Study).where(Study.patient_pk == patient_pk)) or 0
 
 
 def stored_value(instance: Instance, keyword_tag: str) -> dict | None:

@@ -60,8 +60,11 @@ def parse_part10(data: bytes) -> Dataset:
 
 
 def object_key(record: IndexRecord, sha256: str) -> str:
-    """dicom/{study}/{series}/{sop}/{first 16 hex of SHA-256}.dcm: UID-derived, version-safe."""
-    return f"dicom/{record.study_uid}/{record.series_uid}/{record.sop_uid}/{sha256[:16]}.dcm"
+    """dicom/{study}/{series}/{sop}.{first 16 hex of SHA-256}.dcm: UID-derived, version-safe.
+
+    One folder per series, not per instance: a new folder costs a directory fsync of its
+    parent on the filesystem store, which per instance would be a sync too many."""
+    return f"dicom/{record.study_uid}/{record.series_uid}/{record.sop_uid}.{sha256[:16]}.dcm"
 
 
 class _Lru(OrderedDict):

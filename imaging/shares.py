@@ -105,13 +105,6 @@ class CreatedShare:
                 "study_instance_uid": self.share.study_instance_uid}
 
 
-def _study(session: Session, study_uid: str) -> Study:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is None:
-        raise NotFound("study not found / 未找到该检查")
-    return study
-
-
 def require_sharer(session: Session, principal: Principal, study_uid: str) -> Study:
     """The study, if this principal may share it with its patient.
 

@@ -58,6 +58,14 @@ def _as_bytes(data: bytes | BinaryIO) -> bytes:
 # --- filesystem -----------------------------------------------------------------------
 
 
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def url_signature(secret: str, key: str, expires_at: int) -> str:
     message = f"{key}\n{expires_at}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
@@ -84,7 +92,7 @@ class FilesystemStore:
     def put(self, key, data, length=None, content_type="application/octet-stream") -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs_durably(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -99,13 +107,22 @@ class FilesystemStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(path.parent)
         except OSError as exc:
             raise StoreUnavailable(f"object store write failed: {exc.strerror or exc}") from exc
+
+    def _make_dirs_durably(self, directory: Path) -> None:
+        """Create missing folders and fsync each new folder's parent, so the new entry
+        survives a power cut (a rename into a folder is only durable if the folder is)."""
+        if directory.is_dir():
+            return
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for folder in reversed(missing):
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(folder.parent)
 
     def get(self, key, offset=0, length=None) -> bytes:
         return b"".join(self.stream(key, offset, length))

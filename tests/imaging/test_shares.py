@@ -148,6 +148,8 @@ def test_pin_then_cookie_then_the_study_in_chinese(runtime, world, client):
         instance_id = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == world.sop_uids[0]))
     for path in (f"/f/{token}/img/{instance_id}/0.jpg", f"/f/{token}/pv/{instance_id}.jpg"):
         assert client.get(path).status_code == 401
+        opened = client.get(path, headers=PHONE, follow_redirects=False)  # typed into the address bar
+        assert opened.status_code == 303 and opened.headers["location"] == f"/f/{token}"
     assert client.get(f"/f/{token}/view", headers=PHONE, follow_redirects=False).headers["location"] == f"/f/{token}"
     assert client.get(f"/f/{token}/download", follow_redirects=False).status_code == 303
 

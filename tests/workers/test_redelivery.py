@@ -39,8 +39,8 @@ from tests.conftest import embedded_settings, server_settings, settings_env
 from tests.dicomdata import ct_instance
 from workers.app import make_celery
 
-SLICES = 16
-DELAY_S = 0.3          # per preview: the task takes ~5 s, plenty of time to kill it mid-way
+SLICES = 12
+DELAY_S = 0.25       # per preview: the task takes ~3 s, plenty of time to kill it mid-way
 
 # A worker as `lancang worker` runs it, with broker transport options the test chooses
 # (a short Redis visibility timeout), which the product's settings do not expose.
