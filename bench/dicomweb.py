@@ -20,7 +20,7 @@ compare  The same 800 CT slices (bench/ctgen.py, 4 studies x 200 slices, one ser
 scale    PostgreSQL 15 (tests.services.PostgresServer; fsync, synchronous_commit and
          full_page_writes ON while measuring), migrated by `lancang db upgrade`, filled
          by PostgreSQL itself (INSERT ... SELECT generate_series; see synthesise()) with
-         50,000 patients, 100,000 studies, 240,000 series and 1,000,000 instances, then
+         50,000 patients, 100,000 studies, 225,000 series and 1,000,000 instances, then
          ANALYZE; `lancang web` on that database answers QIDO study searches by
          PatientID, PatientName wildcard and StudyDate range, 30+ varied values each.
 
@@ -497,7 +497,7 @@ def _sql_text_array(values: list[str]) -> str:
 def synthesise(conn, *, instances: int, institutions: dict[str, int]) -> dict:
     """Fill patients/studies/series/instances/access_grants with PostgreSQL's own
     INSERT ... SELECT generate_series (setseed makes it repeatable).  Sizes scale with
-    `instances` (1,000,000 -> 50,000 patients, 100,000 studies, 240,000 series):
+    `instances` (1,000,000 -> 50,000 patients, 100,000 studies, 225,000 series):
 
     - institutions: the county hospital (the reader's) holds 40 % of patients; 9 townships
       6.7 % each; a patient's studies belong to its institution;
@@ -601,7 +601,7 @@ def synthesise(conn, *, instances: int, institutions: dict[str, int]) -> dict:
                                object_key, size, sha256, rows, columns, number_of_frames, dicom_json, received_from,
                                created_at, updated_at, preview_key, preview_sha256, preview_error)
         SELECT i.id, i.sop, i.series_pk, i.cls, i.n, i.ts,
-               'dicom/' || i.study_uid || '/' || i.series_uid || '/' || i.sop || '/' || left(i.sha, 16) || '.dcm',
+               'dicom/' || i.study_uid || '/' || i.series_uid || '/' || i.sop || '.' || left(i.sha, 16) || '.dcm',
                i.size, i.sha, i.rows, i.cols, 1,
                json_build_object(
                  '00080005', json_build_object('vr', 'CS', 'Value', json_build_array('ISO_IR 192')),

@@ -316,3 +316,20 @@ def final_for_study(session: Session, study_uid: str) -> ReportVersion | None:
     return session.scalar(select(ReportVersion).where(ReportVersion.report_id.in_(reports),
                                                       ReportVersion.kind.in_(("final", "addendum")))
                           .order_by(ReportVersion.created_at.desc()))
+
+
+def patient_report(session: Session, study_uid: str):
+    """The patient page's view of the newest returned final report (or addendum) of a study."""
+    from imaging.shares import PatientReport
+
+    version = final_for_study(session, study_uid)
+    if version is None:
+        return None
+    consult_id = session.get(Report, version.report_id).consult_id
+    if session.get(ConsultRequest, consult_id).status not in ("returned", "acknowledged"):
+        return None
+    content = version.content
+    findings = content.get("findings", "") + (f"\n补充：{content['addendum']}" if content.get("addendum") else "")
+    signed = version.signatures[-1]["signed_at"][:16].replace("T", " ") if version.signatures else ""
+    return PatientReport(title="影像诊断报告 Diagnostic report", findings=findings,
+                         impression=content.get("impression", ""), signed_at=f"{signed} UTC", pdf_key=version.pdf_key)

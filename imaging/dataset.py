@@ -130,6 +130,8 @@ def check_native_pixel_length(ds: Dataset) -> None:
     rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
     bits, samples = _int(ds, "BitsAllocated") or 0, _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # chroma is shared by each pair of pixels: two samples per pixel on average
     expected = (rows * columns * samples * frames * bits + 7) // 8
     actual = len(element) if isinstance(element, (bytes, bytearray)) else len(ds["PixelData"].value or b"")
     if actual < expected:

@@ -6,7 +6,7 @@ Run by the worker (task ``imaging.derive_series``) once a series has stopped rec
 Object keys come from the UIDs, so a redelivered task overwrites the same objects:
 
     derived/{study}/{series}/series.jpg          the series thumbnail (THUMBNAIL_SIZE)
-    derived/{study}/{series}/{sop}/preview.jpg   one preview per instance (PREVIEW_SIZE)
+    derived/{study}/{series}/{sop}.preview.jpg   one preview per instance (PREVIEW_SIZE)
 
 State lives on the rows: ``Series.derived_through`` is the ``last_received_at`` the last
 completed derivation covered (up to date when they are equal); ``Instance.preview_sha256``
@@ -91,7 +91,7 @@ def series_thumbnail_key(study_uid: str, series_uid: str) -> str:
 
 
 def preview_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
-    return f"derived/{study_uid}/{series_uid}/{sop_uid}/preview.jpg"
+    return f"derived/{study_uid}/{series_uid}/{sop_uid}.preview.jpg"
 
 
 def display_order(items):

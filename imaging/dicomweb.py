@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
-from sqlalchemy import func, select
+from sqlalchemy import LargeBinary, cast, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -239,18 +239,34 @@ def find_instances(session: Session, scope: Scope, where: Target) -> list:
     return session.execute(_instances_statement(_INSTANCE_COLUMNS, where, scope)).all()
 
 
+def _utf8(session: Session, column):
+    """A text column as the UTF-8 bytes the database holds (SQLite) or converts to (PostgreSQL),
+    so a large answer is neither decoded nor re-encoded in Python; other databases: the text."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return cast(column, LargeBinary)
+    if dialect == "postgresql":
+        return func.convert_to(column, "UTF8")
+    return column
+
+
 def metadata_rows(session: Session, scope: Scope, where: Target) -> list:
-    """(study, series, sop, dicom_json) of visible instances under the target, one query."""
+    """(study, series, sop, dicom_json) of visible instances under the target, one query;
+    dicom_json as UTF-8 bytes where the database can hand them over (see _utf8)."""
     columns = (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
-               Instance.dicom_json)
+               _utf8(session, Instance.dicom_json))
     return session.execute(_instances_statement(columns, where, scope)).all()
 
 
 def metadata_body(rows: Iterable, base: str) -> bytes:
-    """A DICOM JSON array made by concatenating stored JSON text; BulkDataURIs made absolute."""
-    pieces = [(text or "{}").replace(INSTANCE_PREFIX, instance_url(base, study, series, sop))
-              for study, series, sop, text in rows]
-    return ("[" + ",".join(pieces) + "]").encode("utf-8")
+    """A DICOM JSON array made by concatenating stored JSON text (str or UTF-8 bytes);
+    BulkDataURIs made absolute."""
+    prefix = INSTANCE_PREFIX.encode("utf-8")
+    pieces = []
+    for study, series, sop, text in rows:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text or b"")
+        pieces.append((data or b"{}").replace(prefix, instance_url(base, study, series, sop).encode("utf-8")))
+    return b"[" + b",".join(pieces) + b"]"
 
 
 def representative(rows: list) -> Any:

@@ -411,6 +411,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             return _film_error(request, exc)
         study = shares.film_study(session, share)
         report = shares.report_for_study(session, share.study_instance_uid)
+        if report is not None and report.pdf_key:
+            report.pdf_url = f"/f/{token}/report.pdf"
         shares.record_access(session, share, "film.view", source=_source(request), user_agent=_agent(request),
                              images=study.images)
         thumbs = {s.series_uid: (rt.store.url(s.thumbnail_key, SIGNED_URL_TTL) if s.thumbnail_key else None)
@@ -462,6 +464,24 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             raise NotFound("no preview yet / 预览图尚未生成")
         jpeg = runtime(request).store.get(instance.preview_key)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/f/{token}/report.pdf", include_in_schema=False)
+    def film_report(token: str, request: Request, session: WriteSession):
+        """The signed report PDF, for the patient who unlocked the link."""
+        try:
+            _limit(limits.pages, request)
+            share = _unlocked(request, session, token)
+        except NotAuthenticated:
+            return RedirectResponse(f"/f/{token}", status_code=303)
+        except (NotFound, Gone, Locked, TooManyRequests) as exc:
+            _audit_dead_link(session, request, token, exc, "film.report")
+            return _film_error(request, exc)
+        report = shares.report_for_study(session, share.study_instance_uid)
+        if report is None or not report.pdf_key:
+            return _film_error(request, NotFound("the report is not ready yet / 报告尚未出具"))
+        shares.record_access(session, share, "film.report", source=_source(request), user_agent=_agent(request))
+        return Response(runtime(request).store.get(report.pdf_key), media_type="application/pdf",
+                        headers={"Content-Disposition": 'inline; filename="report.pdf"', "Cache-Control": "no-store"})
 
     @router.get("/f/{token}/download", include_in_schema=False)
     def film_download(token: str, request: Request, session: WriteSession):

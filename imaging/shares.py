@@ -339,15 +339,23 @@ class PatientReport:
     impression: str
     signed_at: str
     pdf_url: str | None = None
+    pdf_key: str | None = None  # the signed PDF in the object store
+
+
+# consult/ owns reports and imports imaging/, not the other way round: the web layer
+# installs consult's provider here at start-up (web/app.py).
+_report_provider = None
+
+
+def set_report_provider(provider) -> None:
+    """Install fn(session, study_uid) -> PatientReport | None (consult.reports.patient_report)."""
+    global _report_provider
+    _report_provider = provider
 
 
 def report_for_study(session: Session, study_uid: str) -> PatientReport | None:
-    """The signed report for the patient page, once it exists.
-
-    Placeholder hook: consult/ fills this in (a signed, returned report for the study);
-    until then the page says the report is not ready yet.
-    """
-    return None
+    """The signed, returned report of this study for the patient page, once it exists."""
+    return _report_provider(session, study_uid) if _report_provider is not None else None
 
 
 def chinese_date(dicom_date: str) -> str:

@@ -15,7 +15,9 @@ from lancang.settings import Settings, get_settings
 from consult.pages import build_router as consult_pages
 from consult.room_routes import build_room_router
 from consult.routes import build_router as consult_router
+from consult.reports import patient_report
 from imaging.dicomweb import build_dicomweb_router
+from imaging.shares import set_report_provider
 from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
 from imaging.routes import build_router as imaging_router
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.runtime = bootstrap(settings, component="web")
+        set_report_provider(patient_report)  # the patient's page shows consult reports
         log.info("web.start.ok url=%s", settings.effective_public_url)
         yield
         close_dicomweb(app)  # announce pending series, stop the ingest thread pool

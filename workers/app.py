@@ -34,6 +34,8 @@ def make_celery(settings: Settings) -> Celery:
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "store_processed": False,
+            # The file transport polls; the default second would be most of a thumbnail's latency.
+            "polling_interval": 0.1,
         }
         # The file transport has no broadcast exchange; remote control is not needed embedded.
         app.conf.worker_enable_remote_control = False

@@ -91,29 +91,69 @@ def sweep_underived(settle_s: float | None = None) -> int:
     return len(stale)
 
 
-from celery.signals import worker_ready  # noqa: E402  (kept with the imaging tasks it serves)
+# --- consult: reminders and recording retention ------------------------------------------
+
+
+@shared_task(name="consult.send_reminders", queue="notify", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=_transient(), retry_backoff=2, default_retry_delay=10, max_retries=3)
+def send_reminders() -> int:
+    """Remind everyone whose live consult starts within the next half hour (once each)."""
+    from consult import scheduling
+
+    with runtime().db.scope() as session:
+        return scheduling.due_reminders(session=session)
+
+
+@shared_task(name="consult.purge_recordings", queue="maintenance", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=_transient(), retry_backoff=2, default_retry_delay=60, max_retries=3)
+def purge_recordings() -> int:
+    """Delete consult recordings past their retention date (the row stays, marked deleted)."""
+    from consult import rooms
+
+    rt = runtime()
+    with rt.db.scope() as session:
+        return rooms.purge_expired(session=session, store=rt.store)
+
+
+from celery.signals import worker_ready  # noqa: E402  (kept with the periodic tasks it drives)
+
+# (task name, queue, first run after s, then every s). No beat process: every worker sends
+# these; each task is idempotent, so a duplicate from a second worker is harmless.
+PERIODIC = (
+    ("imaging.sweep_underived", "maintenance", 0.0, SWEEP_INTERVAL_S),
+    ("consult.send_reminders", "notify", 5.0, 60.0),
+    ("consult.purge_recordings", "maintenance", 60.0, 3600.0),
+)
 
 
 @worker_ready.connect
-def _sweep_at_startup_and_periodically(sender=None, **_kwargs) -> None:
+def _periodic_work(sender=None, **_kwargs) -> None:
     """A worker that starts sweeps at once (what was lost while none ran: announcements of a
-    receiver that died, tasks of the embedded broker), then every SWEEP_INTERVAL_S from a
-    daemon thread. Every worker does this; the sweep and the derivation are idempotent."""
+    receiver that died, tasks of the embedded broker), then runs the PERIODIC schedule from a
+    daemon thread."""
     import threading
+    import time
 
     app = sender.app
 
-    def send(settle_s: float | None) -> None:
+    def send(name: str, queue: str, args: list) -> None:
         try:
-            app.send_task("imaging.sweep_underived", args=[settle_s], queue="maintenance")
+            app.send_task(name, args=args, queue=queue)
         except Exception:  # the broker is down: the next round tries again
-            log.exception("imaging.sweep_underived.send_failed")
+            log.exception("workers.periodic.send_failed task=%s", name)
 
-    send(STARTUP_SWEEP_SETTLE_S)
+    send("imaging.sweep_underived", "maintenance", [STARTUP_SWEEP_SETTLE_S])
+    start = time.monotonic()
+    due = {name: start + first + (every if name == "imaging.sweep_underived" else 0)
+           for name, _q, first, every in PERIODIC}
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(SWEEP_INTERVAL_S):
-            send(None)
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            for name, queue, _first, every in PERIODIC:
+                if now >= due[name]:
+                    due[name] = now + every
+                    send(name, queue, [])
 
-    threading.Thread(target=loop, name="lancang-sweep", daemon=True).start()
+    threading.Thread(target=loop, name="lancang-periodic", daemon=True).start()

@@ -136,6 +136,17 @@ def test_read_consult_end_to_end(api, world, runtime, tmp_path):
     page = api.client.post("/verify", files={"file": ("report.pdf", bytes(flipped), "application/pdf")})
     assert "报告无效" in page.text
 
+    # The patient's cloud-film link shows the returned report once the PIN is entered.
+    share = ok(api("POST", "li", f"/api/studies/{study}/shares", json={"days": 7}), 201)
+    token = share["url"].rstrip("/").rsplit("/", 1)[-1]
+    patient = TestClient(api.client.app)
+    locked = patient.get(f"/f/{token}")
+    assert locked.status_code == 200 and "右下肺炎" not in locked.text
+    patient.post(f"/f/{token}/unlock", data={"pin": share["pin"]})
+    view = patient.get(f"/f/{token}/view")
+    assert "右下肺炎" in view.text and f"/f/{token}/report.pdf" in view.text
+    assert patient.get(f"/f/{token}/report.pdf").content == pdf
+
     # A signed report is never edited; corrections are signed addenda.
     assert api("PUT", "wang", f"/api/consults/{cid}/report/draft", json=draft).status_code == 409
     added = ok(api("POST", "wang", f"/api/consults/{cid}/report/addendum",
