@@ -7,13 +7,16 @@ Checked: decoded frames both ways through the relay, over UDP to a coturn that h
 listener and over TCP to a coturn that has no UDP listener (a network that blocks UDP);
 the nominated ICE pair is relay on the client and the client's relay address on the
 server's peer; coturn's own log shows the allocations under the REST usernames; expired,
-forged and lapsed credentials get no allocation and no connection.
+forged and lapsed credentials get no allocation and no connection. And the real room page
+in headless Chromium, relay only, sharing its (synthetic) screen to an aiortc participant.
 
 The server's peers (consult/rooms.py, `server_configuration`) gather host candidates only:
 that is enough, because a relay-only client's checks arrive from coturn's relay address,
 which the server's host candidates reach directly (here 127.0.0.1 <-> the machine's
 address over the loopback route; in compose, coturn runs with network_mode: host).
-No network namespace is needed: relay-only clients never pair host candidates.
+No network namespace is needed: relay-only clients never pair host candidates, so the
+loopback problem of TESTING.md (Browser) does not arise. The server's peers do need a
+non-loopback IPv4 address (aioice leaves 127.0.0.1 out), as every machine here has.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import uvicorn
+import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from bench.rooms import COLOURS, SLOTS, PatternTrack, RoomClient, looks_like
 from consult.models import ConsultRequest
 from lancang.runtime import bootstrap
 from tests.conftest import embedded_settings
-from tests.consult.room_scenario import world
+from tests.consult.room_scenario import CHROMIUM_ARGS, world
 from tests.consult.test_rooms import live_consult, room_app
 from tests.services import find_binary, free_port, log_tail, stop_pid, wait_until
 
@@ -130,13 +134,16 @@ def coturn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def people(tmp_path_factory):
     """Users, a study and a first live consult in one embedded data dir the apps share."""
+    if not aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False):
+        pytest.fail("the server's peers need a non-loopback IPv4 address to reach coturn's relay on 127.0.0.1 "
+                    "(aioice never offers 127.0.0.1); not inside `unshare -n`")
     settings = embedded_settings(tmp_path_factory.mktemp("turn-rooms"))
     runtime = bootstrap(settings, component="test")
-    api, _sessions, first = world(runtime)
+    api, sessions, first = world(runtime)
     with runtime.db.scope(readonly=True) as session:
         study = session.get(ConsultRequest, first).studies[0].study_instance_uid
     counter = iter(range(1, 100))
-    yield SimpleNamespace(settings=settings, tokens=api, runtime=runtime,
+    yield SimpleNamespace(settings=settings, tokens=api, sessions=sessions, runtime=runtime,
                           consult=lambda: live_consult(runtime, study, next(counter)))
     runtime.db.dispose()
 
@@ -194,7 +201,8 @@ class RelayClient(RoomClient):
         await self.wait_for(lambda: any(m.get("type") in ("welcome", "error") for m in self.messages), timeout)
         if not any(m.get("type") == "welcome" for m in self.messages):
             raise PermissionError(self.messages[-1])
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers,
+                                                     iceTransportPolicy=RTCIceTransportPolicy.RELAY))
         self.camera = PatternTrack(COLOURS[self.colour], self.size, self.fps, self.texture)
         self.pc.addTransceiver(self.camera, direction="sendonly")
         if self.audio:
@@ -245,7 +253,8 @@ def allocations(log: str) -> list[str]:
 
 def relayed_peers(log: str) -> set[tuple[str, int]]:
     """Peer addresses coturn was asked to relay to (permissions and channel binds)."""
-    return {(host, int(port)) for host, port in re.findall(r"peer (\d+\.\d+\.\d+\.\d+):(\d+) lifetime updated", log)}
+    found = re.findall(r"peer (\d+\.\d+\.\d+\.\d+):(\d+) lifetime updated", log)
+    return {(host, int(port)) for host, port in found}
 
 
 def rest_credential(secret: str, username: str, expiry: int) -> tuple[str, str]:
@@ -331,7 +340,8 @@ def test_expired_forged_and_lapsed_credentials_get_no_relay(people, coturn):
     async def refused(base: str, user: str, username: str, credential: str, not_before: float = 0) -> float:
         await asyncio.sleep(max(0.0, not_before - time.time()))
         client = RelayClient(base, cid, people.tokens[user], audio=False,
-                             ice_servers=[RTCIceServer(urls=turn.url("udp"), username=username, credential=credential)])
+                             ice_servers=[RTCIceServer(urls=turn.url("udp"), username=username,
+                                                       credential=credential)])
         started = time.monotonic()
         with pytest.raises((ConnectionError, TimeoutError)):
             await client.join(timeout=5)
@@ -348,8 +358,8 @@ def test_expired_forged_and_lapsed_credentials_get_no_relay(people, coturn):
         bad["zhou"] = (lapsed["username"], lapsed["credential"])
 
         async def attempts():
-            return await asyncio.gather(*(refused(app.base, user, *bad[user], not_before=expiry + 1.2 if user == "zhou" else 0)
-                                          for user in ("li", "wang", "zhou")))
+            return await asyncio.gather(refused(app.base, "li", *bad["li"]), refused(app.base, "wang", *bad["wang"]),
+                                        refused(app.base, "zhou", *bad["zhou"], not_before=expiry + 1.2))
 
         seconds = run(attempts())
         # A fresh credential from the same app works: the refusals were about the credentials.
@@ -371,3 +381,117 @@ def test_expired_forged_and_lapsed_credentials_get_no_relay(people, coturn):
     for username, _ in bad.values():
         assert re.search(rf"user <{re.escape(username)}>: incoming packet \w+ processed, error 401", log), \
             (username, log_tail(turn.log_path, 80))
+
+
+# ---- Chromium: the real room page, relay only, sharing its screen ---------------------------
+
+# The page builds RTCPeerConnection({iceServers}) from /api/rooms/{id}/ice; the test adds
+# iceTransportPolicy "relay" (as a network that allows nothing but TURN would) and keeps
+# the peer so its stats can be read.
+RELAY_ONLY_PAGE = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__lancangPcs = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(config, ...rest) {
+      super({ ...(config || {}), iceTransportPolicy: "relay" }, ...rest);
+      window.__lancangPcs.push(this);
+    }
+  };
+})();
+"""
+
+SELECTED_PAIR = """async () => {
+  const pc = window.__lancangPcs[window.__lancangPcs.length - 1];
+  const stats = [...(await pc.getStats()).values()];
+  const byId = Object.fromEntries(stats.map((s) => [s.id, s]));
+  const transport = stats.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+  const pair = transport && byId[transport.selectedCandidatePairId];
+  if (!pair) return null;
+  const local = byId[pair.localCandidateId], remote = byId[pair.remoteCandidateId];
+  return { local: local.candidateType, relayProtocol: local.relayProtocol, localAddress: local.address,
+           remote: remote.candidateType, remoteAddress: remote.address, remotePort: remote.port,
+           iceServers: pc.getConfiguration().iceServers.map((s) => s.urls).flat(),
+           policy: pc.getConfiguration().iceTransportPolicy,
+           username: pc.getConfiguration().iceServers.map((s) => s.username)[0] };
+}"""
+
+SENT_TRACK = """() => {
+  const pc = window.__lancangPcs[window.__lancangPcs.length - 1];
+  const sender = pc.getSenders().find((s) => s.track && s.track.kind === "video");
+  return sender ? { label: sender.track.label, surface: sender.track.getSettings().displaySurface || null } : null;
+}"""
+
+
+def test_chromium_shares_its_screen_through_coturn(people, coturn):
+    """Headless Chromium has no desktop to capture; with --use-fake-ui-for-media-stream (no
+    picker) and --use-fake-device-for-media-stream getDisplayMedia returns Chromium's
+    synthetic 1280x720 "screen". The presenter's page shares it, relay only; an aiortc
+    participant (relay only too) decodes the camera first, then the 16:9 screen."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("/usr/bin/chromium is needed (TESTING.md, Browser)")
+    turn = coturn["udp"]
+    cid = people.consult()
+    with serve(app_settings(people, [turn.url("udp")])) as app:
+
+        async def scenario():
+            from playwright.async_api import async_playwright
+
+            wang = RelayClient(app.base, cid, people.tokens["wang"], colour="blue", audio=False,
+                               ice_servers=as_rtc(fetch_ice(app.base, people.tokens["wang"], cid)["iceServers"]))
+            await wang.join()
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                try:
+                    context = await browser.new_context()
+                    await context.add_cookies([{"name": "lancang_session", "value": people.sessions["li"],
+                                                "url": app.base}])
+                    await context.add_init_script(RELAY_ONLY_PAGE)
+                    page = await context.new_page()
+                    await page.goto(f"{app.base}/consults/{cid}/room")
+                    camera = await wang.frames_from("li", 5, 30)
+                    assert camera.size == (640, 480), camera
+                    pair = await page.evaluate(SELECTED_PAIR)
+                    assert pair and pair["policy"] == "relay" and pair["iceServers"] == [turn.url("udp")], pair
+                    assert pair["local"] == "relay" and pair["relayProtocol"] == "udp", pair
+                    assert (await page.evaluate(SENT_TRACK))["surface"] is None  # the camera
+
+                    await page.click("#room-screen")
+                    await page.wait_for_function(
+                        "document.getElementById('room-screen').getAttribute('aria-pressed') === 'true'",
+                        timeout=10_000)
+                    sent = await page.evaluate(SENT_TRACK)
+                    assert sent["surface"] == "monitor" and sent["label"].startswith("screen:"), sent
+                    # The same slot, no renegotiation: what wang decodes turns 16:9.
+                    await wang.wait_for(lambda: (r := wang.from_participant("li")).size is not None
+                                        and abs(r.size[0] / r.size[1] - 16 / 9) < 0.02, 30)
+                    shared = wang.from_participant("li")
+                    before = shared.frames
+                    await asyncio.sleep(1.0)
+                    assert wang.from_participant("li").frames > before
+                    # The server's peer for the page answers the page's relay addresses. aiortc folds
+                    # the bundled m-lines onto one transport but keeps the candidates of another
+                    # m-line (Chromium allocates a relay per m-line before BUNDLE is agreed), so the
+                    # one in use is learnt from the page's checks: "prflx", at a relay address the
+                    # offer listed.
+                    wang_relay = nominated(wang.pc)[0]
+                    (page_pc,) = [pc for pc in app.app.state.rooms.pcs
+                                  if f" {wang_relay.host} {wang_relay.port} typ relay" not in pc.remoteDescription.sdp]
+                    offered = set(re.findall(r"a=candidate:\S+ \d udp \d+ (\S+) (\d+) typ relay",
+                                             page_pc.remoteDescription.sdp))
+                    local, remote = nominated(page_pc)
+                    assert local.type == "host" and remote.type in ("relay", "prflx"), (local, remote)
+                    assert (remote.host, str(remote.port)) in offered, (remote, offered)
+                    assert (pair["remoteAddress"], pair["remotePort"]) == (local.host, local.port), pair
+                    return {"camera": camera.size, "screen": shared.size, "pair": pair, "sent": sent}
+                finally:
+                    await browser.close()
+                    await wang.close()
+
+        verdict = run(scenario(), 90)
+    assert verdict["screen"][0] >= 320, verdict
+    # The page used the REST credential it fetched from /ice, and coturn allocated under it.
+    username = verdict["pair"]["username"]
+    expiry, user = username.split(":", 1)
+    assert user == "li" and 500 < int(expiry) - time.time() <= 600, username
+    assert username in allocations(turn.log())

@@ -406,5 +406,5 @@ def test_storescu_study_gets_thumbnails_without_anyone_asking(runtime, tmp_path)
 
 
 def test_paths_are_under_derived():
-    assert derive.preview_key("1.2", "1.2.3", "1.2.3.4") == "derived/1.2/1.2.3/1.2.3.4/preview.jpg"
+    assert derive.preview_key("1.2", "1.2.3", "1.2.3.4") == "derived/1.2/1.2.3/1.2.3.4.preview.jpg"
     assert derive.series_thumbnail_key("1.2", "1.2.3") == "derived/1.2/1.2.3/series.jpg"
