@@ -337,6 +337,17 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             raise NotAuthenticated("enter the PIN first / 请先输入提取码")
         return share
 
+    def _patient_share(request: Request, session: Session, token: str, action: str):
+        """(unlocked share, None), or (None, the page to show instead: PIN form or friendly error)."""
+        try:
+            _limit(limits.pages, request)
+            return _unlocked(request, session, token), None
+        except NotAuthenticated:
+            return None, RedirectResponse(f"/f/{token}", status_code=303)
+        except (NotFound, Gone, Locked, TooManyRequests) as exc:
+            _audit_dead_link(session, request, token, exc, action)
+            return None, _film_error(request, exc)
+
     def _image_access(request: Request, session: Session, token: str) -> Share | Response:
         try:
             return _unlocked(request, session, token)
@@ -401,14 +412,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     @router.get("/f/{token}/view", response_class=HTMLResponse, include_in_schema=False)
     def film_view(token: str, request: Request, session: WriteSession):
         rt = runtime(request)
-        try:
-            _limit(limits.pages, request)
-            share = _unlocked(request, session, token)
-        except NotAuthenticated:
-            return RedirectResponse(f"/f/{token}", status_code=303)
-        except (NotFound, Gone, Locked, TooManyRequests) as exc:
-            _audit_dead_link(session, request, token, exc, "film.view")
-            return _film_error(request, exc)
+        share, answer = _patient_share(request, session, token, "film.view")
+        if answer is not None:
+            return answer
         study = shares.film_study(session, share)
         report = shares.report_for_study(session, share.study_instance_uid)
         if report is not None and report.pdf_key:
@@ -468,14 +474,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     @router.get("/f/{token}/report.pdf", include_in_schema=False)
     def film_report(token: str, request: Request, session: WriteSession):
         """The signed report PDF, for the patient who unlocked the link."""
-        try:
-            _limit(limits.pages, request)
-            share = _unlocked(request, session, token)
-        except NotAuthenticated:
-            return RedirectResponse(f"/f/{token}", status_code=303)
-        except (NotFound, Gone, Locked, TooManyRequests) as exc:
-            _audit_dead_link(session, request, token, exc, "film.report")
-            return _film_error(request, exc)
+        share, answer = _patient_share(request, session, token, "film.report")
+        if answer is not None:
+            return answer
         report = shares.report_for_study(session, share.study_instance_uid)
         if report is None or not report.pdf_key:
             return _film_error(request, NotFound("the report is not ready yet / 报告尚未出具"))
@@ -485,14 +486,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
 
     @router.get("/f/{token}/download", include_in_schema=False)
     def film_download(token: str, request: Request, session: WriteSession):
-        try:
-            _limit(limits.pages, request)
-            share = _unlocked(request, session, token)
-        except NotAuthenticated:
-            return RedirectResponse(f"/f/{token}", status_code=303)
-        except (NotFound, Gone, Locked, TooManyRequests) as exc:
-            _audit_dead_link(session, request, token, exc, "film.download")
-            return _film_error(request, exc)
+        share, answer = _patient_share(request, session, token, "film.download")
+        if answer is not None:
+            return answer
         rows = shares.study_instances(session, share)
         entries, numbers = [], {}
         for series, instance in rows:
