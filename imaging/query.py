@@ -90,8 +90,10 @@ def _like(value: str) -> str:
 def _pattern(value: str):
     """A DICOM wildcard value as a LIKE pattern rendered into the SQL (escaped by SQLAlchemy),
     not bound: PostgreSQL then plans with the actual prefix (an index range), whereas the
-    generic plan it switches to for a prepared `LIKE $1` can use no index at all."""
-    return literal(_like(value), String, literal_execute=True)
+    generic plan it switches to for a prepared `LIKE $1` can use no index at all. A value
+    with a NUL character stays a bound parameter (SQL text cannot carry one)."""
+    pattern = _like(value)
+    return pattern if "\x00" in pattern else literal(pattern, String, literal_execute=True)
 
 
 def _has_wildcard(value: str) -> bool:
@@ -134,6 +136,8 @@ def condition(attr: Attr, raw: str):
     value = raw.strip()
     if value == "" or attr.column is None:
         return None
+    if "\x00" in value:  # no DICOM value holds a NUL, and PostgreSQL text cannot carry one
+        raise Invalid(f"{attr.keyword}: the value contains a NUL character")
     if attr.kind == "uid":
         uids = [u.strip() for u in value.split("\\") if u.strip()]
         return attr.column.in_(uids) if len(uids) > 1 else attr.column == uids[0]
