@@ -327,12 +327,3 @@ def worklist(*, session: Session, user: User, statuses: list[str] | None = None,
 
 def _modalities(session: Session, study_uid: str) -> str:
     return session.scalar(select(Study.modalities).where(Study.study_instance_uid == study_uid)) or ""
-
-
-def mark_overdue_notified(*, session: Session) -> list[int]:
-    """Consults past their deadline (for the coordinator board and reminders)."""
-    now = utcnow()
-    return list(session.scalars(select(ConsultRequest.id).where(ConsultRequest.status.in_(OPEN),
-                                                               ConsultRequest.due_at < now)))
-
-

@@ -58,7 +58,8 @@ from imaging.negotiation import Offer
 from imaging.service import Ingestor, parse_part10
 from storage import access, audit
 from storage.access import Principal, Scope
-from storage.errors import DomainError, NotFound, NotPermitted, Unavailable
+from storage.errors import (BadRequest, DomainError, NotAcceptable, NotFound, NotPermitted, Unavailable,
+                            UnsupportedMediaType)
 
 log = logging.getLogger("lancang.dicomweb")
 
@@ -84,20 +85,6 @@ REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE, FAILURE_REASON = "00081150", "000
 OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE, NOT_AUTHORIZED = 0x0110, 0x0111, 0x0124
 
-
-class BadRequest(DomainError):
-    status = 400
-    code = "bad_request"
-
-
-class NotAcceptable(DomainError):
-    status = 406
-    code = "not_acceptable"
-
-
-class UnsupportedMediaType(DomainError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 # -- request helpers --------------------------------------------------------------------

@@ -10,7 +10,6 @@ Sequence matching is not supported: sequence keys are returned empty.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,12 +332,3 @@ def _patient_count(session: Session, patient_pk: int, keyword: str) -> int:
               "NumberOfPatientRelatedSeries": func.sum(Study.num_series),
               "NumberOfPatientRelatedInstances": func.sum(Study.num_instances)}[keyword]
     return session.scalar(select(column).select_from(Study).where(Study.patient_pk == patient_pk)) or 0
-
-
-def stored_value(instance: Instance, keyword_tag: str) -> dict | None:
-    """An attribute of an instance from its stored DICOM JSON (for non-indexed return keys)."""
-    try:
-        return json.loads(instance.dicom_json).get(keyword_tag)
-    except (ValueError, AttributeError):
-        return None
-

@@ -19,7 +19,6 @@ import socket
 import sys
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -40,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import handlers, query
 from imaging.dataset import InvalidInstance
-from imaging.service import Ingestor, IngestResult
+from imaging.service import Ingestor
 from lancang.settings import Settings
 from storage import access, audit
 from storage.access import Principal

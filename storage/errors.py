@@ -10,6 +10,20 @@ class DomainError(Exception):
         self.detail = detail
 
 
+class BadRequest(DomainError):
+    """A request that cannot be understood (the base class's 400, named for readability)."""
+
+
+class NotAcceptable(DomainError):
+    status = 406
+    code = "not_acceptable"
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Invalid(DomainError):
     status = 422
     code = "invalid"

@@ -23,7 +23,7 @@ from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
 from imaging.routes import build_router as imaging_router
 from web import errors, pages, routes
-from web.deps import current_principal, db_session, optional_user, require_user, write_session
+from web.deps import current_principal, db_session, optional_user, require_user, room_user, write_session
 from web.ratelimit import RateLimiter
 
 HERE = Path(__file__).parent
@@ -43,23 +43,6 @@ def display_date(value: str) -> str:
     """DICOM DA (20261101) as 2026-11-01."""
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if value and len(value) == 8 and value.isdigit() else (value or "")
 log = logging.getLogger("lancang.web")
-
-
-def room_user(connection, session):
-    """The user of a room WebSocket (or page): the session cookie, else a `token` query parameter
-    (an API token: aiortc clients and tools cannot set cookies). None when neither is valid."""
-    from storage.errors import NotAuthenticated
-    from web import service
-    from web.deps import SESSION_COOKIE
-
-    for kind, secret in (("session", connection.cookies.get(SESSION_COOKIE)),
-                         ("api", connection.query_params.get("token"))):
-        if secret:
-            try:
-                return service.user_for_token(session=session, secret=secret, kind=kind)
-            except NotAuthenticated:
-                return None
-    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

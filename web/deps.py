@@ -89,3 +89,16 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
+
+
+def room_user(connection, session: Session) -> User | None:
+    """The user of a room WebSocket (or page): the session cookie, else a `token` query parameter
+    (an API token: aiortc clients and tools cannot set cookies). None when neither is valid."""
+    for kind, secret in (("session", connection.cookies.get(SESSION_COOKIE)),
+                         ("api", connection.query_params.get("token"))):
+        if secret:
+            try:
+                return service.user_for_token(session=session, secret=secret, kind=kind)
+            except NotAuthenticated:
+                return None
+    return None

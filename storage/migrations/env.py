@@ -2,7 +2,6 @@
 `lancang db upgrade`; the metadata comes from every domain through lancang.models."""
 
 from alembic import context
-from sqlalchemy import pool
 
 from lancang.models import metadata
 from storage.db import make_engine

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import statistics
 import warnings
 
 import numpy as np

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
