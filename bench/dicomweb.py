@@ -26,10 +26,10 @@ scale    PostgreSQL 15 (tests.services.PostgresServer; fsync, synchronous_commit
          list asks), 30+ varied values each, and common surnames without a limit (the
          server's maximum page of 1000 studies).
 
-Also printed: the audit record's own cost (audit.record in-process on the same database,
-and on SQLite with synchronous=NORMAL to show its fsync), Lancang's per-request floor (a
-400 after token authentication), and with --audit-variant a second `lancang web` whose
-audit.record is a no-op (a diagnostic only; Lancang has no such setting).
+Also printed: the audit record's own cost (in-process on the same database: record_read, as
+every read request writes one, and the synced record that changes use), Lancang's
+per-request floor (a 400 after token authentication), and with --audit-variant a second
+`lancang web` whose audit writes are no-ops (a diagnostic only; Lancang has no such setting).
 
 Everything runs inside a private network namespace (only loopback; Orthanc listens on
 0.0.0.0), re-executing itself under `unshare -n`.  Every process started here is
@@ -114,10 +114,10 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 # --------------------------------------------------------------- Lancang processes
 
-# `lancang web` with audit.record replaced by a no-op: a diagnostic that shows how much of
-# each figure the audit write is.  Not a configuration Lancang offers.
+# `lancang web` with audit.record and audit.record_read replaced by no-ops: a diagnostic that
+# shows how much of each figure the audit write is.  Not a configuration Lancang offers.
 NO_AUDIT_WEB = ("import sys, storage.audit as audit\n"
-                "audit.record = lambda db, **fields: None\n"
+                "audit.record = audit.record_read = lambda db, **fields: None\n"
                 "from lancang.cli import main\n"
                 "sys.exit(main(['web']))\n")
 
@@ -304,30 +304,22 @@ def layout_of(data: Path, plan: list[ctgen.Study]) -> list[SeriesInfo]:
 
 
 def audit_probe(settings, calls: int = 30) -> dict:
-    """What one audit.record costs on this database, as the web process does it per request:
-    with the site's settings (SQLite synchronous=FULL), and with synchronous=NORMAL (no fsync
-    at commit in WAL mode) to show how much of it is the fsync.  Appends real records."""
-    from sqlalchemy import event
-
+    """What one audit record costs on this database: `audit.record_read` as the web process
+    writes one per read request (committed, flushed to disk within 0.1 s), and `audit.record`
+    as changes and security events are written (synced at commit).  Appends real records."""
     from storage import audit
     from storage.access import Principal
     from storage.db import Database
 
     principal = Principal(kind="user", name=USERNAME, institution_code=INSTITUTION, role="specialist")
     out = {}
-    for label, synchronous in (("as configured", None), ("synchronous=NORMAL", "NORMAL")):
+    for label, write in (("record_read (reads)", audit.record_read), ("record (synced)", audit.record)):
         db = Database(settings.effective_database_url)
-        if synchronous and db.is_sqlite:
-            event.listen(db.engine, "connect",
-                         lambda conn, _rec, mode=synchronous: conn.execute(f"PRAGMA synchronous={mode}"))
-        elif synchronous:
-            db.dispose()
-            continue
         times = []
         for k in range(calls + 3):
             started = time.perf_counter()
-            audit.record(db, principal=principal, action="bench.audit_probe", object_type="series",
-                         object_id=f"probe-{k}", source="127.0.0.1", detail={"instances": 200})
+            write(db, principal=principal, action="bench.audit_probe", object_type="series",
+                  object_id=f"probe-{k}", source="127.0.0.1", detail={"instances": 200})
             if k >= 3:
                 times.append((time.perf_counter() - started) * 1000)
         out[label] = {"p50_ms": round(pct(times, 50), 2), "p95_ms": round(pct(times, 95), 2)}
@@ -457,9 +449,9 @@ def print_compare(rows: list[dict], probe: dict, args) -> None:
               f"of {low:g}-{high:g} ms)")
         diag = by.get((endpoint, "lancang-noaudit"))
         if diag:
-            print(f"{'  (diagnostic: audit.record a no-op)':<42} {'':>16} {diag['p50_ms']:>7.1f} /"
+            print(f"{'  (diagnostic: audit writes no-ops)':<42} {'':>16} {diag['p50_ms']:>7.1f} /"
                   f"{diag['p95_ms']:>7.1f} {diag['ratio']:>6.2f}x")
-    print("audit.record alone (in-process, same SQLite file, 30 calls): "
+    print("one audit record alone (in-process, same SQLite file, 30 calls): "
           + "; ".join(f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in probe.items()))
 
 
@@ -817,7 +809,7 @@ def run_scale(args, stack: contextlib.ExitStack) -> dict:
         p95 = statistics.median(r["p95_ms"] for r in group)
         summary.append({"query": kind, "p50_ms": p50, "p95_ms": p95, "met": p95 <= 50})
         print(f"{label:<36} {p50:>8.1f} {p95:>8.1f}  {'met' if p95 <= 50 else 'NOT met'}")
-    print("audit.record alone (in-process, same database, 30 calls): "
+    print("one audit record alone (in-process, same database, 30 calls): "
           + "; ".join(f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in probe.items()))
     return {"synthesis": made, "postgres": settings, "rounds": results, "summary": summary,
             "audit_probe_ms": probe, "values": values}

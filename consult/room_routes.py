@@ -162,7 +162,7 @@ def build_room_router(db_session, write_session, current_user, user_from_websock
             raise NotFound("no such recording / 未找到录像")
         runtime = request.app.state.runtime
         offset, length, status = byte_range(request.headers.get("range"), row.size)
-        audit.record(runtime.db, principal=None, actor=user.username, action="recording.play",
+        audit.record_read(runtime.db, principal=None, actor=user.username, action="recording.play",
                      object_type="consult", object_id=str(consult_id), detail={"recording": row.id})
         headers = {"Accept-Ranges": "bytes", "Content-Length": str(length),
                    "Content-Disposition": f'inline; filename="consult-{consult_id}-{row.id}.mp4"'}

@@ -189,7 +189,7 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
             raise NotFound("no such report version")
         from storage import audit
 
-        audit.record(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
+        audit.record_read(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
                      object_type="consult", object_id=str(consult_id), detail={"version": number})
         return Response(store(request).get(version.pdf_key), media_type="application/pdf",
                         headers={"Content-Disposition": f'inline; filename="report-{consult_id}-v{number}.pdf"'})

@@ -15,7 +15,7 @@ Rules that hold everywhere:
   * The caller is a user (bearer token or browser session); what they may see is
     `storage.access.scope_for`, applied in the SQL of every lookup. A study that is not
     visible answers exactly like one that does not exist (404); searches just do not match it.
-  * Every read and every denial is audited (`audit.record`), with the object ids and counts.
+  * Every read and every denial is audited (`audit.record_read`), with the object ids and counts.
   * Searches and metadata are answered from the index: stored DICOM JSON text is concatenated,
     never re-parsed per instance for metadata, and objects are never opened for them.
   * Media types are negotiated by `imaging.negotiation` (PS3.18 8.7): 406 only when nothing
@@ -28,6 +28,7 @@ Rules that hold everywhere:
 
 # No `from __future__ import annotations`: FastAPI must resolve the router-local
 # Annotated dependencies (DbSession, CurrentPrincipal) at definition time.
+import inspect
 import io
 import json
 import logging
@@ -155,8 +156,10 @@ def choose(request: Request, offers: Iterable[Offer], accept: str | None = None)
 
 
 def _audit(request: Request, principal: Principal, action: str, *, object_type: str, object_id: str,
-           outcome: str = "ok", detail: dict | None = None) -> None:
-    audit.record(request.app.state.runtime.db, principal=principal, action=action, object_type=object_type,
+           outcome: str = "ok", detail: dict | None = None, change: bool = False) -> None:
+    """Audit a read (or, with change=True, a store: synced before the answer like the data)."""
+    write = audit.record if change else audit.record_read
+    write(request.app.state.runtime.db, principal=principal, action=action, object_type=object_type,
                  object_id=object_id[:4000], source=_source(request), outcome=outcome, detail=detail or {})
 
 
@@ -223,7 +226,8 @@ _INSTANCE_COLUMNS = (Study.study_instance_uid.label("study"), Series.series_inst
 
 def find_instances(session: Session, scope: Scope, where: Target) -> list:
     """Visible instances under the target, in series/instance order (no metadata loaded)."""
-    return session.execute(_instances_statement(_INSTANCE_COLUMNS, where, scope)).all()
+    # Columns only: Core on the session's connection (the ORM execute layers cost more than the SQL).
+    return session.connection().execute(_instances_statement(_INSTANCE_COLUMNS, where, scope)).all()
 
 
 def _utf8(session: Session, column):
@@ -242,7 +246,7 @@ def metadata_rows(session: Session, scope: Scope, where: Target) -> list:
     dicom_json as UTF-8 bytes where the database can hand them over (see _utf8)."""
     columns = (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
                _utf8(session, Instance.dicom_json))
-    return session.execute(_instances_statement(columns, where, scope)).all()
+    return session.connection().execute(_instances_statement(columns, where, scope)).all()
 
 
 def metadata_body(rows: Iterable, base: str) -> bytes:
@@ -922,17 +926,47 @@ def _json_response(payload: Any, offer: Offer, status: int = 200, headers: dict 
 # -- the router -------------------------------------------------------------------------
 
 
-def build_dicomweb_router(db_session, write_session, current_principal) -> APIRouter:
-    """The DICOMweb router, given the web layer's unit-of-work and principal dependencies.
+def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
+    """Make `work(..., request, session, principal)` an endpoint that runs in one thread-pool hop.
 
-    `write_session` is accepted for symmetry with future write resources (rejection, delete);
-    STOW-RS does not use it: the Ingestor commits each instance in its own transaction, and
-    holding a request-long write transaction would block it on SQLite.
+    The read resources are many small requests. As FastAPI dependencies, the read session
+    and the principal would cost a hop each (plus the endpoint's own) and anyio's exit-stack
+    machinery around them, more than a study search's SQL. Here one worker thread opens the
+    read unit of work, authenticates (`authenticate`, the web layer's token check), runs the
+    work and ends the transaction. The endpoint's signature is `work`'s without `session`
+    and `principal`, so FastAPI still validates and documents the path parameters.
+    """
+
+    def decorate(work: Callable[..., Response]):
+        signature = inspect.signature(work)
+        kept = [p for name, p in signature.parameters.items() if name not in ("session", "principal")]
+
+        def unit_of_work(kwargs: dict) -> Response:
+            request = kwargs["request"]
+            with request.app.state.runtime.db.scope(readonly=True) as session:
+                return work(session=session, principal=authenticate(request, session), **kwargs)
+
+        async def endpoint(**kwargs):
+            return await run_in_threadpool(unit_of_work, kwargs)
+
+        endpoint.__signature__ = signature.replace(parameters=kept)
+        endpoint.__name__, endpoint.__qualname__, endpoint.__doc__ = work.__name__, work.__qualname__, work.__doc__
+        return endpoint
+
+    return decorate
+
+
+def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
+    """The DICOMweb router, given the web layer's principal dependency (STOW-RS) and its token
+    check (`authenticate(request, session)`, for the read resources run by `in_one_hop`).
+
+    STOW-RS takes no request-long session: the Ingestor commits each instance in its own
+    transaction, and holding a request-long write transaction would block it on SQLite.
     """
     router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
-    DbSession = Annotated[Session, Depends(db_session, scope="function")]
     CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-    del write_session
+    one_hop = in_one_hop(authenticate)
+    DbSession = Session  # read routes declare their session; one_hop supplies it
 
     def runtime(request: Request):
         return request.app.state.runtime
@@ -966,7 +1000,8 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         _audit(request, principal, "dicomweb.store", object_type="study",
                object_id=",".join(sorted(outcome.studies)) or (study or ""),
                outcome="ok" if not outcome.failed else "failed",
-               detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures})
+               detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures},
+               change=True)
         log.info("dicomweb.store.done user=%s stored=%s failed=%s", principal.name,
                  len(outcome.referenced), len(outcome.failed))
         return _json_response(stow_response(outcome, base, study), offer, outcome.status)
@@ -1001,32 +1036,38 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return _json_response(results, offer, headers=_warning_header(base, search.warnings))
 
     @router.get("/studies")
+    @one_hop
     def search_studies(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Studies."""
         return qido(request, session, principal, "STUDY")
 
     @router.get("/series")
+    @one_hop
     def search_all_series(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Series in all studies (study attributes included)."""
         return qido(request, session, principal, "SERIES")
 
     @router.get("/instances")
+    @one_hop
     def search_all_instances(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Instances in all studies."""
         return qido(request, session, principal, "IMAGE")
 
     @router.get("/studies/{study}/series")
+    @one_hop
     def search_series(study: str, request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Series of one study."""
         return qido(request, session, principal, "SERIES", study)
 
     @router.get("/studies/{study}/instances")
+    @one_hop
     def search_study_instances(study: str, request: Request, session: DbSession,
                                principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Instances of one study."""
         return qido(request, session, principal, "IMAGE", study)
 
     @router.get("/studies/{study}/series/{series}/instances")
+    @one_hop
     def search_instances(study: str, series: str, request: Request, session: DbSession,
                          principal: CurrentPrincipal) -> Response:
         """QIDO-RS Search for Instances of one series."""
@@ -1050,17 +1091,20 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return StreamingResponse(multipart.stream(parts, boundary), media_type=offer.content_type(boundary))
 
     @router.get("/studies/{study}")
+    @one_hop
     def retrieve_study(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Study: every instance, multipart/related; type="application/dicom"."""
         return retrieve(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}")
+    @one_hop
     def retrieve_series(study: str, series: str, request: Request, session: DbSession,
                         principal: CurrentPrincipal):
         """WADO-RS Retrieve Series."""
         return retrieve(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}")
+    @one_hop
     def retrieve_instance(study: str, series: str, sop: str, request: Request, session: DbSession,
                           principal: CurrentPrincipal):
         """WADO-RS Retrieve Instance."""
@@ -1078,17 +1122,20 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return Response(metadata_body(rows, base_url(request)), media_type=offer.media_type)
 
     @router.get("/studies/{study}/metadata")
+    @one_hop
     def study_metadata(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Study Metadata (DICOM JSON of every instance, from the index)."""
         return metadata(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}/metadata")
+    @one_hop
     def series_metadata(study: str, series: str, request: Request, session: DbSession,
                         principal: CurrentPrincipal):
         """WADO-RS Retrieve Series Metadata."""
         return metadata(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    @one_hop
     def instance_metadata(study: str, series: str, sop: str, request: Request, session: DbSession,
                           principal: CurrentPrincipal):
         """WADO-RS Retrieve Instance Metadata (a JSON array of one dataset)."""
@@ -1097,6 +1144,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
     # ---- WADO-RS: frames and bulk data ----
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
+    @one_hop
     def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request,
                         session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Frames (1-based list): uncompressed octet-stream by default, or the
@@ -1111,6 +1159,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return frames_response(row, ds, numbers, offer)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
+    @one_hop
     def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
                           session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Bulk Data named by the metadata's BulkDataURI (an 8-hex tag); pixel
@@ -1154,23 +1203,27 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return Response(rendered_image(ds, index, offer.media_type, options), media_type=offer.media_type)
 
     @router.get("/studies/{study}/rendered")
+    @one_hop
     def study_rendered(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Rendered Study: one image of its representative instance."""
         return render_one(request, session, principal, target(study), None)
 
     @router.get("/studies/{study}/series/{series}/rendered")
+    @one_hop
     def series_rendered(study: str, series: str, request: Request, session: DbSession,
                         principal: CurrentPrincipal):
         """WADO-RS Retrieve Rendered Series: one image of its middle instance."""
         return render_one(request, session, principal, target(study, series), None)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+    @one_hop
     def instance_rendered(study: str, series: str, sop: str, request: Request, session: DbSession,
                           principal: CurrentPrincipal):
         """WADO-RS Retrieve Rendered Instance: its first frame."""
         return render_one(request, session, principal, target(study, series, sop), 0)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
+    @one_hop
     def frames_rendered(study: str, series: str, sop: str, frames: str, request: Request,
                         session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Rendered Frames: one image, or a multipart of images for several."""
@@ -1198,17 +1251,20 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
         return Response(thumbnail_image(ds, offer.media_type, viewport), media_type=offer.media_type)
 
     @router.get("/studies/{study}/thumbnail")
+    @one_hop
     def study_thumbnail(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         """WADO-RS Retrieve Study Thumbnail (viewport=vw,vh; default 128x128)."""
         return thumbnail(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}/thumbnail")
+    @one_hop
     def series_thumbnail(study: str, series: str, request: Request, session: DbSession,
                          principal: CurrentPrincipal):
         """WADO-RS Retrieve Series Thumbnail."""
         return thumbnail(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    @one_hop
     def instance_thumbnail(study: str, series: str, sop: str, request: Request, session: DbSession,
                            principal: CurrentPrincipal):
         """WADO-RS Retrieve Instance Thumbnail (its representative frame)."""
@@ -1217,6 +1273,7 @@ def build_dicomweb_router(db_session, write_session, current_principal) -> APIRo
     # ---- WADO-URI ----
 
     @router.get("/wado")
+    @one_hop
     def wado_uri(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
         """WADO-URI (PS3.18 9): one object as application/dicom, or one frame as image/jpeg|png."""
         params = request.query_params

@@ -297,7 +297,8 @@ def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] 
     if counts:
         labels.append("_patient_pk")
         columns.append(Patient.id)
-    rows = session.execute(_statement(session, q, _base_columns(q.level, columns), scope)).all()
+    # Columns only: run as Core on the session's connection, skipping the ORM execute layers.
+    rows = session.connection().execute(_statement(session, q, _base_columns(q.level, columns), scope)).all()
     out = [dict(zip(labels, row)) for row in rows]
     if counts:
         for row in out:

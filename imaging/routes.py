@@ -35,7 +35,7 @@ def build_router(db_session, current_principal) -> APIRouter:
         scope = access.scope_for(session, principal)
         rows = query.run(session, scope, query.Query("STUDY", keys, limit=limit, offset=offset))
         total = len(rows) + offset if len(rows) < limit else _count(session, scope, keys)
-        audit.record(request.app.state.runtime.db, principal=principal, action="study.search",
+        audit.record_read(request.app.state.runtime.db, principal=principal, action="study.search",
                      object_type="study", source=_source(request),
                      object_id=str({k: v for k, v in keys.items() if v}), detail={"matches": len(rows)})
         return StudyPage(items=[_study(session, r) for r in rows], offset=offset, limit=limit, total=total)
@@ -47,11 +47,11 @@ def build_router(db_session, current_principal) -> APIRouter:
         runtime_db = request.app.state.runtime.db
         if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
                                                      study_uid=study_uid):
-            audit.record(runtime_db, principal=principal, action="study.read", object_type="study",
+            audit.record_read(runtime_db, principal=principal, action="study.read", object_type="study",
                          object_id=study_uid, source=_source(request), outcome="denied")
             # Same answer for "absent" and "not yours": existence is itself patient data.
             raise NotFound("study not found / 未找到该检查")
-        audit.record(runtime_db, principal=principal, action="study.read", object_type="study",
+        audit.record_read(runtime_db, principal=principal, action="study.read", object_type="study",
                      object_id=study_uid, source=_source(request))
         series = session.scalars(select(Series).where(Series.study_pk == study.id)
                                  .order_by(Series.series_number.asc().nullslast(), Series.id)).all()

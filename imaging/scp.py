@@ -317,7 +317,7 @@ class Receiver:
 
     def _audit(self, principal: Principal, event, action: str, level: str, keys: dict, count: int) -> None:
         shown = {k: v for k, v in keys.items() if v}
-        audit.record(self.db, principal=principal, action=action, object_type=level.lower() or "query",
+        audit.record_read(self.db, principal=principal, action=action, object_type=level.lower() or "query",
                      object_id=json.dumps(shown, ensure_ascii=False)[:1000], source=_address(event.assoc),
                      detail={"matches": count})
 

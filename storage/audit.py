@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Iterable, Iterator
 
 from sqlalchemy import select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from storage.access import Principal
@@ -34,24 +35,24 @@ FIELDS = (
 )
 
 
-def _canonical(record: AuditRecord) -> bytes:
-    values = [getattr(record, name) for name in FIELDS]
-    values[1] = record.at.isoformat(timespec="microseconds")
-    payload = json.dumps([record.prev_hash, values], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+def _canonical(prev_hash: str, fields: dict) -> bytes:
+    values = [fields[name] for name in FIELDS]
+    values[1] = fields["at"].isoformat(timespec="microseconds")
+    payload = json.dumps([prev_hash, values], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return payload.encode("utf-8")
 
 
 def compute_hash(record: AuditRecord) -> str:
-    return hashlib.sha256(_canonical(record)).hexdigest()
+    return hashlib.sha256(_canonical(record.prev_hash, {name: getattr(record, name) for name in FIELDS})).hexdigest()
 
 
-def _lock_chain(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+def _lock_chain(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
 
 
 def append(
-    session: Session,
+    session: Session | Connection,
     *,
     principal: Principal | None,
     action: str,
@@ -61,13 +62,14 @@ def append(
     source: str = "",
     detail: dict | None = None,
     actor: str | None = None,
-) -> AuditRecord:
-    """Append a record inside the caller's transaction (atomic with the action itself)."""
-    _lock_chain(session)
-    last = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-    ).first()
-    record = AuditRecord(
+) -> str:
+    """Append a record inside the caller's transaction (atomic with the action itself).
+    Returns the record's hash. Core statements, not the ORM unit of work: every audited
+    request pays for this."""
+    conn = session.connection() if isinstance(session, Session) else session
+    _lock_chain(conn)
+    last = conn.execute(_LAST).first()
+    fields = dict(
         seq=(last.seq + 1) if last else 1,
         at=utcnow(),
         actor=actor or (principal.name if principal else "anonymous"),
@@ -79,18 +81,34 @@ def append(
         source=source[:255],
         outcome=outcome,
         detail=detail or {},
-        prev_hash=last.hash if last else GENESIS,
     )
-    record.hash = compute_hash(record)
-    session.add(record)
-    session.flush()
-    return record
+    prev_hash = last.hash if last else GENESIS
+    digest = hashlib.sha256(_canonical(prev_hash, fields)).hexdigest()
+    conn.execute(_INSERT, dict(fields, prev_hash=prev_hash, hash=digest))
+    return digest
+
+
+_LAST = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+_INSERT = AuditRecord.__table__.insert()
 
 
 def record(db: Database, **fields) -> None:
-    """Append a record in its own transaction: kept even when the request itself fails."""
+    """Append a record in its own transaction: kept even when the request itself fails.
+    On disk before this returns: for security events and changes."""
     with db.scope() as session:
         append(session, **fields)
+
+
+def record_read(db: Database, **fields) -> None:
+    """Audit a read of patient data in its own transaction, committed before the caller answers.
+
+    The commit does not wait for the disk (Database.relaxed_scope): the record survives a
+    crash of any process at once and a power cut after at most RELAXED_FLUSH_S. Waiting for
+    a flush per read would double the cost of a small query, and a read changes nothing
+    that a lost record could hide; changes and security events use `record` or `append`.
+    """
+    with db.relaxed_scope() as conn:
+        append(conn, **fields)
 
 
 @dataclass

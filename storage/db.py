@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
 from sqlalchemy import MetaData, create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from lancang.settings import Settings
@@ -29,9 +32,13 @@ class Base(DeclarativeBase):
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _AFTER_COMMIT = "lancang_after_commit"
+log = logging.getLogger("lancang.db")
+
+# Relaxed commits (audit records of reads) reach the disk within this many seconds.
+RELAXED_FLUSH_S = 0.1
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str = "FULL") -> None:
     """WAL for concurrent readers; FULL sync so a commit is on disk before we acknowledge it.
 
     Write transactions start with BEGIN IMMEDIATE: several processes (web, DICOM, worker)
@@ -44,7 +51,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
@@ -55,10 +62,10 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, synchronous)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -73,6 +80,7 @@ class Database:
         self._read = sessionmaker(
             self.engine.execution_options(lancang_readonly=True), expire_on_commit=False
         )
+        self._relaxed = self._relaxed_engine()
         self._migrated = False
         self._lock = threading.Lock()
 
@@ -97,6 +105,36 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def relaxed_scope(self) -> Iterator[Connection]:
+        """A write unit of work whose commit does not wait for the disk.
+
+        For records whose loss in a power cut is tolerable for a fraction of a second but
+        not in a crash of this process: audit records of reads. The commit is complete and
+        visible, in order with every other commit, and survives the process dying at once;
+        it reaches the disk within RELAXED_FLUSH_S (SQLite: synchronous=NORMAL and a
+        background fdatasync of the WAL; PostgreSQL: synchronous_commit=off, flushed by its
+        WAL writer within 3 x wal_writer_delay, 0.6 s by default). Any later fully synced
+        commit carries it to disk too: both logs are written in commit order.
+
+        A Core connection in a transaction, not an ORM session: its users write one row.
+        """
+        engine, flusher = self._relaxed
+        with engine.begin() as conn:
+            if flusher is None:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+        if flusher is not None:
+            flusher.note_commit()
+
+    def _relaxed_engine(self) -> tuple[Engine, WalFlusher | None]:
+        if not self.is_sqlite:
+            return self.engine, None
+        engine = make_engine(self.url, synchronous="NORMAL")
+        database = engine.url.database
+        wal = Path(database + "-wal") if database and database != ":memory:" else None
+        return engine, WalFlusher(wal)
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -119,7 +157,69 @@ class Database:
             self._migrated = True
 
     def dispose(self) -> None:
+        engine, flusher = self._relaxed
+        if flusher is not None:
+            flusher.close()
+            engine.dispose()
         self.engine.dispose()
+
+
+class WalFlusher:
+    """Puts relaxed SQLite commits on disk within RELAXED_FLUSH_S: one fdatasync of the WAL
+    file per interval, only when a relaxed commit happened in it.
+
+    fdatasync on any descriptor of the file flushes all its written pages (Linux, POSIX
+    fsync semantics); SQLite writes the WAL sequentially and ignores a torn tail after a
+    power cut, so what is lost is at most the last interval's relaxed commits, never order.
+    """
+
+    def __init__(self, wal: Path | None, interval: float = RELAXED_FLUSH_S):
+        self.wal = wal
+        self.interval = interval
+        self._dirty = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        self._closed = False
+
+    def note_commit(self) -> None:
+        if self.wal is None:
+            return
+        self._dirty.set()
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._dirty.wait()
+            if self._closed:
+                return
+            time.sleep(self.interval)
+            self.flush()
+
+    def close(self) -> None:
+        """Flush what is pending and end the thread."""
+        self.flush()
+        self._closed = True
+        self._dirty.set()  # wakes the thread, which sees _closed and returns
+
+    def flush(self) -> None:
+        if self.wal is None or self._closed or not self._dirty.is_set():
+            return
+        self._dirty.clear()  # a commit during the sync sets it again: flushed next round
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: the database file was synced
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            log.error("db.wal_flush.failed path=%s error=%s", self.wal, exc)
+            self._dirty.set()
+        finally:
+            os.close(fd)
 
 
 def alembic_config(url: str):

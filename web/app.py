@@ -23,7 +23,8 @@ from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
 from imaging.routes import build_router as imaging_router
 from web import errors, pages, routes
-from web.deps import current_principal, db_session, optional_user, require_user, room_user, write_session
+from web.deps import (current_principal, db_session, optional_user, principal_of, require_user, room_user,
+                      write_session)
 from web.ratelimit import RateLimiter
 
 HERE = Path(__file__).parent
@@ -66,11 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates.env.filters.update(pn=display_name, da=display_date)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app)
+    # DICOMweb first: routes are matched in order, and its clients make the most requests.
+    app.include_router(build_dicomweb_router(current_principal, principal_of))
     app.include_router(routes.router)
     app.include_router(pages.router)
     app.include_router(imaging_router(db_session, current_principal))
     app.include_router(film_router(db_session, write_session, current_principal, rate_limiter=RateLimiter))
-    app.include_router(build_dicomweb_router(db_session, write_session, current_principal))
     app.include_router(consult_router(db_session, write_session, require_user))
     app.include_router(consult_pages(db_session, optional_user))
     app.include_router(build_room_router(db_session, write_session, require_user, room_user))

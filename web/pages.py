@@ -81,7 +81,7 @@ def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: Op
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         visible = study is not None and access.can_see_study(
             session, principal, institution_id=study.institution_id, study_uid=study_uid)
-    audit.record(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
+    audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
                  source=client_address(request), outcome="ok" if visible else "denied")
     if not visible:
         raise NotFound("study not found / 未找到该检查")

@@ -103,3 +103,35 @@ def test_append_rolls_back_with_its_transaction(runtime):
         pass
     with runtime.db.scope(readonly=True) as session:
         assert session.execute(text("SELECT COUNT(*) FROM audit_records")).scalar() == 0
+
+
+def test_reads_and_changes_share_one_chain_across_threads(runtime):
+    """record_read (relaxed commit) and record (synced) interleave into one valid chain."""
+    def reader():
+        for i in range(10):
+            audit.record_read(runtime.db, principal=ALICE, action="dicomweb.search", object_id=str(i))
+
+    def writer():
+        for i in range(5):
+            audit.record(runtime.db, principal=ALICE, action="consult.transition", object_id=str(i))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with runtime.db.scope(readonly=True) as session:
+        result = audit.verify(session)
+        actions = [a for (a,) in session.execute(text("SELECT action FROM audit_records"))]
+    assert result.ok and result.checked == 35
+    assert actions.count("dicomweb.search") == 30 and actions.count("consult.transition") == 5
+
+
+def test_record_read_is_committed_when_it_returns(runtime):
+    audit.record_read(runtime.db, principal=ALICE, action="study.read", object_id="1.2.3",
+                      detail={"名字": "张秀英"})
+    with runtime.db.engine.connect() as conn:  # another connection sees it at once
+        row = conn.execute(text("SELECT actor, object_id, detail FROM audit_records")).one()
+    assert row.actor == "alice" and row.object_id == "1.2.3"
+    detail = json.loads(row.detail) if isinstance(row.detail, str) else row.detail
+    assert detail == {"名字": "张秀英"}

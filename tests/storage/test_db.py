@@ -65,3 +65,63 @@ def test_tree_and_registry_errors(runtime):
             service.add_node(session=session, ae_title="WAY_TOO_LONG_AE_TITLE", institution_code="T1")
         with pytest.raises(Invalid):
             service.add_node(session=session, ae_title="X", institution_code="T1", host="h")
+
+
+def test_relaxed_commits_skip_only_the_disk_wait(runtime):
+    """SQLite: the relaxed engine runs synchronous=NORMAL beside the FULL one; PostgreSQL: the
+    relaxed transaction turns synchronous_commit off for itself only."""
+    db = runtime.db
+    with db.relaxed_scope() as conn:
+        if db.is_sqlite:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        else:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        else:  # SET LOCAL ended with its transaction: the server's own setting again
+            setting, configured = conn.exec_driver_sql(
+                "SELECT setting, reset_val FROM pg_settings WHERE name = 'synchronous_commit'").one()
+            assert setting == configured
+
+
+def test_relaxed_scope_rolls_back_on_error(runtime):
+    with pytest.raises(RuntimeError):
+        with runtime.db.relaxed_scope() as conn:
+            conn.execute(Institution.__table__.insert().values(code="RX", name_zh="x", level="city"))
+            raise RuntimeError
+    with runtime.db.scope(readonly=True) as session:
+        assert session.scalar(select(Institution).where(Institution.code == "RX")) is None
+
+
+def test_wal_flusher_syncs_the_wal_after_a_relaxed_commit(tmp_path, monkeypatch):
+    """The flusher fdatasyncs the WAL file within its interval, and only when a relaxed
+    commit happened (counted through os.fdatasync on the real file)."""
+    import os
+    import time
+
+    from storage import db as dbmod
+
+    synced = []
+    real = os.fdatasync
+
+    def counting(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(dbmod.os, "fdatasync", counting)
+    database = dbmod.Database(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        database.upgrade()
+        time.sleep(3 * dbmod.RELAXED_FLUSH_S)
+        assert synced == []  # nothing relaxed yet: nothing to flush
+        with database.relaxed_scope() as conn:
+            conn.execute(Institution.__table__.insert().values(code="W1", name_zh="x", level="city"))
+        deadline = time.monotonic() + 5
+        while not synced and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert synced and synced[0].endswith("x.db-wal")
+        time.sleep(3 * dbmod.RELAXED_FLUSH_S)
+        assert len(synced) == 1  # idle again: no further syncs
+    finally:
+        database.dispose()

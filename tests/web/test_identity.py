@@ -126,3 +126,30 @@ def test_login_is_rate_limited(app_client, alice):
     codes = [app_client.post("/login", data={"username": "alice", "password": "bad"}).status_code
              for _ in range(12)]
     assert 429 in codes and 500 not in codes
+
+
+def test_dicomweb_checks_tokens_like_the_user_path(app_client, alice, runtime):
+    """The read resources authenticate in their one worker hop (principal_for_token): the same
+    refusals as /api/me, and a session cookie's secret is not accepted as a bearer token."""
+    qido = "/dicom-web/studies"
+    ok = app_client.get(qido, headers={"Authorization": f"Bearer {alice}"})
+    assert ok.status_code == 200 and ok.json() == []
+    assert app_client.get(qido).status_code == 401
+    assert app_client.get(qido, headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    with runtime.db.scope() as session:
+        user = service.get_user(session=session, username="alice")
+        expired, row = service.issue_token(session=session, user=user)
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    response = app_client.get(qido, headers={"Authorization": f"Bearer {expired}"})
+    assert response.status_code == 401 and "expired" in response.json()["detail"]
+    with runtime.db.scope() as session:
+        cookie, _ = service.issue_token(session=session, user=service.get_user(session=session, username="alice"),
+                                        kind="session")
+    assert app_client.get(qido, cookies={"lancang_session": cookie}).status_code == 200  # the browser session works
+    app_client.cookies.clear()
+    refused = app_client.get(qido, headers={"Authorization": f"Bearer {cookie}"})
+    assert refused.status_code == 401 and "invalid" in refused.json()["detail"]
+    with runtime.db.scope() as session:
+        service.set_user_active(session=session, username="alice", active=False)
+    response = app_client.get(qido, headers={"Authorization": f"Bearer {alice}"})
+    assert response.status_code == 401 and "disabled" in response.json()["detail"]
