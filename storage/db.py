@@ -185,9 +185,11 @@ class WalFlusher:
         if self.wal is None:
             return
         self._dirty.set()
-        if self._thread is None:
+        # (Re)start the thread if there is none alive: after a fork the child inherits the
+        # Thread object but not the thread.
+        if self._thread is None or not self._thread.is_alive():
             with self._start:
-                if self._thread is None:
+                if not self._closed and (self._thread is None or not self._thread.is_alive()):
                     self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
                     self._thread.start()
 

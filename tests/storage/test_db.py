@@ -125,3 +125,30 @@ def test_wal_flusher_syncs_the_wal_after_a_relaxed_commit(tmp_path, monkeypatch)
         assert len(synced) == 1  # idle again: no further syncs
     finally:
         database.dispose()
+
+
+def test_wal_flusher_restarts_a_thread_it_lost(tmp_path):
+    """After a fork the child holds the parent's Thread object but no thread: the next relaxed
+    commit must start a new one (modelled with a finished thread)."""
+    import threading
+    import time
+
+    from storage import db as dbmod
+
+    database = dbmod.Database(f"sqlite:///{tmp_path / 'y.db'}")
+    try:
+        database.upgrade()
+        flusher = database._relaxed[1]
+        finished = threading.Thread(target=lambda: None)
+        finished.start()
+        finished.join()
+        flusher._thread = finished
+        with database.relaxed_scope() as conn:
+            conn.execute(Institution.__table__.insert().values(code="F1", name_zh="x", level="city"))
+        assert flusher._thread is not finished and flusher._thread.is_alive()
+        deadline = time.monotonic() + 5
+        while flusher._dirty.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not flusher._dirty.is_set()  # flushed by the new thread
+    finally:
+        database.dispose()
