@@ -27,7 +27,7 @@ Rules that hold everywhere:
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the router-local
-# Annotated dependencies (DbSession, CurrentPrincipal) at definition time.
+# Annotated dependency (CurrentPrincipal, for STOW-RS) at definition time.
 import inspect
 import io
 import json
@@ -965,8 +965,7 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
     """
     router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
     CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-    one_hop = in_one_hop(authenticate)
-    DbSession = Session  # read routes declare their session; one_hop supplies it
+    one_hop = in_one_hop(authenticate)  # read routes: session and principal supplied by one_hop
 
     def runtime(request: Request):
         return request.app.state.runtime
@@ -1037,39 +1036,39 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/studies")
     @one_hop
-    def search_studies(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+    def search_studies(request: Request, session: Session, principal: Principal) -> Response:
         """QIDO-RS Search for Studies."""
         return qido(request, session, principal, "STUDY")
 
     @router.get("/series")
     @one_hop
-    def search_all_series(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+    def search_all_series(request: Request, session: Session, principal: Principal) -> Response:
         """QIDO-RS Search for Series in all studies (study attributes included)."""
         return qido(request, session, principal, "SERIES")
 
     @router.get("/instances")
     @one_hop
-    def search_all_instances(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+    def search_all_instances(request: Request, session: Session, principal: Principal) -> Response:
         """QIDO-RS Search for Instances in all studies."""
         return qido(request, session, principal, "IMAGE")
 
     @router.get("/studies/{study}/series")
     @one_hop
-    def search_series(study: str, request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+    def search_series(study: str, request: Request, session: Session, principal: Principal) -> Response:
         """QIDO-RS Search for Series of one study."""
         return qido(request, session, principal, "SERIES", study)
 
     @router.get("/studies/{study}/instances")
     @one_hop
-    def search_study_instances(study: str, request: Request, session: DbSession,
-                               principal: CurrentPrincipal) -> Response:
+    def search_study_instances(study: str, request: Request, session: Session,
+                               principal: Principal) -> Response:
         """QIDO-RS Search for Instances of one study."""
         return qido(request, session, principal, "IMAGE", study)
 
     @router.get("/studies/{study}/series/{series}/instances")
     @one_hop
-    def search_instances(study: str, series: str, request: Request, session: DbSession,
-                         principal: CurrentPrincipal) -> Response:
+    def search_instances(study: str, series: str, request: Request, session: Session,
+                         principal: Principal) -> Response:
         """QIDO-RS Search for Instances of one series."""
         return qido(request, session, principal, "IMAGE", study, series)
 
@@ -1092,21 +1091,21 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/studies/{study}")
     @one_hop
-    def retrieve_study(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+    def retrieve_study(study: str, request: Request, session: Session, principal: Principal):
         """WADO-RS Retrieve Study: every instance, multipart/related; type="application/dicom"."""
         return retrieve(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}")
     @one_hop
-    def retrieve_series(study: str, series: str, request: Request, session: DbSession,
-                        principal: CurrentPrincipal):
+    def retrieve_series(study: str, series: str, request: Request, session: Session,
+                        principal: Principal):
         """WADO-RS Retrieve Series."""
         return retrieve(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}")
     @one_hop
-    def retrieve_instance(study: str, series: str, sop: str, request: Request, session: DbSession,
-                          principal: CurrentPrincipal):
+    def retrieve_instance(study: str, series: str, sop: str, request: Request, session: Session,
+                          principal: Principal):
         """WADO-RS Retrieve Instance."""
         return retrieve(request, session, principal, target(study, series, sop))
 
@@ -1123,21 +1122,21 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/studies/{study}/metadata")
     @one_hop
-    def study_metadata(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+    def study_metadata(study: str, request: Request, session: Session, principal: Principal):
         """WADO-RS Retrieve Study Metadata (DICOM JSON of every instance, from the index)."""
         return metadata(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}/metadata")
     @one_hop
-    def series_metadata(study: str, series: str, request: Request, session: DbSession,
-                        principal: CurrentPrincipal):
+    def series_metadata(study: str, series: str, request: Request, session: Session,
+                        principal: Principal):
         """WADO-RS Retrieve Series Metadata."""
         return metadata(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
     @one_hop
-    def instance_metadata(study: str, series: str, sop: str, request: Request, session: DbSession,
-                          principal: CurrentPrincipal):
+    def instance_metadata(study: str, series: str, sop: str, request: Request, session: Session,
+                          principal: Principal):
         """WADO-RS Retrieve Instance Metadata (a JSON array of one dataset)."""
         return metadata(request, session, principal, target(study, series, sop))
 
@@ -1146,7 +1145,7 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
     @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
     @one_hop
     def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request,
-                        session: DbSession, principal: CurrentPrincipal):
+                        session: Session, principal: Principal):
         """WADO-RS Retrieve Frames (1-based list): uncompressed octet-stream by default, or the
         compressed frames as stored when the client accepts their media type."""
         where, numbers = target(study, series, sop), parse_frame_numbers(frames)
@@ -1161,7 +1160,7 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
     @one_hop
     def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
-                          session: DbSession, principal: CurrentPrincipal):
+                          session: Session, principal: Principal):
         """WADO-RS Retrieve Bulk Data named by the metadata's BulkDataURI (an 8-hex tag); pixel
         data comes as its frames, one part each."""
         where = target(study, series, sop)
@@ -1204,28 +1203,28 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/studies/{study}/rendered")
     @one_hop
-    def study_rendered(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+    def study_rendered(study: str, request: Request, session: Session, principal: Principal):
         """WADO-RS Retrieve Rendered Study: one image of its representative instance."""
         return render_one(request, session, principal, target(study), None)
 
     @router.get("/studies/{study}/series/{series}/rendered")
     @one_hop
-    def series_rendered(study: str, series: str, request: Request, session: DbSession,
-                        principal: CurrentPrincipal):
+    def series_rendered(study: str, series: str, request: Request, session: Session,
+                        principal: Principal):
         """WADO-RS Retrieve Rendered Series: one image of its middle instance."""
         return render_one(request, session, principal, target(study, series), None)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
     @one_hop
-    def instance_rendered(study: str, series: str, sop: str, request: Request, session: DbSession,
-                          principal: CurrentPrincipal):
+    def instance_rendered(study: str, series: str, sop: str, request: Request, session: Session,
+                          principal: Principal):
         """WADO-RS Retrieve Rendered Instance: its first frame."""
         return render_one(request, session, principal, target(study, series, sop), 0)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
     @one_hop
     def frames_rendered(study: str, series: str, sop: str, frames: str, request: Request,
-                        session: DbSession, principal: CurrentPrincipal):
+                        session: Session, principal: Principal):
         """WADO-RS Retrieve Rendered Frames: one image, or a multipart of images for several."""
         where, numbers = target(study, series, sop), parse_frame_numbers(frames)
         options = render_options(request.query_params)
@@ -1252,21 +1251,21 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/studies/{study}/thumbnail")
     @one_hop
-    def study_thumbnail(study: str, request: Request, session: DbSession, principal: CurrentPrincipal):
+    def study_thumbnail(study: str, request: Request, session: Session, principal: Principal):
         """WADO-RS Retrieve Study Thumbnail (viewport=vw,vh; default 128x128)."""
         return thumbnail(request, session, principal, target(study))
 
     @router.get("/studies/{study}/series/{series}/thumbnail")
     @one_hop
-    def series_thumbnail(study: str, series: str, request: Request, session: DbSession,
-                         principal: CurrentPrincipal):
+    def series_thumbnail(study: str, series: str, request: Request, session: Session,
+                         principal: Principal):
         """WADO-RS Retrieve Series Thumbnail."""
         return thumbnail(request, session, principal, target(study, series))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
     @one_hop
-    def instance_thumbnail(study: str, series: str, sop: str, request: Request, session: DbSession,
-                           principal: CurrentPrincipal):
+    def instance_thumbnail(study: str, series: str, sop: str, request: Request, session: Session,
+                           principal: Principal):
         """WADO-RS Retrieve Instance Thumbnail (its representative frame)."""
         return thumbnail(request, session, principal, target(study, series, sop))
 
@@ -1274,7 +1273,7 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
 
     @router.get("/wado")
     @one_hop
-    def wado_uri(request: Request, session: DbSession, principal: CurrentPrincipal) -> Response:
+    def wado_uri(request: Request, session: Session, principal: Principal) -> Response:
         """WADO-URI (PS3.18 9): one object as application/dicom, or one frame as image/jpeg|png."""
         params = request.query_params
         if params.get("requestType", "") != "WADO":

@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from lancang.runtime import Runtime
 from storage.access import Principal
-from storage.db import commit
 from storage.errors import NotAuthenticated
 from storage.models import User
 from web import service
@@ -19,18 +18,6 @@ SESSION_COOKIE = "lancang_session"
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-def _unit_of_work(request: Request, readonly: bool) -> Iterator[Session]:
-    session = get_runtime(request).db.session(readonly=readonly)
-    try:
-        yield session
-        commit(session)
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 async def db_session(request: Request) -> AsyncIterator[Session]:
@@ -48,7 +35,8 @@ async def db_session(request: Request) -> AsyncIterator[Session]:
 def write_session(request: Request) -> Iterator[Session]:
     """A write unit of work: committed before the response is sent, rolled back on error.
     Audit inside it with audit.append (atomic with the change)."""
-    yield from _unit_of_work(request, readonly=False)
+    with get_runtime(request).db.scope() as session:
+        yield session
 
 
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
