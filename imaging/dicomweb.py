@@ -36,6 +36,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -46,7 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
-from sqlalchemy import LargeBinary, cast, func, select
+from sqlalchemy import LargeBinary, bindparam, cast, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -59,8 +60,15 @@ from imaging.negotiation import Offer
 from imaging.service import Ingestor, parse_part10
 from storage import access, audit
 from storage.access import Principal, Scope
-from storage.errors import (BadRequest, DomainError, NotAcceptable, NotFound, NotPermitted, Unavailable,
-                            UnsupportedMediaType)
+from storage.errors import (
+    BadRequest,
+    DomainError,
+    NotAcceptable,
+    NotFound,
+    NotPermitted,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 log = logging.getLogger("lancang.dicomweb")
 
@@ -157,10 +165,21 @@ def choose(request: Request, offers: Iterable[Offer], accept: str | None = None)
 
 def _audit(request: Request, principal: Principal, action: str, *, object_type: str, object_id: str,
            outcome: str = "ok", detail: dict | None = None, change: bool = False) -> None:
-    """Audit a read (or, with change=True, a store: synced before the answer like the data)."""
-    write = audit.record if change else audit.record_read
-    write(request.app.state.runtime.db, principal=principal, action=action, object_type=object_type,
-                 object_id=object_id[:4000], source=_source(request), outcome=outcome, detail=detail or {})
+    """Audit a read (or, with change=True, a store: synced before the answer like the data).
+
+    Inside `in_one_hop` a read's record is written when the read transaction has ended,
+    still before the answer leaves (see there)."""
+    fields = {"principal": principal, "action": action, "object_type": object_type,
+              "object_id": object_id[:4000], "source": _source(request), "outcome": outcome,
+              "detail": detail or {}}
+    if change:
+        audit.record(request.app.state.runtime.db, **fields)
+        return
+    pending = getattr(request.state, "pending_read_audits", None)
+    if pending is not None:
+        pending.append(fields)
+    else:
+        audit.record_read(request.app.state.runtime.db, **fields)
 
 
 def _not_found(request: Request, principal: Principal, action: str, object_type: str, object_id: str):
@@ -196,44 +215,26 @@ def target(study: str, series: str | None = None, sop: str | None = None) -> Tar
                   check_uid(sop, "SOPInstanceUID") if sop is not None else None)
 
 
-def _visible(statement, scope: Scope):
-    condition = scope.study_filter(Study.institution_id, Study.study_instance_uid)
-    return statement if condition is True else statement.where(condition)
-
-
-def _within(statement, where: Target):
-    statement = statement.where(Study.study_instance_uid == where.study)
-    if where.series:
-        statement = statement.where(Series.series_instance_uid == where.series)
-    if where.sop:
-        statement = statement.where(Instance.sop_instance_uid == where.sop)
-    return statement
-
-
-def _instances_statement(columns, where: Target, scope: Scope):
+def _instances_statement(columns, level: str, scope_shape: tuple):
+    """Instances under a study/series/instance (bound parameters study, series, sop) that a
+    scope of `scope_shape` sees (Scope.bound_values), in series/instance order."""
     statement = (select(*columns).select_from(Instance).join(Series, Instance.series_pk == Series.id)
-                 .join(Study, Series.study_pk == Study.id))
-    statement = _visible(_within(statement, where), scope)
+                 .join(Study, Series.study_pk == Study.id)
+                 .where(Study.study_instance_uid == bindparam("study")))
+    if level in ("series", "instance"):
+        statement = statement.where(Series.series_instance_uid == bindparam("series"))
+    if level == "instance":
+        statement = statement.where(Instance.sop_instance_uid == bindparam("sop"))
+    condition = access.bound_study_filter(scope_shape, Study.institution_id, Study.study_instance_uid)
+    if condition is not True:
+        statement = statement.where(condition)
     return statement.order_by(Series.series_number.asc().nullslast(), Series.id,
                               Instance.instance_number.asc().nullslast(), Instance.id)
 
 
-_INSTANCE_COLUMNS = (Study.study_instance_uid.label("study"), Series.series_instance_uid.label("series"),
-                     Instance.sop_instance_uid.label("sop"), Instance.sop_class_uid.label("sop_class"),
-                     Instance.transfer_syntax_uid.label("syntax"), Instance.object_key.label("key"),
-                     Instance.number_of_frames.label("frames"), Instance.rows.label("rows"))
-
-
-def find_instances(session: Session, scope: Scope, where: Target) -> list:
-    """Visible instances under the target, in series/instance order (no metadata loaded)."""
-    # Columns only: Core on the session's connection (the ORM execute layers cost more than the SQL).
-    return session.connection().execute(_instances_statement(_INSTANCE_COLUMNS, where, scope)).all()
-
-
-def _utf8(session: Session, column):
+def _utf8(dialect: str, column):
     """A text column as the UTF-8 bytes the database holds (SQLite) or converts to (PostgreSQL),
     so a large answer is neither decoded nor re-encoded in Python; other databases: the text."""
-    dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         return cast(column, LargeBinary)
     if dialect == "postgresql":
@@ -241,12 +242,39 @@ def _utf8(session: Session, column):
     return column
 
 
+def _columns(kind: str, dialect: str) -> tuple:
+    if kind == "index":
+        return (Study.study_instance_uid.label("study"), Series.series_instance_uid.label("series"),
+                Instance.sop_instance_uid.label("sop"), Instance.sop_class_uid.label("sop_class"),
+                Instance.transfer_syntax_uid.label("syntax"), Instance.object_key.label("key"),
+                Instance.number_of_frames.label("frames"), Instance.rows.label("rows"))
+    return (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
+            _utf8(dialect, Instance.dicom_json))
+
+
+@lru_cache(maxsize=128)
+def _cached_statement(kind: str, dialect: str, level: str, scope_shape: tuple):
+    # Built once per shape: building costs ~6x running it on a warm SQLite (0.35 vs 0.06 ms).
+    return _instances_statement(_columns(kind, dialect), level, scope_shape)
+
+
+def _run_instances(session: Session, kind: str, scope: Scope, where: Target) -> list:
+    # Columns only: Core on the session's connection (the ORM execute layers cost more than the SQL).
+    connection = session.connection()
+    statement = _cached_statement(kind, connection.dialect.name, where.level, scope.shape)
+    values = {"study": where.study, "series": where.series, "sop": where.sop, **scope.bound_values()}
+    return connection.execute(statement, values).all()
+
+
+def find_instances(session: Session, scope: Scope, where: Target) -> list:
+    """Visible instances under the target, in series/instance order (no metadata loaded)."""
+    return _run_instances(session, "index", scope, where)
+
+
 def metadata_rows(session: Session, scope: Scope, where: Target) -> list:
     """(study, series, sop, dicom_json) of visible instances under the target, one query;
     dicom_json as UTF-8 bytes where the database can hand them over (see _utf8)."""
-    columns = (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
-               _utf8(session, Instance.dicom_json))
-    return session.connection().execute(_instances_statement(columns, where, scope)).all()
+    return _run_instances(session, "metadata", scope, where)
 
 
 def metadata_body(rows: Iterable, base: str) -> bytes:
@@ -933,8 +961,14 @@ def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
     and the principal would cost a hop each (plus the endpoint's own) and anyio's exit-stack
     machinery around them, more than a study search's SQL. Here one worker thread opens the
     read unit of work, authenticates (`authenticate`, the web layer's token check), runs the
-    work and ends the transaction. The endpoint's signature is `work`'s without `session`
-    and `principal`, so FastAPI still validates and documents the path parameters.
+    work, ends the transaction and writes the read audits the work asked for (`_audit`).
+    The endpoint's signature is `work`'s without `session` and `principal`, so FastAPI still
+    validates and documents the path parameters.
+
+    The audits wait for the read transaction's end because, on SQLite, a write committed
+    while the same request still reads keeps the WAL from ever rewinding under steady
+    load (each checkpoint finds a reader in it); they are committed before the answer
+    leaves, whether the work succeeded or was refused.
     """
 
     def decorate(work: Callable[..., Response]):
@@ -943,8 +977,15 @@ def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
 
         def unit_of_work(kwargs: dict) -> Response:
             request = kwargs["request"]
-            with request.app.state.runtime.db.scope(readonly=True) as session:
-                return work(session=session, principal=authenticate(request, session), **kwargs)
+            db = request.app.state.runtime.db
+            request.state.pending_read_audits = pending = []
+            try:
+                with db.scope(readonly=True) as session:
+                    return work(session=session, principal=authenticate(request, session), **kwargs)
+            finally:
+                request.state.pending_read_audits = None
+                for fields in pending:
+                    audit.record_read(db, **fields)
 
         async def endpoint(**kwargs):
             return await run_in_threadpool(unit_of_work, kwargs)

@@ -11,12 +11,14 @@ Sequence matching is not supported: sequence keys are returned empty.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Select, String, and_, bindparam, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from imaging.models import Instance, Patient, Series, Study
+from storage import access
 from storage.access import Scope
 from storage.errors import Invalid
 
@@ -183,21 +185,30 @@ def _base(level: str) -> Select:
 
 
 def _scoped(level: str, query: Select, scope: Scope) -> Select:
+    """The scope's filter with bound parameters (execute with scope.bound_values()): its
+    SQL is cached per shape (see _scope_filter), a new one per call costs more than a search."""
+    condition_ = _scope_filter(scope.shape)
     if level == "PATIENT":
-        visible = select(Study.patient_pk).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
-        return query.where(Patient.id.in_(visible))
-    condition_ = scope.study_filter(Study.institution_id, Study.study_instance_uid)
+        visible = select(Study.patient_pk)
+        return query.where(Patient.id.in_(visible.where(condition_) if condition_ is not True else visible))
     return query.where(condition_) if condition_ is not True else query
 
 
+@lru_cache(maxsize=16)
+def _scope_filter(shape: tuple):
+    return access.bound_study_filter(shape, Study.institution_id, Study.study_instance_uid)
+
+
+_ORDER = {
+    "PATIENT": (Patient.id,),
+    "STUDY": (Study.study_date.desc(), Study.study_time.desc(), Study.id.desc()),
+    "SERIES": (Series.series_number.asc().nullslast(), Series.id),
+    "IMAGE": (Instance.instance_number.asc().nullslast(), Instance.id),
+}
+
+
 def _order(level: str, query: Select) -> Select:
-    if level == "PATIENT":
-        return query.order_by(Patient.id)
-    if level == "STUDY":
-        return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
-    if level == "SERIES":
-        return query.order_by(Series.series_number.asc().nullslast(), Series.id)
-    return query.order_by(Instance.instance_number.asc().nullslast(), Instance.id)
+    return query.order_by(*_ORDER[level])
 
 
 # Wildcard keys on patient attributes (PatientName=李^兰*) are matched on the patients table
@@ -249,7 +260,7 @@ def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
     the query level constrain it (PS3.4: hierarchical keys above the level are allowed)."""
     if q.level not in LEVELS:
         raise Invalid(f"unknown query level {q.level!r}")
-    rows = session.execute(_statement(session, q, _base(q.level), scope)).all()
+    rows = session.execute(_statement(session, q, _base(q.level), scope), scope.bound_values()).all()
     return [_values(session, q, row) for row in rows]
 
 
@@ -258,18 +269,30 @@ _JOINED = {"PATIENT": ("Patient",), "STUDY": ("Study", "Patient"), "SERIES": ("S
            "IMAGE": ("Instance", "Series", "Study", "Patient")}
 
 
+def _table_column(column):
+    """The table's own Column behind a mapped attribute. Selecting the ORM attribute gives an
+    annotated column, and SQLAlchemy then matches each result column to its cached compiled
+    form by SQL-expression equality: a third of a study search's time (measured, SQLite)."""
+    prop = getattr(column, "property", None)
+    return prop.columns[0] if prop is not None and hasattr(prop, "columns") else column
+
+
+# Each level's joins and order, built once (a select() built per query spends more time in
+# SQLAlchemy's expression construction than SQLite spends running it).
+_JOINS = {
+    "PATIENT": Patient.__table__,
+    "STUDY": Study.__table__.join(Patient.__table__, Study.patient_pk == Patient.id),
+    "SERIES": Series.__table__.join(Study.__table__, Series.study_pk == Study.id)
+                              .join(Patient.__table__, Study.patient_pk == Patient.id),
+    "IMAGE": Instance.__table__.join(Series.__table__, Instance.series_pk == Series.id)
+                               .join(Study.__table__, Series.study_pk == Study.id)
+                               .join(Patient.__table__, Study.patient_pk == Patient.id),
+}
+
+
 def _base_columns(level: str, columns: list) -> Select:
     """`_base(level)`'s joins, selecting only `columns`."""
-    statement = select(*columns)
-    if level == "PATIENT":
-        return statement.select_from(Patient)
-    if level == "STUDY":
-        return statement.select_from(Study).join(Patient, Study.patient_pk == Patient.id)
-    if level == "SERIES":
-        return (statement.select_from(Series).join(Study, Series.study_pk == Study.id)
-                .join(Patient, Study.patient_pk == Patient.id))
-    return (statement.select_from(Instance).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).join(Patient, Study.patient_pk == Patient.id))
+    return select(*(_table_column(c) for c in columns)).select_from(_JOINS[level])
 
 
 def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -298,7 +321,8 @@ def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] 
         labels.append("_patient_pk")
         columns.append(Patient.id)
     # Columns only: run as Core on the session's connection, skipping the ORM execute layers.
-    rows = session.connection().execute(_statement(session, q, _base_columns(q.level, columns), scope)).all()
+    statement = _statement(session, q, _base_columns(q.level, columns), scope)
+    rows = session.connection().execute(statement, scope.bound_values()).all()
     out = [dict(zip(labels, row)) for row in rows]
     if counts:
         for row in out:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from storage.errors import NotPermitted
@@ -39,12 +39,21 @@ SYSTEM = Principal(kind="system", name="system")
 
 @dataclass(frozen=True)
 class Scope:
-    """Institutions whose studies are visible, plus individually granted studies."""
+    """Institutions whose studies are visible, plus studies granted to an institution or user."""
 
     all_institutions: bool = False
     institution_ids: frozenset[int] = field(default_factory=frozenset)
-    granted: Select | None = None  # SELECT of granted StudyInstanceUIDs
+    # Studies granted (not revoked, not expired) to this institution or this user are visible too.
+    grantee_institution_id: int | None = None
+    grantee_user_id: int | None = None
     only_study_uid: str | None = None
+
+    @property
+    def granted(self) -> Select | None:
+        """SELECT of the StudyInstanceUIDs granted now, or None when nothing can be granted."""
+        if self.grantee_institution_id is None and self.grantee_user_id is None:
+            return None
+        return _granted_study_uids(self.grantee_institution_id, self.grantee_user_id, utcnow())
 
     def study_filter(self, institution_col, study_uid_col):
         """A SQL condition on a study's owning institution and UID."""
@@ -53,9 +62,49 @@ class Scope:
         if self.all_institutions:
             return True
         conditions = [institution_col.in_(sorted(self.institution_ids))]
-        if self.granted is not None:
-            conditions.append(study_uid_col.in_(self.granted))
+        granted = self.granted
+        if granted is not None:
+            conditions.append(study_uid_col.in_(granted))
         return or_(*conditions)
+
+    # A hot read path builds its statement once per shape and binds the values per request
+    # (building a SQLAlchemy statement costs several times more than running it here).
+
+    @property
+    def shape(self) -> tuple:
+        """What study_filter's condition looks like, without its values."""
+        if self.only_study_uid is not None:
+            return ("study",)
+        if self.all_institutions:
+            return ("all",)
+        return ("institutions", self.grantee_institution_id is not None, self.grantee_user_id is not None)
+
+    def bound_values(self) -> dict:
+        """The values for bound_study_filter(self.shape, ...)."""
+        if self.only_study_uid is not None:
+            return {"scope_study": self.only_study_uid}
+        if self.all_institutions:
+            return {}
+        return {"scope_institutions": sorted(self.institution_ids), "scope_now": utcnow(),
+                "scope_grantee_institution": self.grantee_institution_id,
+                "scope_grantee_user": self.grantee_user_id}
+
+
+def bound_study_filter(shape: tuple, institution_col, study_uid_col):
+    """Scope.study_filter for every scope of `shape`, with bound parameters that
+    Scope.bound_values() fills; True when the shape sees everything."""
+    if shape == ("study",):
+        return study_uid_col == bindparam("scope_study")
+    if shape == ("all",):
+        return True
+    _kind, by_institution, by_user = shape
+    conditions = [institution_col.in_(bindparam("scope_institutions", expanding=True))]
+    if by_institution or by_user:
+        granted = _granted_study_uids(bindparam("scope_grantee_institution") if by_institution else None,
+                                      bindparam("scope_grantee_user") if by_user else None,
+                                      bindparam("scope_now"))
+        conditions.append(study_uid_col.in_(granted))
+    return or_(*conditions)
 
 
 def subtree_ids(session: Session, root_id: int) -> set[int]:
@@ -74,11 +123,14 @@ def subtree_ids(session: Session, root_id: int) -> set[int]:
     return found
 
 
-def _granted_study_uids(principal: Principal) -> Select:
-    now = utcnow()
-    grantee = [AccessGrant.grantee_institution_id == principal.institution_id]
-    if principal.user_id is not None:
-        grantee.append(AccessGrant.grantee_user_id == principal.user_id)
+def _granted_study_uids(institution_id, user_id, now) -> Select:
+    """StudyInstanceUIDs granted to the institution or the user (values or bound parameters;
+    None: no grant of that kind), neither revoked nor expired at `now`."""
+    grantee = []
+    if institution_id is not None:
+        grantee.append(AccessGrant.grantee_institution_id == institution_id)
+    if user_id is not None:
+        grantee.append(AccessGrant.grantee_user_id == user_id)
     return select(AccessGrant.study_instance_uid).where(
         and_(
             or_(*grantee),
@@ -106,7 +158,8 @@ def scope_for(session: Session, principal: Principal) -> Scope:
         own = frozenset(subtree_ids(session, principal.institution_id))
     else:
         own = frozenset({principal.institution_id})
-    return Scope(institution_ids=own, granted=_granted_study_uids(principal))
+    return Scope(institution_ids=own, grantee_institution_id=principal.institution_id,
+                 grantee_user_id=principal.user_id)
 
 
 def can_see_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> bool:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from lancang.settings import Settings
@@ -36,14 +38,17 @@ log = logging.getLogger("lancang.db")
 
 # Relaxed commits (audit records of reads) reach the disk within this many seconds.
 RELAXED_FLUSH_S = 0.1
+# How long an SQLite statement waits for another connection's lock before failing.
+BUSY_TIMEOUT_MS = 30_000
 
 
-def _configure_sqlite(engine: Engine, synchronous: str = "FULL") -> None:
+def _configure_sqlite(engine: Engine, synchronous: str = "FULL", autocheckpoint: bool = True) -> None:
     """WAL for concurrent readers; FULL sync so a commit is on disk before we acknowledge it.
 
     Write transactions start with BEGIN IMMEDIATE: several processes (web, DICOM, worker)
     write the same file, and a deferred transaction that reads first and writes later
     fails with SQLITE_BUSY_SNAPSHOT instead of waiting. Read-only sessions stay deferred.
+    Without `autocheckpoint` the connection's commits never checkpoint (WalKeeper does).
     """
 
     @event.listens_for(engine, "connect")
@@ -53,7 +58,9 @@ def _configure_sqlite(engine: Engine, synchronous: str = "FULL") -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if not autocheckpoint:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -62,10 +69,10 @@ def _configure_sqlite(engine: Engine, synchronous: str = "FULL") -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+def make_engine(url: str, *, synchronous: str = "FULL", autocheckpoint: bool = True) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        _configure_sqlite(engine, synchronous)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine, synchronous, autocheckpoint)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -119,21 +126,24 @@ class Database:
 
         A Core connection in a transaction, not an ORM session: its users write one row.
         """
-        engine, flusher = self._relaxed
+        engine, keeper = self._relaxed
         with engine.begin() as conn:
-            if flusher is None:
+            if keeper is None:
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
-        if flusher is not None:
-            flusher.note_commit()
+        if keeper is not None:
+            keeper.note_commit()
 
-    def _relaxed_engine(self) -> tuple[Engine, WalFlusher | None]:
+    def _relaxed_engine(self) -> tuple[Engine, WalKeeper | None]:
         if not self.is_sqlite:
             return self.engine, None
-        engine = make_engine(self.url, synchronous="NORMAL")
+        # Relaxed commits never checkpoint themselves: past wal_autocheckpoint pages every
+        # commit would, with two fsyncs each (measured: 0.8 ms instead of 0.1 ms per read
+        # audit). The keeper checkpoints in the background instead.
+        engine = make_engine(self.url, synchronous="NORMAL", autocheckpoint=False)
         database = engine.url.database
         wal = Path(database + "-wal") if database and database != ":memory:" else None
-        return engine, WalFlusher(wal)
+        return engine, WalKeeper(engine, wal)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -157,23 +167,34 @@ class Database:
             self._migrated = True
 
     def dispose(self) -> None:
-        engine, flusher = self._relaxed
-        if flusher is not None:
-            flusher.close()
+        engine, keeper = self._relaxed
+        if keeper is not None:
+            keeper.close()
             engine.dispose()
         self.engine.dispose()
 
 
-class WalFlusher:
-    """Puts relaxed SQLite commits on disk within RELAXED_FLUSH_S: one fdatasync of the WAL
-    file per interval, only when a relaxed commit happened in it.
+class WalKeeper:
+    """Looks after the WAL for relaxed SQLite commits, in one background thread.
 
+    Within RELAXED_FLUSH_S of a relaxed commit it checkpoints (PASSIVE: copies what no
+    reader still needs into the database file, never waits) and fdatasyncs the WAL file.
     fdatasync on any descriptor of the file flushes all its written pages (Linux, POSIX
     fsync semantics); SQLite writes the WAL sequentially and ignores a torn tail after a
     power cut, so what is lost is at most the last interval's relaxed commits, never order.
+
+    Checkpointing here rather than in the commits keeps them cheap, and it is what lets the
+    WAL restart from its beginning: SQLite rewinds it at the next write once a checkpoint has
+    copied everything and no reader is still in it. When readers overlap without pause and
+    the WAL passes WAL_RESTART_PAGES anyway, a TRUNCATE checkpoint waits up to
+    WAL_RESTART_WAIT_S for them (writers wait meanwhile) so the file stays bounded.
     """
 
-    def __init__(self, wal: Path | None, interval: float = RELAXED_FLUSH_S):
+    WAL_RESTART_PAGES = 10_000  # ~40 MB with 4 KiB pages
+    WAL_RESTART_WAIT_S = 0.2
+
+    def __init__(self, engine: Engine | None, wal: Path | None, interval: float = RELAXED_FLUSH_S):
+        self.engine = engine
         self.wal = wal
         self.interval = interval
         self._dirty = threading.Event()
@@ -190,7 +211,7 @@ class WalFlusher:
         if self._thread is None or not self._thread.is_alive():
             with self._start:
                 if not self._closed and (self._thread is None or not self._thread.is_alive()):
-                    self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
+                    self._thread = threading.Thread(target=self._run, name="wal-keeper", daemon=True)
                     self._thread.start()
 
     def _run(self) -> None:
@@ -212,6 +233,10 @@ class WalFlusher:
             return
         self._dirty.clear()  # a commit during the sync sets it again: flushed next round
         try:
+            self.checkpoint()
+        except (sqlite3.Error, SQLAlchemyError) as exc:  # the flush below still makes them durable
+            log.warning("db.wal_checkpoint.failed path=%s error=%s", self.wal, exc)
+        try:
             fd = os.open(self.wal, os.O_RDONLY)
         except FileNotFoundError:  # checkpointed and removed: the database file was synced
             return
@@ -222,6 +247,26 @@ class WalFlusher:
             self._dirty.set()
         finally:
             os.close(fd)
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint, and a TRUNCATE one if the WAL is still past its bound.
+        Returns SQLite's (busy, pages in the WAL, pages checkpointed) of the last one."""
+        if self.engine is None:
+            return (0, 0, 0)
+        raw = self.engine.raw_connection()  # autocommit: a checkpoint runs outside transactions
+        try:
+            cursor = raw.cursor()
+            result = tuple(cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            if result[1] > self.WAL_RESTART_PAGES:
+                cursor.execute(f"PRAGMA busy_timeout={int(self.WAL_RESTART_WAIT_S * 1000)}")
+                try:
+                    result = tuple(cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+                finally:
+                    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.close()
+            return result
+        finally:
+            raw.close()
 
 
 def alembic_config(url: str):

@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 
 from imaging import dicomweb, multipart
 from imaging.service import Ingestor
+from storage import audit
 from storage import service as tenancy
 from storage.models import AuditRecord
 from tests.conftest import Servers, embedded_settings, server_settings
@@ -596,6 +597,23 @@ def test_reads_and_denials_are_audited(world):
         search = [r for r in rows if r.action == "dicomweb.search" and "ACC-A" in r.object_id]
     assert ("town-radiographer", "ok", 3) in metadata and ("other-radiographer", "denied", None) in metadata
     assert search and search[-1].detail == {"matches": 1}
+
+
+def test_read_audits_are_written_once_the_read_transaction_has_ended(world, monkeypatch):
+    """On SQLite a write beside the same request's open read keeps the WAL from rewinding:
+    when a read's audit record is written, none of the request's connections is still out."""
+    u, seen = world.uids, []
+    write = audit.record_read
+
+    def watching(db, **fields):
+        seen.append((fields["action"], fields["outcome"], db.engine.pool.checkedout()))
+        write(db, **fields)
+
+    monkeypatch.setattr(audit, "record_read", watching)
+    world.client().retrieve_series_metadata(u["A"], u["A1"])
+    with pytest.raises(requests.HTTPError):
+        world.client("other").retrieve_series_metadata(u["A"], u["A1"])
+    assert seen == [("dicomweb.metadata", "ok", 0), ("dicomweb.metadata", "denied", 0)]
 
 
 # -- WADO-URI ---------------------------------------------------------------------------

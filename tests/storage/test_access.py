@@ -68,3 +68,52 @@ def test_grants_are_explicit_expiring_and_revocable(runtime):
         session.add(AccessGrant(study_instance_uid="5.5", grantee_institution_id=county.id))
         session.flush()
         assert see(reader) and see(colleague)
+
+
+def test_bound_filter_sees_exactly_what_the_literal_filter_sees(runtime):
+    """Hot paths build the scope's SQL once per shape and bind values per request: for every
+    kind of principal both forms must select the same studies, grants and expiry included."""
+    from sqlalchemy import Integer, String, literal, select, union_all
+
+    from web.service import add_user
+
+    with runtime.db.scope() as session:
+        city, county, town, other = _tree(session)
+        reader_id = add_user(session=session, username="reader", role="specialist", institution_code="CTY",
+                             password="password-1").id
+        past = utcnow() - timedelta(minutes=1)
+        session.add_all([
+            AccessGrant(study_instance_uid="5.5", grantee_user_id=reader_id),
+            AccessGrant(study_instance_uid="6.6", grantee_institution_id=county.id),
+            AccessGrant(study_instance_uid="7.7", grantee_user_id=reader_id, expires_at=past),
+            AccessGrant(study_instance_uid="8.8", grantee_institution_id=county.id, revoked_at=past),
+        ])
+        session.flush()
+        rows = [(town.id, "1.1"), (county.id, "2.2"), (city.id, "3.3"), (other.id, "4.4"), (other.id, "5.5"),
+                (other.id, "6.6"), (other.id, "7.7"), (other.id, "8.8")]
+        studies = union_all(*(select(literal(i, Integer).label("institution_id"), literal(u, String).label("uid"))
+                              for i, u in rows)).subquery("studies")
+        principals = {
+            "town radiographer": _user(town, "radiographer"),
+            "county reader": _user(county, user_id=reader_id),
+            "county colleague": _user(county),
+            "city admin": _user(city, "admin"),
+            "town AE": Principal(kind="ae", name="CT", institution_id=town.id),
+            "patient link": Principal(kind="patient", name="link", study_uid="4.4"),
+            "system": access.SYSTEM,
+            "no institution": Principal(kind="user", name="x"),
+        }
+        expected = {
+            "town radiographer": {"1.1"}, "county reader": {"2.2", "5.5", "6.6"},
+            "county colleague": {"2.2", "6.6"}, "city admin": {"1.1", "2.2", "3.3"}, "town AE": {"1.1"},
+            "patient link": {"4.4"}, "system": {f"{n}.{n}" for n in range(1, 9)}, "no institution": set(),
+        }
+        for name, principal in principals.items():
+            scope = access.scope_for(session, principal)
+            literal = scope.study_filter(studies.c.institution_id, studies.c.uid)
+            bound = access.bound_study_filter(scope.shape, studies.c.institution_id, studies.c.uid)
+            query = select(studies.c.uid)
+            seen_literal = set(session.scalars(query.where(literal) if literal is not True else query))
+            seen_bound = set(session.scalars(query.where(bound) if bound is not True else query,
+                                             scope.bound_values()))
+            assert seen_literal == seen_bound == expected[name], name

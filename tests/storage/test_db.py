@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 
 from storage import service
 from storage.db import after_commit
@@ -94,8 +94,8 @@ def test_relaxed_scope_rolls_back_on_error(runtime):
         assert session.scalar(select(Institution).where(Institution.code == "RX")) is None
 
 
-def test_wal_flusher_syncs_the_wal_after_a_relaxed_commit(tmp_path, monkeypatch):
-    """The flusher fdatasyncs the WAL file within its interval, and only when a relaxed
+def test_wal_keeper_syncs_the_wal_after_a_relaxed_commit(tmp_path, monkeypatch):
+    """The keeper fdatasyncs the WAL file within its interval, and only when a relaxed
     commit happened (counted through os.fdatasync on the real file)."""
     import os
     import time
@@ -127,7 +127,7 @@ def test_wal_flusher_syncs_the_wal_after_a_relaxed_commit(tmp_path, monkeypatch)
         database.dispose()
 
 
-def test_wal_flusher_restarts_a_thread_it_lost(tmp_path):
+def test_wal_keeper_restarts_a_thread_it_lost(tmp_path):
     """After a fork the child holds the parent's Thread object but no thread: the next relaxed
     commit must start a new one (modelled with a finished thread)."""
     import threading
@@ -138,17 +138,72 @@ def test_wal_flusher_restarts_a_thread_it_lost(tmp_path):
     database = dbmod.Database(f"sqlite:///{tmp_path / 'y.db'}")
     try:
         database.upgrade()
-        flusher = database._relaxed[1]
+        keeper = database._relaxed[1]
         finished = threading.Thread(target=lambda: None)
         finished.start()
         finished.join()
-        flusher._thread = finished
+        keeper._thread = finished
         with database.relaxed_scope() as conn:
             conn.execute(Institution.__table__.insert().values(code="F1", name_zh="x", level="city"))
-        assert flusher._thread is not finished and flusher._thread.is_alive()
+        assert keeper._thread is not finished and keeper._thread.is_alive()
         deadline = time.monotonic() + 5
-        while flusher._dirty.is_set() and time.monotonic() < deadline:
+        while keeper._dirty.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not flusher._dirty.is_set()  # flushed by the new thread
+        assert not keeper._dirty.is_set()  # flushed by the new thread
     finally:
+        database.dispose()
+
+
+def test_relaxed_commits_leave_checkpoints_to_the_keeper(tmp_path):
+    """Past wal_autocheckpoint pages every commit would checkpoint (two fsyncs each): the
+    relaxed engine's connections never do; the main engine keeps SQLite's default."""
+    from storage import db as dbmod
+
+    database = dbmod.Database(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        with database.relaxed_scope() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        with database.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    finally:
+        database.dispose()
+
+
+def test_wal_keeper_checkpoints_and_bounds_a_wal_that_readers_never_leave(tmp_path, monkeypatch):
+    """A reader that stays in the WAL stops it from rewinding: PASSIVE checkpoints cannot help,
+    the keeper's TRUNCATE waits only WAL_RESTART_WAIT_S for it, and truncates once it is gone."""
+    import sqlite3
+    import time
+
+    from storage import db as dbmod
+
+    path = tmp_path / "b.db"
+    database = dbmod.Database(f"sqlite:///{path}")
+    monkeypatch.setattr(dbmod.WalKeeper, "WAL_RESTART_PAGES", 20)
+    monkeypatch.setattr(dbmod.WalKeeper, "WAL_RESTART_WAIT_S", 0.05)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        database.upgrade()
+        keeper = database._relaxed[1]
+
+        def write(code: str) -> None:
+            with database.relaxed_scope() as conn:
+                conn.execute(Institution.__table__.insert().values(code=code, name_zh="x", level="city"))
+
+        write("K0")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM institutions").fetchall()  # now holds a WAL snapshot
+        for n in range(40):
+            write(f"K{n + 1}")
+        started = time.monotonic()
+        busy, pages, done = keeper.checkpoint()
+        assert busy == 1 and pages > 20 and done < pages  # the reader's snapshot blocks it
+        assert time.monotonic() - started < 5  # waited WAL_RESTART_WAIT_S, not the busy timeout
+        reader.execute("COMMIT")
+        assert keeper.checkpoint() == (0, 0, 0)  # truncated: the WAL is empty
+        assert (tmp_path / "b.db-wal").stat().st_size == 0
+        with database.scope(readonly=True) as session:
+            assert session.scalar(select(func.count()).select_from(Institution)) >= 41
+    finally:
+        reader.close()
         database.dispose()
