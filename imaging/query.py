@@ -172,16 +172,24 @@ class Query:
     offset: int = 0
 
 
+# Each level's joins and order, built once (a select() built per query spends more time in
+# SQLAlchemy's expression construction than SQLite spends running it).
+_JOINS = {
+    "PATIENT": Patient.__table__,
+    "STUDY": Study.__table__.join(Patient.__table__, Study.patient_pk == Patient.id),
+    "SERIES": Series.__table__.join(Study.__table__, Series.study_pk == Study.id)
+                              .join(Patient.__table__, Study.patient_pk == Patient.id),
+    "IMAGE": Instance.__table__.join(Series.__table__, Instance.series_pk == Series.id)
+                               .join(Study.__table__, Series.study_pk == Study.id)
+                               .join(Patient.__table__, Study.patient_pk == Patient.id),
+}
+_ENTITIES = {"PATIENT": (Patient,), "STUDY": (Study, Patient), "SERIES": (Series, Study, Patient),
+             "IMAGE": (Instance, Series, Study, Patient)}
+
+
 def _base(level: str) -> Select:
-    if level == "PATIENT":
-        return select(Patient)
-    if level == "STUDY":
-        return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
-    if level == "SERIES":
-        return (select(Series, Study, Patient).join(Study, Series.study_pk == Study.id)
-                .join(Patient, Study.patient_pk == Patient.id))
-    return (select(Instance, Series, Study, Patient).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).join(Patient, Study.patient_pk == Patient.id))
+    """The level's entities (ORM objects) over its joins."""
+    return select(*_ENTITIES[level]).select_from(_JOINS[level])
 
 
 def _scoped(level: str, query: Select, scope: Scope) -> Select:
@@ -264,30 +272,12 @@ def run(session: Session, scope: Scope, q: Query) -> list[dict[str, Any]]:
     return [_values(session, q, row) for row in rows]
 
 
-# The models joined at each level (what `_base` selects), by class name.
-_JOINED = {"PATIENT": ("Patient",), "STUDY": ("Study", "Patient"), "SERIES": ("Series", "Study", "Patient"),
-           "IMAGE": ("Instance", "Series", "Study", "Patient")}
-
-
 def _table_column(column):
     """The table's own Column behind a mapped attribute. Selecting the ORM attribute gives an
     annotated column, and SQLAlchemy then matches each result column to its cached compiled
     form by SQL-expression equality: a third of a study search's time (measured, SQLite)."""
     prop = getattr(column, "property", None)
     return prop.columns[0] if prop is not None and hasattr(prop, "columns") else column
-
-
-# Each level's joins and order, built once (a select() built per query spends more time in
-# SQLAlchemy's expression construction than SQLite spends running it).
-_JOINS = {
-    "PATIENT": Patient.__table__,
-    "STUDY": Study.__table__.join(Patient.__table__, Study.patient_pk == Patient.id),
-    "SERIES": Series.__table__.join(Study.__table__, Series.study_pk == Study.id)
-                              .join(Patient.__table__, Study.patient_pk == Patient.id),
-    "IMAGE": Instance.__table__.join(Series.__table__, Instance.series_pk == Series.id)
-                               .join(Study.__table__, Series.study_pk == Study.id)
-                               .join(Patient.__table__, Study.patient_pk == Patient.id),
-}
 
 
 def _base_columns(level: str, columns: list) -> Select:
@@ -301,7 +291,7 @@ def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] 
     has the keyword values plus `extra` ({label: column of a model joined at this level})."""
     if q.level not in LEVELS:
         raise Invalid(f"unknown query level {q.level!r}")
-    joined = _JOINED[q.level]
+    joined = _ENTITIES[q.level]
     labels: list[str] = []
     columns: list = []
     counts: list[str] = []
@@ -311,7 +301,7 @@ def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] 
             continue
         if attr.kind == "count":
             counts.append(keyword)
-        elif attr.column is not None and attr.column.class_.__name__ in joined:
+        elif attr.column is not None and attr.column.class_ in joined:
             labels.append(keyword)
             columns.append(attr.column)
     for label, column in (extra or {}).items():

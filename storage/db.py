@@ -193,7 +193,7 @@ class WalKeeper:
     WAL_RESTART_PAGES = 10_000  # ~40 MB with 4 KiB pages
     WAL_RESTART_WAIT_S = 0.2
 
-    def __init__(self, engine: Engine | None, wal: Path | None, interval: float = RELAXED_FLUSH_S):
+    def __init__(self, engine: Engine, wal: Path | None, interval: float = RELAXED_FLUSH_S):
         self.engine = engine
         self.wal = wal
         self.interval = interval
@@ -251,8 +251,6 @@ class WalKeeper:
     def checkpoint(self) -> tuple[int, int, int]:
         """One PASSIVE checkpoint, and a TRUNCATE one if the WAL is still past its bound.
         Returns SQLite's (busy, pages in the WAL, pages checkpointed) of the last one."""
-        if self.engine is None:
-            return (0, 0, 0)
         raw = self.engine.raw_connection()  # autocommit: a checkpoint runs outside transactions
         try:
             cursor = raw.cursor()
