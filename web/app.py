@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
                   description="Regional imaging cloud and teleconsultation platform.")
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.state.login_limiter = pages.login_limiter()
     app.state.templates.env.filters.update(pn=display_name, da=display_date)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app)

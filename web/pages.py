@@ -12,7 +12,11 @@ from web.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, cli
 from web.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
-login_limiter = RateLimiter(limit=10, per_seconds=60)
+
+
+def login_limiter() -> RateLimiter:
+    """Per app (web/app.py keeps one in app.state), like the cloud-film limiters."""
+    return RateLimiter(limit=10, per_seconds=60)
 
 
 def _render(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
@@ -33,7 +37,7 @@ def _safe_next(target: str) -> str:
 def login(request: Request, session: WriteSession, runtime: RuntimeDep,
           username: str = Form(""), password: str = Form(""), next: str = Form("/")):
     source = client_address(request)
-    login_limiter.hit(source)
+    request.app.state.login_limiter.hit(source)
     try:
         user = service.authenticate(session=session, username=username.strip(), password=password)
     except NotAuthenticated as exc:
