@@ -1,7 +1,7 @@
 """C-STORE throughput: Lancang against Orthanc, measured in the same run.
 
     python bench/dicom_store.py [--count 800] [--repeat N] [--processes P[,P...]]
-                                [--associations 1,4] [--targets orthanc,embedded,pg-s3]
+                                [--associations 1,4] [--targets orthanc,embedded,pg-s3,bare-ack,bare-files]
                                 [--json OUT.json]
 
 dcmtk storescu (TCP_NODELAY=1) sends COUNT synthetic CT slices (512x512, 16-bit,
@@ -13,7 +13,14 @@ over 4 parallel associations to
   embedded  Lancang on embedded defaults: `lancang dicom` with a fresh
             LANCANG_DATA_DIR (SQLite WAL synchronous=FULL, fsynced object files);
   pg-s3     Lancang on PostgreSQL (fsync=on, synchronous_commit=on) + S3
-            (SeaweedFS) + Redis, a fresh database and bucket per run.
+            (SeaweedFS) + Redis, a fresh database and bucket per run;
+  bare-ack  the floor: bench/bare_scp.py, a pynetdicom SCP tuned like `lancang dicom`
+            that decodes each data set and acknowledges it without storing anything;
+  bare-files  the same, writing each instance durably to a file (temporary file, fsync,
+            rename, folder fsync, as Lancang's object store does) but indexing nothing.
+
+The bare targets are one process and answer no C-FIND: they show how much of Lancang's
+time pynetdicom itself takes, and how much durability alone adds, in the same run.
 
 Every target starts fresh for every run, answers C-ECHO before the clock
 starts, and `os.sync()` runs right before it.  The clock covers the storescu
@@ -55,11 +62,13 @@ from bench import ctgen, peers  # noqa: E402
 LANCANG_AET = "LANCANG"
 ORTHANC_AET = "ORTHANC"
 CALLING_AET = "BENCH"
-TARGETS = ("orthanc", "embedded", "pg-s3")
+TARGETS = ("orthanc", "embedded", "pg-s3", "bare-ack", "bare-files")
 LABELS = {
     "orthanc": "Orthanc (SQLite)",
     "embedded": "Lancang embedded",
     "pg-s3": "Lancang PG+S3+Redis",
+    "bare-ack": "pynetdicom ack only",
+    "bare-files": "pynetdicom + fsync",
 }
 GOALS = {1: 1.0, 4: 1.2}                 # Lancang embedded / Orthanc, from the issue
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -240,6 +249,43 @@ class Orthanc:
                       "rest_instance_count": indexed}
 
 
+class BareScp:
+    """bench/bare_scp.py in a process of its own: the pynetdicom floor (no index, no C-FIND)."""
+
+    indexes = False
+
+    def __init__(self, name: str, python: str):
+        self.name = name
+        self.python = python
+        self.mode = name.removeprefix("bare-")
+
+    def run(self, workdir: Path, files: list[Path], associations: int,
+            studies: list[ctgen.Study], timeout: float) -> tuple[peers.StoreRate, dict]:
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = peers.free_port()
+        log_path = workdir / "bare_scp.log"
+        command = [self.python, str(REPO / "bench" / "bare_scp.py"), "--port", str(port),
+                   "--mode", self.mode, "--dir", str(workdir / "objects")]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        seen: set[int] = {proc.pid}
+        try:
+            Lancang._wait_echo(proc, port, log_path, called_aet=LANCANG_AET)
+            wait_idle(proc.pid)
+            os.sync()
+            cpu0 = cpu_seconds([proc.pid])
+            rate = peers.time_storescu("127.0.0.1", port, LANCANG_AET, files, associations,
+                                       CALLING_AET, timeout)
+            cpu = cpu_seconds([proc.pid]) - cpu0
+            stored = len(list((workdir / "objects").glob("*.dcm"))) if self.mode == "files" else None
+        finally:
+            stop_tree(proc, seen)
+        if stored is not None and stored != len(files):
+            raise BenchError(f"bare_scp wrote {stored} of {len(files)} files")
+        return rate, {"found": None, "find_seconds": None, "server_cpu_s": cpu,
+                      "log_warnings": _log_problems(log_path)}
+
+
 class PostgresDurable:
     """tests.services.PostgresServer with fsync, synchronous_commit and full-page writes on."""
 
@@ -373,13 +419,14 @@ class Lancang:
                       "log_warnings": warnings}
 
     @staticmethod
-    def _wait_echo(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 120) -> None:
+    def _wait_echo(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 120,
+                   called_aet: str = LANCANG_AET) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise BenchError(f"lancang dicom exited with {proc.returncode}:\n{_tail(log_path)}")
+                raise BenchError(f"{proc.args[1:3]} exited with {proc.returncode}:\n{_tail(log_path)}")
             try:
-                peers.echoscu("127.0.0.1", port, LANCANG_AET, CALLING_AET)
+                peers.echoscu("127.0.0.1", port, called_aet, CALLING_AET)
                 return
             except subprocess.CalledProcessError:
                 if time.monotonic() > deadline:
@@ -499,7 +546,7 @@ def measure(target, args, files, studies, associations, processes, repeat) -> Ru
               load_before=load1())
     with scratch(args, name) as workdir:
         try:
-            if isinstance(target, Orthanc):
+            if isinstance(target, (Orthanc, BareScp)):
                 rate, extra = target.run(workdir, files, associations, studies, args.timeout)
             else:
                 rate, extra = target.run(workdir, files, associations, processes, studies,
@@ -509,10 +556,11 @@ def measure(target, args, files, studies, associations, processes, repeat) -> Ru
             run.instances_per_s = round(rate.instances_per_s, 1)
             run.mb_per_s = round(rate.mb_per_s, 1)
             run.found = extra.pop("found")
-            run.find_seconds = round(extra.pop("find_seconds"), 3)
+            find_seconds = extra.pop("find_seconds")
+            run.find_seconds = None if find_seconds is None else round(find_seconds, 3)
             run.server_cpu_s = round(extra.pop("server_cpu_s"), 1)
             run.extra = extra
-            if run.found != len(files):
+            if getattr(target, "indexes", True) and run.found != len(files):
                 raise BenchError(f"C-FIND right after the last acknowledgement found "
                                  f"{run.found} of {len(files)} instances")
         except Exception as exc:                      # Ctrl-C still stops the whole benchmark
@@ -550,7 +598,7 @@ def run_line(run: Run) -> str:
         return (f"{LABELS[run.target]:<22} {run.associations:>5} {fmt_procs(run):>5}   FAILED: {first}"
                 + (f" (logs: {run.kept_logs})" if run.kept_logs else ""))
     ratio = "-" if run.ratio is None else f"{run.ratio:.2f}x"
-    find = f"{run.found} {run.find_seconds:.1f}s"
+    find = "no C-FIND" if run.found is None else f"{run.found} {run.find_seconds:.1f}s"
     return (f"{LABELS[run.target]:<22} {run.associations:>5} {fmt_procs(run):>5} "
             f"{run.instances_per_s:>8.0f} {run.mb_per_s:>7.0f} {ratio:>10} {find:>12} "
             f"{run.server_cpu_s:>9.1f} {run.load_before:>5.2f}/{run.load_after:<5.2f}")
@@ -587,7 +635,7 @@ def summarize(runs: list[Run]) -> list[dict]:
 def print_summary(rows: list[dict], count: int, megabytes: float, repeat: int) -> None:
     print()
     print(f"C-STORE of {count} CT slices ({megabytes:.0f} MB), dcmtk storescu, TCP_NODELAY=1; "
-          f"median of {repeat} run(s); ratio = Lancang / Orthanc of the same round")
+          f"median of {repeat} run(s); ratio = target / Orthanc of the same round")
     print(f"{'target':<22} {'assoc':>5} {'procs':>5} {'inst/s':>8} {'MB/s':>7} {'vs Orthanc':>10}   "
           f"inst/s of each run")
     for row in rows:
@@ -638,13 +686,16 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         targets = {"orthanc": Orthanc(),
                    "embedded": Lancang("embedded", python, stack),
-                   "pg-s3": Lancang("pg-s3", python, stack)}
+                   "pg-s3": Lancang("pg-s3", python, stack),
+                   "bare-ack": BareScp("bare-ack", python),
+                   "bare-files": BareScp("bare-files", python)}
         print(HEADER, flush=True)
         for repeat in range(args.repeat):
             for assoc in args.associations:
                 baseline = None
                 for name in args.targets:
-                    for procs in ([None] if name == "orthanc" else processes_for(args, assoc)):
+                    single = name == "orthanc" or name.startswith("bare-")
+                    for procs in ([None] if single else processes_for(args, assoc)):
                         run = measure(targets[name], args, files, studies, assoc, procs, repeat)
                         if name == "orthanc":
                             baseline = run if run.ok else None

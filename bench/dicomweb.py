@@ -26,6 +26,10 @@ scale    PostgreSQL 15 (tests.services.PostgresServer; fsync, synchronous_commit
          list asks), 30+ varied values each, and common surnames without a limit (the
          server's maximum page of 1000 studies).
 
+For the rendered frame, a floor target runs too: bench/bare_render.py, FastAPI + uvicorn +
+Lancang's pixel pipeline (read the file, pydicom, imaging.pixels.render) with no token,
+database lookup, access check or audit, timed in the same rounds on the same instances.
+
 Also printed: the audit record's own cost (in-process on the same database: record_read, as
 every read request writes one, and the synced record that changes use), Lancang's
 per-request floor (a 400 after token authentication), and with --audit-variant a second
@@ -210,9 +214,10 @@ ENDPOINTS = {  # name -> (label, goal as a ratio Lancang / Orthanc)
 # Orthanc's p50 range quoted in the issue (ms), for a second ratio next to the same-run one.
 ISSUE_ORTHANC_MS = {"qido_instances": (78, 85), "series_metadata": (41, 64), "retrieve": (36, 38),
                     "rendered": (3.4, 5.5), "study_search": (1.5, 2.5)}
-TARGETS = ("orthanc", "lancang", "lancang-noaudit")
+TARGETS = ("orthanc", "lancang", "lancang-noaudit", "bare-render")
 LABELS = {"orthanc": "Orthanc+DICOMweb", "lancang": "Lancang embedded",
-          "lancang-noaudit": "Lancang, audit off (diag.)"}
+          "lancang-noaudit": "Lancang, audit off (diag.)", "bare-render": "FastAPI+pixels only (floor)"}
+BARE_ENDPOINTS = {"bare-render": "rendered"}  # a floor target times only its endpoint
 
 
 def call_for(endpoint: str, layout: list[SeriesInfo], k: int) -> tuple[str, dict, str, SeriesInfo, str]:
@@ -277,6 +282,8 @@ def time_endpoint(client, endpoint: str, layout: list[SeriesInfo], warmup: int, 
     times, size = [], 0
     for k in range(warmup + calls):
         path, params, accept, info, sop = call_for(endpoint, layout, k)
+        if target == "bare-render":  # bench/bare_render.py: the same instances, by SOP UID alone
+            path = f"/render/{sop}"
         started = time.perf_counter()
         response = client.get(path, params=params, headers={"Accept": accept})
         elapsed = (time.perf_counter() - started) * 1000
@@ -363,11 +370,13 @@ def run_compare(args, stack: contextlib.ExitStack) -> dict:
         urls["lancang-noaudit"] = site.start_web(audit=False)
     pids = ", ".join(f"{t} pid {p.pid}" for t, p in zip(urls, site.webs))
     print(f"lancang web (uvicorn, LANCANG_LOG_LEVEL=WARNING): {pids}", flush=True)
+    if "rendered" in args.endpoints:
+        urls["bare-render"] = start_bare_render(args.data, workdir, stack)
 
     clients = {"orthanc": httpx.Client(base_url=orthanc.url, timeout=120)}
     for target, url in urls.items():
-        clients[target] = httpx.Client(base_url=url, timeout=120,
-                                       headers={"Authorization": f"Bearer {site.token}"})
+        headers = {} if target in BARE_ENDPOINTS else {"Authorization": f"Bearer {site.token}"}
+        clients[target] = httpx.Client(base_url=url, timeout=120, headers=headers)
     for client in clients.values():
         stack.callback(client.close)
     targets = list(clients)
@@ -381,6 +390,8 @@ def run_compare(args, stack: contextlib.ExitStack) -> dict:
         for endpoint in endpoints:
             order = targets if round_ % 2 == 0 else list(reversed(targets))
             for target in order:
+                if BARE_ENDPOINTS.get(target, endpoint) != endpoint:
+                    continue
                 sample = time_endpoint(clients[target], endpoint, layout, args.warmup, args.calls, round_, target)
                 samples.append(sample)
                 print(f"{round_:>5} {endpoint:<16} {LABELS[target]:<27} {sample.p50_ms:>8.1f} "
@@ -388,25 +399,52 @@ def run_compare(args, stack: contextlib.ExitStack) -> dict:
     print(f"end:   {uptime()}")
 
     floor = time_floor(clients["lancang"], args.warmup, args.calls)
+    bare = time_floor(clients["bare-render"], args.warmup, args.calls, path="/empty",
+                      status=200) if "bare-render" in clients else None
     probe = audit_probe(site.runtime_env())
     rows = summarize_compare(samples, targets, endpoints)
     print_compare(rows, probe, args)
     print(f"Lancang per-request floor (bearer token checked, FastAPI/uvicorn, then a 400 for a bad UID; "
           f"no query, no audit): p50 {floor['p50_ms']:.2f} ms, p95 {floor['p95_ms']:.2f} ms")
+    if bare:
+        print(f"FastAPI/uvicorn alone (bench/bare_render.py /empty, a 1-byte answer from a def route): "
+              f"p50 {bare['p50_ms']:.2f} ms, p95 {bare['p95_ms']:.2f} ms")
     return {"orthanc_store": str(rate), "samples": [asdict(s) for s in samples], "summary": rows,
-            "audit_probe_ms": probe, "floor_ms": floor}
+            "audit_probe_ms": probe, "floor_ms": floor, "bare_empty_ms": bare}
 
 
-def time_floor(client, warmup: int, calls: int) -> dict:
+def start_bare_render(data: Path, workdir: Path, stack: contextlib.ExitStack) -> str:
+    """bench/bare_render.py under uvicorn (one process, like `lancang web`); returns its URL."""
+    port = peers.free_port()
+    env = dict(os.environ, BARE_RENDER_DATA=str(data), PYTHONPATH=str(REPO))
+    log_path = workdir / "bare-render.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([python_exe(), "-m", "uvicorn", "bench.bare_render:app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning", "--no-access-log"],
+                                env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(stop_proc, proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        peers.wait_http(f"{url}/empty", timeout=120, proc=proc)
+    except Exception as exc:
+        raise BenchError(f"bench/bare_render.py did not start:\n{_tail(log_path)}") from exc
+    print(f"bench/bare_render.py (uvicorn, the pixel pipeline without token, database or audit): pid {proc.pid}",
+          flush=True)
+    return url
+
+
+def time_floor(client, warmup: int, calls: int, path: str = "/dicom-web/studies/x/metadata",
+               status: int = 400) -> dict:
     """What every authenticated Lancang request costs before it does anything: token lookup,
-    dependencies, routing, error rendering (GET .../studies/x/metadata answers 400)."""
+    dependencies, routing, error rendering (GET .../studies/x/metadata answers 400); with
+    another path and status, the same timing of any cheap request."""
     times = []
     for k in range(warmup + calls):
         started = time.perf_counter()
-        response = client.get("/dicom-web/studies/x/metadata", headers={"Accept": DICOM_JSON})
+        response = client.get(path, headers={"Accept": DICOM_JSON})
         elapsed = (time.perf_counter() - started) * 1000
-        if response.status_code != 400:
-            raise BenchError(f"floor: expected 400, got {response.status_code}")
+        if response.status_code != status:
+            raise BenchError(f"floor {path}: expected {status}, got {response.status_code}")
         if k >= warmup:
             times.append(elapsed)
     return {"p50_ms": round(pct(times, 50), 2), "p95_ms": round(pct(times, 95), 2)}
@@ -419,6 +457,8 @@ def summarize_compare(samples: list[Sample], targets: list[str], endpoints: list
         base = {s.round: s for s in by_target["orthanc"]}
         for target in targets:
             group = by_target[target]
+            if not group:  # a floor target that does not time this endpoint
+                continue
             ratios = [s.p50_ms / base[s.round].p50_ms for s in group if s.round in base]
             rows.append({
                 "endpoint": endpoint, "target": target, "rounds": len(group),
@@ -451,6 +491,10 @@ def print_compare(rows: list[dict], probe: dict, args) -> None:
         if diag:
             print(f"{'  (diagnostic: audit writes no-ops)':<42} {'':>16} {diag['p50_ms']:>7.1f} /"
                   f"{diag['p95_ms']:>7.1f} {diag['ratio']:>6.2f}x")
+        bare = by.get((endpoint, "bare-render"))
+        if bare:
+            print(f"{'  (floor: FastAPI + pixels, no auth/DB/audit)':<42} {'':>16} {bare['p50_ms']:>7.1f} /"
+                  f"{bare['p95_ms']:>7.1f} {bare['ratio']:>6.2f}x")
     print("one audit record alone (in-process, same SQLite file, 30 calls): "
           + "; ".join(f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in probe.items()))
 
