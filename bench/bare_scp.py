@@ -34,10 +34,13 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from imaging.scp import NodelayServer, _tune_association, preferred_transfer_syntaxes
-
-MAX_PDU = 4 * 1024 * 1024  # as imaging.scp.build_ae
-SWITCH_INTERVAL_S = 0.0005  # as imaging.scp.run_receiver
+from imaging.scp import (
+    GIL_SWITCH_INTERVAL_S,
+    MAX_PDU_SIZE,
+    NodelayServer,
+    preferred_transfer_syntaxes,
+    tune_association,
+)
 
 
 def write_durably(folder: Path, name: str, data: bytes) -> None:
@@ -78,7 +81,7 @@ def store_handler(mode: str, folder: Path | None):
 
 def build_ae(aet: str) -> AE:
     ae = AE(ae_title=aet)
-    ae.maximum_pdu_size = MAX_PDU
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.maximum_associations = 16
     ae.add_supported_context(Verification)
     syntaxes = preferred_transfer_syntaxes()
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dir is None:
             parser.error("--mode files needs --dir")
         args.dir.mkdir(parents=True, exist_ok=True)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    handlers = [(evt.EVT_C_STORE, store_handler(args.mode, args.dir)), (evt.EVT_CONN_OPEN, _tune_association)]
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    handlers = [(evt.EVT_C_STORE, store_handler(args.mode, args.dir)), (evt.EVT_CONN_OPEN, tune_association)]
     server = build_ae(args.aet).make_server(("127.0.0.1", args.port), evt_handlers=handlers,
                                             server_class=NodelayServer)
     stop = threading.Event()

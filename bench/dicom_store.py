@@ -270,7 +270,7 @@ class BareScp:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         seen: set[int] = {proc.pid}
         try:
-            Lancang._wait_echo(proc, port, log_path, called_aet=LANCANG_AET)
+            wait_for_echo(proc, port, log_path)
             wait_idle(proc.pid)
             os.sync()
             cpu0 = cpu_seconds([proc.pid])
@@ -398,7 +398,7 @@ class Lancang:
                                     stderr=subprocess.STDOUT)
         seen: set[int] = set()
         try:
-            self._wait_echo(proc, port, log_path)
+            wait_for_echo(proc, port, log_path)
             settle_s = wait_idle(proc.pid)
             seen.update(process_tree(proc.pid))
             server_pids = self._server_pids()
@@ -418,20 +418,19 @@ class Lancang:
                       "receiver_processes": len(tree), "settle_s": round(settle_s, 1),
                       "log_warnings": warnings}
 
-    @staticmethod
-    def _wait_echo(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 120,
-                   called_aet: str = LANCANG_AET) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"{proc.args[1:3]} exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                peers.echoscu("127.0.0.1", port, called_aet, CALLING_AET)
-                return
-            except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"no C-ECHO answer within {timeout} s:\n{_tail(log_path)}")
-                time.sleep(0.2)
+def wait_for_echo(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 120) -> None:
+    """Until the receiver `proc` answers C-ECHO on `port` (called as LANCANG); fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args[1:3]} exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            peers.echoscu("127.0.0.1", port, LANCANG_AET, CALLING_AET)
+            return
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"no C-ECHO answer within {timeout} s:\n{_tail(log_path)}")
+            time.sleep(0.2)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

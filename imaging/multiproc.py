@@ -25,7 +25,14 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
     from pynetdicom import evt
 
     from imaging.announce import SeriesAnnouncer
-    from imaging.scp import NodelayServer, Receiver, build_ae, event_handlers, set_nodelay
+    from imaging.scp import (
+        GIL_SWITCH_INTERVAL_S,
+        NodelayServer,
+        Receiver,
+        build_ae,
+        event_handlers,
+        set_nodelay,
+    )
     from lancang.runtime import bootstrap
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor decides when we stop
@@ -34,7 +41,7 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     import sys
 
-    sys.setswitchinterval(0.0005)  # as in imaging.scp.run_receiver
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as imaging.scp.run_receiver
     runtime = bootstrap(settings, component="dicom")
     announcer = SeriesAnnouncer(runtime.db)
     receiver = Receiver(runtime, on_committed=announcer.note)

@@ -70,9 +70,14 @@ def _nodelay_on_open(event) -> None:
 # that loop several times, so the default adds milliseconds per instance. 0.1 ms costs a
 # little idle CPU per open association and nothing else.
 DUL_LOOP_DELAY_S = 0.0001
+# Large PDUs: a 512 KB CT slice in one P-DATA instead of 32, far less per-PDU overhead.
+MAX_PDU_SIZE = 4 * 1024 * 1024
+# Hand the GIL over sooner: the association, DUL and writer threads take turns in
+# sub-millisecond steps, and the default 5 ms switch interval shows up as latency.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def _tune_association(event) -> None:
+def tune_association(event) -> None:
     event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
 
 
@@ -491,8 +496,7 @@ def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | 
     ae.acse_timeout = settings.dicom_acse_timeout
     ae.dimse_timeout = settings.dicom_dimse_timeout
     ae.network_timeout = settings.dicom_network_timeout
-    # Large PDUs: a 512 KB CT slice in one P-DATA instead of 32, far less per-PDU overhead.
-    ae.maximum_pdu_size = 4 * 1024 * 1024
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.add_supported_context(Verification)
     syntaxes = preferred_transfer_syntaxes()
     for context in StoragePresentationContexts:
@@ -512,7 +516,7 @@ def event_handlers(receiver: Receiver) -> list:
         (evt.EVT_C_MOVE, handlers.on_c_move, [receiver]),
         (evt.EVT_REJECTED, handlers.on_rejected, [receiver]),
         (evt.EVT_CONN_CLOSE, handlers.on_closed, [receiver]),
-        (evt.EVT_CONN_OPEN, _tune_association),
+        (evt.EVT_CONN_OPEN, tune_association),
     ]
 
 
@@ -534,9 +538,7 @@ def run_receiver(settings: Settings) -> None:
     from lancang.runtime import bootstrap
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # Hand the GIL over sooner: the association, DUL and writer threads take turns in
-    # sub-millisecond steps, and the default 5 ms switch interval shows up as latency.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     processes = settings.dicom_processes or min(os.cpu_count() or 1, 4)
     if processes > 1:
         from imaging.multiproc import run_acceptor
