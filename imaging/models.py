@@ -19,7 +19,15 @@ class Patient(Base):
     """A patient as known to one institution: PatientID is only unique within its issuer."""
 
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("institution_id", "issuer", "patient_id"),)
+    __table_args__ = (
+        UniqueConstraint("institution_id", "issuer", "patient_id"),
+        # Prefix (wildcard) matching, migration 0005: an index serves LIKE 'prefix%' on
+        # PostgreSQL only with a *_pattern_ops operator class, one per ORed PN group and ID.
+        Index("ix_patients_name_phonetic", "name_phonetic", postgresql_ops={"name_phonetic": "varchar_pattern_ops"}),
+        *(Index(f"ix_patients_{column}_pattern", column, postgresql_ops={column: "varchar_pattern_ops"},
+                info={"only_on": "postgresql"}).ddl_if(dialect="postgresql")
+          for column in ("name_alphabetic", "name_ideographic", "patient_id")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)

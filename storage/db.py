@@ -77,6 +77,19 @@ def make_engine(url: str, *, synchronous: str = "FULL", autocheckpoint: bool = T
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def schema_filter(dialect_name: str):
+    """Alembic's include_object for this dialect: leave out schema objects declared for
+    another database only (`info={"only_on": "postgresql"}`, as the PostgreSQL pattern
+    indexes on patients are), so autogenerate neither adds nor drops them elsewhere."""
+
+    def include_object(obj, name, type_, reflected, compare_to) -> bool:
+        declared = obj if not reflected else compare_to
+        only_on = getattr(declared, "info", {}).get("only_on") if declared is not None else None
+        return only_on is None or only_on == dialect_name
+
+    return include_object
+
+
 class Database:
     """An engine plus its session factories; built from settings, never at import time."""
 

@@ -4,7 +4,7 @@
 from alembic import context
 
 from lancang.models import metadata
-from storage.db import make_engine
+from storage.db import make_engine, schema_filter
 
 config = context.config
 
@@ -18,6 +18,7 @@ def run_migrations() -> None:
             target_metadata=metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_object=schema_filter(connection.dialect.name),
         )
         with context.begin_transaction():
             context.run_migrations()
