@@ -5,11 +5,14 @@ matching (an empty key is returned but does not constrain), range matching for d
 and times ("A-B", "A-", "-B"), lists of UIDs ("uid1\\uid2"), multi-valued ModalitiesInStudy.
 Person names match case-insensitively against any component group (alphabetic,
 ideographic, phonetic) and the whole value, so "张*" and "ZHANG*" both find 张秀英.
-Sequence matching is not supported: sequence keys are returned empty.
+Sequence matching (C.2.2.2.6) is done where it is cheap: at IMAGE level, against each
+matching instance's stored DICOM JSON (`sequence_matches`); above it, sequence keys match
+universally and come back empty.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -162,6 +165,49 @@ def condition(attr: Attr, raw: str):
     values = [v for v in value.split("\\") if v] if attr.vr == "CS" else [value]
     conditions = [c for c in (_text_condition(attr.column, v) for v in values) if c is not None]
     return or_(*conditions) if conditions else None
+
+
+# -- sequence matching on stored DICOM JSON (IMAGE level) --------------------------------
+
+
+def _json_strings(element: dict) -> list[str]:
+    """The values of one DICOM JSON element as strings (a PN as its '='-joined groups)."""
+    values = []
+    for value in element.get("Value") or []:
+        if isinstance(value, dict):  # PN: {"Alphabetic": ..., "Ideographic": ..., "Phonetic": ...}
+            groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            values.append("=".join(groups).rstrip("="))
+        else:
+            values.append(str(value))
+    return values
+
+
+def _value_matches(wanted: str, vr: str, stored: list[str]) -> bool:
+    """One key of a sequence item, by the rules the top-level keys follow (C.2.2.2.1-5):
+    a list of UIDs or codes ("a\\b") matches any of them."""
+    if vr in ("UI", "CS") and "\\" in wanted:
+        return any(_value_matches(one.strip(), vr, stored) for one in wanted.split("\\") if one.strip())
+    if vr in ("DA", "TM", "DT") and "-" in wanted:
+        low, _, high = wanted.partition("-")
+        return any((not low or s >= low) and (not high or s <= high + ("\uffff" if vr != "DA" else ""))
+                   for s in stored)
+    if vr == "PN":
+        wanted, stored = wanted.upper(), [g.upper() for s in stored for g in [s, *s.split("=")] if g]
+    if _has_wildcard(wanted):
+        return any(fnmatch.fnmatchcase(s, wanted.replace("[", "[[]")) for s in stored)
+    return wanted in stored
+
+
+def sequence_matches(stored: dict | None, item: dict[str, tuple[str, str]]) -> bool:
+    """Whether a stored DICOM JSON sequence element has an item matching every key of the
+    query item ({tag: (VR, value)}, empty values already left out): C.2.2.2.6."""
+    if not item:
+        return True
+    for candidate in (stored or {}).get("Value") or []:
+        if all(_value_matches(value, vr, _json_strings(candidate.get(tag) or {}))
+               for tag, (vr, value) in item.items()):
+            return True
+    return False
 
 
 @dataclass

@@ -215,10 +215,13 @@ class Receiver:
             yield _status(0xC000, f"unsupported QueryRetrieveLevel {level!r}"), None
             return
         keys = identifier_keys(identifier)
+        sequences = sequence_keys(identifier) if level == "IMAGE" else {}
         try:
             with self.db.scope(readonly=True) as session:
                 scope = access.scope_for(session, principal)
                 rows = query.run(session, scope, query.Query(level=level, keys=keys))
+                if sequences:
+                    rows = [row for row in rows if _sequences_match(row, sequences)]
                 answers = [answer_dataset(level, keys, row, identifier) for row in rows]
         except DomainError as exc:
             yield _status(0xA900, exc.detail), None
@@ -415,6 +418,35 @@ def identifier_keys(identifier: Dataset) -> dict[str, str]:
     return keys
 
 
+def sequence_keys(identifier: Dataset) -> dict[str, dict[str, tuple[str, str]]]:
+    """The identifier's sequence matching keys: {tag: {item tag: (VR, value)}} for each
+    sequence with one item holding at least one non-empty key (C.2.2.2.6). Sequences
+    nested in that item are not matched."""
+    found = {}
+    for element in identifier:
+        if element.VR != "SQ" or len(element.value or []) != 1:
+            continue
+        item = {}
+        for key in element.value[0]:
+            if key.VR == "SQ" or key.value in (None, "", b""):
+                continue
+            value = key.value
+            text = "\\".join(str(v) for v in value) if type(value).__name__ == "MultiValue" else str(value)
+            item[f"{key.tag:08X}"] = (key.VR, text)
+        if item:
+            found[f"{element.tag:08X}"] = item
+    return found
+
+
+def _stored_json(row: dict) -> dict:
+    return json.loads(row["_entities"]["Instance"].dicom_json or "{}")
+
+
+def _sequences_match(row: dict, sequences: dict) -> bool:
+    stored = _stored_json(row)
+    return all(query.sequence_matches(stored.get(tag), item) for tag, item in sequences.items())
+
+
 def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Dataset) -> Dataset:
     """A C-FIND response identifier carrying every requested key."""
     answer = Dataset()
@@ -423,7 +455,7 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
     stored = None
     for keyword in keys:
         element = identifier[keyword]
-        if element.VR == "SQ":
+        if element.VR == "SQ" and level != "IMAGE":  # no per-study/series JSON: returned empty
             setattr(answer, keyword, [])
             continue
         if keyword in row:
@@ -432,15 +464,15 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
             continue
         if level == "IMAGE":  # not indexed: from the stored DICOM JSON of the instance
             if stored is None:
-                stored = json.loads(row["_entities"]["Instance"].dicom_json or "{}")
+                stored = _stored_json(row)
             item = stored.get(f"{element.tag:08X}")
             if item and "BulkDataURI" not in item and "InlineBinary" not in item:
                 try:
                     answer.update(Dataset.from_json({f"{element.tag:08X}": item}))
                     continue
-                except Exception:
+                except Exception:  # e.g. bulk data inside a sequence item: returned empty
                     pass
-        setattr(answer, keyword, None)
+        setattr(answer, keyword, [] if element.VR == "SQ" else None)
     return answer
 
 

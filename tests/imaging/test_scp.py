@@ -155,6 +155,78 @@ def test_find_matching_rules(node, tmp_path):
     assert [(s["Modality"], s["NumberOfSeriesRelatedInstances"]) for s in series] == [("MR", "1")]
 
 
+def _with_sequences(blob: bytes, **sequences: list[dict]) -> bytes:
+    """The instance with sequence elements added: {keyword: [ {item keyword: value} ]}."""
+    import io
+
+    from pydicom.dataset import Dataset
+
+    ds = dcmread(io.BytesIO(blob))
+    for keyword, items in sequences.items():
+        values = []
+        for fields in items:
+            item = Dataset()
+            for name, value in fields.items():
+                setattr(item, name, value)
+            values.append(item)
+        setattr(ds, keyword, values)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def find_extracted(node, tmp_path, level: str, *keys: str) -> list:
+    """findscu with -X: each response as a pydicom Dataset (nested items included)."""
+    out = tmp_path / f"rsp-{len(list(tmp_path.glob('rsp-*')))}"
+    out.mkdir()
+    args = ["-S", "-X", "-od", out, "-aet", "FINDER", "-aec", "LANCANG", "-k", f"QueryRetrieveLevel={level}"]
+    for key in keys:
+        args += ["-k", key]
+    dcmtk("findscu", *args, "127.0.0.1", node.port)
+    return [dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_find_matches_sequences_at_image_level(node, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    mpr = {"CodeValue": "113072", "CodingSchemeDesignator": "DCM", "CodeMeaning": "Multiplanar reformatting"}
+    blobs = [
+        _with_sequences(ct_instance(study_uid=study, series_uid=series, instance_number=1),
+                        ReferencedImageSequence=[{"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                                                  "ReferencedSOPInstanceUID": "1.2.3.1"}]),
+        _with_sequences(ct_instance(study_uid=study, series_uid=series, instance_number=2),
+                        ReferencedImageSequence=[{"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                                                  "ReferencedSOPInstanceUID": "1.2.3.2"},
+                                                 {"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                                                  "ReferencedSOPInstanceUID": "1.2.3.9"}],
+                        DerivationCodeSequence=[mpr]),
+        ct_instance(study_uid=study, series_uid=series, instance_number=3),
+    ]
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path / "in", blobs))
+    where = [f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "InstanceNumber"]
+
+    def numbers(*keys) -> list[int]:
+        return sorted(int(a.InstanceNumber) for a in find_extracted(node, tmp_path, "IMAGE", *where, *keys))
+
+    # Any item may match (the second item of instance 2); a UID list; wildcards; every key of the item.
+    assert numbers("ReferencedImageSequence[0].ReferencedSOPInstanceUID=1.2.3.9") == [2]
+    assert numbers("ReferencedImageSequence[0].ReferencedSOPInstanceUID=1.2.3.1\\1.2.3.2") == [1, 2]
+    assert numbers("DerivationCodeSequence[0].CodeMeaning=Multiplanar*") == [2]
+    assert numbers("DerivationCodeSequence[0].CodeMeaning=multiplanar*") == []  # case-sensitive (LO)
+    assert numbers("DerivationCodeSequence[0].CodeValue=113072",
+                   "DerivationCodeSequence[0].CodingSchemeDesignator=SRT") == []
+    assert numbers("ReferencedImageSequence[0].ReferencedSOPInstanceUID=9.9.9") == []
+    # An empty item is universal matching: every instance, each with what it stored.
+    answers = {int(a.InstanceNumber): a for a in find_extracted(node, tmp_path, "IMAGE", *where,
+                                                               "ReferencedImageSequence[0].ReferencedSOPInstanceUID")}
+    assert sorted(answers) == [1, 2, 3]
+    assert [i.ReferencedSOPInstanceUID for i in answers[2].ReferencedImageSequence] == ["1.2.3.2", "1.2.3.9"]
+    assert len(answers[3].get("ReferencedImageSequence") or []) == 0
+    # Above IMAGE level a sequence key matches universally (no per-study JSON to match against).
+    studies = find_extracted(node, tmp_path, "STUDY", f"StudyInstanceUID={study}",
+                             "ReferencedImageSequence[0].ReferencedSOPInstanceUID=9.9.9")
+    assert [str(a.StudyInstanceUID) for a in studies] == [study]
+
+
 def test_other_institution_sees_nothing(node, tmp_path):
     dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
           *write_files(tmp_path, [ct_instance()]))
