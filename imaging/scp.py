@@ -428,11 +428,12 @@ def sequence_keys(identifier: Dataset) -> dict[str, dict[str, tuple[str, str]]]:
             continue
         item = {}
         for key in element.value[0]:
-            if key.VR == "SQ" or key.value in (None, "", b""):
-                continue
             value = key.value
+            if key.VR == "SQ" or value is None or isinstance(value, bytes):
+                continue
             text = "\\".join(str(v) for v in value) if type(value).__name__ == "MultiValue" else str(value)
-            item[f"{key.tag:08X}"] = (key.VR, text)
+            if text.strip():  # an empty key inside the item is universal matching
+                item[f"{key.tag:08X}"] = (key.VR, text.strip())
         if item:
             found[f"{element.tag:08X}"] = item
     return found
