@@ -58,6 +58,7 @@ if not __package__:                      # run as a script: make `bench`, `tests
     sys.path.insert(0, str(REPO))
 
 from bench import ctgen, peers  # noqa: E402
+from bench.runinfo import first_line, lancang_revision, load1, uptime  # noqa: E402
 
 LANCANG_AET = "LANCANG"
 ORTHANC_AET = "ORTHANC"
@@ -165,14 +166,6 @@ def wait_idle(root: int, window: float = 1.0, busy: float = 0.1, timeout: float 
             break
         before = now
     return time.monotonic() - started
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 # --------------------------------------------------------------- C-FIND
@@ -499,22 +492,11 @@ def prepare_data(args) -> tuple[list[Path], list[ctgen.Study]]:
 
 
 def versions(python: str) -> dict:
-    def first_line(command: list[str]) -> str:
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "?"
-
-    git = ["git", "-C", str(REPO)]
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.split("\n")
     return {
         "orthanc": first_line(["Orthanc", "--version"]),
         "dcmtk": first_line([peers.dcmtk_tool("storescu"), "--version"]).strip("$ ")
                  .removeprefix("dcmtk: "),
-        "lancang_commit": first_line([*git, "rev-parse", "--short", "HEAD"]),
-        "lancang_modified_files": [line[3:] for line in dirty if line.strip()],
+        **lancang_revision(),
         "python": first_line([python, "--version"]),
         "pynetdicom": first_line([python, "-c", "import pynetdicom; print(pynetdicom.__version__)"]),
     }

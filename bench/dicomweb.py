@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import math
 import os
 import secrets
 import shutil
@@ -64,6 +63,8 @@ if not __package__:                      # run as a script: make `bench`, `tests
     sys.path.insert(0, str(REPO))
 
 from bench import ctgen, peers  # noqa: E402
+from bench.runinfo import first_line, lancang_revision, load1, uptime  # noqa: E402
+from bench.runinfo import percentile as pct  # noqa: E402
 
 ORTHANC_AET, CALLING_AET = "ORTHANC", "BENCH"
 INSTITUTION = "LC-C01"
@@ -77,20 +78,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------- small helpers
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (p50 of 30 values = the 15th smallest)."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
-
 
 def python_exe() -> str:
     venv = REPO / ".venv" / "bin" / "python"
@@ -862,20 +849,8 @@ def run_scale(args, stack: contextlib.ExitStack) -> dict:
 # --------------------------------------------------------------- main
 
 def versions() -> dict:
-    def first_line(command: list[str]) -> str:
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "?"
-
-    git = ["git", "-C", str(REPO)]
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.split("\n")
     plugin = next((p.name for p in Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so.*")), "?")
-    return {"orthanc": first_line(["Orthanc", "--version"]), "dicomweb_plugin": plugin,
-            "lancang_commit": first_line([*git, "rev-parse", "--short", "HEAD"]),
-            "lancang_modified_files": [line[3:] for line in dirty if line.strip()]}
+    return {"orthanc": first_line(["Orthanc", "--version"]), "dicomweb_plugin": plugin, **lancang_revision()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

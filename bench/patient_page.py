@@ -23,14 +23,12 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ if not __package__:
     sys.path.insert(0, str(REPO))
 
 from bench import ctgen, peers  # noqa: E402
+from bench.runinfo import percentile, uptime  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,15 +67,6 @@ class Sample:
     image_bytes: int
     page_bytes: int
     load1: float
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 class Site:
@@ -244,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         cold = [s.cold_s for s in samples if s.target == name]
         warm = [s.warm_s for s in samples if s.target == name]
         summary[name] = {"n": len(cold), "first_view_median_s": round(statistics.median(cold), 3),
-                         "first_view_p95_s": round(p95(cold), 3), "warm_median_s": round(statistics.median(warm), 3)}
+                         "first_view_p95_s": round(percentile(cold, 95), 3), "warm_median_s": round(statistics.median(warm), 3)}
         verdict = "meets" if summary[name]["first_view_p95_s"] <= GOAL_S else "MISSES"
         print(f"  {name:8s} PIN -> first image visible: median {summary[name]['first_view_median_s']:.2f} s, "
               f"p95 {summary[name]['first_view_p95_s']:.2f} s ({verdict} the {GOAL_S:.0f} s goal); "

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import secrets
 import shutil
@@ -48,6 +47,7 @@ if not __package__:                      # run as a script: make `bench`, `tests
     sys.path.insert(0, str(REPO))
 
 from bench import ctgen, peers  # noqa: E402
+from bench.runinfo import percentile, uptime  # noqa: E402
 
 AET, CALLING = "LANCANG", "BENCH"
 GOAL_S = 2.0
@@ -64,15 +64,6 @@ class Sample:
     share_s: float
     previews_s: float
     load1: float
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 def fresh_series(source: list[Path], folder: Path) -> tuple[str, str]:
@@ -250,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         shares_s = [s.share_s for s in measured]
         previews = [s.previews_s for s in measured]
         summary[name] = {"n": len(measured), "share_median_s": round(statistics.median(shares_s), 3),
-                         "share_p95_s": round(p95(shares_s), 3), "share_max_s": round(max(shares_s), 3),
+                         "share_p95_s": round(percentile(shares_s, 95), 3), "share_max_s": round(max(shares_s), 3),
                          "previews_median_s": round(statistics.median(previews), 3),
-                         "previews_p95_s": round(p95(previews), 3)}
+                         "previews_p95_s": round(percentile(previews, 95), 3)}
         verdict = "meets" if summary[name]["share_p95_s"] <= GOAL_S else "MISSES"
         print(f"  {name:8s} last ack -> thumbnail + share: median {summary[name]['share_median_s']:.2f} s, "
               f"p95 {summary[name]['share_p95_s']:.2f} s, max {summary[name]['share_max_s']:.2f} s "

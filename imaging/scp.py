@@ -440,7 +440,10 @@ def sequence_keys(identifier: Dataset) -> dict[str, dict[str, tuple[str, str]]]:
 
 
 def _stored_json(row: dict) -> dict:
-    return json.loads(row["_entities"]["Instance"].dicom_json or "{}")
+    """The instance's stored DICOM JSON, parsed once per row (sequence matching, then the answer)."""
+    if "_stored_json" not in row:
+        row["_stored_json"] = json.loads(row["_entities"]["Instance"].dicom_json or "{}")
+    return row["_stored_json"]
 
 
 def _sequences_match(row: dict, sequences: dict) -> bool:
@@ -453,7 +456,6 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
     answer = Dataset()
     answer.SpecificCharacterSet = UTF8
     answer.QueryRetrieveLevel = level
-    stored = None
     for keyword in keys:
         element = identifier[keyword]
         if element.VR == "SQ" and level != "IMAGE":  # no per-study/series JSON: returned empty
@@ -464,9 +466,7 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
             setattr(answer, keyword, "" if value is None else (str(value) if element.VR in ("IS", "DS") else value))
             continue
         if level == "IMAGE":  # not indexed: from the stored DICOM JSON of the instance
-            if stored is None:
-                stored = _stored_json(row)
-            item = stored.get(f"{element.tag:08X}")
+            item = _stored_json(row).get(f"{element.tag:08X}")
             if item and "BulkDataURI" not in item and "InlineBinary" not in item:
                 try:
                     answer.update(Dataset.from_json({f"{element.tag:08X}": item}))
