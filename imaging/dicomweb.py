@@ -911,7 +911,7 @@ class StowContext:
             return self.ingestor.ingest(data, ds=ds, institution_id=self.principal.institution_id,
                                         source=f"stow:{self.principal.name}")
         except InvalidInstance as exc:
-            raise Refused(CANNOT_UNDERSTAND if exc.status & 0xF000 == 0xC000 else MISMATCH, exc.reason) from None
+            raise Refused(_stow_reason(exc.status), exc.reason) from None
         except (Unavailable, SQLAlchemyError, OSError) as exc:
             log.error("dicomweb.store.unavailable sop=%s error=%s", sop_uid, exc)
             raise Refused(OUT_OF_RESOURCES, type(exc).__name__) from None
@@ -931,6 +931,13 @@ class StowContext:
             REFERENCED_SOP_INSTANCE: {"vr": "UI", "Value": [result.sop_instance_uid]},
             RETRIEVE_URL: {"vr": "UR", "Value": [url]},
         })
+
+
+def _stow_reason(status: int) -> int:
+    """The STOW failure reason for an ingest refusal's C-STORE status."""
+    if status == NOT_AUTHORIZED:
+        return NOT_AUTHORIZED
+    return CANNOT_UNDERSTAND if status & 0xF000 == 0xC000 else MISMATCH
 
 
 def stow_response(outcome: StowOutcome, base: str, study: str | None) -> dict:

@@ -11,6 +11,11 @@ caller answers "out of resources"; nothing is acknowledged that is not durable.
 Re-sending identical bytes is a no-op ("already"). Re-sending different bytes for the
 same SOP Instance UID makes the new version current, keeps the old object and lists it in
 superseded_instances, and audits the replacement ("replaced").
+
+An instance belongs to its series, study and institution for ever: a re-send may replace
+it only into the same series (hence the same study and institution). Anything else is an
+attempt to move another's image and is refused (`OwnershipConflict`, 0x0124 across
+institutions) and audited as a security event (`dicom.instance.refused`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,23 @@ from storage.objects import ObjectStore
 from storage.types import utcnow
 
 log = logging.getLogger("lancang.imaging")
+
+
+class OwnershipConflict(InvalidInstance):
+    """The instance, series or study already belongs elsewhere; `detail` goes to the audit."""
+
+    def __init__(self, reason: str, status: int, detail: dict):
+        super().__init__(reason, status)
+        self.detail = detail
+
+
+# PS3.7 C.4: "Refused: Not Authorized". Used when the other owner is another institution;
+# within one institution a wrong series/study is a data error (0xA900).
+NOT_AUTHORIZED = 0x0124
+
+
+def _conflict_status(owner: int, institution_id: int) -> int:
+    return NOT_AUTHORIZED if owner != institution_id else 0xA900
 
 
 @dataclass(frozen=True)
@@ -155,8 +177,13 @@ class Ingestor:
 
     def _index(self, record: IndexRecord, **kwargs) -> IngestResult:
         learned: dict = {}
-        with self.db.scope() as session:
-            result = self._upsert(session, record, learned=learned, **kwargs)
+        try:
+            with self.db.scope() as session:
+                result = self._upsert(session, record, learned=learned, **kwargs)
+        except OwnershipConflict as exc:
+            # The refused transaction rolled back; the security record needs its own.
+            self._audit_refusal(record, exc, source=kwargs["source"], institution_id=kwargs["institution_id"])
+            raise
         # Only committed rows are cached: another thread must never reuse a key that a
         # transaction still in flight (and perhaps about to roll back) created.
         with self._cache_lock:
@@ -164,16 +191,28 @@ class Ingestor:
                 cache.remember(key, value)
         return result
 
+    def _audit_refusal(self, record: IndexRecord, exc: OwnershipConflict, *, source: str,
+                       institution_id: int) -> None:
+        log.warning("dicom.instance.refused sop=%s source=%s reason=%s", record.sop_uid, source, exc.reason)
+        with self.db.scope() as session:
+            audit.append(session, principal=None, actor=source or "system", action="dicom.instance.refused",
+                         outcome="denied", object_type="instance", object_id=record.sop_uid,
+                         detail={"reason": exc.reason, "status": f"0x{exc.status:04X}",
+                                 "sender_institution_id": institution_id, "study_uid": record.study_uid,
+                                 "series_uid": record.series_uid, **exc.detail})
+
     def _upsert(self, session: Session, record: IndexRecord, *, learned: dict, metadata: str, sha256: str, key: str,
                 size: int, institution_id: int, source: str, transfer_syntax: str) -> IngestResult:
         conn = session.connection()  # Core statements: the ORM execute path costs more than the SQL
         study_pk = self._study_pk(conn, record, institution_id, learned)
-        series_pk, new_series = self._series_pk(conn, record, study_pk, learned)
+        series_pk, new_series = self._series_pk(conn, record, study_pk, institution_id, learned)
         now = utcnow()
         existing = conn.execute(
-            select(Instance.id, Instance.sha256, Instance.object_key, Instance.size)
+            select(Instance.id, Instance.sha256, Instance.object_key, Instance.size, Instance.series_pk)
             .where(Instance.sop_instance_uid == record.sop_uid)
         ).first()
+        if existing is not None and existing.series_pk != series_pk:
+            self._refuse_move(conn, record, existing.series_pk, institution_id)
         outcome = "stored"
         values = dict(
             series_pk=series_pk, sop_class_uid=record.sop_class_uid, instance_number=record.instance_number,
@@ -201,6 +240,20 @@ class Ingestor:
             self._refresh_study_series(conn, study_pk)
         return IngestResult(outcome, record.sop_uid, record.sop_class_uid, record.series_uid,
                             record.study_uid, key, series_pk)
+
+    @staticmethod
+    def _refuse_move(conn, record: IndexRecord, owner_series_pk: int, institution_id: int) -> None:
+        """The SOP Instance UID exists in another series: never move it (see the module doc)."""
+        owner = conn.execute(
+            select(Series.series_instance_uid, Study.study_instance_uid, Study.institution_id)
+            .join(Study, Study.id == Series.study_pk).where(Series.id == owner_series_pk)).one()
+        status = _conflict_status(owner.institution_id, institution_id)
+        where = "another institution's study" if status == NOT_AUTHORIZED else \
+            f"series {owner.series_instance_uid} of study {owner.study_instance_uid}"
+        raise OwnershipConflict(
+            f"SOP Instance UID {record.sop_uid} already belongs to {where}; it cannot be moved",
+            status, {"owner_institution_id": owner.institution_id, "owner_study_uid": owner.study_instance_uid,
+                     "owner_series_uid": owner.series_instance_uid})
 
     def _patient_pk(self, conn, record: IndexRecord, institution_id: int) -> int:
         # Without a PatientID nothing says two studies are the same person: one per study.
@@ -242,12 +295,12 @@ class Ingestor:
             learned["study"] = (self._studies, record.study_uid, cached)
         study_pk, owner = cached
         if owner != institution_id:
-            raise InvalidInstance(
+            raise OwnershipConflict(
                 f"study {record.study_uid} belongs to another institution; it cannot be extended "
-                "from here", 0xA900)
+                "from here", NOT_AUTHORIZED, {"owner_institution_id": owner})
         return study_pk
 
-    def _series_pk(self, conn, record: IndexRecord, study_pk: int, learned: dict) -> tuple[int, bool]:
+    def _series_pk(self, conn, record: IndexRecord, study_pk: int, institution_id: int, learned: dict) -> tuple[int, bool]:
         with self._cache_lock:
             cached = self._series.get(record.series_uid)
         if cached is not None:
@@ -266,7 +319,12 @@ class Ingestor:
             found = conn.execute(select(Series.id, Series.study_pk)
                                  .where(Series.series_instance_uid == record.series_uid)).one()
         if found.study_pk != study_pk:
-            raise InvalidInstance(f"series {record.series_uid} already belongs to another study", 0xA900)
+            owner = conn.execute(select(Study.institution_id, Study.study_instance_uid)
+                                 .where(Study.id == found.study_pk)).one()
+            raise OwnershipConflict(
+                f"series {record.series_uid} already belongs to another study",
+                _conflict_status(owner.institution_id, institution_id),
+                {"owner_institution_id": owner.institution_id, "owner_study_uid": owner.study_instance_uid})
         learned["series"] = (self._series, record.series_uid, found.id)
         return found.id, created
 

@@ -26,8 +26,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.uid import generate_uid
+from sqlalchemy import func, select
 
 from imaging import dicomweb, multipart
+from imaging.models import Series, Study
 from imaging.service import Ingestor
 from storage import audit
 from storage import service as tenancy
@@ -472,6 +474,45 @@ def test_stow_failures_and_statuses(world):
         assert truncated.status_code == 400
         assert http.post("/studies/not-a-uid", content=b"", headers={
             "Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'}).status_code == 400
+
+
+def _instances_of(world: World, study: str, who: str = "town") -> set[str]:
+    with world.http(who) as http:
+        answer = http.get(f"/studies/{study}/instances")
+    assert answer.status_code == 200, answer.text
+    return {item["00080018"]["Value"][0] for item in answer.json()}
+
+
+def test_another_institution_cannot_take_an_instance_series_or_study(world):
+    """13.1: STOW as OTHER reusing TOWN's SOP Instance UID (new study and series), TOWN's
+    series UID (new study) or TOWN's study UID: each refused 0x0124 and audited; TOWN keeps
+    its instance and the counters agree with QIDO. Failed on the previous code: the SOP
+    reuse answered 200 and moved the instance into OTHER's study."""
+    study_a = world.uids["A"]
+    before = _instances_of(world, study_a)
+    victim = world.uids["A1-1"]
+    takeover = ct_instance(study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=victim,
+                           patient_id="THIEF", seed=5)
+    series_reuse = ct_instance(study_uid=generate_uid(), series_uid=world.uids["A1"], patient_id="THIEF")
+    study_reuse = ct_instance(study_uid=study_a, series_uid=generate_uid(), patient_id="THIEF")
+    for blob in (takeover, series_reuse, study_reuse):
+        refused = _stow(world, [blob], who="other")
+        assert refused.status_code == 409 and _failures(refused) == [0x0124], refused.text
+        reason = refused.json()["00081198"]["Value"][0]
+        assert reason["00081155"]["Value"] == [dcmread(io.BytesIO(blob)).SOPInstanceUID]
+    assert _instances_of(world, study_a) == before and victim in before
+    with world.http() as http:
+        assert http.get(f"/studies/{study_a}/series/{world.uids['A1']}/instances/{victim}",
+                        headers={"Accept": DICOM_STAR}).status_code == 200
+    with world.runtime.db.scope(readonly=True) as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_a))
+        series_counts = session.execute(select(func.sum(Series.num_instances))
+                                        .where(Series.study_pk == study.id)).scalar()
+        refusals = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.instance.refused",
+                                                             AuditRecord.object_id == victim)).all()
+    assert study.num_instances == series_counts == len(before)
+    assert refusals and refusals[-1].outcome == "denied"
+    assert refusals[-1].detail["owner_study_uid"] == study_a
 
 
 # -- negotiation over HTTP --------------------------------------------------------------

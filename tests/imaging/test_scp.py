@@ -293,9 +293,9 @@ def test_get_retrieves_byte_identical_pixels(node, tmp_path):
 
 
 def test_resend_is_idempotent_and_changed_bytes_keep_the_old_version(node, tmp_path):
-    sop, study = generate_uid(), generate_uid()
-    first = ct_instance(sop_uid=sop, study_uid=study, seed=1)
-    changed = ct_instance(sop_uid=sop, study_uid=study, seed=2)
+    sop, study, series = generate_uid(), generate_uid(), generate_uid()
+    first = ct_instance(sop_uid=sop, study_uid=study, series_uid=series, seed=1)
+    changed = ct_instance(sop_uid=sop, study_uid=study, series_uid=series, seed=2)
     send = lambda blob, name: dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
                                     *write_files(tmp_path / name, [blob]))
     send(first, "a")
@@ -323,3 +323,25 @@ def test_store_and_find_are_audited_per_association(node, tmp_path):
         records = {r.action: r for r in session.scalars(select(AuditRecord))}
     assert records["dicom.store"].detail["stored"] == 2 and records["dicom.store"].actor == "MOD1"
     assert records["dicom.find"].actor == "FINDER"
+
+
+def test_an_instance_stays_in_its_series_and_institution(node, tmp_path):
+    """13.1 over C-STORE: OUTSIDER (T02) re-sends T01's SOP Instance UID in a new study and
+    series: 0x0124, audited as a security event, T01 keeps it; within T01 a move to another
+    series is 0xA900. Failed on the previous code (0x0000 and the instance moved)."""
+    from tests.imaging.scu import send_files
+
+    sop, study, series = generate_uid(), generate_uid(), generate_uid()
+    original = ct_instance(sop_uid=sop, study_uid=study, series_uid=series, seed=1)
+    assert send_files(node.port, write_files(tmp_path / "a", [original])) == [0]
+    takeover = ct_instance(sop_uid=sop, patient_id="THIEF", seed=2)
+    assert send_files(node.port, write_files(tmp_path / "b", [takeover]), calling="OUTSIDER") == [0x0124]
+    moved = ct_instance(sop_uid=sop, study_uid=study, seed=3)
+    assert send_files(node.port, write_files(tmp_path / "c", [moved])) == [0xA900]
+    with node.runtime.db.scope(readonly=True) as session:
+        row = session.execute(select(Instance.sha256, Study.study_instance_uid, Study.num_instances)
+                              .join(Instance.series).join(Study)).all()
+        refused = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.instance.refused")).all()
+    assert [(r.study_instance_uid, r.num_instances) for r in row] == [(study, 1)]
+    assert [r.detail["status"] for r in refused] == ["0x0124", "0xA900"]
+    assert all(r.outcome == "denied" and r.detail["owner_series_uid"] == series for r in refused)
