@@ -285,7 +285,9 @@ def unlock_cookie(secret_key: str, share: Share, now: float | None = None) -> tu
 
 
 def _cookie_mac(secret_key: str, share: Share, expires: int) -> str:
-    message = f"lancang/film-unlocked/{share.id}/{share.token_hash}/{expires}".encode()
+    # The link's secret hash and the PIN's salt are in the MAC: the cookie cannot be made
+    # from guessable ids, and setting a new PIN ends every unlocked browser.
+    message = f"lancang/film-unlocked/{share.id}/{share.token_hash}/{share.pin_salt}/{expires}".encode()
     return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
 
 

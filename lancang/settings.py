@@ -9,8 +9,9 @@ from typing import Literal
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Only the embedded mode may fall back to this; production must set a real one.
-EMBEDDED_SECRET = "lancang-embedded-mode-not-a-secret"
+from lancang import secretfile
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class Settings(BaseSettings):
@@ -66,12 +67,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_working_default_secrets_in_production(self) -> "Settings":
-        if not self.embedded and not self.secret_key.get_secret_value():
+        configured = self.secret_key.get_secret_value()
+        if configured:
+            secretfile.check_strength(configured)
+        elif not self.embedded:
             raise ValueError(
                 "LANCANG_SECRET_KEY must be set when a database, S3 or broker server is configured "
-                "(only the embedded mode has a built-in key)"
-            )
+                "(every process must share it; only a loopback embedded install generates its own)")
+        elif self.exposed:
+            raise ValueError(
+                "LANCANG_SECRET_KEY must be set when Lancang listens beyond loopback "
+                f"(LANCANG_BIND_HOST={self.bind_host}) or is published over https "
+                f"(LANCANG_PUBLIC_URL={self.public_url})")
         return self
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable from other machines: bound beyond loopback or published over https."""
+        return self.bind_host not in LOOPBACK_HOSTS or self.public_url.lower().startswith("https://")
 
     @property
     def embedded(self) -> bool:
@@ -80,7 +93,15 @@ class Settings(BaseSettings):
 
     @property
     def effective_secret_key(self) -> str:
-        return self.secret_key.get_secret_value() or EMBEDDED_SECRET
+        """The configured key, else (loopback embedded installs only) the data dir's
+        generated one (lancang/secretfile.py)."""
+        configured = self.secret_key.get_secret_value()
+        if configured:
+            return configured
+        directory = self.data_dir.resolve()
+        if directory not in _GENERATED:
+            _GENERATED[directory] = secretfile.read_or_create(directory)
+        return _GENERATED[directory]
 
     @property
     def effective_database_url(self) -> str:
@@ -103,6 +124,9 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.bind_host}:{self.http_port}").rstrip("/")
+
+
+_GENERATED: dict[Path, str] = {}
 
 
 @lru_cache

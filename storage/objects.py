@@ -66,14 +66,24 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def url_signature(secret: str, key: str, expires_at: int) -> str:
-    message = f"{key}\n{expires_at}".encode()
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the RFC 6266/5987 UTF-8 name; CR, LF, quotes
+    and path separators never reach the header."""
+    cleaned = "".join(ch for ch in filename if ch >= " " and ch not in '"\\/\x7f').strip() or "download"
+    fallback = "".join(ch if ch.isascii() else "_" for ch in cleaned)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(cleaned, safe='')}"
+
+
+def url_signature(secret: str, key: str, expires_at: int, filename: str = "") -> str:
+    """Everything the link's answer depends on is signed: the key, the expiry and the
+    download name (an unsigned name would be reflected into Content-Disposition)."""
+    message = f"{key}\n{expires_at}\n{filename}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def check_url_signature(secret: str, key: str, expires_at: int, signature: str) -> str:
+def check_url_signature(secret: str, key: str, expires_at: int, signature: str, filename: str = "") -> str:
     """"ok" for an untampered, unexpired link made by FilesystemStore.url; else "invalid" or "expired"."""
-    if not hmac.compare_digest(url_signature(secret, key, expires_at), signature):
+    if not hmac.compare_digest(url_signature(secret, key, expires_at, filename), signature):
         return "invalid"
     return "expired" if expires_at < time.time() else "ok"
 
@@ -173,7 +183,8 @@ class FilesystemStore:
 
     def url(self, key, expires, filename=None) -> str:
         expires_at = int(time.time() + expires.total_seconds())
-        query = {"expires": expires_at, "signature": url_signature(self.secret, validate_key(key), expires_at)}
+        query = {"expires": expires_at,
+                 "signature": url_signature(self.secret, validate_key(key), expires_at, filename or "")}
         if filename:
             query["filename"] = filename
         return f"{self.public_base}/objects/{quote(key)}?{urlencode(query)}"

@@ -8,8 +8,9 @@ import re
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from storage import audit
 from storage.errors import Gone, NotPermitted
-from storage.objects import FilesystemStore, check_url_signature
+from storage.objects import FilesystemStore, check_url_signature, content_disposition
 from web.deps import CurrentUser, RuntimeDep
 from web.schemas import HealthOut, InstitutionOut, MeOut
 
@@ -60,12 +61,16 @@ def signed_object(key: str, runtime: RuntimeDep, request: Request,
     store = runtime.store
     if not isinstance(store, FilesystemStore):
         raise NotPermitted("object links are served by the object store")
-    verdict = check_url_signature(store.secret, key, expires, signature)
+    verdict = check_url_signature(store.secret, key, expires, signature, filename or "")
     if verdict == "invalid":
         raise NotPermitted("this link is not valid / 链接无效")
     if verdict == "expired":
         raise Gone("this link has expired / 链接已过期")
     size = store.size(key)
+    # A link is a bearer credential to patient data: every download is a read to audit.
+    audit.record_read(runtime.db, principal=None, actor="link", action="object.read", object_type="object",
+                      object_id=key, source=request.client.host if request.client else "",
+                      detail={"expires": expires})
     start, end, status = 0, size - 1, 200
     match = _RANGE.match(request.headers.get("range", ""))
     if match and (match.group(1) or match.group(2)):
@@ -82,6 +87,6 @@ def signed_object(key: str, runtime: RuntimeDep, request: Request,
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     if filename:
-        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+        headers["Content-Disposition"] = content_disposition(filename)
     return StreamingResponse(store.stream(key, start, end - start + 1), status_code=status,
                              headers=headers, media_type="application/octet-stream")
