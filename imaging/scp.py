@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, Association, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -44,7 +44,7 @@ from lancang.settings import Settings
 from storage import access, audit
 from storage.access import Principal
 from storage.errors import DomainError, Unavailable
-from storage.service import find_enabled_node
+from storage.service import address_allowed, find_enabled_node
 
 log = logging.getLogger("lancang.dicom")
 
@@ -90,6 +90,13 @@ class NodelayServer(ThreadedAssociationServer):
         return client, address
 
 
+@dataclass(frozen=True)
+class _NodeRule:
+    title: str
+    can: frozenset
+    networks: list
+
+
 @dataclass
 class _AssociationLog:
     """What one association did, audited as one record when it closes."""
@@ -114,29 +121,46 @@ class Receiver:
         self.objects = runtime.store
         self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed)
         self._nodes: dict[str, tuple[float, Principal | None]] = {}
-        self._titles: tuple[float, list[str]] = (0.0, [])
+        self._titles: tuple[float, list[_NodeRule]] = (0.0, [])
+        self._rejections: dict[tuple[str, str], list] = {}
         self._lock = threading.Lock()
         self._logs: dict[int, _AssociationLog] = {}
 
     # -- registry -----------------------------------------------------------------------
 
-    def registered_titles(self) -> list[str]:
-        """Calling AE titles allowed right now (cached for a couple of seconds)."""
+    def _rules(self) -> list[_NodeRule]:
+        """Enabled AEs of active institutions, with what they may do and where from
+        (cached for a couple of seconds)."""
         now = time.monotonic()
-        stamp, titles = self._titles
+        stamp, rules = self._titles
         if now - stamp < REGISTRY_TTL_S:
-            return titles
+            return rules
         from sqlalchemy import select
 
         from storage.models import DicomNode, Institution
 
         with self.db.scope(readonly=True) as session:
-            titles = list(session.scalars(
-                select(DicomNode.ae_title).join(Institution)
-                .where(DicomNode.enabled.is_(True), Institution.active.is_(True))))
-        titles = titles or [NO_AE]
-        self._titles = (now, titles)
-        return titles
+            rules = [_NodeRule(node.ae_title, node.can, node.networks) for node in session.scalars(
+                select(DicomNode).join(Institution)
+                .where(DicomNode.enabled.is_(True), Institution.active.is_(True)))]
+        self._titles = (now, rules)
+        return rules
+
+    def registered_titles(self, address: str | None = None) -> list[str]:
+        """Calling AE titles an association from `address` may use right now: enabled, and
+        bound to no network or to one holding the address. With
+        LANCANG_DICOM_REQUIRE_HOST_BINDING an AE that may query or retrieve must be bound."""
+        titles = [rule.title for rule in self._rules() if self._reachable(rule, address)]
+        return titles or [NO_AE]
+
+    def _reachable(self, rule: _NodeRule, address: str | None) -> bool:
+        if self.settings.dicom_require_host_binding and rule.can & {"query", "retrieve"} and not rule.networks:
+            return False
+        return address_allowed(rule.networks, address)
+
+    def permitted(self, ae_title: str, action: str) -> bool:
+        """Whether a registered AE may `action` (store, query, retrieve)."""
+        return any(rule.title == ae_title.strip() and action in rule.can for rule in self._rules())
 
     def principal(self, ae_title: str) -> Principal | None:
         title = ae_title.strip()
@@ -169,6 +193,8 @@ class Receiver:
         principal = self.principal(calling)
         if principal is None:
             return _status(0x0124, f"calling AE {calling} is not registered or disabled")
+        if not self.permitted(calling, "store"):
+            return self._store_failed(entry, 0x0124, f"{calling} may not store (lancang ae set --can)")
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -208,6 +234,10 @@ class Receiver:
         principal = self.principal(calling)
         if principal is None:
             yield _status(0x0124, "calling AE is not registered"), None
+            return
+        if not self.permitted(calling, "query"):
+            self._refuse(event, principal, "dicom.find", "query")
+            yield _status(0x0124, f"{calling} may not query (lancang ae set --can)"), None
             return
         identifier = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "")).upper()
@@ -259,6 +289,11 @@ class Receiver:
         if principal is None:
             yield 0
             return
+        if not self.permitted(calling, "retrieve"):
+            self._refuse(event, principal, "dicom.get", "retrieve")
+            yield 1  # pynetdicom sends a status only while a sub-operation is outstanding
+            yield _status(0x0124, f"{calling} may not retrieve (lancang ae set --can)"), None
+            return
         try:
             instances = self._instances_for(principal, event.identifier)
         except DomainError as exc:
@@ -286,6 +321,9 @@ class Receiver:
         principal = self.principal(calling)
         destination = event.move_destination.decode() if isinstance(event.move_destination, bytes) \
             else str(event.move_destination)
+        if principal is not None and not self.permitted(calling, "retrieve"):
+            self._refuse(event, principal, "dicom.move", "retrieve")
+            principal = None  # answered 0xA801: PS3.4 has no "not authorized" before the destination
         node = self._destination(principal, destination.strip())
         if principal is None or node is None:
             yield None, None
@@ -329,14 +367,33 @@ class Receiver:
                      object_id=json.dumps(shown, ensure_ascii=False)[:1000], source=_address(event.assoc),
                      detail={"matches": count})
 
+    def _refuse(self, event, principal: Principal, action: str, missing: str) -> None:
+        log.warning("%s.refused calling=%s reason=may not %s", action, principal.name, missing)
+        audit.record(self.db, principal=principal, action=action, outcome="denied", source=_address(event.assoc),
+                     detail={"reason": f"AE may not {missing}"})
+
     def association_rejected(self, event) -> None:
+        """Audit a rejected association: the first from a source at once, then at most one
+        summary per source and LANCANG_DICOM_REJECT_AUDIT_INTERVAL_S (a scanner or a
+        misconfigured modality retrying would otherwise flood the chain)."""
         calling = event.assoc.requestor.ae_title.strip()
         called = event.assoc.acceptor.ae_title.strip() if event.assoc.acceptor.ae_title else ""
-        log.warning("dicom.association.rejected calling=%s source=%s", calling, _address(event.assoc))
+        source = _address(event.assoc)
+        log.warning("dicom.association.rejected calling=%s source=%s", calling, source)
+        key = (calling, source.rsplit(":", 1)[0])
+        now = time.monotonic()
+        with self._lock:
+            window = self._rejections.get(key)
+            if window is not None and now - window[0] < self.settings.dicom_reject_audit_interval_s:
+                window[1] += 1
+                return
+            suppressed = window[1] if window is not None else 0
+            self._rejections[key] = [now, 0]
         audit.record(self.db, principal=None, actor=f"ae:{calling}", action="dicom.associate",
-                     outcome="denied", source=_address(event.assoc),
-                     detail={"calling_ae": calling, "called_ae": called,
-                             "reason": "calling AE not registered/enabled or wrong called AE"})
+                     outcome="denied", source=source,
+                     detail={"calling_ae": calling, "called_ae": called, "earlier_rejections": suppressed,
+                             "reason": "calling AE not registered/enabled, not allowed from this address, "
+                                       "or wrong called AE"})
 
     def association_closed(self, event) -> None:
         with self._lock:
@@ -489,7 +546,12 @@ class RegistryAE(AE):
 
     @property
     def require_calling_aet(self) -> list[str]:
-        return self._receiver.registered_titles()
+        # pynetdicom reads this in the association's own thread (an Association is a
+        # Thread) while negotiating: the requestor's address is known there. Anywhere else
+        # the address is unknown and only AEs bound to no network qualify.
+        association = threading.current_thread()
+        address = association.requestor.address if isinstance(association, Association) else None
+        return self._receiver.registered_titles(address)
 
     @require_calling_aet.setter
     def require_calling_aet(self, value) -> None:  # the registry decides; ignore assignments

@@ -68,19 +68,42 @@ def cmd_ae_add(args) -> None:
 
     with _runtime().db.scope() as session:
         node = service.add_node(session=session, ae_title=args.aet, institution_code=args.institution,
-                                host=args.host, port=args.port)
-        _audit(session, "admin.ae.add", "ae", node.ae_title, institution=args.institution)
+                                host=args.host, port=args.port, can=args.can or "store", allow=args.allow)
+        _audit(session, "admin.ae.add", "ae", node.ae_title, institution=args.institution,
+               permissions=node.permissions, allowed_networks=node.allowed_networks)
         where = f" at {node.host}:{node.port}" if node.host else ""
-        print(f"AE {node.ae_title} registered for {args.institution}{where}")
+        print(f"AE {node.ae_title} registered for {args.institution}{where}: may {node.permissions}; "
+              f"from {node.allowed_networks or 'any address'}")
+        _warn_unbound(node)
+
+
+def cmd_ae_set(args) -> None:
+    from storage import service
+
+    with _runtime().db.scope() as session:
+        node = service.set_node_access(session=session, ae_title=args.aet, can=args.can, allow=args.allow,
+                                       allow_any=args.allow_any)
+        _audit(session, "admin.ae.set", "ae", node.ae_title, permissions=node.permissions,
+               allowed_networks=node.allowed_networks)
+        print(f"AE {node.ae_title}: may {node.permissions}; from {node.allowed_networks or 'any address'}")
+        _warn_unbound(node)
+
+
+def _warn_unbound(node) -> None:
+    if node.can & {"query", "retrieve"} and not node.networks:
+        print(f"warning: {node.ae_title} may query/retrieve from any address; bind it with --allow CIDR "
+              "(required when LANCANG_DICOM_REQUIRE_HOST_BINDING=1)", file=sys.stderr)
 
 
 def cmd_ae_list(args) -> None:
     from storage import service
 
     with _runtime().db.scope(readonly=True) as session:
+        print("AE\tinstitution\tmove target\tmay\tfrom\tstate")
         for node in service.list_nodes(session=session):
             where = f"{node.host}:{node.port}" if node.host else "-"
-            print(f"{node.ae_title}\t{node.institution.code}\t{where}\t{'enabled' if node.enabled else 'disabled'}")
+            print(f"{node.ae_title}\t{node.institution.code}\t{where}\t{node.permissions}\t"
+                  f"{node.allowed_networks or 'any'}\t{'enabled' if node.enabled else 'disabled'}")
 
 
 def cmd_ae_disable(args) -> None:
@@ -339,7 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     ae = commands.add_parser("ae", help="DICOM application entities").add_subparsers(dest="sub", required=True)
     _sub(ae, "add", "register a calling AE", cmd_ae_add,
          (("aet",), {}), (("--institution",), {"required": True}), (("--host",), {}),
-         (("--port",), {"type": int}))
+         (("--port",), {"type": int}),
+         (("--can",), {"help": "comma list of store, query, retrieve (default: store only)"}),
+         (("--allow",), {"action": "append", "default": [], "metavar": "CIDR",
+                         "help": "accept associations only from this address/network (repeatable)"}))
+    _sub(ae, "set", "change what an AE may do and where from", cmd_ae_set, (("aet",), {}),
+         (("--can",), {"help": "comma list of store, query, retrieve"}),
+         (("--allow",), {"action": "append", "default": [], "metavar": "CIDR"}),
+         (("--allow-any",), {"action": "store_true", "help": "remove the address binding"}))
     _sub(ae, "list", "list AEs", cmd_ae_list)
     _sub(ae, "disable", "disable an AE", cmd_ae_disable, (("aet",), {})).set_defaults(enable=False)
     _sub(ae, "enable", "re-enable an AE", cmd_ae_disable, (("aet",), {})).set_defaults(enable=True)

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     dicom_dimse_timeout: float = 60.0
     dicom_network_timeout: float = 60.0
     dicom_processes: int = 1
+    # AEs that may query or retrieve must be bound to networks (`lancang ae add --allow`).
+    dicom_require_host_binding: bool = False
+    # Rejected associations: one audit record per source at once, then one summary per interval.
+    dicom_reject_audit_interval_s: float = 60.0
 
     secret_key: SecretStr = SecretStr("")
     session_max_age_s: int = 12 * 3600

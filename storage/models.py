@@ -48,8 +48,21 @@ class DicomNode(Base):
     port: Mapped[int | None] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the AE may do, comma-separated from store, query, retrieve. A new AE may only
+    # store (a modality); rows from before migration 0006 kept all three.
+    permissions: Mapped[str] = mapped_column(String(64), default="store", server_default="store,query,retrieve")
+    # Networks (CIDR, comma-separated) associations may come from; empty means anywhere.
+    allowed_networks: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     institution: Mapped[Institution] = relationship()
+
+    @property
+    def can(self) -> frozenset[str]:
+        return frozenset(p for p in self.permissions.split(",") if p)
+
+    @property
+    def networks(self) -> list[str]:
+        return [n for n in self.allowed_networks.split(",") if n]
 
 
 class User(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from sqlalchemy import select
@@ -61,9 +62,49 @@ def normalise_ae_title(ae_title: str) -> str:
     return title
 
 
+AE_PERMISSIONS = ("store", "query", "retrieve")
+
+
+def parse_permissions(values) -> str:
+    """"store,query" or ["store", "query"] -> the canonical comma list; unknown words refused."""
+    words = [w.strip().lower() for v in ([values] if isinstance(values, str) else values) for w in v.split(",")]
+    unknown = sorted({w for w in words if w and w not in AE_PERMISSIONS})
+    if unknown:
+        raise Invalid(f"unknown AE permission(s) {', '.join(unknown)}: use {', '.join(AE_PERMISSIONS)}")
+    chosen = [p for p in AE_PERMISSIONS if p in words]
+    if not chosen:
+        raise Invalid("an AE needs at least one permission (store, query, retrieve)")
+    return ",".join(chosen)
+
+
+def parse_networks(values) -> str:
+    """Hosts or CIDR networks -> the canonical comma list (a bare address is a /32 or /128)."""
+    networks = []
+    for value in values or ():
+        try:
+            networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise Invalid(f"{value!r} is not an IP address or CIDR network (e.g. 10.1.2.0/24)") from None
+    return ",".join(dict.fromkeys(networks))
+
+
+def address_allowed(networks: list[str], address: str | None) -> bool:
+    """Whether an association from `address` may use an AE bound to `networks` (empty: any)."""
+    if not networks:
+        return True
+    try:
+        host = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:
+        return False
+    if host.version == 6 and host.ipv4_mapped:
+        host = host.ipv4_mapped
+    return any(host in ipaddress.ip_network(n) for n in networks)
+
+
 def add_node(*, session: Session, ae_title: str, institution_code: str,
-             host: str | None = None, port: int | None = None) -> DicomNode:
-    """Registers a calling AE for an institution (host/port make it a C-MOVE destination)."""
+             host: str | None = None, port: int | None = None, can=("store",), allow=()) -> DicomNode:
+    """Registers a calling AE for an institution (host/port make it a C-MOVE destination).
+    It may only store unless `can` says more; `allow` binds it to networks."""
     title = normalise_ae_title(ae_title)
     if (host is None) != (port is None):
         raise Invalid("give both --host and --port, or neither")
@@ -72,7 +113,8 @@ def add_node(*, session: Session, ae_title: str, institution_code: str,
     if session.scalar(select(DicomNode.id).where(DicomNode.ae_title == title)) is not None:
         raise Conflict(f"AE title {title!r} is already registered")
     institution = get_institution(session=session, code=institution_code)
-    node = DicomNode(ae_title=title, institution_id=institution.id, host=host, port=port, enabled=True)
+    node = DicomNode(ae_title=title, institution_id=institution.id, host=host, port=port, enabled=True,
+                     permissions=parse_permissions(can), allowed_networks=parse_networks(allow))
     session.add(node)
     session.flush()
     return node
@@ -103,4 +145,17 @@ def set_node_enabled(*, session: Session, ae_title: str, enabled: bool) -> Dicom
     """Disables (or re-enables) an AE: associations from it are then refused."""
     node = get_node(session=session, ae_title=ae_title)
     node.enabled = enabled
+    return node
+
+
+def set_node_access(*, session: Session, ae_title: str, can=None, allow=None, allow_any: bool = False) -> DicomNode:
+    """Changes what an AE may do and where it may connect from."""
+    node = get_node(session=session, ae_title=ae_title)
+    if can is not None:
+        node.permissions = parse_permissions(can)
+    if allow_any:
+        node.allowed_networks = ""
+    elif allow:
+        node.allowed_networks = parse_networks(allow)
+    session.flush()
     return node

@@ -32,8 +32,10 @@ def node(runtime):
         service.add_institution(session=session, code="T01", name="思茅镇卫生院", level="township")
         service.add_institution(session=session, code="T02", name="另一镇卫生院", level="township")
         service.add_node(session=session, ae_title="MOD1", institution_code="T01")
-        service.add_node(session=session, ae_title="FINDER", institution_code="T01")
-        service.add_node(session=session, ae_title="OUTSIDER", institution_code="T02")
+        service.add_node(session=session, ae_title="FINDER", institution_code="T01",
+                         can="store,query,retrieve")
+        service.add_node(session=session, ae_title="OUTSIDER", institution_code="T02",
+                         can="store,query,retrieve")
     receiver = Receiver(runtime)
     port = free_port()
     server = start_server(receiver, runtime.settings, host="127.0.0.1", port=port)

@@ -33,9 +33,12 @@ def main(workdir: Path) -> dict:
     with runtime.db.scope() as session:
         service.add_institution(session=session, code="T01", name="镇卫生院", level="township")
         service.add_institution(session=session, code="T02", name="另一镇", level="township")
-        service.add_node(session=session, ae_title="MOD1", institution_code="T01")
-        service.add_node(session=session, ae_title="VIEWER", institution_code="T01", host="127.0.0.1", port=move_port)
-        service.add_node(session=session, ae_title="FOREIGN", institution_code="T02", host="127.0.0.1", port=move_port)
+        service.add_node(session=session, ae_title="MOD1", institution_code="T01",
+                         can="store,query,retrieve")
+        service.add_node(session=session, ae_title="VIEWER", institution_code="T01", host="127.0.0.1", port=move_port,
+                         can="store,query,retrieve")
+        service.add_node(session=session, ae_title="FOREIGN", institution_code="T02", host="127.0.0.1", port=move_port,
+                         can="store,query,retrieve")
     receiver = Receiver(runtime)
     server = start_server(receiver, runtime.settings, host="127.0.0.1", port=port)
     study = generate_uid()

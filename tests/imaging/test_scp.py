@@ -345,3 +345,86 @@ def test_an_instance_stays_in_its_series_and_institution(node, tmp_path):
     assert [(r.study_instance_uid, r.num_instances) for r in row] == [(study, 1)]
     assert [r.detail["status"] for r in refused] == ["0x0124", "0xA900"]
     assert all(r.outcome == "denied" and r.detail["owner_series_uid"] == series for r in refused)
+
+
+# -- 13.3: AEs bound to networks and to what they may do ----------------------------------
+
+
+def _associate(node, calling: str, source: str = "127.0.0.1"):
+    from pynetdicom import AE as ScuAE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+
+    ae = ScuAE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    return ae.associate("127.0.0.1", node.port, ae_title="LANCANG", bind_address=(source, 0))
+
+
+def _set_access(node, title: str, **access):
+    from storage import service
+
+    with node.runtime.db.scope() as session:
+        service.set_node_access(session=session, ae_title=title, **access)
+    node.receiver._titles = (0.0, [])  # forget the 2 s registry cache
+
+
+def test_an_ae_bound_to_a_network_is_refused_from_elsewhere(node):
+    """Failed on the previous code: knowing the title was enough from any address."""
+    _set_access(node, "FINDER", allow=["127.0.0.2/32"])
+    elsewhere = _associate(node, "FINDER", source="127.0.0.1")
+    assert elsewhere.is_rejected
+    allowed = _associate(node, "FINDER", source="127.0.0.2")
+    assert allowed.is_established
+    allowed.release()
+    with node.runtime.db.scope(readonly=True) as session:
+        denied = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.associate")).all()
+    assert [(r.outcome, r.detail["calling_ae"], r.source.split(":")[0]) for r in denied] == \
+        [("denied", "FINDER", "127.0.0.1")]
+
+
+def test_binding_is_mandatory_for_query_aes_when_required(node):
+    node.receiver.settings = node.receiver.settings.model_copy(update={"dicom_require_host_binding": True})
+    node.receiver._titles = (0.0, [])
+    assert _associate(node, "FINDER").is_rejected  # may query, bound to nothing
+    store_only = _associate(node, "MOD1")  # a modality: may only store, binding optional
+    assert store_only.is_established
+    store_only.release()
+    _set_access(node, "FINDER", allow=["127.0.0.0/8"])
+    bound = _associate(node, "FINDER")
+    assert bound.is_established
+    bound.release()
+
+
+def test_a_store_only_ae_cannot_query_or_retrieve(node, tmp_path):
+    """Failed on the previous code: any registered AE could C-FIND and C-GET its institution."""
+    study = generate_uid()
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+          *write_files(tmp_path / "in", [ct_instance(study_uid=study)]))
+    refused = dcmtk("findscu", "-v", "-S", "-aet", "MOD1", "-aec", "LANCANG", "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", f"StudyInstanceUID={study}", "127.0.0.1", node.port, check=False)
+    assert "Status: 0x124" in refused.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    dcmtk("getscu", "-aet", "MOD1", "-aec", "LANCANG", "-k", "QueryRetrieveLevel=STUDY",
+          "-k", f"StudyInstanceUID={study}", "-od", out, "127.0.0.1", node.port, check=False)
+    assert list(out.iterdir()) == []
+    with node.runtime.db.scope(readonly=True) as session:
+        actions = session.execute(select(AuditRecord.action, AuditRecord.outcome)
+                                  .where(AuditRecord.actor == "MOD1", AuditRecord.outcome == "denied")).all()
+    assert sorted(actions) == [("dicom.find", "denied"), ("dicom.get", "denied")]
+    assert find(node, "STUDY", "StudyInstanceUID") != []  # FINDER, allowed to query, still can
+
+
+def test_rejected_associations_are_audited_once_per_source_and_interval(node):
+    """Failed on the previous code: one synced record per rejected association."""
+    for _ in range(6):
+        assert _associate(node, "NOBODY").is_rejected
+    with node.runtime.db.scope(readonly=True) as session:
+        records = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.associate")).all()
+    assert len(records) == 1
+    node.receiver.settings = node.receiver.settings.model_copy(update={"dicom_reject_audit_interval_s": 0.0})
+    assert _associate(node, "NOBODY").is_rejected
+    with node.runtime.db.scope(readonly=True) as session:
+        records = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.associate")
+                                  .order_by(AuditRecord.seq)).all()
+    assert [r.detail["earlier_rejections"] for r in records] == [0, 5]

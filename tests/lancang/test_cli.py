@@ -33,7 +33,8 @@ def test_admin_forms_work_on_a_fresh_data_dir(cli):
     cli("institution", "add", "PE-CITY", "--name", "普洱市人民医院", "--level", "city")
     cli("institution", "add", "LC-T01", "--name", "澜沧县勐朗镇卫生院", "--level", "township", "--parent", "PE-CITY")
     cli("ae", "add", "LC_CT01", "--institution", "LC-T01")
-    cli("ae", "add", "LC_PACS", "--institution", "LC-T01", "--host", "127.0.0.1", "--port", "11113")
+    cli("ae", "add", "LC_PACS", "--institution", "LC-T01", "--host", "127.0.0.1", "--port", "11113",
+        "--can", "store,query,retrieve", "--allow", "10.1.2.0/24", "--allow", "127.0.0.1")
     cli("user", "add", "wang", "--role", "specialist", "--institution", "PE-CITY", "--password", "s3cret-pass")
     issued = cli("token", "issue", "wang")
     token = issued.stdout.strip().splitlines()[-1]
@@ -41,7 +42,12 @@ def test_admin_forms_work_on_a_fresh_data_dir(cli):
 
     listing = cli("institution", "list").stdout
     assert "澜沧县勐朗镇卫生院" in listing and "PE-CITY" in listing
-    assert "LC_PACS\tLC-T01\t127.0.0.1:11113\tenabled" in cli("ae", "list").stdout
+    assert ("LC_PACS\tLC-T01\t127.0.0.1:11113\tstore,query,retrieve\t10.1.2.0/24,127.0.0.1/32\tenabled"
+            in cli("ae", "list").stdout)
+    assert "LC_CT01\tLC-T01\t-\tstore\tany\tenabled" in cli("ae", "list").stdout
+    cli("ae", "set", "LC_PACS", "--allow-any", "--can", "query")
+    assert "LC_PACS\tLC-T01\t127.0.0.1:11113\tquery\tany\tenabled" in cli("ae", "list").stdout
+    assert "not an IP address" in cli("ae", "set", "LC_PACS", "--allow", "pacs.example", check=False).stderr
     assert "wang\tspecialist\tPE-CITY" in cli("user", "list").stdout
     assert "valid" in cli("token", "list", "wang").stdout
 
@@ -50,7 +56,7 @@ def test_admin_forms_work_on_a_fresh_data_dir(cli):
     cli("user", "disable", "wang")
     assert "disabled" in cli("user", "list").stdout
     cli("ae", "disable", "LC_CT01")
-    assert "LC_CT01\tLC-T01\t-\tdisabled" in cli("ae", "list").stdout
+    assert "LC_CT01\tLC-T01\t-\tstore\tany\tdisabled" in cli("ae", "list").stdout
 
 
 @pytest.mark.parametrize("args, message", [
