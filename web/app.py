@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from lancang.runtime import bootstrap
 from lancang.settings import Settings, get_settings
@@ -22,7 +23,7 @@ from imaging.shares import set_report_provider
 from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
 from imaging.routes import build_router as imaging_router
-from web import errors, pages, routes
+from web import csrf, errors, pages, routes
 from web.deps import (current_principal, db_session, optional_user, principal_of, require_user, room_user,
                       write_session)
 from web.ratelimit import RateLimiter
@@ -46,6 +47,21 @@ def display_date(value: str) -> str:
 log = logging.getLogger("lancang.web")
 
 
+def install_csrf(app: FastAPI, settings: Settings) -> None:
+    """The CSRF check and security headers (web/csrf.py), and the token for templates:
+    `csrf_token(request)` for the meta tag, `csrf_field(request)` for forms that post."""
+    def token(request) -> str:
+        session = request.cookies.get(csrf.SESSION_COOKIE)
+        return csrf.token_for(settings.effective_secret_key, session) if session else ""
+
+    def field(request) -> Markup:
+        return Markup('<input type="hidden" name="{}" value="{}">').format(csrf.FIELD, token(request))
+
+    app.state.templates.env.globals.update(csrf_token=token, csrf_field=field)
+    app.add_middleware(csrf.CsrfMiddleware, secret_key=lambda: settings.effective_secret_key,
+                       public_url=settings.effective_public_url, exempt_prefixes=("/docs", "/redoc"))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -66,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.login_limiter = pages.login_limiter()
     app.state.templates.env.filters.update(pn=display_name, da=display_date)
+    install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     errors.install(app)
     # DICOMweb first: routes are matched in order, and its clients make the most requests.

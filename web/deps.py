@@ -12,8 +12,8 @@ from storage.access import Principal
 from storage.errors import NotAuthenticated
 from storage.models import User
 from web import service
+from web.csrf import SESSION_COOKIE
 
-SESSION_COOKIE = "lancang_session"
 
 
 def get_runtime(request: Request) -> Runtime:

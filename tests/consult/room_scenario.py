@@ -78,7 +78,9 @@ async def page_for(browser, base: str, token: str, consult_id: int):
 
 
 async def until(page, expression: str, timeout: float = 40):
-    await page.wait_for_function(expression, timeout=timeout * 1000, polling=100)
+    # A function, not a bare expression: Playwright evals bare expressions in the page,
+    # which the pages' CSP (script-src 'self') refuses.
+    await page.wait_for_function(f"() => ({expression})", timeout=timeout * 1000, polling=100)
 
 
 async def scenario(base: str, api: dict, sessions: dict, consult_id: int) -> dict:

@@ -458,7 +458,7 @@ def test_chromium_shares_its_screen_through_coturn(people, coturn):
 
                     await page.click("#room-screen")
                     await page.wait_for_function(
-                        "document.getElementById('room-screen').getAttribute('aria-pressed') === 'true'",
+                        "() => document.getElementById('room-screen').getAttribute('aria-pressed') === 'true'",
                         timeout=10_000)
                     sent = await page.evaluate(SENT_TRACK)
                     assert sent["surface"] == "monitor" and sent["label"].startswith("screen:"), sent

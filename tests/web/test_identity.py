@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from datetime import timedelta
 
 import pytest
@@ -87,7 +89,10 @@ def test_browser_login_sets_session_cookie(app_client, alice):
     assert app_client.get("/api/me").json()["display_name"] == "李技师"
     home = app_client.get("/")
     assert home.status_code == 200 and "李技师" in home.text
-    app_client.post("/logout", follow_redirects=False)
+    forged = app_client.post("/logout", follow_redirects=False)  # no CSRF token: refused, still signed in
+    assert forged.status_code == 403 and app_client.get("/api/me").status_code == 200
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', home.text).group(1)
+    app_client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
     assert app_client.get("/api/me").status_code == 401
 
 
@@ -153,3 +158,45 @@ def test_dicomweb_checks_tokens_like_the_user_path(app_client, alice, runtime):
         service.set_user_active(session=session, username="alice", active=False)
     response = app_client.get(qido, headers={"Authorization": f"Bearer {alice}"})
     assert response.status_code == 401 and "disabled" in response.json()["detail"]
+
+
+def test_cookie_requests_need_the_token_and_our_origin_bearer_calls_do_not(app_client, alice):
+    """13.4: a cookie-authenticated POST without the CSRF token, or from another origin, is
+    refused (403, nothing done); an API call with a bearer token needs neither."""
+    app_client.post("/login", data={"username": "alice", "password": "correct-horse"}, follow_redirects=False)
+    home = app_client.get("/")
+    token = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)"', home.text).group(1)
+    no_token = app_client.post("/api/me/notifications/1/read")
+    assert no_token.status_code == 403 and no_token.json()["error"] == "csrf"
+    elsewhere = app_client.post("/api/me/notifications/1/read", headers={
+        "X-CSRF-Token": token, "Origin": "http://127.0.0.1:9999"})
+    assert elsewhere.status_code == 403 and "跨站" in elsewhere.json()["detail"]
+    same = app_client.post("/api/me/notifications/1/read", headers={"X-CSRF-Token": token})
+    assert same.status_code != 403
+    bearer = httpx_client_without_cookies(app_client).post(
+        "/api/me/notifications/1/read", headers={"Authorization": f"Bearer {alice}", "Origin": "http://x.example"})
+    assert bearer.status_code != 403
+
+
+def httpx_client_without_cookies(client):
+    client.cookies.clear()
+    return client
+
+
+def test_room_websocket_from_another_origin_is_refused(app_client, alice):
+    from starlette.websockets import WebSocketDisconnect
+
+    app_client.post("/login", data={"username": "alice", "password": "correct-horse"}, follow_redirects=False)
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with app_client.websocket_connect("/ws/rooms/1", headers={"Origin": "http://127.0.0.1:9999"}) as ws:
+            ws.receive_text()
+    assert refused.value.code == 4403
+
+
+def test_security_headers_on_pages_and_apis(app_client, alice):
+    for path in ("/login", "/api/me", "/healthz"):
+        headers = app_client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in headers["content-security-policy"]
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert headers["referrer-policy"] in ("same-origin", "no-referrer")

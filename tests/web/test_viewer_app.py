@@ -114,8 +114,10 @@ class Viewer:
     def rendered(self, cond: str, timeout=8000) -> dict:
         try:
             self.page.wait_for_function(
-                "(cond) => { const a = window.__rendered; const s = a[a.length - 1];"
-                " return s && (new Function('s', 'return (' + cond + ')'))(s); }", arg=cond, timeout=timeout)
+                # The condition is spliced into the page function, not eval'd there: the
+                # pages' CSP (script-src 'self') refuses new Function.
+                "() => { const a = window.__rendered; const s = a[a.length - 1];"
+                f" return s && ({cond}); }}", timeout=timeout)
         except Exception:
             raise AssertionError(f"never rendered with {cond}\n{self.why()}") from None
         return self.page.evaluate("() => window.__rendered[window.__rendered.length - 1]")

@@ -270,6 +270,8 @@ class PageServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = Environment(loader=FileSystemLoader(WEB / "templates"), autoescape=select_autoescape())
+        # No session here: the page's CSRF token is empty (web/app.install_csrf sets the real ones).
+        self.env.globals.update(csrf_token=lambda request: "", csrf_field=lambda request: "", request=None)
         self.client = httpx.Client(base_url=upstream, timeout=60)
         server = self
 
