@@ -77,6 +77,8 @@ def build_router(db_session, optional_user) -> APIRouter:
         user = session.get(User, user.id)
         consult = service.get(session=session, consult_id=consult_id, user=user)
         detail = consult_detail(session, consult, user)
+        service.audit_read(request.app.state.runtime.db, user=user, consult_id=consult_id, action="consult.view",
+                           source=request.client.host if request.client else "")
         report = reports.get_report(session=session, consult=consult)
         studies = [session.scalar(select(Study).where(Study.study_instance_uid == s.study_instance_uid))
                    for s in consult.studies]

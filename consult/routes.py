@@ -82,9 +82,12 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
         return [consult_out(c) for c in items[offset:offset + limit]]
 
     @router.get("/consults/{consult_id}", response_model=ConsultDetail)
-    def get_consult(consult_id: int, session: Read, user: Me):
+    def get_consult(consult_id: int, request: Request, session: Read, user: Me):
         me = me_in(session, user)
-        return consult_detail(session, service.get(session=session, consult_id=consult_id, user=me), me)
+        detail = consult_detail(session, service.get(session=session, consult_id=consult_id, user=me), me)
+        service.audit_read(request.app.state.runtime.db, user=me, consult_id=consult_id, action="consult.read",
+                           source=request.client.host if request.client else "")
+        return detail
 
     def simple(name: str, fn, body_field: str | None = None, keyword: str | None = None):
         """A state-machine action: call the service, answer with the consult as it now is."""

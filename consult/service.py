@@ -289,6 +289,12 @@ def _users(session: Session, institution_id: int, roles: tuple[str, ...]) -> set
                                                      User.active.is_(True))))
 
 
+def audit_read(db, *, user: User, consult_id: int, action: str, source: str) -> None:
+    """A read of a consult (patient names, findings, reports) is a read of patient data."""
+    audit.record_read(db, principal=_principal(user), action=action, object_type="consult",
+                      object_id=str(consult_id), source=source)
+
+
 def _principal(user: User) -> Principal:
     return Principal(kind="user", name=user.username, institution_id=user.institution_id,
                      institution_code=user.institution.code, role=user.role, user_id=user.id)

@@ -449,6 +449,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         key = (f"derived/{share.study_instance_uid}/{series.series_instance_uid}/{instance.sop_instance_uid}"
                f"/screen/{frame}-{width}-{instance.sha256[:16]}.jpg")
         session.close()  # release the connection before seconds of decoding
+        shares.record_image_read(runtime(request).db, share, "film.image", instance_uid=instance.sop_instance_uid,
+                                 source=_source(request))
         try:
             jpeg = store.get(key)
         except ObjectNotFound:
@@ -468,6 +470,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         instance = shares.instance_in_share(session, share, instance_id)
         if not instance.preview_key:
             raise NotFound("no preview yet / 预览图尚未生成")
+        session.close()
+        shares.record_image_read(runtime(request).db, share, "film.preview", instance_uid=instance.sop_instance_uid,
+                                 source=_source(request))
         jpeg = runtime(request).store.get(instance.preview_key)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 

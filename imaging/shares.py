@@ -235,6 +235,14 @@ def record_access(session: Session, share: Share, action: str, *, source: str, u
                  detail={"user_agent": (user_agent or "")[:300], "study": share.study_instance_uid, **detail})
 
 
+def record_image_read(db, share: Share, action: str, *, instance_uid: str, source: str) -> None:
+    """Audit one patient image read in its own (relaxed) transaction: the image routes hold
+    only a read session, and a phone paging a series makes many small requests."""
+    audit.record_read(db, principal=patient_principal(share), action=action, object_type="instance",
+                      object_id=instance_uid, source=source, detail={"share": share.id,
+                                                                     "study": share.study_instance_uid})
+
+
 def open_share(*, session: Session, token: str, source: str, user_agent: str) -> Share:
     """The PIN page was opened: counts and audits it; raises for a dead link."""
     share = find_share(session, token, for_update=True)

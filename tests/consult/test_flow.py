@@ -11,11 +11,13 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from consult import reports
 from consult.scheduling import LOCAL
 from imaging.service import Ingestor
 from storage import service as tenancy
+from storage.models import AuditRecord
 from tests.conftest import settings_env
 from tests.dicomdata import ct_instance
 from web import service as identity
@@ -95,6 +97,9 @@ def test_read_consult_end_to_end(api, world, runtime, tmp_path):
     assert api("GET", "sun", f"/api/studies/{study}").status_code == 404      # not assigned
     assert api("GET", "zhou", f"/api/studies/{study}").status_code == 404     # triages, does not read
     assert api("GET", "sun", f"/api/consults/{cid}").status_code == 200      # same institution: sees the request
+    with runtime.db.scope(readonly=True) as session:  # 13.6: not audited on the previous code
+        read = session.scalars(select(AuditRecord).where(AuditRecord.action == "consult.read")).all()
+    assert [(r.actor, r.object_id) for r in read][-1] == ("sun", str(cid))
 
     assert [c["id"] for c in ok(api("GET", "wang", "/api/consults"))] == [cid]
     draft = {"template": "ct_head", "findings": "右下肺见斑片状高密度影。", "impression": "右下肺炎",

@@ -187,10 +187,13 @@ def test_pin_then_cookie_then_the_study_in_chinese(runtime, world, client):
             select(Instance.object_key).where(Instance.sop_instance_uid.in_(world.sop_uids)))}
     assert {archive.read(name) for name in members} == stored
 
-    for action in ("film.open", "film.unlock", "film.view", "film.download"):
+    for action in ("film.open", "film.unlock", "film.view", "film.download", "film.image", "film.preview"):
         records = _audits(runtime, action)
         assert records, action
-        assert all(r.source == "testclient" and "LancangTest" in r.detail["user_agent"] for r in records), action
+        # 13.6: the image reads were not audited on the previous code.
+        assert all(r.source == "testclient" for r in records), action
+        assert all("LancangTest" in r.detail["user_agent"] for r in records if "user_agent" in r.detail), action
+    assert {r.object_id for r in _audits(runtime, "film.image")} == {world.sop_uids[0]}
     unlocks = _audits(runtime, "film.unlock")
     assert [r.outcome for r in unlocks] == ["denied"] * 4 + ["ok"]
 
