@@ -101,6 +101,7 @@ def build_router(db_session, optional_user) -> APIRouter:
         if user is None:
             return login_first(request)
         user = session.get(User, user.id)
+        dashboard.require_viewer(user, weeks)  # the same rule as /api/dashboard
         data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
         charts = {
             "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),

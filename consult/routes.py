@@ -257,12 +257,9 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
     @router.get("/dashboard")
     def dashboard(session: Read, user: Me, weeks: int = Query(8, ge=1, le=52)):
         """Volumes, turnaround, overdue items and the queue (coordinators and admins)."""
-        from consult.dashboard import stats
+        from consult.dashboard import require_viewer, stats
 
-        from storage.errors import NotPermitted
-
-        if user.role not in ("coordinator", "admin"):
-            raise NotPermitted("the dashboard is for coordinators / 仅协调员可见")
+        require_viewer(user, weeks)
         return stats(session=session, institution_id=user.institution_id, weeks=weeks)
 
     return router

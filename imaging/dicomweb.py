@@ -1031,8 +1031,7 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
             check_uid(study, "StudyInstanceUID")
         boundary = check_stow_content_type(request.headers.get("content-type", ""))
         offer = choose(request, _JSON_OFFERS)
-        if principal.kind != "user" or principal.institution_id is None:
-            raise NotPermitted("only users of an institution can store instances / 无权上传")
+        access.require_uploader(principal)
         body = await request.body()  # whole body in memory: fine up to a few hundred MB
         try:
             parts = multipart.split(body, boundary)

@@ -97,6 +97,9 @@ def upload_page(request: Request, user: OptionalUser):
     """Upload DICOM files, folders or zip archives from the browser (STOW-RS, web/static/upload.js)."""
     if user is None:
         return RedirectResponse("/login?next=/upload", status_code=303)
+    from storage import access
+
+    access.require_uploader(service.principal_for(user))  # the same rule as STOW-RS
     return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
 
 

@@ -37,6 +37,10 @@ def test_pages_for_every_role(runtime, world, api):
                 assert "受理 Accept" in detail.text and "胎儿心脏筛查" in listing.text
                 board = client.get("/dashboard")
                 assert board.status_code == 200 and board.text.count("<svg") == 3
+            # 13: one rule for the page and the API (a specialist got the page before).
+            page, data = client.get("/dashboard"), client.get("/api/dashboard")
+            assert page.status_code == data.status_code, username
+            assert page.status_code == (200 if PEOPLE[username][0] in ("coordinator", "admin") else 403), username
             assert client.get("/calendar").status_code == 200
     with TestClient(create_app(runtime.settings)) as client:
         assert client.get("/consults", follow_redirects=False).status_code == 303  # to the login page

@@ -112,3 +112,21 @@ def test_chinese_name_search(client, world):
     assert [i["patient_name"] for i in found.json()["items"]] == ["张^秀英"]
     none = client.get("/api/studies", params={"patient_name": "王*"}, headers={"Authorization": f"Bearer {token}"})
     assert none.json()["items"] == []
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_who_may_upload(client, world, role):
+    """13 (Low): any role could STOW before; now radiographers and admins, into their own
+    institution, on STOW-RS and on the upload page alike."""
+    from imaging import multipart
+
+    tokens, _ = world
+    body = multipart.encode([("application/dicom", ct_instance(study_uid=generate_uid(), patient_id=f"UP-{role}"))],
+                            "XyZ")
+    answer = client.post("/dicom-web/studies", content=body, headers={
+        "Authorization": f"Bearer {tokens[('TOWN', role)]}",
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'})
+    allowed = role in ("radiographer", "admin")
+    assert answer.status_code == (200 if allowed else 403), answer.text
+    page = client.get("/upload", headers={"Authorization": f"Bearer {tokens[('TOWN', role)]}"})
+    assert page.status_code == (200 if allowed else 403)
