@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from lancang.settings import Settings
 
 QUEUES = ("derive", "render", "notify", "maintenance")
+# One direct exchange; each queue bound by its own name. Left to Celery's defaults every
+# queue was bound to exchange "derive" with key "derive", so a task published by
+# exchange and key reached all four queues and ran four times.
+EXCHANGE = Exchange("lancang", type="direct")
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("lancang", broker=settings.effective_broker_url, include=["workers.tasks"])
     app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name, EXCHANGE, routing_key=name) for name in QUEUES],
         task_default_queue="derive",
+        task_default_exchange=EXCHANGE.name,
+        task_default_exchange_type=EXCHANGE.type,
+        task_default_routing_key="derive",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -33,6 +40,9 @@ def make_celery(settings: Settings) -> Celery:
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
+            # Exchange tables too live in the data dir (kombu's default is ./control, which
+            # wrote into whatever directory the process started in).
+            "control_folder": str(settings.broker_dir / "control"),
             "store_processed": False,
             # The file transport polls; the default second would be most of a thumbnail's latency.
             "polling_interval": 0.1,

@@ -57,3 +57,24 @@ def _wait_for_verify(runtime, timeout: float = 60) -> AuditRecord:
                 return found
         time.sleep(0.3)
     raise AssertionError("the worker never ran the task")
+
+
+def test_each_queue_has_its_own_binding(tmp_path, servers):
+    """Publishing by exchange and routing key reaches exactly one queue (13, Low). Failed on
+    the previous code: all four queues were bound to exchange 'derive' with key 'derive'."""
+    import redis
+
+    from workers.app import EXCHANGE, QUEUES
+
+    settings = server_settings(tmp_path, servers)
+    app = make_celery(settings)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in app.conf.task_queues:
+            queue.bind(channel).declare()
+        for name in QUEUES:
+            app.send_task("storage.verify_audit_chain", exchange=EXCHANGE.name, routing_key=name)
+        app.send_task("storage.verify_audit_chain", exchange=EXCHANGE.name, routing_key="derive")
+    client = redis.Redis.from_url(settings.broker_url)
+    assert {name: client.llen(name) for name in QUEUES} == {"derive": 2, "render": 1, "notify": 1, "maintenance": 1}
+    assert {(q.exchange.name, q.routing_key) for q in app.conf.task_queues} == {(EXCHANGE.name, n) for n in QUEUES}
