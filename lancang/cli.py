@@ -304,8 +304,12 @@ def cmd_web(args) -> None:
     from web.app import create_app
 
     settings = get_settings()
+    proxies = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    # uvicorn's default believes X-Forwarded-For from 127.0.0.1, i.e. from anyone who can
+    # reach the port through a local forwarder: only configured proxies are believed.
     uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port,
-                log_level=settings.log_level.lower(), proxy_headers=True)
+                log_level=settings.log_level.lower(), proxy_headers=bool(proxies),
+                forwarded_allow_ips=proxies or None)
 
 
 def cmd_dicom(args) -> None:

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Rejected associations: one audit record per source at once, then one summary per interval.
     dicom_reject_audit_interval_s: float = 60.0
 
+    # Reverse proxies whose X-Forwarded-For/-Proto are believed (comma-separated addresses or
+    # CIDR networks). Empty: none, the client address is the peer's (never spoofable).
+    trusted_proxies: str = ""
+
     secret_key: SecretStr = SecretStr("")
     session_max_age_s: int = 12 * 3600
     token_days: int = 90

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from storage import audit
-from storage.errors import NotAuthenticated
+from storage.errors import Locked, NotAuthenticated
 from web import service
 from web.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
 from web.ratelimit import RateLimiter
@@ -40,10 +40,19 @@ def login(request: Request, session: WriteSession, runtime: RuntimeDep,
     request.app.state.login_limiter.hit(source)
     try:
         user = service.authenticate(session=session, username=username.strip(), password=password)
+    except Locked as exc:
+        session.rollback()
+        audit.record(runtime.db, principal=None, actor=username[:64], action="auth.login", outcome="locked",
+                     source=source)
+        return _render(request, "login.html", status=423, next=_safe_next(next), error=exc.detail,
+                       username=username)
     except NotAuthenticated as exc:
         session.rollback()  # release the write lock before the audit's own transaction
-        audit.record(runtime.db, principal=None, actor=username[:64] or "anonymous", action="auth.login",
-                     outcome="denied", source=source)
+        with runtime.db.scope() as counting:
+            locked_until = service.note_failed_login(session=counting, username=username.strip())
+            audit.append(counting, principal=None, actor=username[:64] or "anonymous", action="auth.login",
+                         outcome="denied", source=source,
+                         detail={"locked_until": locked_until.isoformat()} if locked_until else None)
         return _render(request, "login.html", status=401, next=_safe_next(next), error=exc.detail,
                        username=username)
     settings = runtime.settings

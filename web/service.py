@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 from typing import NamedTuple
 
 from argon2 import PasswordHasher
@@ -14,10 +15,12 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from storage.access import Principal
-from storage.errors import Conflict, Invalid, NotAuthenticated, NotFound
+from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound
 from storage.models import ROLES, ApiToken, Institution, User
 from storage.service import get_institution
 from storage.types import utcnow
+
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
@@ -70,9 +73,19 @@ def set_user_active(*, session: Session, username: str, active: bool) -> User:
     return user
 
 
+LOCKOUT_AFTER = 5          # consecutive failures before the first lockout
+LOCKOUT_FIRST_S = 60       # then 1, 2, 4 ... minutes for each further 5 failures
+LOCKOUT_MAX_S = 3600
+
+
 def authenticate(*, session: Session, username: str, password: str) -> User:
-    """The active user with this password, or NotAuthenticated (same answer for every failure)."""
+    """The active user with this password, or NotAuthenticated (same answer for every failure);
+    Locked while the account is locked out after repeated failures."""
     user = session.scalar(select(User).where(User.username == username))
+    if user is not None and user.locked_until is not None and user.locked_until > utcnow():
+        until = user.locked_until.astimezone(BEIJING).strftime("%H:%M")
+        raise Locked(f"too many wrong passwords: try again after {until} (Beijing time) or ask an admin / "
+                     f"密码错误次数过多，请于北京时间 {until} 后再试，或联系管理员")
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
@@ -81,7 +94,22 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
         raise NotAuthenticated("wrong username or password / 用户名或密码错误")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+    user.failed_logins, user.locked_until = 0, None
     return user
+
+
+def note_failed_login(*, session: Session, username: str) -> datetime | None:
+    """Count a wrong password for an existing account; lock it out with back-off after every
+    LOCKOUT_AFTER failures. Returns the lockout's end when one starts (for the audit)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        return None
+    user.failed_logins += 1
+    if user.failed_logins % LOCKOUT_AFTER:
+        return None
+    seconds = min(LOCKOUT_FIRST_S * 2 ** (user.failed_logins // LOCKOUT_AFTER - 1), LOCKOUT_MAX_S)
+    user.locked_until = utcnow() + timedelta(seconds=seconds)
+    return user.locked_until
 
 
 def issue_token(*, session: Session, user: User, kind: str = "api", days: float = 90,

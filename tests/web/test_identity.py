@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from storage import service as tenancy
 from storage.models import ApiToken
@@ -200,3 +200,75 @@ def test_security_headers_on_pages_and_apis(app_client, alice):
         assert "frame-ancestors 'self'" in headers["content-security-policy"]
         assert "script-src 'self';" in headers["content-security-policy"]
         assert headers["referrer-policy"] in ("same-origin", "no-referrer")
+
+
+def test_an_account_locks_out_with_back_off_after_wrong_passwords(app_client, alice, runtime):
+    """13 (Low): five wrong passwords lock the account (423, Beijing time in the message),
+    even with the right password; the lockout ends on its own; success resets the count."""
+    from sqlalchemy import update
+
+    from storage.models import User
+
+    for _ in range(5):
+        assert app_client.post("/login", data={"username": "alice", "password": "nope"}).status_code == 401
+    locked = app_client.post("/login", data={"username": "alice", "password": "correct-horse"})
+    assert locked.status_code == 423 and "北京时间" in locked.text and "密码错误次数过多" in locked.text
+    with runtime.db.scope() as session:
+        user = session.scalar(select(User).where(User.username == "alice"))
+        first = (user.locked_until - utcnow()).total_seconds()
+        assert user.failed_logins == 5 and 50 < first <= 60
+        session.execute(update(User).where(User.id == user.id).values(locked_until=utcnow() - timedelta(seconds=1)))
+    app_client.app.state.login_limiter._hits.clear()  # the per-address limiter is another test's
+    for _ in range(5):
+        app_client.post("/login", data={"username": "alice", "password": "nope"})
+    with runtime.db.scope() as session:
+        user = session.scalar(select(User).where(User.username == "alice"))
+        assert 110 < (user.locked_until - utcnow()).total_seconds() <= 120  # doubled
+        session.execute(update(User).where(User.id == user.id).values(locked_until=None))
+    ok = app_client.post("/login", data={"username": "alice", "password": "correct-horse"}, follow_redirects=False)
+    assert ok.status_code == 303
+    with runtime.db.scope(readonly=True) as session:
+        assert session.scalar(select(User.failed_logins).where(User.username == "alice")) == 0
+
+
+def test_forwarded_for_is_believed_only_from_configured_proxies(tmp_path):
+    """13 (Low): uvicorn believed X-Forwarded-For from any loopback peer, so spoofed
+    addresses each got their own login rate-limit bucket (fails on the previous code)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import embedded_settings, settings_env
+    from tests.services import free_port
+
+    def attempts_before_429(env: dict, port: int) -> int:
+        process = subprocess.Popen([sys.executable, "-m", "lancang.cli", "web"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline and process.poll() is None, "lancang web did not start"
+                    time.sleep(0.2)
+            for n in range(1, 16):
+                answer = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "x", "password": "y"},
+                                    headers={"X-Forwarded-For": f"10.9.0.{n}"}, timeout=10)
+                if answer.status_code == 429:
+                    return n
+            return 0
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    port = free_port()
+    env = settings_env(embedded_settings(tmp_path / "a", http_port=port))
+    assert attempts_before_429(env, port) == 11  # spoofed headers ignored: one bucket for 127.0.0.1
+    port = free_port()
+    env = settings_env(embedded_settings(tmp_path / "b", http_port=port))
+    env["LANCANG_TRUSTED_PROXIES"] = "127.0.0.1/32"
+    assert attempts_before_429(env, port) == 0  # behind a trusted proxy: one bucket per client

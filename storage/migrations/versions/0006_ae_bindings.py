@@ -1,4 +1,4 @@
-"""AE permissions and allowed networks
+"""AE permissions and allowed networks; login lockout
 
 Revision ID: 0006
 Revises: 0005
@@ -9,6 +9,7 @@ AEs registered before this revision keep store, query and retrieve (what they co
 """
 from alembic import op
 import sqlalchemy as sa
+import storage.types
 
 
 revision = '0006'
@@ -22,9 +23,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('permissions', sa.String(length=64), nullable=False,
                                       server_default='store,query,retrieve'))
         batch_op.add_column(sa.Column('allowed_networks', sa.Text(), nullable=False, server_default=''))
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('failed_logins', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('locked_until', storage.types.UTCDateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.drop_column('locked_until')
+        batch_op.drop_column('failed_logins')
     with op.batch_alter_table('dicom_nodes', schema=None) as batch_op:
         batch_op.drop_column('allowed_networks')
         batch_op.drop_column('permissions')
