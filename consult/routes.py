@@ -218,7 +218,7 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
         return {"id": row.id, "starts_at": row.starts_at, "ends_at": row.ends_at, "available": row.available}
 
     @router.get("/specialists/free")
-    def free(session: Read, user: Me, start: str, minutes: int = 30):
+    def free(session: Read, user: Me, start: str, minutes: int = Query(30, ge=5, le=24 * 60)):
         """Specialists of my institution free in that local slot (for coordinators)."""
         from datetime import datetime
 

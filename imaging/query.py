@@ -86,7 +86,16 @@ DEFAULT_RETURN = {
 _RANK = {level: i for i, level in enumerate(LEVELS)}
 
 
+# SQLite refuses LIKE patterns past its complexity limit ("LIKE or GLOB pattern too
+# complex", a 500 before); no real search needs more wildcards than this.
+MAX_WILDCARDS = 256
+
+
 def _like(value: str) -> str:
+    wildcards = value.count("*") + value.count("?")
+    if wildcards > MAX_WILDCARDS:
+        raise Invalid(f"a search value may hold at most {MAX_WILDCARDS} wildcards (* ?), this one has "
+                      f"{wildcards} / 通配符过多")
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 

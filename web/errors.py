@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import DomainError
@@ -72,6 +73,20 @@ def install(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError):
+        return render_error(request, 400, "out_of_range", "a number is out of range / 数值超出范围")
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError):
+        # A value the database cannot hold (an id above 2^63 on PostgreSQL, "integer out of
+        # range") is the caller's mistake; anything else is ours.
+        if isinstance(exc.orig, OverflowError) or "out of range" in str(exc.orig):
+            return render_error(request, 400, "out_of_range", "a number is out of range / 数值超出范围")
+        log.exception("web.request.db_error path=%s", request.url.path)
+        return render_error(request, 503 if isinstance(exc, OperationalError) else 500, "database_error",
+                            "the database could not answer; please try again / 数据库暂时无法响应")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
