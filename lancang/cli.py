@@ -220,10 +220,10 @@ def cmd_import(args) -> int:
 def cmd_audit_verify(args) -> int:
     from storage import audit
 
-    with _runtime().db.scope(readonly=True) as session:
-        result = audit.verify(session)
+    runtime = _runtime()
+    result = audit.verify_and_checkpoint(runtime.db, runtime.store)
     if result.ok:
-        print(f"audit chain intact: {result.checked} records, head {result.head_hash}")
+        print(f"audit chain intact: {result.checked} records, head {result.head_hash} (checkpoint moved there)")
         return 0
     print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.reason} "
           f"({result.checked} records checked)", file=sys.stderr)
@@ -444,9 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from storage.audit import AuditKeyMismatch
         from storage.residency import ResidencyError
 
-        if isinstance(exc, ResidencyError):
+        if isinstance(exc, (ResidencyError, AuditKeyMismatch)):
             print(f"error: {exc}", file=sys.stderr)
             return 3
         raise

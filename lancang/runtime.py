@@ -25,7 +25,9 @@ def bootstrap(settings: Settings | None = None, *, component: str) -> Runtime:
     """Refuse endpoints abroad, migrate the database, open the store, wire task dispatch."""
     settings = settings or get_settings()
     overridden = residency.enforce(settings)
+    audit.use_key(settings.effective_audit_key)
     db = get_database(settings)
+    audit.check_key(db)
     store = make_store(settings)
     if isinstance(store, S3Store):
         store.ensure_bucket()

@@ -28,16 +28,16 @@ def check_strength(secret: str) -> None:
             "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`)")
 
 
-def read_or_create(data_dir: Path) -> str:
-    """The data dir's secret, created on first use. Safe against concurrent first starts:
-    the file appears complete (written elsewhere, then linked) or not at all."""
-    path = Path(data_dir) / FILE_NAME
+def read_or_create(data_dir: Path, name: str = FILE_NAME) -> str:
+    """The data dir's secret `name`, created on first use. Safe against concurrent first
+    starts: the file appears complete (written elsewhere, then linked) or not at all."""
+    path = Path(data_dir) / name
     try:
         return _read(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
+    temporary = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(descriptor, "w") as handle:

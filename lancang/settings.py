@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
 
     secret_key: SecretStr = SecretStr("")
+    # The audit chain's MAC key, kept outside the database (storage/audit.py). Embedded:
+    # generated into <data_dir>/audit_key; with servers every process must share one.
+    audit_key: SecretStr = SecretStr("")
     session_max_age_s: int = 12 * 3600
     token_days: int = 90
 
@@ -78,6 +81,8 @@ class Settings(BaseSettings):
         configured = self.secret_key.get_secret_value()
         if configured:
             secretfile.check_strength(configured)
+        if configured:
+            pass
         elif not self.embedded:
             raise ValueError(
                 "LANCANG_SECRET_KEY must be set when a database, S3 or broker server is configured "
@@ -87,6 +92,11 @@ class Settings(BaseSettings):
                 "LANCANG_SECRET_KEY must be set when Lancang listens beyond loopback "
                 f"(LANCANG_BIND_HOST={self.bind_host}) or is published over https "
                 f"(LANCANG_PUBLIC_URL={self.public_url})")
+        if self.audit_key.get_secret_value():
+            secretfile.check_strength(self.audit_key.get_secret_value())
+        elif not self.embedded:
+            raise ValueError("LANCANG_AUDIT_KEY must be set when a database, S3 or broker server is configured "
+                             "(every process signs the audit chain with it; keep it outside the database)")
         return self
 
     @property
@@ -112,6 +122,16 @@ class Settings(BaseSettings):
         return _GENERATED[directory]
 
     @property
+    def effective_audit_key(self) -> str:
+        configured = self.audit_key.get_secret_value()
+        if configured:
+            return configured
+        directory = self.data_dir.resolve()
+        if (directory, "audit") not in _GENERATED:
+            _GENERATED[(directory, "audit")] = secretfile.read_or_create(directory, "audit_key")
+        return _GENERATED[(directory, "audit")]
+
+    @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -134,7 +154,7 @@ class Settings(BaseSettings):
         return (self.public_url or f"http://{self.bind_host}:{self.http_port}").rstrip("/")
 
 
-_GENERATED: dict[Path, str] = {}
+_GENERATED: dict = {}
 
 
 @lru_cache

@@ -3,14 +3,23 @@
 Each record's hash covers its own fields and the previous record's hash, so an edited
 or deleted record breaks the chain at that point (`verify`). Appends are serialized:
 PostgreSQL takes a transaction-scoped advisory lock, SQLite write transactions already
-begin IMMEDIATE (storage/db.py). Removing records from the very end cannot be seen from
-the chain alone; exporting the head hash regularly (`export`) anchors it.
+begin IMMEDIATE (storage/db.py).
+
+A plain hash chain can be recomputed by anyone who can write the table: delete a record,
+rehash the rest, and it verifies. So each hash is an HMAC under the audit key, which is
+kept outside the database (LANCANG_AUDIT_KEY, else `<data_dir>/audit_key`, 0600; set by
+`lancang.runtime.bootstrap` through `use_key`). Records from before keying (keyed=False)
+may only form a prefix. Removing records from the very end cannot be seen from the
+chain alone: `checkpoint` writes the head (seq, hash, MAC) to the object store, outside
+the database, and `verify` checks the chain still reaches it. See docs/security-audit.md
+for what an attacker with database write access can and cannot hide.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 from dataclasses import dataclass
@@ -42,8 +51,25 @@ def _canonical(prev_hash: str, fields: dict) -> bytes:
     return payload.encode("utf-8")
 
 
+_KEY: list[bytes] = []  # the audit key of this process (use_key), empty until bootstrap
+
+
+def use_key(key: str) -> None:
+    """Sign every later record with this key (called once per process by bootstrap)."""
+    _KEY[:] = [key.encode()]
+
+
+def _digest(payload: bytes, keyed: bool) -> str:
+    if keyed:
+        if not _KEY:
+            raise RuntimeError("no audit key: lancang.runtime.bootstrap sets it")
+        return hmac.new(_KEY[0], payload, hashlib.sha256).hexdigest()
+    return hashlib.sha256(payload).hexdigest()
+
+
 def compute_hash(record: AuditRecord) -> str:
-    return hashlib.sha256(_canonical(record.prev_hash, {name: getattr(record, name) for name in FIELDS})).hexdigest()
+    fields = {name: getattr(record, name) for name in FIELDS}
+    return _digest(_canonical(record.prev_hash, fields), bool(record.keyed))
 
 
 def _lock_chain(conn: Connection) -> None:
@@ -83,8 +109,9 @@ def append(
         detail=detail or {},
     )
     prev_hash = last.hash if last else GENESIS
-    digest = hashlib.sha256(_canonical(prev_hash, fields)).hexdigest()
-    conn.execute(_INSERT, dict(fields, prev_hash=prev_hash, hash=digest))
+    keyed = bool(_KEY)
+    digest = _digest(_canonical(prev_hash, fields), keyed)
+    conn.execute(_INSERT, dict(fields, prev_hash=prev_hash, hash=digest, keyed=keyed))
     return digest
 
 
@@ -120,9 +147,11 @@ class VerifyResult:
     head_hash: str = GENESIS
 
 
-def verify(session: Session) -> VerifyResult:
-    """Walk the chain in order; report the first record whose hash or link does not hold."""
-    prev, expected_seq, checked = GENESIS, 1, 0
+def verify(session: Session, checkpoint: dict | None = None) -> VerifyResult:
+    """Walk the chain in order; report the first record whose MAC or link does not hold, an
+    unkeyed record after keyed ones, and a chain that no longer reaches its checkpoint."""
+    prev, expected_seq, checked, keyed_seen = GENESIS, 1, 0, False
+    mark = _checked_mark(checkpoint)
     rows = session.execute(select(AuditRecord).order_by(AuditRecord.seq)).scalars()
     for row in rows.yield_per(1000):
         checked += 1
@@ -130,10 +159,81 @@ def verify(session: Session) -> VerifyResult:
             return VerifyResult(False, checked, row.seq, f"record {expected_seq} is missing", prev)
         if row.prev_hash != prev:
             return VerifyResult(False, checked, row.seq, "link to the previous record is broken", prev)
+        if keyed_seen and not row.keyed:
+            return VerifyResult(False, checked, row.seq, "an unkeyed record after keyed ones: rewritten", prev)
         if compute_hash(row) != row.hash:
-            return VerifyResult(False, checked, row.seq, "record content does not match its hash", prev)
+            return VerifyResult(False, checked, row.seq, "record content does not match its MAC "
+                                "(changed, or written without the audit key)", prev)
+        if mark is not None and row.seq == mark[0] and row.hash != mark[1]:
+            return VerifyResult(False, checked, row.seq, "record differs from the signed checkpoint", prev)
+        keyed_seen = keyed_seen or bool(row.keyed)
         prev, expected_seq = row.hash, expected_seq + 1
+    if mark is not None and checked < mark[0]:
+        return VerifyResult(False, checked, checked + 1,
+                            f"records after {checked} were removed (the checkpoint has {mark[0]})", prev)
     return VerifyResult(True, checked, head_hash=prev)
+
+
+class AuditKeyMismatch(RuntimeError):
+    pass
+
+
+def check_key(db: Database) -> None:
+    """Refuse to start with another audit key than the chain's: the newest keyed record's
+    MAC must hold (one record, at startup)."""
+    with db.scope(readonly=True) as session:
+        last = session.scalar(select(AuditRecord).where(AuditRecord.keyed.is_(True))
+                              .order_by(AuditRecord.seq.desc()).limit(1))
+        if last is not None and compute_hash(last) != last.hash:
+            raise AuditKeyMismatch(
+                f"the audit key does not match the audit chain (record {last.seq}): set the LANCANG_AUDIT_KEY "
+                "this database was written with / 审计密钥与审计链不符")
+
+
+CHECKPOINT_KEY = "audit/checkpoint.json"
+
+
+def _checkpoint_mac(seq: int, digest: str) -> str:
+    return _digest(f"lancang/audit-checkpoint/{seq}/{digest}".encode(), True)
+
+
+def _checked_mark(checkpoint: dict | None) -> tuple[int, str] | None:
+    """(seq, hash) of a checkpoint whose MAC holds; a forged one is itself a finding."""
+    if not checkpoint:
+        return None
+    seq, digest = int(checkpoint["seq"]), str(checkpoint["hash"])
+    if not hmac.compare_digest(_checkpoint_mac(seq, digest), str(checkpoint.get("mac", ""))):
+        raise ValueError("the audit checkpoint's MAC does not hold: it was changed or the audit key differs")
+    return seq, digest
+
+
+def read_checkpoint(store) -> dict | None:
+    from storage.objects import ObjectNotFound
+
+    try:
+        return json.loads(store.get(CHECKPOINT_KEY))
+    except ObjectNotFound:
+        return None
+
+
+def verify_and_checkpoint(db: Database, store) -> VerifyResult:
+    """Verify against the last checkpoint; when the chain holds, move the checkpoint to its head."""
+    try:
+        checkpoint = read_checkpoint(store)
+        with db.scope(readonly=True) as session:
+            result = verify(session, checkpoint)
+    except ValueError as exc:
+        return VerifyResult(False, 0, None, str(exc))
+    write_checkpoint(store, result)
+    return result
+
+
+def write_checkpoint(store, result: VerifyResult) -> None:
+    """After a good verify: anchor the head outside the database."""
+    if result.ok and result.checked:
+        body = {"seq": result.checked, "hash": result.head_hash, "at": utcnow().isoformat(),
+                "mac": _checkpoint_mac(result.checked, result.head_hash)}
+        store.put(CHECKPOINT_KEY, json.dumps(body).encode(), content_type="application/json")
 
 
 def iter_since(session: Session, since: datetime | None) -> Iterator[AuditRecord]:

@@ -49,6 +49,7 @@ def server_settings(tmp_path, servers: Servers, **overrides) -> Settings:
         s3_region=s3.region,
         broker_url=servers.redis.url,
         secret_key="test-secret-" + uuid.uuid4().hex,
+        audit_key="test-audit-key-" + uuid.uuid4().hex,
         **overrides,
     )
 

@@ -26,8 +26,7 @@ def verify_audit_chain() -> None:
     from storage import audit
 
     db = runtime().db
-    with db.scope(readonly=True) as session:
-        result = audit.verify(session)
+    result = audit.verify_and_checkpoint(db, runtime().store)
     outcome = "ok" if result.ok else "failed"
     log.info("storage.audit_verify.%s checked=%s", outcome, result.checked)
     audit.record(db, principal=None, actor="system:worker", action="audit.verify", outcome=outcome,

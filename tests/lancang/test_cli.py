@@ -115,7 +115,7 @@ def test_production_mode_without_secret_is_refused(tmp_path):
 def test_endpoint_abroad_is_refused_at_startup(tmp_path):
     env = settings_env(embedded_settings(tmp_path))
     env.update(LANCANG_OBJECT_STORE="s3", LANCANG_S3_ENDPOINT="s3.us-west-2.amazonaws.com",
-               LANCANG_SECRET_KEY="k" * 40)
+               LANCANG_SECRET_KEY="k" * 40, LANCANG_AUDIT_KEY="a" * 40)
     done = subprocess.run([sys.executable, "-m", "lancang.cli", "institution", "list"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "境外" in done.stderr

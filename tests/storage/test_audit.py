@@ -8,7 +8,7 @@ import json
 import threading
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, select, text, update
 
 from storage import audit
 from storage.access import Principal
@@ -135,3 +135,69 @@ def test_record_read_is_committed_when_it_returns(runtime):
     assert row.actor == "alice" and row.object_id == "1.2.3"
     detail = json.loads(row.detail) if isinstance(row.detail, str) else row.detail
     assert detail == {"名字": "张秀英"}
+
+
+def _rewrite_without(runtime, victim_seq: int, key: bytes | None) -> None:
+    """What an attacker with database write access does: delete one record, renumber and
+    rehash every later one (plain SHA-256, or an HMAC under a key of their choosing)."""
+    import hashlib
+    import hmac as hmac_
+
+    with runtime.db.scope() as session:
+        session.execute(delete(AuditRecord).where(AuditRecord.seq == victim_seq))
+        rows = session.scalars(select(AuditRecord).where(AuditRecord.seq > victim_seq)
+                               .order_by(AuditRecord.seq)).all()
+        prev = session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == victim_seq - 1)) or audit.GENESIS
+        for row in rows:
+            row.seq -= 1
+            session.flush()
+            payload = audit._canonical(prev, {name: getattr(row, name) for name in audit.FIELDS})
+            row.prev_hash = prev
+            row.keyed = key is not None
+            row.hash = (hmac_.new(key, payload, hashlib.sha256) if key else hashlib.sha256(payload)).hexdigest()
+            prev = row.hash
+
+
+def test_a_rewritten_chain_is_detected(runtime):
+    """13.6: deleting a record and recomputing the later hashes passed verify on the
+    previous code; with the key outside the database it cannot be recomputed."""
+    _fill(runtime.db)
+    _rewrite_without(runtime, 2, key=None)
+    with runtime.db.scope(readonly=True) as session:
+        result = audit.verify(session)
+    assert not result.ok and result.first_bad_seq == 2 and "unkeyed record after keyed" in result.reason
+
+
+def test_a_chain_rehashed_under_another_key_is_detected(runtime):
+    _fill(runtime.db)
+    _rewrite_without(runtime, 3, key=b"the attacker's own key")
+    with runtime.db.scope(readonly=True) as session:
+        result = audit.verify(session)
+    assert not result.ok and result.first_bad_seq == 3 and "MAC" in result.reason
+
+
+def test_removed_tail_is_detected_by_the_checkpoint(runtime):
+    _fill(runtime.db, 6)
+    assert audit.verify_and_checkpoint(runtime.db, runtime.store).ok  # checkpoint at 6
+    stored = json.loads(runtime.store.get(audit.CHECKPOINT_KEY))
+    assert stored["seq"] == 6 and len(stored["mac"]) == 64
+    with runtime.db.scope() as session:
+        session.execute(delete(AuditRecord).where(AuditRecord.seq >= 5))
+    result = audit.verify_and_checkpoint(runtime.db, runtime.store)
+    assert not result.ok and "removed" in result.reason
+    forged = dict(stored, seq=4)
+    runtime.store.put(audit.CHECKPOINT_KEY, json.dumps(forged).encode())
+    assert "checkpoint's MAC" in audit.verify_and_checkpoint(runtime.db, runtime.store).reason
+
+
+def test_start_is_refused_with_another_audit_key(runtime):
+    _fill(runtime.db, 2)
+    audit.check_key(runtime.db)
+    audit.use_key("another-key-" + "x" * 40)
+    try:
+        import pytest
+
+        with pytest.raises(audit.AuditKeyMismatch, match="审计密钥"):
+            audit.check_key(runtime.db)
+    finally:
+        audit.use_key(runtime.settings.effective_audit_key)

@@ -44,7 +44,7 @@ def test_private_and_mainland_endpoints_pass(endpoint, region):
 
 def _abroad(**extra) -> Settings:
     return Settings(_env_file=None, object_store="s3", s3_endpoint="s3.us-west-2.amazonaws.com",
-                    secret_key="k" * 40, **extra)
+                    secret_key="k" * 40, audit_key="a" * 40, **extra)
 
 
 def test_enforce_names_the_rule():
@@ -55,7 +55,7 @@ def test_enforce_names_the_rule():
 
 def test_database_abroad_is_refused():
     settings = Settings(_env_file=None, database_url="postgresql+psycopg://u@db.xyz.us-east-1.rds.amazonaws.com/x",
-                        secret_key="k" * 40)
+                        secret_key="k" * 40, audit_key="a" * 40)
     with pytest.raises(residency.ResidencyError):
         residency.enforce(settings)
 
