@@ -32,11 +32,14 @@ import inspect
 import io
 import json
 import logging
+import mmap
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -54,6 +57,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imaging import multipart, negotiation, pixels, query
 from imaging.dataset import INSTANCE_PREFIX, InvalidInstance
+from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Series, Study
 from imaging.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE
 from imaging.negotiation import Offer
@@ -66,6 +70,7 @@ from storage.errors import (
     NotAcceptable,
     NotFound,
     NotPermitted,
+    PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -772,7 +777,8 @@ def ingestor_for(app) -> Ingestor:
 
             runtime = app.state.runtime
             announcer = SeriesAnnouncer(runtime.db)
-            found = Ingestor(runtime.db, runtime.store, on_committed=announcer.note)
+            found = Ingestor(runtime.db, runtime.store, on_committed=announcer.note,
+                             limits=Limits.of(runtime.settings))
             app.state.dicomweb_announcer = announcer
             app.state.dicomweb_ingestor = found
     return found
@@ -852,7 +858,7 @@ class StowContext:
         self._seen: set[str] = set()
         self._owners: dict[str, int | None] = {}
 
-    def store_all(self, parts: list[multipart.Part]) -> StowOutcome:
+    def store_all(self, parts: Iterable[multipart.Part]) -> StowOutcome:
         for part in parts:
             self.store(part)
         return self.outcome
@@ -861,6 +867,7 @@ class StowContext:
         """Store one part durably, or record why not."""
         sop_class = sop_uid = ""
         try:
+            self._bounded(part)
             ds = self._readable(part)
             sop_class, sop_uid = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
             self._check(ds, sop_uid)
@@ -869,6 +876,13 @@ class StowContext:
             self.outcome.fail(sop_class, sop_uid, refused.reason, refused.why)
             return
         self._referenced(result)
+
+    def _bounded(self, part: multipart.Part) -> None:
+        limits = self.ingestor.limits
+        try:
+            check_instance(part.content, max_instance=limits.max_instance, max_inflated=limits.max_inflated)
+        except InvalidInstance as exc:
+            raise Refused(_stow_reason(exc.status), exc.reason) from None
 
     @staticmethod
     def _readable(part: multipart.Part) -> Dataset:
@@ -933,10 +947,76 @@ class StowContext:
         })
 
 
+class SpooledBody:
+    """A request body held in memory while small, else in a temporary file read through
+    mmap (file-backed pages, not the process's heap)."""
+
+    IN_MEMORY = 8 * 1024 * 1024
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.buffer = bytearray()
+        self.file = None
+        self.view = b""
+        self._map = None
+
+    def write(self, chunk: bytes) -> None:
+        if self.file is None and len(self.buffer) + len(chunk) > self.IN_MEMORY:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.file = tempfile.TemporaryFile(dir=self.directory)
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+        if self.file is None:
+            self.buffer += chunk
+        else:
+            self.file.write(chunk)
+
+    def finish(self) -> "SpooledBody":
+        if self.file is None:
+            self.view = bytes(self.buffer)
+        elif self.file.tell():
+            self.file.flush()
+            self._map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+            self.view = self._map
+        return self
+
+    def __enter__(self) -> "SpooledBody":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.view = b""
+        if self._map is not None:
+            self._map.close()
+        if self.file is not None:
+            self.file.close()
+
+
+async def spool_body(request: Request, limit: int, directory: Path) -> SpooledBody:
+    """The body, refused with 413 past `limit` bytes (declared or received)."""
+    declared = request.headers.get("content-length", "")
+    too_large = PayloadTooLarge(f"the upload is larger than {limit // (1 << 20)} MiB (LANCANG_MAX_UPLOAD_BYTES); "
+                                "send fewer instances per request / 上传内容过大，请分批上传")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body, received = SpooledBody(directory), 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+            body.write(chunk)
+    except BaseException:
+        body.__exit__(None, None, None)
+        raise
+    return body.finish()
+
+
 def _stow_reason(status: int) -> int:
     """The STOW failure reason for an ingest refusal's C-STORE status."""
     if status == NOT_AUTHORIZED:
         return NOT_AUTHORIZED
+    if status & 0xFF00 == OUT_OF_RESOURCES & 0xFF00:
+        return OUT_OF_RESOURCES
     return CANNOT_UNDERSTAND if status & 0xF000 == 0xC000 else MISMATCH
 
 
@@ -1032,17 +1112,20 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
         boundary = check_stow_content_type(request.headers.get("content-type", ""))
         offer = choose(request, _JSON_OFFERS)
         access.require_uploader(principal)
-        body = await request.body()  # whole body in memory: fine up to a few hundred MB
-        try:
-            parts = multipart.split(body, boundary)
-        except multipart.MalformedMultipart as exc:
-            raise BadRequest(str(exc)) from None
-        del body
-        if not parts:
+        settings = runtime(request).settings
+        with await spool_body(request, settings.max_upload_bytes, settings.data_dir / "tmp") as body:
+            try:
+                parts = multipart.iter_parts(body.view, boundary)
+            except multipart.MalformedMultipart as exc:
+                raise BadRequest(str(exc)) from None
+            base = base_url(request)
+            context = StowContext(ingestor_for(request.app), runtime(request).db, principal, base, study)
+            try:
+                outcome = await run_in_threadpool(context.store_all, parts)
+            except multipart.MalformedMultipart as exc:
+                raise BadRequest(str(exc)) from None
+        if not (outcome.referenced or outcome.failed):
             raise BadRequest("the multipart body has no parts")
-        base = base_url(request)
-        context = StowContext(ingestor_for(request.app), runtime(request).db, principal, base, study)
-        outcome = await run_in_threadpool(context.store_all, parts)
         _audit(request, principal, "dicomweb.store", object_type="study",
                object_id=",".join(sorted(outcome.studies)) or (study or ""),
                outcome="ok" if not outcome.failed else "failed",

@@ -34,6 +34,7 @@ class Candidate:
 
     label: str
     read: Callable[[], bytes]
+    size: int = 0  # bytes it will read (a zip member's uncompressed size): checked first
 
 
 @dataclass
@@ -78,11 +79,13 @@ def _missing(path: Path) -> Callable[[], bytes]:
 def _from_file(path: Path) -> Iterator[Candidate]:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        for name in sorted(names):
-            yield Candidate(f"{path}!{name}", _zip_member(path, name))
+            members = {info.filename: info.file_size for info in archive.infolist() if not info.is_dir()}
+        for name in sorted(members):
+            # zipfile never returns more than the member's recorded size (it fails the CRC
+            # instead), so the size checked before reading bounds a zip bomb too.
+            yield Candidate(f"{path}!{name}", _zip_member(path, name), members[name])
     else:
-        yield Candidate(str(path), path.read_bytes)
+        yield Candidate(str(path), path.read_bytes, path.stat().st_size)
 
 
 def _zip_member(path: Path, name: str) -> Callable[[], bytes]:
@@ -114,6 +117,10 @@ def as_part10(data: bytes) -> bytes:
 
 def _import_one(ingestor: Ingestor, candidate: Candidate, institution_id: int) -> tuple[str, str, IngestResult | None]:
     try:
+        if candidate.size > ingestor.limits.max_instance:
+            raise InvalidInstance(f"{candidate.size // (1 << 20)} MiB is more than the "
+                                  f"{ingestor.limits.max_instance // (1 << 20)} MiB allowed per instance "
+                                  "(LANCANG_MAX_INSTANCE_BYTES)", 0xA700)
         data = as_part10(candidate.read())
         if data[128:132] == b"DICM" and MEDIA_STORAGE_DIRECTORY.encode() in data[132:600]:
             return "rejected", "DICOMDIR index (not an image; its images are imported on their own)", None

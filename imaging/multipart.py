@@ -68,19 +68,29 @@ def _part(raw: bytes) -> Part:
 def split(body: bytes, boundary: str) -> list[Part]:
     """The parts of a multipart body; the preamble and epilogue are ignored. Raises
     MalformedMultipart when the first or the closing delimiter is missing (a truncated upload)."""
+    return list(iter_parts(body, boundary))
+
+
+def iter_parts(body, boundary: str) -> Iterator[Part]:
+    """split() one part at a time, over bytes or an mmap of a spooled body: only the part
+    being handled is copied into memory. A truncated body is refused here, before any part
+    is handed out, so a broken upload stores nothing."""
     dash = b"--" + boundary.encode("latin-1")
     delimiter = CRLF + dash
-    if body.startswith(dash):
+    if body[:len(dash)] == dash:
         position = len(dash)
     else:
         first = body.find(delimiter)
         if first < 0:
             raise MalformedMultipart("the body does not contain the boundary")
         position = first + len(delimiter)
-    parts: list[Part] = []
-    while True:
-        if body.startswith(b"--", position):
-            return parts
+    if body[position:position + 2] != b"--" and body.rfind(delimiter + b"--") < position:
+        raise MalformedMultipart("the closing boundary is missing (truncated body?)")
+    return _parts_from(body, position, delimiter)
+
+
+def _parts_from(body, position: int, delimiter: bytes) -> Iterator[Part]:
+    while body[position:position + 2] != b"--":
         line_end = body.find(CRLF, position)  # transport padding after the delimiter
         if line_end < 0:
             raise MalformedMultipart("the body ends inside a delimiter line")
@@ -88,7 +98,7 @@ def split(body: bytes, boundary: str) -> list[Part]:
         next_delimiter = body.find(delimiter, start)
         if next_delimiter < 0:
             raise MalformedMultipart("the closing boundary is missing (truncated body?)")
-        parts.append(_part(body[start:next_delimiter]))
+        yield _part(body[start:next_delimiter])
         position = next_delimiter + len(delimiter)
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import handlers, query
 from imaging.dataset import InvalidInstance
+from imaging.limits import DEFLATED, Limits, check_inflated
 from imaging.service import Ingestor
 from lancang.settings import Settings
 from storage import access, audit
@@ -119,7 +120,8 @@ class Receiver:
         self.settings: Settings = runtime.settings
         self.db = runtime.db
         self.objects = runtime.store
-        self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed)
+        self.limits = Limits.of(self.settings)
+        self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed, limits=self.limits)
         self._nodes: dict[str, tuple[float, Principal | None]] = {}
         self._titles: tuple[float, list[_NodeRule]] = (0.0, [])
         self._rejections: dict[tuple[str, str], list] = {}
@@ -196,6 +198,10 @@ class Receiver:
         if not self.permitted(calling, "store"):
             return self._store_failed(entry, 0x0124, f"{calling} may not store (lancang ae set --can)")
         try:
+            self._bounded(event)
+        except InvalidInstance as exc:
+            return self._store_failed(entry, exc.status, exc.reason)
+        try:
             ds = event.dataset
             ds.file_meta = event.file_meta
             data = event.encoded_dataset(include_meta=True)
@@ -218,6 +224,16 @@ class Receiver:
         setattr(entry, result.outcome, getattr(entry, result.outcome) + 1)
         entry.studies.add(result.study_instance_uid)
         return 0x0000
+
+    def _bounded(self, event) -> None:
+        """Refuse an oversized or inflating instance before pynetdicom decodes it (decoding a
+        deflated data set inflates all of it in memory)."""
+        raw = event.request.DataSet.getbuffer()
+        if len(raw) > self.limits.max_instance:
+            raise InvalidInstance(f"the instance is larger than {self.limits.max_instance // (1 << 20)} MiB "
+                                  "(LANCANG_MAX_INSTANCE_BYTES)", 0xA700)
+        if event.context.transfer_syntax == DEFLATED:
+            check_inflated(raw, self.limits.max_inflated)
 
     @staticmethod
     def _store_failed(entry: _AssociationLog, status: int, reason: str):

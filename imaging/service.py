@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract
+from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Patient, Series, Study, SupersededInstance
 from storage import audit
 from storage.db import Database
@@ -124,9 +125,10 @@ TOUCH_SERIES = (Series.__table__.update().where(Series.__table__.c.id == bindpar
 class Ingestor:
     """Stores instances durably and indexes them; safe to call from many threads."""
 
-    def __init__(self, db: Database, store: ObjectStore, *, on_committed=None):
+    def __init__(self, db: Database, store: ObjectStore, *, on_committed=None, limits: Limits | None = None):
         self.db = db
         self.store = store
+        self.limits = limits or Limits()
         self.on_committed = on_committed  # called with IngestResult after each commit
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-write")
         self._cache_lock = threading.Lock()
@@ -142,6 +144,8 @@ class Ingestor:
                expected_sop_class: str | None = None) -> IngestResult:
         """Store one Part 10 instance durably and index it. Raises InvalidInstance for bad
         data; StoreUnavailable / SQLAlchemy errors when a backend is down."""
+        if ds is None:  # parsed here: bound it first (a caller that parsed has checked)
+            check_instance(data, max_instance=self.limits.max_instance, max_inflated=self.limits.max_inflated)
         ds = ds if ds is not None else parse_part10(data)
         record = extract(ds)
         if expected_sop_class and record.sop_class_uid != expected_sop_class:

@@ -189,6 +189,7 @@ def cmd_import(args) -> int:
 
     from imaging.announce import TASK
     from imaging.importer import run_import
+    from imaging.limits import Limits
     from imaging.service import Ingestor
     from storage import audit, jobs, service
 
@@ -196,7 +197,7 @@ def cmd_import(args) -> int:
     with runtime.db.scope(readonly=True) as session:
         institution = service.get_institution(session=session, code=args.institution)
         institution_id = institution.id
-    ingestor = Ingestor(runtime.db, runtime.store)
+    ingestor = Ingestor(runtime.db, runtime.store, limits=Limits.of(runtime.settings))
     try:
         with tqdm(unit="file", desc="import", disable=args.quiet, file=sys.stderr) as bar:
             summary = run_import(ingestor, [Path(p) for p in args.paths], institution_id=institution_id,

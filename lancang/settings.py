@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # Rejected associations: one audit record per source at once, then one summary per interval.
     dicom_reject_audit_interval_s: float = 60.0
 
+    # What one upload may cost (imaging/limits.py): a STOW-RS body, one instance (STOW,
+    # C-STORE, import), and what a deflated data set may inflate to.
+    max_upload_bytes: int = 2 * 1024 ** 3
+    max_instance_bytes: int = 1024 ** 3
+    max_inflated_bytes: int = 256 * 1024 ** 2
+
     # Reverse proxies whose X-Forwarded-For/-Proto are believed (comma-separated addresses or
     # CIDR networks). Empty: none, the client address is the peer's (never spoofable).
     trusted_proxies: str = ""

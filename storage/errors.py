@@ -54,6 +54,11 @@ class Gone(DomainError):
     code = "gone"
 
 
+class PayloadTooLarge(DomainError):
+    status = 413
+    code = "payload_too_large"
+
+
 class Locked(DomainError):
     status = 423
     code = "locked"
