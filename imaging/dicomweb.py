@@ -1210,13 +1210,14 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
         _audit(request, principal, "dicomweb.retrieve", object_type=where.level, object_id=where.uid,
                detail={"instances": len(rows), "transfer_syntax": offer.transfer_syntax})
         store = runtime(request).store
+        # Everything that can fail is decided before the status line (PS3.18 8.7): a
+        # transcoding error mid-stream used to cut a 200 answer short.
+        parts = prepared_parts(store, rows, offer, any_syntax_ok=_accepts_any_syntax(request),
+                               spool_dir=runtime(request).settings.data_dir / "tmp")
         if not offer.multipart:
-            syntax = _answer_syntax(offer, rows[0].syntax)
-            return StreamingResponse(_object_chunks(store, rows[0], offer),
-                                     media_type=f"application/dicom; transfer-syntax={syntax}")
+            content_type, chunks = parts[0]
+            return StreamingResponse(chunks, media_type=content_type)
         boundary = multipart.new_boundary()
-        parts = ((f"application/dicom; transfer-syntax={_answer_syntax(offer, row.syntax)}",
-                  _object_chunks(store, row, offer)) for row in rows)
         return StreamingResponse(multipart.stream(parts, boundary), media_type=offer.content_type(boundary))
 
     @router.get("/studies/{study}")
@@ -1434,12 +1435,66 @@ def _answer_syntax(offer: Offer, stored: str) -> str:
     return stored if offer.transfer_syntax in (None, negotiation.ANY_SYNTAX, stored) else offer.transfer_syntax
 
 
-def _object_chunks(store, row, offer: Offer) -> Iterator[bytes]:
-    """A stored object's bytes, streamed from the store, or transcoded to Explicit VR LE."""
+def _accepts_any_syntax(request: Request) -> bool:
+    return re.search(r"transfer-syntax\s*=\s*\"?\*", request.headers.get("accept", "")) is not None
+
+
+def prepared_parts(store, rows, offer: Offer, *, any_syntax_ok: bool,
+                   spool_dir: Path) -> list[tuple[str, Iterable[bytes]]]:
+    """(content type, chunks) per instance, every transcoding already done (spooled to a
+    temporary file, not memory). An instance that cannot be transcoded goes as stored when
+    the client accepts any transfer syntax; otherwise the whole answer is 406, naming it."""
+    parts = []
+    try:
+        for row in rows:
+            syntax = _answer_syntax(offer, row.syntax)
+            if syntax == row.syntax:
+                parts.append((f"application/dicom; transfer-syntax={syntax}", store.stream(row.key)))
+                continue
+            try:
+                spooled = _spooled(to_explicit_little(store.get(row.key)), spool_dir)
+            except Exception as exc:  # any decoder failure: decided here, not mid-stream
+                if not any_syntax_ok:
+                    raise NotAcceptable(
+                        f"instance {row.sop} is stored as {row.syntax} and cannot be decoded to {syntax} "
+                        f"({type(exc).__name__}); ask with transfer-syntax=* to receive it as stored"[:400]) from None
+                log.warning("dicomweb.retrieve.as_stored sop=%s syntax=%s error=%s", row.sop, row.syntax, exc)
+                parts.append((f"application/dicom; transfer-syntax={row.syntax}", store.stream(row.key)))
+                continue
+            parts.append((f"application/dicom; transfer-syntax={syntax}", _spool_chunks(spooled)))
+    except BaseException:
+        for _, chunks in parts:
+            getattr(chunks, "close", lambda: None)()
+        raise
+    return parts
+
+
+def _spooled(data: bytes, directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024, dir=directory)
+    spool.write(data)
+    spool.seek(0)
+    return spool
+
+
+def _spool_chunks(spool) -> Iterator[bytes]:
+    try:
+        while chunk := spool.read(1024 * 1024):
+            yield chunk
+    finally:
+        spool.close()
+
+
+def _object_chunks(store, row, offer: Offer) -> Iterable[bytes]:
+    """A stored object's bytes, streamed from the store, or transcoded to Explicit VR LE
+    before the answer starts (406 when it cannot be)."""
     if _answer_syntax(offer, row.syntax) == row.syntax:
-        yield from store.stream(row.key)
-        return
-    yield to_explicit_little(store.get(row.key))
+        return store.stream(row.key)
+    try:
+        return [to_explicit_little(store.get(row.key))]
+    except Exception as exc:
+        raise NotAcceptable(f"the object is stored as {row.syntax} and cannot be decoded "
+                            f"({type(exc).__name__}); ask for its stored transfer syntax") from None
 
 
 def wado_uri_offers(row) -> list[Offer]:

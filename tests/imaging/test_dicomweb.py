@@ -515,6 +515,39 @@ def test_another_institution_cannot_take_an_instance_series_or_study(world):
     assert refusals[-1].detail["owner_study_uid"] == study_a
 
 
+def test_retrieve_never_cuts_a_200_short(world):
+    """13.7: a study holding an instance that cannot be transcoded for the default Accept
+    answered 200 and then aborted the connection. Now: 406 before any byte, naming it;
+    with transfer-syntax=* the instance goes as stored."""
+    study, series = generate_uid(), generate_uid()
+    broken = dcmread(get_testdata_file("JPEG2000.dcm"))
+    raw = bytearray(broken.PixelData)
+    raw[len(raw) // 3:len(raw) // 3 + 2000] = bytes(2000)  # a damaged codestream
+    broken.PixelData = bytes(raw)
+    broken.StudyInstanceUID, broken.SeriesInstanceUID = study, series
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = io.BytesIO()
+    broken.save_as(out, enforce_file_format=True)
+    good = ct_instance(study_uid=study, series_uid=series, instance_number=2, patient_id="P-BROKEN")
+    with world.runtime.db.scope(readonly=True) as session:
+        from storage.models import Institution
+
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(world.runtime.db, world.runtime.store)
+    try:
+        for blob in (good, out.getvalue()):
+            ingestor.ingest(blob, institution_id=town, source="test")
+    finally:
+        ingestor.close()
+    with world.http() as http:
+        default = http.get(f"/studies/{study}", headers={"Accept": 'multipart/related; type="application/dicom"'})
+        assert default.status_code == 406 and broken.SOPInstanceUID in default.json()["detail"], default.text[:300]
+        anything = http.get(f"/studies/{study}", headers={"Accept": DICOM_STAR})
+        assert anything.status_code == 200
+        syntaxes = sorted(part.content_type.split("transfer-syntax=")[1] for part in _parts(anything))
+    assert syntaxes == sorted([str(broken.file_meta.TransferSyntaxUID), EVRLE])
+
+
 # -- negotiation over HTTP --------------------------------------------------------------
 
 
