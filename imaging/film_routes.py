@@ -42,6 +42,7 @@ from storage.access import Principal
 from storage.errors import DomainError, Gone, Locked, NotAuthenticated, NotFound, TooManyRequests
 from storage.models import Institution
 from storage.objects import ObjectNotFound, StoreUnavailable
+from storage.types import RowId
 
 log = logging.getLogger("lancang.imaging")
 
@@ -240,6 +241,20 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                                     source=_source(request))
         return _share_out(share, runtime(request).store)
 
+    @router.post("/api/shares/{share_id}/unlock", response_model=ShareOut)
+    def unlock_share(share_id: RowId, request: Request, session: WriteSession, principal: CurrentPrincipal):
+        """Lift a PIN lockout now (the patient called the hospital); audited."""
+        share = shares.unlock_by_staff(session=session, principal=principal, share_id=share_id,
+                                       source=_source(request))
+        return _share_out(share, runtime(request).store)
+
+    @router.post("/api/shares/{share_id}/pin")
+    def new_share_pin(share_id: RowId, request: Request, session: WriteSession, principal: CurrentPrincipal):
+        """A new PIN for the same link and QR (shown once); the old PIN stops working."""
+        pin = shares.new_pin(session=session, principal=principal, share_id=share_id,
+                             secret_key=runtime(request).settings.effective_secret_key, source=_source(request))
+        return {"id": share_id, "pin": pin}
+
     def _film_response(request: Request, session: Session, principal: Principal, share: Share):
         rt = runtime(request)
         if shares.share_state(share) in ("revoked", "expired"):  # its QR code opens nothing any more
@@ -282,7 +297,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     # ------------------------------------------------------------------ radiographer page
 
     def _manage_page(request: Request, session: Session, principal: Principal, study_uid: str,
-                     created: shares.CreatedShare | None = None, status: int = 200) -> HTMLResponse:
+                     created: shares.CreatedShare | None = None, status: int = 200,
+                     new_pin: tuple[int, str] | None = None) -> HTMLResponse:
         listing = shares.list_shares(session=session, principal=principal, study_uid=study_uid)
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         institution = session.get(Institution, principal.institution_id) if principal.institution_id else None
@@ -295,7 +311,7 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         return _render(request, "film/manage.html", status=status, user=user, study=study,
                        patient=shares.display_name(study.patient.name) if study else "",
                        date=shares.chinese_date(study.study_date) if study else "",
-                       rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS))
+                       rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS), new_pin=new_pin)
 
     @router.get("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
     def manage_page(study_uid: str, request: Request, session: DbSession, principal: CurrentPrincipal):
@@ -315,6 +331,20 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
                                       public_url=settings.effective_public_url, days=number,
                                       source=_source(request))
         return _manage_page(request, session, principal, study_uid, created=created, status=201)
+
+    @router.post("/studies/{study_uid}/film/{share_id}/unlock", include_in_schema=False)
+    def manage_unlock(study_uid: str, share_id: RowId, request: Request, session: WriteSession,
+                      principal: CurrentPrincipal):
+        share = shares.unlock_by_staff(session=session, principal=principal, share_id=share_id,
+                                       source=_source(request))
+        return RedirectResponse(f"/studies/{share.study_instance_uid}/film", status_code=303)
+
+    @router.post("/studies/{study_uid}/film/{share_id}/pin", response_class=HTMLResponse, include_in_schema=False)
+    def manage_new_pin(study_uid: str, share_id: RowId, request: Request, session: WriteSession,
+                       principal: CurrentPrincipal):
+        pin = shares.new_pin(session=session, principal=principal, share_id=share_id,
+                             secret_key=runtime(request).settings.effective_secret_key, source=_source(request))
+        return _manage_page(request, session, principal, study_uid, new_pin=(share_id, pin))
 
     @router.post("/studies/{study_uid}/film/{share_id}/revoke", include_in_schema=False)
     def manage_revoke(study_uid: str, share_id: int, request: Request, session: WriteSession,
@@ -399,7 +429,7 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             _audit_dead_link(session, request, token, exc, "film.unlock")
             return _film_error(request, exc)
         if result.locked:
-            return _film_error(request, Locked("locked after too many wrong PINs / 提取码错误次数过多，链接已锁定"))
+            return _film_error(request, Locked(shares.locked_message(result.share)))
         if not result.ok:
             return _render(request, "film/pin.html", status=403, token=token, remaining=result.remaining,
                            error="提取码不正确 The PIN is not correct")

@@ -170,6 +170,9 @@ class Share(Base):
     revoked_by: Mapped[str] = mapped_column(String(128), default="")
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Temporary lockout after MAX_FAILED_PINS wrong PINs, longer each time (imaging/shares.py).
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lockouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     opened_count: Mapped[int] = mapped_column(Integer, default=0)
     last_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The printable film sheet (imaging/filmsheet.py), made by a worker.

@@ -191,9 +191,53 @@ def share_state(share: Share, now: datetime | None = None) -> str:
         return "revoked"
     if share.expires_at <= now:
         return "expired"
-    if share.locked_at is not None:
+    if share.locked_until is not None and share.locked_until > now:
         return "locked"
     return "active"
+
+
+# Each lockout is longer than the last: anyone holding the link can trigger one with five
+# guesses, so none is permanent (the patient can always come back), while guessing a
+# six-digit PIN at 5 tries per growing pause takes years.
+LOCKOUT_MINUTES = (1, 5, 15, 60, 240, 1440)
+
+
+def _lock(share: Share, now: datetime) -> None:
+    minutes = LOCKOUT_MINUTES[min(share.lockouts, len(LOCKOUT_MINUTES) - 1)]
+    share.lockouts += 1
+    share.failed_attempts = 0
+    share.locked_at = now
+    share.locked_until = now + timedelta(minutes=minutes)
+
+
+def locked_message(share: Share) -> str:
+    until = share.locked_until.astimezone(LOCAL_TZ).strftime("%H:%M") if share.locked_until else ""
+    return (f"提取码错误次数过多，请于北京时间 {until} 后再试；如忘记提取码，请联系检查医院重新设置。"
+            f" Too many wrong PINs: try again after {until} (Beijing time), or ask the hospital for a new PIN.")
+
+
+def unlock_by_staff(*, session: Session, principal: Principal, share_id: int, source: str = "") -> Share:
+    """Lift a lockout now (the patient phoned the hospital); audited."""
+    share = get_share_for(session=session, principal=principal, share_id=share_id)
+    share.locked_until, share.failed_attempts = None, 0
+    audit.append(session, principal=principal, action="film.share.unlock", object_type="share",
+                 object_id=str(share.id), source=source, detail={"study": share.study_instance_uid})
+    return share
+
+
+def new_pin(*, session: Session, principal: Principal, share_id: int, secret_key: str, source: str = "") -> str:
+    """A new PIN for the same link (no reprint of the QR): the old PIN and every browser
+    unlocked with it stop working; the lockout is lifted. Audited; the PIN is shown once."""
+    share = get_share_for(session=session, principal=principal, share_id=share_id)
+    if share_state(share) in ("revoked", "expired"):
+        raise Gone("this link is no longer active; create a new one / 该链接已失效，请新建")
+    pin = f"{secrets.randbelow(10**6):06d}"
+    share.pin_salt = secrets.token_hex(16)
+    share.pin_hash = _pin_digest(secret_key, share.pin_salt, pin)
+    share.locked_until, share.failed_attempts = None, 0
+    audit.append(session, principal=principal, action="film.share.new_pin", object_type="share",
+                 object_id=str(share.id), source=source, detail={"study": share.study_instance_uid})
+    return pin
 
 
 # --------------------------------------------------------------------------- patient side
@@ -224,7 +268,7 @@ def require_usable(share: Share) -> None:
     if state == "expired":
         raise Gone("this link has expired / 该链接已过期")
     if state == "locked":
-        raise Locked("locked after too many wrong PINs / 提取码错误次数过多，链接已锁定")
+        raise Locked(locked_message(share))
 
 
 def record_access(session: Session, share: Share, action: str, *, source: str, user_agent: str,
@@ -280,7 +324,7 @@ def unlock(*, session: Session, token: str, pin: str, secret_key: str, source: s
     share.failed_attempts += 1
     locked = share.failed_attempts >= MAX_FAILED_PINS
     if locked:
-        share.locked_at = utcnow()
+        _lock(share, utcnow())
     record_access(session, share, "film.unlock", source=source, user_agent=user_agent,
                   outcome="denied", failed_attempts=share.failed_attempts, locked=locked)
     return UnlockResult(False, share, max(0, MAX_FAILED_PINS - share.failed_attempts), locked)

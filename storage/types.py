@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Annotated
+
+from annotated_types import Interval
 
 from sqlalchemy import DateTime
 from sqlalchemy.types import TypeDecorator
@@ -32,3 +35,7 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# A row id in a URL: the database's 64-bit range (a larger one used to be a 500).
+RowId = Annotated[int, Interval(ge=1, le=2 ** 63 - 1)]

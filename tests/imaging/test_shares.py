@@ -102,6 +102,12 @@ def _wrong_pin(share: dict) -> str:
     return "000000" if share["pin"] != "000000" else "111111"
 
 
+def _audits_like(runtime, prefix: str) -> list[AuditRecord]:
+    with runtime.db.scope(readonly=True) as session:
+        return list(session.scalars(select(AuditRecord).where(AuditRecord.action.startswith(prefix))
+                                    .order_by(AuditRecord.seq)))
+
+
 def _audits(runtime, action: str) -> list[AuditRecord]:
     with runtime.db.scope(readonly=True) as session:
         rows = session.scalars(select(AuditRecord).where(AuditRecord.action == action)
@@ -205,14 +211,52 @@ def test_five_wrong_pins_lock_the_link(runtime, world, client):
         answer = client.post(f"/f/{token}/unlock", data={"pin": _wrong_pin(share)}, headers=PHONE)
         assert answer.status_code == 403 and f"还可尝试 {5 - attempt} 次" in answer.text
     fifth = client.post(f"/f/{token}/unlock", data={"pin": _wrong_pin(share)}, headers=PHONE)
-    assert fifth.status_code == 423 and "链接已锁定" in fifth.text
+    # The patient is told what to do (wait until a Beijing time, or call the hospital).
+    assert fifth.status_code == 423 and "北京时间" in fifth.text and "联系检查医院" in fifth.text
     right = _unlock(client, share)
     assert right.status_code == 423 and "set-cookie" not in right.headers
     assert client.get(f"/f/{token}", headers=PHONE).status_code == 423
     with runtime.db.scope(readonly=True) as session:
         row = session.get(Share, share["id"])
-    assert row.locked_at is not None and row.failed_attempts == 5 and shares.share_state(row) == "locked"
+    assert row.lockouts == 1 and shares.share_state(row) == "locked"
+    assert 55 <= (row.locked_until - row.locked_at).total_seconds() <= 60  # the first pause: a minute
     assert _audits(runtime, "film.unlock")[-1].outcome == "denied"
+
+
+def test_a_lockout_is_temporary_escalates_and_staff_can_lift_it_or_set_a_new_pin(runtime, world, client):
+    """13 (Low): five wrong PINs locked the link for ever on the previous code (anyone with
+    the link could lock the patient out). Now the pause grows (1, 5, 15 minutes...), ends
+    on its own, and the hospital can lift it or set a new PIN without reprinting."""
+    share = _create(runtime, world.study_uid)
+    token = share["token"]
+
+    def five_wrong():
+        for _ in range(5):
+            client.post(f"/f/{token}/unlock", data={"pin": _wrong_pin(share)}, headers=PHONE)
+
+    def expire_lock():
+        with runtime.db.scope() as session:
+            session.execute(update(Share).where(Share.id == share["id"]).values(locked_until=utcnow()))
+
+    five_wrong()
+    expire_lock()  # a minute later
+    assert client.get(f"/f/{token}", headers=PHONE).status_code == 200
+    five_wrong()
+    with runtime.db.scope(readonly=True) as session:
+        row = session.get(Share, share["id"])
+        assert row.lockouts == 2 and 295 <= (row.locked_until - row.locked_at).total_seconds() <= 300
+    staff = _bearer(world, "town-rad")
+    assert client.post(f"/api/shares/{share['id']}/unlock", headers=staff).status_code == 200
+    assert _unlock(client, share).status_code == 303
+    fresh = client.post(f"/api/shares/{share['id']}/pin", headers=staff).json()["pin"]
+    assert fresh != share["pin"] and len(fresh) == 6
+    assert _unlock(client, share).status_code == 403  # the old PIN is gone
+    assert client.post(f"/f/{token}/unlock", data={"pin": fresh}, headers=PHONE,
+                       follow_redirects=False).status_code == 303
+    assert [r.action for r in _audits_like(runtime, "film.share.")][-2:] == ["film.share.unlock",
+                                                                             "film.share.new_pin"]
+    assert client.post(f"/api/shares/{share['id']}/unlock", headers=_bearer(world, "other-rad")).status_code == 404
+    assert client.post(f"/api/shares/{share['id']}/pin", headers=_bearer(world, "other-rad")).status_code == 404
 
 
 def test_expired_and_revoked_links_are_gone_even_for_an_open_viewer(runtime, world, client):

@@ -1,4 +1,4 @@
-"""AE permissions and allowed networks; login lockout; keyed audit records
+"""AE permissions and allowed networks; login lockout; keyed audit records; film PIN lockouts
 
 Revision ID: 0006
 Revises: 0005
@@ -25,6 +25,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('allowed_networks', sa.Text(), nullable=False, server_default=''))
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
         batch_op.add_column(sa.Column('keyed', sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table('shares', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('locked_until', storage.types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('lockouts', sa.Integer(), nullable=False, server_default='0'))
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('failed_logins', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('locked_until', storage.types.UTCDateTime(timezone=True), nullable=True))
@@ -33,6 +36,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
         batch_op.drop_column('keyed')
+    with op.batch_alter_table('shares', schema=None) as batch_op:
+        batch_op.drop_column('lockouts')
+        batch_op.drop_column('locked_until')
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_column('locked_until')
         batch_op.drop_column('failed_logins')
