@@ -451,7 +451,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             report.pdf_url = f"/f/{token}/report.pdf"
         shares.record_access(session, share, "film.view", source=_source(request), user_agent=_agent(request),
                              images=study.images)
-        thumbs = {s.series_uid: (rt.store.url(s.thumbnail_key, SIGNED_URL_TTL) if s.thumbnail_key else None)
+        # Through /f/ (share and unlock checked on every request), never a signed object
+        # URL: a revoked link must stop showing thumbnails at once.
+        thumbs = {s.series_uid: (f"/f/{token}/th/{s.series_uid}.jpg" if s.thumbnail_key else None)
                   for s in study.series}
         data = {"base": f"/f/{token}", "widths": list(SCREEN_WIDTHS),
                 "series": [{"label": s.label, "items": s.items} for s in study.series]}
@@ -490,6 +492,23 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
             except StoreUnavailable:
                 log.warning("imaging.film_image.cache_failed key=%s", key)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/f/{token}/th/{series_uid}.jpg", include_in_schema=False)
+    def film_thumbnail(token: str, series_uid: str, request: Request, session: DbSession):
+        _limit(limits.images, request)
+        share = _image_access(request, session, token)
+        if isinstance(share, Response):
+            return share
+        series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid,
+                                                     Series.study_pk == share.study_pk))
+        if series is None or not series.thumbnail_key:
+            raise NotFound("no thumbnail / 无缩略图")
+        key = series.thumbnail_key
+        session.close()
+        shares.record_image_read(runtime(request).db, share, "film.thumbnail", instance_uid=series_uid,
+                                 source=_source(request))
+        return Response(runtime(request).store.get(key), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, no-store"})
 
     @router.get("/f/{token}/pv/{instance_id}.jpg", include_in_schema=False)
     def film_preview(token: str, instance_id: int, request: Request, session: DbSession):

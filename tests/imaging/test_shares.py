@@ -102,6 +102,16 @@ def _wrong_pin(share: dict) -> str:
     return "000000" if share["pin"] != "000000" else "111111"
 
 
+def httpx_get_without_cookie(client, path: str) -> int:
+    saved = list(client.cookies.jar)
+    client.cookies.clear()
+    try:
+        return client.get(path).status_code
+    finally:
+        for cookie in saved:  # with their paths (a path-less copy would shadow the others)
+            client.cookies.jar.set_cookie(cookie)
+
+
 def _audits_like(runtime, prefix: str) -> list[AuditRecord]:
     with runtime.db.scope(readonly=True) as session:
         return list(session.scalars(select(AuditRecord).where(AuditRecord.action.startswith(prefix))
@@ -261,9 +271,19 @@ def test_a_lockout_is_temporary_escalates_and_staff_can_lift_it_or_set_a_new_pin
 
 def test_expired_and_revoked_links_are_gone_even_for_an_open_viewer(runtime, world, client):
     expiring, revoked = _create(runtime, world.study_uid), _create(runtime, world.study_uid)
+    thumbnails = {}
+    client.cookies.clear()  # another test's hand-made cookie (path /) would shadow ours
     for share in (expiring, revoked):
         assert _unlock(client, share).status_code == 303
-        assert client.get(f"/f/{share['token']}/view", headers=PHONE).status_code == 200
+        view = client.get(f"/f/{share['token']}/view", headers=PHONE)
+        assert "film-series" in view.text  # the images page, not the PIN form again
+        assert view.status_code == 200
+        # 13 (Low): thumbnails were 15-minute signed /objects/ URLs that outlived a revoke.
+        found = re.findall(r'<img src="([^"]+)" alt="" width="72"', view.text)
+        assert found and all(url.startswith(f"/f/{share['token']}/th/") for url in found), found
+        thumbnails[share["id"]] = found[0]
+        assert client.get(found[0]).status_code == 200
+        assert httpx_get_without_cookie(client, found[0]) == 401
     with runtime.db.scope() as session:
         session.execute(update(Share).where(Share.id == expiring["id"]).values(expires_at=utcnow() - timedelta(1)))
         shares.revoke_share(session=session, principal=SYSTEM, share_id=revoked["id"])
@@ -275,6 +295,7 @@ def test_expired_and_revoked_links_are_gone_even_for_an_open_viewer(runtime, wor
             page = client.get(path, headers=PHONE)
             assert page.status_code == 410 and "链接已失效" in page.text, path
         assert client.get(f"/f/{token}/img/{instance_id}/0.jpg").status_code == 410
+        assert client.get(thumbnails[share["id"]]).status_code == 410
         assert _unlock(client, share).status_code == 410
     assert any(r.outcome == "denied" and r.detail.get("reason") == "gone" for r in _audits(runtime, "film.open"))
 
@@ -325,13 +346,12 @@ def test_public_endpoints_are_rate_limited(runtime, world, client):
 
 
 def test_signed_image_urls_are_refused_when_tampered_or_expired(runtime, world, client, backend):
-    """Series thumbnails on the patient page are time-limited object-store links: S3 presigned
-    (SeaweedFS checks the signature) or HMAC-signed filesystem links served by /objects."""
-    share = _create(runtime, world.study_uid)
-    assert _unlock(client, share).status_code == 303
-    view = client.get(f"/f/{share['token']}/view", headers=PHONE).text
-    urls = [u.replace("&amp;", "&") for u in re.findall(r'<img src="([^"]+)" alt="" width="72"', view)]
-    assert len(urls) == 1
+    """Staff downloads (film sheets) are time-limited object-store links: S3 presigned
+    (SeaweedFS checks the signature) or HMAC-signed filesystem links served by /objects.
+    (Patient thumbnails no longer are: they go through /f/, which checks the share.)"""
+    with runtime.db.scope(readonly=True) as session:
+        thumbnail = session.scalar(select(Series.thumbnail_key).where(Series.thumbnail_key.is_not(None)))
+    urls = [runtime.store.url(thumbnail, timedelta(minutes=5))]
 
     def fetch(url: str) -> httpx.Response:
         if backend == "servers":

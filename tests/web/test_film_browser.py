@@ -177,7 +177,7 @@ def test_the_images_open_on_a_phone_only_after_the_pin(site, phone):
     assert 0 < box["width"] <= 390 and box["y"] < 844          # sized for the screen, on the first screen
     assert phone.evaluate("document.getElementById('film-image').naturalWidth") == 256
     thumbnail = phone.locator(".film-series-item img")
-    assert thumbnail.count() == 1 and "/objects/derived/" in thumbnail.get_attribute("src")
+    assert thumbnail.count() == 1 and "/th/" in thumbnail.get_attribute("src")  # through /f/, checked per request
     phone.wait_for_function("() => document.querySelector('.film-series-item img').naturalWidth > 0")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390   # no sideways scrolling
 
