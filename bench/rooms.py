@@ -102,7 +102,15 @@ class RoomClient:
     async def open_socket(self):
         from websockets.asyncio.client import connect
 
-        url = self.base_url.replace("http", "ws", 1) + f"/ws/rooms/{self.consult_id}?token={quote(self.token)}"
+        import httpx
+
+        # A single-use ticket: the API token itself never goes into a URL.
+        async with httpx.AsyncClient(timeout=30) as http:
+            answer = await http.post(f"{self.base_url}/api/rooms/{self.consult_id}/ticket",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        answer.raise_for_status()
+        ticket = answer.json()["ticket"]
+        url = self.base_url.replace("http", "ws", 1) + f"/ws/rooms/{self.consult_id}?ticket={quote(ticket)}"
         self.ws = await connect(url, max_size=2 ** 22)
         self._answer: asyncio.Future = asyncio.get_running_loop().create_future()
         self._reader = asyncio.ensure_future(self._read())

@@ -99,13 +99,22 @@ def client_address(request: Request) -> str:
 
 
 def room_user(connection, session: Session) -> User | None:
-    """The user of a room WebSocket (or page): the session cookie, else a `token` query parameter
-    (an API token: aiortc clients and tools cannot set cookies). None when neither is valid."""
-    for kind, secret in (("session", connection.cookies.get(SESSION_COOKIE)),
-                         ("api", connection.query_params.get("token"))):
-        if secret:
-            try:
-                return service.user_for_token(session=session, secret=secret, kind=kind)
-            except NotAuthenticated:
-                return None
-    return None
+    """The user of a room WebSocket (or page): the session cookie, else a single-use `ticket`
+    query parameter (POST /api/rooms/{id}/ticket; aiortc clients and tools cannot set
+    cookies). API tokens are not accepted in URLs. None when neither is valid."""
+    cookie = connection.cookies.get(SESSION_COOKIE)
+    if cookie:
+        try:
+            return service.user_for_token(session=session, secret=cookie, kind="session")
+        except NotAuthenticated:
+            return None
+    ticket = connection.query_params.get("ticket")
+    if not ticket:
+        return None
+    try:
+        user = service.user_for_token(session=session, secret=ticket, kind="ticket")
+    except NotAuthenticated:
+        return None
+    with connection.app.state.runtime.db.scope() as spending:  # used once: gone before the join
+        service.revoke_token(session=spending, secret=ticket)
+    return user
