@@ -231,8 +231,10 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     def list_shares(study_uid: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         """The study's links, newest first, with their state."""
         store = runtime(request).store
-        return [_share_out(s, store) for s in shares.list_shares(session=session, principal=principal,
-                                                                  study_uid=study_uid)]
+        listed = [_share_out(s, store) for s in shares.list_shares(session=session, principal=principal,
+                                                                    study_uid=study_uid)]
+        _audit_staff_read(request, principal, "film.share.list", study_uid)
+        return listed
 
     @router.delete("/api/shares/{share_id}", response_model=ShareOut)
     def revoke_share(share_id: int, request: Request, session: WriteSession, principal: CurrentPrincipal):
@@ -254,6 +256,10 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         pin = shares.new_pin(session=session, principal=principal, share_id=share_id,
                              secret_key=runtime(request).settings.effective_secret_key, source=_source(request))
         return {"id": share_id, "pin": pin}
+
+    def _audit_staff_read(request: Request, principal: Principal, action: str, study_uid: str) -> None:
+        audit.record_read(runtime(request).db, principal=principal, action=action, object_type="study",
+                          object_id=study_uid, source=_source(request))
 
     def _film_response(request: Request, session: Session, principal: Principal, share: Share):
         rt = runtime(request)
@@ -316,7 +322,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
     @router.get("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
     def manage_page(study_uid: str, request: Request, session: DbSession, principal: CurrentPrincipal):
         shares.require_sharer(session, principal, study_uid)
-        return _manage_page(request, session, principal, study_uid)
+        page = _manage_page(request, session, principal, study_uid)
+        _audit_staff_read(request, principal, "film.share.page", study_uid)
+        return page
 
     @router.post("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
     def manage_create(study_uid: str, request: Request, session: WriteSession, principal: CurrentPrincipal,
