@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_instance_bytes: int = 1024 ** 3
     max_inflated_bytes: int = 256 * 1024 ** 2
 
+    # Web viewers on other origins allowed to call DICOMweb and the study API with bearer
+    # tokens (comma-separated origins, e.g. https://viewer.example.cn). Cookies never
+    # authenticate a cross-origin request.
+    cors_origins: str = ""
+
     # Reverse proxies whose X-Forwarded-For/-Proto are believed (comma-separated addresses or
     # CIDR networks). Empty: none, the client address is the peer's (never spoofable).
     trusted_proxies: str = ""

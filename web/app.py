@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -60,6 +61,15 @@ def install_csrf(app: FastAPI, settings: Settings) -> None:
     app.state.templates.env.globals.update(csrf_token=token, csrf_field=field)
     app.add_middleware(csrf.CsrfMiddleware, secret_key=lambda: settings.effective_secret_key,
                        public_url=settings.effective_public_url, exempt_prefixes=("/docs", "/redoc"))
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        # Outermost: answers preflights. Bearer tokens only: no Allow-Credentials, and
+        # web/deps.credentials ignores the cookie of a cross-origin request.
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "Accept", "Content-Type"],
+                           expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning"],
+                           max_age=600)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -53,7 +53,18 @@ def credentials(request: Request) -> tuple[str, str] | None:
             raise NotAuthenticated("use 'Authorization: Bearer <token>'")
         return "api", token.strip()
     cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and _cross_origin(request):
+        return None  # a cookie never authenticates another origin's request (bearer tokens only)
     return ("session", cookie) if cookie else None
+
+
+def _cross_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return False
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+    public = getattr(get_runtime(request).settings, "effective_public_url", "").lower()
+    return origin.lower() not in (own, public)
 
 
 def optional_user(request: Request, session: DbSession) -> User | None:

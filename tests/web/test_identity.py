@@ -173,6 +173,9 @@ def test_cookie_requests_need_the_token_and_our_origin_bearer_calls_do_not(app_c
     assert elsewhere.status_code == 403 and "跨站" in elsewhere.json()["detail"]
     same = app_client.post("/api/me/notifications/1/read", headers={"X-CSRF-Token": token})
     assert same.status_code != 403
+    # 14.7: a cookie never authenticates another origin's request, not even a read.
+    assert app_client.get("/api/me", headers={"Origin": "http://127.0.0.1:9999"}).status_code == 401
+    assert app_client.get("/api/me").status_code == 200
     bearer = httpx_client_without_cookies(app_client).post(
         "/api/me/notifications/1/read", headers={"Authorization": f"Bearer {alice}", "Origin": "http://x.example"})
     assert bearer.status_code != 403
