@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, Association, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, Association, evt, register_uid
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -598,6 +600,23 @@ def preferred_transfer_syntaxes() -> list[str]:
 QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 QR_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+
+
+def register_retired_storage_classes() -> list[str]:
+    """Give every storage SOP class we accept a Storage service (pynetdicom's public
+    register_uid). pynetdicom negotiates the retired ones (old ultrasound 1.2.840.10008.
+    5.1.4.1.1.6 and .3.1, nuclear medicine .5, ...) but maps them to no service, and a
+    C-STORE of one then aborted the association, losing every later file on it. Idempotent."""
+    added = []
+    for context in StoragePresentationContexts:
+        uid = context.abstract_syntax
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, "LancangStorage_" + uid.replace(".", "_"), StorageServiceClass)
+            added.append(uid)
+    return added
+
+
+RETIRED_STORAGE_CLASSES = register_retired_storage_classes()
 
 
 def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | None = None) -> RegistryAE:

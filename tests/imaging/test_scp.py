@@ -428,3 +428,17 @@ def test_rejected_associations_are_audited_once_per_source_and_interval(node):
         records = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.associate")
                                   .order_by(AuditRecord.seq)).all()
     assert [r.detail["earlier_rejections"] for r in records] == [0, 5]
+
+
+def test_a_retired_storage_class_is_stored_and_the_association_goes_on(node, tmp_path):
+    """14.2: retired US (1.2.840.10008.5.1.4.1.1.6), sent first on an association by an old
+    ultrasound machine, aborted the association on the previous code, losing the ten files
+    after it. Now all eleven are stored."""
+    from tests.imaging.scu import send_files
+
+    study = generate_uid()
+    retired = ct_instance(study_uid=study, sop_class="1.2.840.10008.5.1.4.1.1.6", modality="US")
+    normal = [ct_instance(study_uid=study, instance_number=n, seed=n) for n in range(2, 12)]
+    statuses = send_files(node.port, write_files(tmp_path, [retired, *normal]))
+    assert statuses == [0] * 11
+    assert _count(node.runtime, Instance) == 11
