@@ -22,6 +22,7 @@ from consult.notify import notify
 from consult.reportpdf import ReportContent, build_report_pdf
 from consult.service import _require, get, transition
 from imaging.models import Series, Study
+from imaging.query import shown_patient_id
 from storage import audit
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import User
@@ -148,7 +149,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
         institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
         patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,
         patient_sex=study.patient.sex, patient_age=_age(study.patient.birth_date, study.study_date),
-        patient_id=study.patient.patient_id, modality=(series.modality if series else "") or template.modality,
+        patient_id=shown_patient_id(study.patient.patient_id), modality=(series.modality if series else "") or template.modality,
         body_part=(series.body_part if series else "") or template.body_part, exam_date=study.study_date,
         accession_number=study.accession_number, clinical_question=consult.clinical_question,
         findings=findings, impression=content["impression"], recommendation=content["recommendation"],

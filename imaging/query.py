@@ -369,12 +369,24 @@ def run_columns(session: Session, scope: Scope, q: Query, extra: dict[str, Any] 
     statement = _statement(session, q, _base_columns(q.level, columns), scope)
     rows = session.connection().execute(statement, scope.bound_values()).all()
     out = [dict(zip(labels, row)) for row in rows]
+    if "PatientID" in labels:
+        for row in out:
+            row["PatientID"] = shown_patient_id(row["PatientID"])
     if counts:
         for row in out:
             for keyword in counts:
                 row[keyword] = _patient_count(session, row["_patient_pk"], keyword)
             del row["_patient_pk"]
     return out
+
+
+# Instances without a PatientID are indexed under "~<StudyInstanceUID>" (nothing says two
+# such studies are one person); that key is ours and never shown.
+INTERNAL_PATIENT_PREFIX = "~"
+
+
+def shown_patient_id(value: str | None) -> str:
+    return "" if not value or value.startswith(INTERNAL_PATIENT_PREFIX) else value
 
 
 def _values(session: Session, q: Query, row) -> dict[str, Any]:
@@ -392,6 +404,8 @@ def _values(session: Session, q: Query, row) -> dict[str, Any]:
         if entity is None:
             continue
         out[keyword] = getattr(entity, attr.column.key)
+    if "PatientID" in out:
+        out["PatientID"] = shown_patient_id(out["PatientID"])
     out["_entities"] = entities
     return out
 

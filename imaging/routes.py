@@ -77,7 +77,8 @@ def _study(session: Session, row: dict) -> StudyOut:
     study, patient = row["_entities"]["Study"], row["_entities"]["Patient"]
     institution = session.get(Institution, study.institution_id)
     return StudyOut(
-        study_instance_uid=study.study_instance_uid, patient_name=patient.name, patient_id=patient.patient_id,
+        study_instance_uid=study.study_instance_uid, patient_name=patient.name,
+        patient_id=query.shown_patient_id(patient.patient_id),
         patient_sex=patient.sex, patient_birth_date=patient.birth_date, study_date=study.study_date,
         study_time=study.study_time, accession_number=study.accession_number, description=study.description,
         modalities=study.modalities, num_series=study.num_series, num_instances=study.num_instances,

@@ -442,3 +442,12 @@ def test_a_retired_storage_class_is_stored_and_the_association_goes_on(node, tmp
     statuses = send_files(node.port, write_files(tmp_path, [retired, *normal]))
     assert statuses == [0] * 11
     assert _count(node.runtime, Instance) == 11
+
+
+def test_an_instance_without_patient_id_answers_an_empty_one(node, tmp_path):
+    """14.4: the internal key "~<StudyInstanceUID>" showed in C-FIND answers."""
+    study = generate_uid()
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+          *write_files(tmp_path, [ct_instance(study_uid=study, patient_id="")]))
+    answers = find(node, "STUDY", f"StudyInstanceUID={study}", "PatientID", "PatientName")
+    assert len(answers) == 1 and not answers[0].get("PatientID") and "~" not in str(answers)
