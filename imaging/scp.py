@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, Association, evt, register_uid
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -205,8 +206,8 @@ class Receiver:
             return self._store_failed(entry, exc.status, exc.reason)
         try:
             ds = event.dataset
-            ds.file_meta = event.file_meta
-            data = event.encoded_dataset(include_meta=True)
+            ds.file_meta = stored_file_meta(event.file_meta, calling)
+            data = part10_bytes(ds.file_meta, event.request.DataSet.getvalue())
         except Exception as exc:
             entry.failed += 1
             return _status(0xC210, f"cannot decode the data set: {exc}"[:64])
@@ -600,6 +601,30 @@ def preferred_transfer_syntaxes() -> list[str]:
 QR_FIND = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 QR_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+
+
+# Lancang's own Implementation Class UID (PS3.7 D.3.3.2, a 2.25 UUID-derived UID made once)
+# and version name: the File Meta of every file we write says who wrote it.
+IMPLEMENTATION_CLASS_UID = "2.25.91167568698191486718451336226070684935"
+IMPLEMENTATION_VERSION_NAME = "LANCANG_0_1"
+
+
+def stored_file_meta(meta: FileMetaDataset, calling_ae: str) -> FileMetaDataset:
+    """The File Meta of a received instance as we store it: our implementation, the sender's
+    AE title as Source Application Entity Title (PS3.10 7.1)."""
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = calling_ae[:16]
+    return meta
+
+
+def part10_bytes(meta: FileMetaDataset, encoded_dataset: bytes) -> bytes:
+    """Preamble, DICM, File Meta and the data set bytes exactly as received."""
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    out.write(encoded_dataset)
+    return out.getvalue()
 
 
 def register_retired_storage_classes() -> list[str]:

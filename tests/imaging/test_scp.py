@@ -451,3 +451,20 @@ def test_an_instance_without_patient_id_answers_an_empty_one(node, tmp_path):
           *write_files(tmp_path, [ct_instance(study_uid=study, patient_id="")]))
     answers = find(node, "STUDY", f"StudyInstanceUID={study}", "PatientID", "PatientName")
     assert len(answers) == 1 and not answers[0].get("PatientID") and "~" not in str(answers)
+
+
+def test_stored_files_name_their_sender_and_lancang(node, tmp_path):
+    """14.4: Part 10 headers kept pynetdicom's implementation and no Source AE."""
+    from imaging.scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    sent = ct_instance(study_uid=generate_uid())
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path, [sent]))
+    with node.runtime.db.scope(readonly=True) as session:
+        key = session.scalar(select(Instance.object_key))
+    stored = dcmread(__import__("io").BytesIO(node.runtime.store.get(key)))
+    meta = stored.file_meta
+    assert meta.SourceApplicationEntityTitle == "MOD1"
+    assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (IMPLEMENTATION_CLASS_UID,
+                                                                            IMPLEMENTATION_VERSION_NAME)
+    original = dcmread(__import__("io").BytesIO(sent))
+    assert stored.PixelData == original.PixelData and stored.PatientName == original.PatientName
