@@ -41,7 +41,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import handlers, query
-from imaging.dataset import InvalidInstance
+from imaging.dataset import InvalidInstance, clean_text
 from imaging.limits import DEFLATED, Limits, check_inflated
 from imaging.service import Ingestor
 from lancang.settings import Settings
@@ -490,7 +490,9 @@ def identifier_keys(identifier: Dataset) -> dict[str, str]:
         elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
             keys[keyword] = "\\".join(str(v) for v in value)
         else:
-            keys[keyword] = str(value)
+            # Decoded as instances are (imaging.dataset.clean_text): ISO 2022 escape
+            # sequences left in the text would never match (0 hits for \x1b$)A张*).
+            keys[keyword] = clean_text(str(value))
     return keys
 
 

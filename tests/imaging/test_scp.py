@@ -468,3 +468,29 @@ def test_stored_files_name_their_sender_and_lancang(node, tmp_path):
                                                                             IMPLEMENTATION_VERSION_NAME)
     original = dcmread(__import__("io").BytesIO(sent))
     assert stored.PixelData == original.PixelData and stored.PatientName == original.PatientName
+
+
+def test_c_find_decodes_an_iso_2022_ir_58_identifier(node, tmp_path):
+    """14.6: `\\ISO 2022 IR 58` identifiers kept the escape sequence in the value (0 hits)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE as ScuAE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    study = generate_uid()
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
+          *write_files(tmp_path, [ct_instance(study_uid=study, patient_name="张^秀英")]))
+    identifier = Dataset()
+    identifier.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier[0x00100010] = DataElement(0x00100010, "PN", b"\x1b$)A" + "张".encode("gb2312") + b"*")
+    identifier.StudyInstanceUID = ""
+    ae = ScuAE(ae_title="FINDER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="LANCANG")
+    try:
+        found = [ds.StudyInstanceUID for status, ds in assoc.send_c_find(identifier,
+                 StudyRootQueryRetrieveInformationModelFind) if status and status.Status == 0xFF00]
+    finally:
+        assoc.release()
+    assert found == [study]
