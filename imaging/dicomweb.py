@@ -98,6 +98,7 @@ REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
 REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE, FAILURE_REASON = "00081150", "00081155", "00081197"
 OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE, NOT_AUTHORIZED = 0x0110, 0x0111, 0x0124
+WARNING_REASON, COERCED = "00081196", 0xB000  # PS3.4: "Coercion of Data Elements"
 
 
 
@@ -804,6 +805,7 @@ class StowOutcome:
     counts: dict[str, int] = field(default_factory=lambda: {"stored": 0, "already": 0, "replaced": 0})
     studies: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
+    replacements: list[dict] = field(default_factory=list)  # corrected re-sends and what changed
 
     def fail(self, sop_class: str, sop_uid: str, reason: int, why: str) -> None:
         item = {}
@@ -940,11 +942,16 @@ class StowContext:
         self.outcome.studies.add(result.study_instance_uid)
         url = instance_url(self.base, result.study_instance_uid, result.series_instance_uid,
                            result.sop_instance_uid)
-        self.outcome.referenced.append({
+        item = {
             REFERENCED_SOP_CLASS: {"vr": "UI", "Value": [result.sop_class_uid]},
             REFERENCED_SOP_INSTANCE: {"vr": "UI", "Value": [result.sop_instance_uid]},
             RETRIEVE_URL: {"vr": "UR", "Value": [url]},
-        })
+        }
+        if result.outcome == "replaced":
+            # A corrected re-send replaced the stored version; its values now feed the index.
+            item[WARNING_REASON] = {"vr": "US", "Value": [COERCED]}
+            self.outcome.replacements.append({"sop": result.sop_instance_uid, "changes": result.changes})
+        self.outcome.referenced.append(dict(sorted(item.items())))
 
 
 class SpooledBody:
@@ -1129,11 +1136,16 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
         _audit(request, principal, "dicomweb.store", object_type="study",
                object_id=",".join(sorted(outcome.studies)) or (study or ""),
                outcome="ok" if not outcome.failed else "failed",
-               detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures},
+               detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures,
+                       "replacements": outcome.replacements[:50]},
                change=True)
         log.info("dicomweb.store.done user=%s stored=%s failed=%s", principal.name,
                  len(outcome.referenced), len(outcome.failed))
-        return _json_response(stow_response(outcome, base, study), offer, outcome.status)
+        headers = None
+        if outcome.replacements:  # tell the uploader, in the header too (ASCII: JSON-escaped)
+            summary = json.dumps(outcome.replacements[:5], separators=(",", ":"))[:900].replace('"', "'")
+            headers = {"Warning": f'299 lancang "replaced {len(outcome.replacements)} instance(s): {summary}"'}
+        return _json_response(stow_response(outcome, base, study), offer, outcome.status, headers=headers)
 
     @router.post("/studies")
     async def store_instances(request: Request, principal: CurrentPrincipal) -> Response:

@@ -26,7 +26,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -72,6 +72,7 @@ class IngestResult:
     study_instance_uid: str
     object_key: str
     series_pk: int
+    changes: dict = field(default_factory=dict)  # a replacement's index corrections {field: [old, new]}
 
 
 def parse_part10(data: bytes) -> Dataset:
@@ -217,7 +218,7 @@ class Ingestor:
         ).first()
         if existing is not None and existing.series_pk != series_pk:
             self._refuse_move(conn, record, existing.series_pk, institution_id)
-        outcome = "stored"
+        outcome, changes = "stored", {}
         values = dict(
             series_pk=series_pk, sop_class_uid=record.sop_class_uid, instance_number=record.instance_number,
             transfer_syntax_uid=transfer_syntax, object_key=key, size=size, sha256=sha256,
@@ -237,13 +238,55 @@ class Ingestor:
                                            sha256=existing.sha256, size=existing.size, replaced_by=source[:200]))
             conn.execute(update(Instance.__table__).where(Instance.id == existing.id).values(**values))
             conn.execute(TOUCH_SERIES, {"pk": series_pk, "now": now})
+            changes = self._correct_index(conn, record, study_pk, series_pk, institution_id)
             audit.append(session, principal=None, actor=source or "system", action="dicom.instance.replaced",
                          object_type="instance", object_id=record.sop_uid,
-                         detail={"old_sha256": existing.sha256, "new_sha256": sha256, "old_key": existing.object_key})
+                         detail={"old_sha256": existing.sha256, "new_sha256": sha256, "old_key": existing.object_key,
+                                 "changes": changes})
         if new_series:
             self._refresh_study_series(conn, study_pk)
         return IngestResult(outcome, record.sop_uid, record.sop_class_uid, record.series_uid,
-                            record.study_uid, key, series_pk)
+                            record.study_uid, key, series_pk, changes if outcome == "replaced" else {})
+
+    # The index levels a corrected re-send feeds: {level: (table, pk column, {field: record attr})}.
+    _CORRECTABLE = {
+        "study": (Study, {"study_date": "study_date", "study_time": "study_time",
+                          "accession_number": "accession_number", "study_id": "study_id",
+                          "description": "study_description", "referring_physician": "referring_physician"}),
+        "series": (Series, {"modality": "modality", "series_number": "series_number",
+                            "description": "series_description", "body_part": "body_part"}),
+    }
+
+    def _correct_index(self, conn, record: IndexRecord, study_pk: int, series_pk: int,
+                       institution_id: int) -> dict:
+        """A replaced instance carries the newest values: every index level it feeds takes
+        them (newest wins, also for the patient identity of its study). Returns
+        {field: [old, new]} for the audit record and the uploader."""
+        changes: dict = {}
+        study = conn.execute(select(Study.__table__).where(Study.id == study_pk)).one()
+        patient = conn.execute(select(Patient.__table__).where(Patient.id == study.patient_pk)).one()
+        newest_patient = self._patient_pk(conn, record, institution_id)
+        if newest_patient != study.patient_pk:
+            conn.execute(update(Study.__table__).where(Study.id == study_pk).values(patient_pk=newest_patient))
+        for name, new in (("patient_id", record.patient_id), ("patient_name", record.patient_name.full),
+                          ("birth_date", record.birth_date), ("sex", record.sex)):
+            old = patient.name if name == "patient_name" else getattr(patient, name)
+            if (old or "") != (new or "") and not (name == "patient_id" and old.startswith("~") and not new):
+                changes[name] = [old, new]
+        if newest_patient == study.patient_pk and ("birth_date" in changes or "sex" in changes):
+            conn.execute(update(Patient.__table__).where(Patient.id == newest_patient)
+                         .values(birth_date=record.birth_date, sex=record.sex))
+        for level, (model, fields) in self._CORRECTABLE.items():
+            pk = study_pk if level == "study" else series_pk
+            row = study if level == "study" else conn.execute(select(Series.__table__).where(Series.id == pk)).one()
+            wanted = {column: getattr(record, attr) for column, attr in fields.items()}
+            differing = {c: v for c, v in wanted.items() if getattr(row, c) != v and not (v in ("", None))}
+            if differing:
+                conn.execute(update(model.__table__).where(model.id == pk).values(**differing))
+                changes.update({f"{level}.{c}": [getattr(row, c), v] for c, v in differing.items()})
+        if any(k.startswith("series.modality") for k in changes):
+            self._refresh_study_series(conn, study_pk)
+        return changes
 
     @staticmethod
     def _refuse_move(conn, record: IndexRecord, owner_series_pk: int, institution_id: int) -> None:

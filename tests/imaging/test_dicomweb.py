@@ -548,6 +548,41 @@ def test_retrieve_never_cuts_a_200_short(world):
     assert syntaxes == sorted([str(broken.file_meta.TransferSyntaxUID), EVRLE])
 
 
+def test_a_corrected_resend_reaches_every_index_level(world):
+    """14.5: re-sending an instance with a corrected PatientName, date and series
+    description stored the new version but C-FIND/QIDO kept the old values. Newest wins,
+    the uploader is told (WarningReason 0xB000 and a Warning header), the audit names old
+    and new values."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    first = ct_instance(study_uid=study, series_uid=series, sop_uid=sop, patient_name="赵^甲",
+                        patient_id="P-FIX", study_date="20260101", seed=1)
+    assert _stow(world, [first]).status_code == 200
+    corrected = dcmread(io.BytesIO(ct_instance(study_uid=study, series_uid=series, sop_uid=sop,
+                                               patient_name="钱^乙", patient_id="P-FIX", study_date="20260102",
+                                               seed=1)))
+    corrected.SeriesDescription = "更正 corrected"
+    out = io.BytesIO()
+    corrected.save_as(out, enforce_file_format=True)
+    answer = _stow(world, [out.getvalue()])
+    assert answer.status_code == 200 and "replaced 1" in answer.headers["warning"]
+    item = answer.json()["00081199"]["Value"][0]
+    assert item["00081196"]["Value"] == [0xB000]
+    with world.http() as http:
+        by_new = http.get("/studies", params={"PatientName": "钱*"}).json()
+        assert study in {r["0020000D"]["Value"][0] for r in by_new}
+        by_old = http.get("/studies", params={"PatientName": "赵^甲"}).json()
+        assert study not in {r["0020000D"]["Value"][0] for r in by_old}
+        dated = http.get("/studies", params={"StudyDate": "20260102", "StudyInstanceUID": study}).json()
+        assert len(dated) == 1
+        described = http.get(f"/studies/{study}/series", params={"SeriesDescription": "更正*"}).json()
+        assert len(described) == 1
+    with world.runtime.db.scope(readonly=True) as session:
+        record = session.scalars(select(AuditRecord).where(AuditRecord.action == "dicom.instance.replaced",
+                                                           AuditRecord.object_id == sop)).one()
+    assert record.detail["changes"]["patient_name"] == ["赵^甲", "钱^乙"]
+    assert record.detail["changes"]["study.study_date"] == ["20260101", "20260102"]
+
+
 # -- negotiation over HTTP --------------------------------------------------------------
 
 
