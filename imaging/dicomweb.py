@@ -132,10 +132,11 @@ def parse_frame_numbers(text: str) -> list[int]:
 
 
 def base_url(request: Request) -> str:
-    """The absolute URL of the service, as clients must use it (public URL when configured)."""
-    public = request.app.state.runtime.settings.public_url
-    root = public.rstrip("/") if public else str(request.base_url).rstrip("/")
-    return root + PREFIX
+    """The absolute URL of the service, as clients must use it: the configured public URL,
+    whose default (http://LANCANG_BIND_HOST:LANCANG_HTTP_PORT) includes the port. Never the
+    request's Host header: dicomweb-client sends "Host: 127.0.0.1" without the port, and
+    every BulkDataURI then pointed at port 80."""
+    return request.app.state.runtime.settings.effective_public_url + PREFIX
 
 
 def study_url(base: str, study: str) -> str:

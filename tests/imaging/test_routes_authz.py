@@ -130,3 +130,16 @@ def test_who_may_upload(client, world, role):
     assert answer.status_code == (200 if allowed else 403), answer.text
     page = client.get("/upload", headers={"Authorization": f"Bearer {tokens[('TOWN', role)]}"})
     assert page.status_code == (200 if allowed else 403)
+
+
+def test_urls_in_answers_come_from_the_public_url_not_the_host_header(runtime, world):
+    """14.8: with LANCANG_PUBLIC_URL unset, a Host header without the port made every
+    BulkDataURI/RetrieveURL point at port 80 (fails on the previous code)."""
+    tokens, studies = world
+    settings = runtime.settings.model_copy(update={"public_url": "", "bind_host": "127.0.0.1", "http_port": 8123})
+    with TestClient(create_app(settings)) as client:
+        answer = client.get(f"/dicom-web/studies/{studies['TOWN']}/metadata", headers={
+            "Authorization": f"Bearer {tokens[('TOWN', 'radiographer')]}", "Host": "127.0.0.1"})
+    assert answer.status_code == 200
+    uris = [v["BulkDataURI"] for item in answer.json() for v in item.values() if "BulkDataURI" in v]
+    assert uris and all(u.startswith("http://127.0.0.1:8123/dicom-web/") for u in uris), uris
