@@ -134,7 +134,7 @@ class Ingestor:
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-write")
         self._cache_lock = threading.Lock()
         self._studies = _Lru(2048)   # study uid -> (study pk, institution id)
-        self._series = _Lru(4096)    # series uid -> series pk
+        self._series = _Lru(4096)    # series uid -> (series pk, study pk)
 
     def close(self) -> None:
         self._writers.shutdown(wait=True)
@@ -350,8 +350,10 @@ class Ingestor:
     def _series_pk(self, conn, record: IndexRecord, study_pk: int, institution_id: int, learned: dict) -> tuple[int, bool]:
         with self._cache_lock:
             cached = self._series.get(record.series_uid)
-        if cached is not None:
-            return cached, False
+        if cached is not None and cached[1] == study_pk:
+            return cached[0], False
+        # Not cached, or cached under another study: look again, so the ownership check
+        # below runs (a cache hit must never skip it).
         found = conn.execute(select(Series.id, Series.study_pk)
                              .where(Series.series_instance_uid == record.series_uid)).first()
         created = False
@@ -372,7 +374,7 @@ class Ingestor:
                 f"series {record.series_uid} already belongs to another study",
                 _conflict_status(owner.institution_id, institution_id),
                 {"owner_institution_id": owner.institution_id, "owner_study_uid": owner.study_instance_uid})
-        learned["series"] = (self._series, record.series_uid, found.id)
+        learned["series"] = (self._series, record.series_uid, (found.id, found.study_pk))
         return found.id, created
 
     @staticmethod
