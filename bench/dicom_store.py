@@ -383,7 +383,7 @@ class Lancang:
         env = self.env(workdir, port, processes)
         self._cli(env, workdir, "institution", "add", CALLING_AET, "--name", "基准",
                   "--level", "township")
-        self._cli(env, workdir, "ae", "add", CALLING_AET, "--institution", CALLING_AET)
+        self._cli(env, workdir, "ae", "add", CALLING_AET, "--institution", CALLING_AET, "--can", "store,query")
         log_path = workdir / "dicom.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen([self.python, "-m", "lancang.cli", "dicom"], env=env,

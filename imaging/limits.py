@@ -63,16 +63,17 @@ def check_instance(data, *, max_instance: int, max_inflated: int) -> None:
         raise InvalidInstance(f"the instance is {len(data) // (1 << 20)} MiB, more than the "
                               f"{max_instance // (1 << 20)} MiB allowed (LANCANG_MAX_INSTANCE_BYTES) / 文件过大",
                               OUT_OF_RESOURCES)
-    start = _deflated_data_set_offset(data)
-    if start is not None:
+    start, syntax = data_set_offset(data)
+    if syntax == DEFLATED:
         check_inflated(memoryview(data)[start:], max_inflated)
 
 
-def _deflated_data_set_offset(data) -> int | None:
-    """Where the data set starts when the file meta says Deflated Explicit VR LE, else None.
-    File meta is always explicit VR little endian (PS3.10 7.1)."""
+def data_set_offset(data) -> tuple[int, str]:
+    """Where the data set of a Part 10 file starts, and the transfer syntax its File Meta
+    names; (0, "") when there is no Part 10 header. File Meta is always explicit VR little
+    endian (PS3.10 7.1)."""
     if bytes(data[128:132]) != b"DICM":
-        return None
+        return 0, ""
     position, end, syntax = 132, len(data), ""
     while position + 8 <= end:
         group, element = struct.unpack_from("<HH", data, position)
@@ -88,4 +89,4 @@ def _deflated_data_set_offset(data) -> int | None:
         if element == 0x0010:
             syntax = bytes(data[position + header:position + header + length]).rstrip(b"\x00 ").decode("ascii", "replace")
         position += header + length
-    return position if syntax == DEFLATED else None
+    return position, syntax

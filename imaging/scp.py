@@ -40,9 +40,9 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from imaging import handlers, query
+from imaging import handlers, netshim, query
 from imaging.dataset import InvalidInstance, clean_text
-from imaging.limits import DEFLATED, Limits, check_inflated
+from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
 from lancang.settings import Settings
 from storage import access, audit
@@ -53,6 +53,7 @@ from storage.service import address_allowed, find_enabled_node
 log = logging.getLogger("lancang.dicom")
 
 REGISTRY_TTL_S = 2.0
+SPOOL_SWEEP_INTERVAL_S = 60.0
 NO_AE = "\x00no-registered-ae"  # matches no calling AE: an empty list would mean "accept all"
 UTF8 = "ISO_IR 192"
 
@@ -130,6 +131,7 @@ class Receiver:
         self._rejections: dict[tuple[str, str], list] = {}
         self._lock = threading.Lock()
         self._logs: dict[int, _AssociationLog] = {}
+        self._swept = 0.0
 
     # -- registry -----------------------------------------------------------------------
 
@@ -201,13 +203,9 @@ class Receiver:
         if not self.permitted(calling, "store"):
             return self._store_failed(entry, 0x0124, f"{calling} may not store (lancang ae set --can)")
         try:
-            self._bounded(event)
+            data, ds = self._received(event, calling)
         except InvalidInstance as exc:
             return self._store_failed(entry, exc.status, exc.reason)
-        try:
-            ds = event.dataset
-            ds.file_meta = stored_file_meta(event.file_meta, calling)
-            data = part10_bytes(ds.file_meta, event.request.DataSet.getvalue())
         except Exception as exc:
             entry.failed += 1
             return _status(0xC210, f"cannot decode the data set: {exc}"[:64])
@@ -228,15 +226,27 @@ class Receiver:
         entry.studies.add(result.study_instance_uid)
         return 0x0000
 
-    def _bounded(self, event) -> None:
-        """Refuse an oversized or inflating instance before pynetdicom decodes it (decoding a
-        deflated data set inflates all of it in memory)."""
-        raw = event.request.DataSet.getbuffer()
-        if len(raw) > self.limits.max_instance:
+    def _received(self, event, calling: str) -> tuple[bytes, Dataset]:
+        """The instance as we store it (Part 10 bytes: our File Meta, the data set exactly as
+        received) and decoded. The size and inflation are checked on the spool file before
+        anything reads it, so an oversized instance never enters memory (imaging/netshim.py)."""
+        spooled = _spool_path(event)
+        if spooled is None:  # pynetdicom gathered the data set in memory (no spool configured)
+            received = part10_bytes(event.file_meta, event.request.DataSet.getbuffer())
+        else:
+            received = self._read_bounded(spooled)
+        check_instance(received, max_instance=self.limits.max_instance, max_inflated=self.limits.max_inflated)
+        ds = dcmread(io.BytesIO(received))
+        offset, _ = data_set_offset(received)
+        ds.file_meta = stored_file_meta(ds.file_meta, calling)
+        return part10_bytes(ds.file_meta, memoryview(received)[offset:]), ds
+
+    def _read_bounded(self, path) -> bytes:
+        if os.stat(path).st_size > self.limits.max_instance:
             raise InvalidInstance(f"the instance is larger than {self.limits.max_instance // (1 << 20)} MiB "
-                                  "(LANCANG_MAX_INSTANCE_BYTES)", 0xA700)
-        if event.context.transfer_syntax == DEFLATED:
-            check_inflated(raw, self.limits.max_inflated)
+                                  "(LANCANG_MAX_INSTANCE_BYTES) / 文件过大", 0xA700)
+        with open(path, "rb") as handle:
+            return handle.read()
 
     @staticmethod
     def _store_failed(entry: _AssociationLog, status: int, reason: str):
@@ -414,7 +424,18 @@ class Receiver:
                              "reason": "calling AE not registered/enabled, not allowed from this address, "
                                        "or wrong called AE"})
 
+    def sweep_spool(self, *, force: bool = False) -> None:
+        """Remove data sets left in the spool by associations that broke mid-transfer, at
+        most once a minute (a file in use is written at least every network timeout)."""
+        now = time.monotonic()
+        if not force and now - self._swept < SPOOL_SWEEP_INTERVAL_S:
+            return
+        self._swept = now
+        idle = 2 * max(self.settings.dicom_network_timeout or 0, self.settings.dicom_dimse_timeout or 0) + 60
+        netshim.sweep(spool_directory(self.settings), idle)
+
     def association_closed(self, event) -> None:
+        self.sweep_spool()
         with self._lock:
             entry = self._logs.pop(id(event.assoc), None)
         if entry is None or not (entry.stored or entry.already or entry.replaced or entry.failed):
@@ -620,13 +641,21 @@ def stored_file_meta(meta: FileMetaDataset, calling_ae: str) -> FileMetaDataset:
     return meta
 
 
-def part10_bytes(meta: FileMetaDataset, encoded_dataset: bytes) -> bytes:
+def part10_bytes(meta: FileMetaDataset, encoded_dataset) -> bytes:
     """Preamble, DICM, File Meta and the data set bytes exactly as received."""
     out = io.BytesIO()
     out.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(out, meta, enforce_standard=True)
     out.write(encoded_dataset)
     return out.getvalue()
+
+
+def _spool_path(event):
+    """The spool file pynetdicom wrote the data set to, or None when it kept it in memory."""
+    try:
+        return event.dataset_path
+    except AttributeError:
+        return None
 
 
 def register_retired_storage_classes() -> list[str]:
@@ -646,7 +675,13 @@ def register_retired_storage_classes() -> list[str]:
 RETIRED_STORAGE_CLASSES = register_retired_storage_classes()
 
 
+def spool_directory(settings: Settings):
+    return settings.data_dir.resolve() / "spool" / "dicom"
+
+
 def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | None = None) -> RegistryAE:
+    netshim.spool_received_datasets(spool_directory(settings))
+    receiver.sweep_spool(force=True)
     ae = RegistryAE(receiver, settings.dicom_ae_title)
     ae.require_called_aet = True
     ae.maximum_associations = max_associations or settings.dicom_max_associations

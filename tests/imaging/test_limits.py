@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from imaging import multipart
 from imaging.importer import run_import
-from imaging.limits import Limits, _deflated_data_set_offset, check_inflated
+from imaging.limits import Limits, check_inflated, data_set_offset
 from imaging.models import Instance
 from imaging.service import Ingestor
 from storage import service as tenancy
@@ -58,7 +58,7 @@ def test_inflation_is_measured_in_bounded_steps():
     bomb = deflate_bomb(40)
     assert len(bomb) < MiB // 4
     with pytest.raises(Exception, match="inflates beyond 8 MiB"):
-        check_inflated(memoryview(bomb)[_deflated_data_set_offset(bomb):], 8 * MiB)
+        check_inflated(memoryview(bomb)[data_set_offset(bomb)[0]:], 8 * MiB)
 
 
 def test_stow_refuses_a_deflate_bomb_and_an_oversized_body(runtime, uploader):
@@ -101,6 +101,86 @@ def test_c_store_refuses_a_deflate_bomb_before_decoding(node, tmp_path):
         assoc.release()
     assert status.Status == 0xA700 and "inflates beyond" in str(status.get("ErrorComment", ""))
     assert _instances(node.runtime) == 0
+
+
+def test_c_store_never_holds_an_oversized_instance_in_memory(node, tmp_path):
+    """A 64 MiB uncompressed instance against an 8 MiB limit, sent by dcmtk's storescu (its
+    own process, so only the receiver's allocations are traced). The data set goes to the
+    spool file as it arrives and is refused by its size unread: the receiver's traced peak
+    stays far below the instance. On the previous code pynetdicom gathered all 64 MiB in a
+    BytesIO before the size check (peak > 64 MiB)."""
+    import subprocess
+    import tracemalloc
+
+    from imaging.scp import spool_directory
+
+    node.receiver.limits = node.receiver.ingestor.limits = Limits(max_instance=8 * MiB, max_inflated=8 * MiB)
+    big = write_files(tmp_path / "big", [ct_instance(study_uid=generate_uid(), size=5800)])[0]
+    assert big.stat().st_size > 64 * MiB
+    tracemalloc.start()
+    try:
+        sent = subprocess.run(["/usr/bin/storescu", "-v", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1",
+                               str(node.port), str(big)], capture_output=True, text=True, timeout=120)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "Refused: OutOfResources" in sent.stderr, sent.stderr
+    assert peak < 16 * MiB, f"receiver peak {peak / MiB:.1f} MiB for a refused 64 MiB instance"
+    assert _instances(node.runtime) == 0
+    assert not list(spool_directory(node.runtime.settings).glob("*.dcm"))  # nothing left behind
+
+
+def test_a_broken_transfer_leaves_nothing_in_the_spool_for_long(node, tmp_path):
+    """An association that breaks mid-data-set leaves pynetdicom's spool file behind (it
+    unlinks only after the handler ran); the receiver sweeps files nobody writes to."""
+    import subprocess
+    import time as clock
+
+    from imaging import netshim
+    from imaging.scp import spool_directory
+
+    big = write_files(tmp_path / "big", [ct_instance(study_uid=generate_uid(), size=4000)])[0]
+    sender = subprocess.Popen(["/usr/bin/storescu", "-aet", "MOD1", "-aec", "LANCANG", "--max-send-pdu", "16384",
+                               "127.0.0.1", str(node.port), str(big)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    spool = spool_directory(node.runtime.settings)
+    deadline = clock.monotonic() + 30
+    while not list(spool.glob("*.dcm")) and clock.monotonic() < deadline:
+        clock.sleep(0.01)
+    sender.kill()
+    sender.wait()
+    left = list(spool.glob("*.dcm"))
+    assert left, "the transfer finished before it could be broken"
+    clock.sleep(0.5)
+    assert netshim.sweep(spool, idle_s=60) == 0  # recent: may still be in use
+    assert netshim.sweep(spool, idle_s=0.1) == len(left)
+    assert not list(spool.glob("*.dcm"))
+    assert _instances(node.runtime) == 0
+
+
+def test_a_declared_element_length_costs_only_the_bytes_received(runtime):
+    """Bare (not deflated) data: an element claiming ~4 GiB inside a small instance is read
+    only as far as the bytes go, so its cost is bounded by LANCANG_MAX_INSTANCE_BYTES; the
+    instance is refused with a reason, never allocated."""
+    import struct
+    import tracemalloc
+
+    from imaging.dataset import InvalidInstance
+
+    data = ct_instance(study_uid=generate_uid())
+    start, _ = data_set_offset(data)
+    claim = struct.pack("<HH", 0x0009, 0x1012) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0)
+    evil = data[:start] + claim + data[start:]
+    ingestor = Ingestor(runtime.db, runtime.store)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInstance):
+            ingestor.ingest(evil, institution_id=1, source="test")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        ingestor.close()
+    assert peak < 4 * MiB
 
 
 def test_import_rejects_oversized_zip_members_unread(runtime, tmp_path):
