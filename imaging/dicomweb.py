@@ -55,7 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from imaging import multipart, negotiation, pixels, query
+from imaging import multipart, negotiation, pixels, query, transcode
 from imaging.dataset import INSTANCE_PREFIX, InvalidInstance
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Series, Study
@@ -320,18 +320,16 @@ def can_decode(syntax: str) -> bool:
 
 
 def can_transcode_to_explicit_little(syntax: str) -> bool:
-    """Native little endian and decodable compressed syntaxes can become Explicit VR LE."""
-    if syntax in _NATIVE_LITTLE:
+    """Native syntaxes (big endian too) and decodable compressed ones can become Explicit VR LE."""
+    if syntax in _NATIVE_LITTLE or syntax == transcode.EXPLICIT_BE:
         return True
     return UID(syntax).is_compressed and can_decode(syntax)
 
 
 def to_explicit_little(data: bytes) -> bytes:
-    """The object re-encoded as Explicit VR Little Endian, pixel data decompressed, same UIDs."""
-    ds = dcmread(io.BytesIO(data))
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress(generate_instance_uid=False)
-    ds.file_meta.TransferSyntaxUID = UID(EVRLE)
+    """The object re-encoded as Explicit VR Little Endian, pixel data decompressed or
+    byte-swapped, same UIDs (imaging/transcode.py, shared with C-GET and C-MOVE)."""
+    ds = transcode.convert(dcmread(io.BytesIO(data)), EVRLE)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
     return out.getvalue()

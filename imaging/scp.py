@@ -40,7 +40,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from imaging import handlers, netshim, query
+from imaging import handlers, netshim, query, transcode
 from imaging.dataset import InvalidInstance, clean_text
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
@@ -297,7 +297,7 @@ class Receiver:
 
     # -- C-GET / C-MOVE -----------------------------------------------------------------
 
-    def _instances_for(self, principal: Principal, identifier: Dataset):
+    def _instances_for(self, principal: Principal, identifier: Dataset) -> list["Stored"]:
         keys = {k: v for k, v in identifier_keys(identifier).items()
                 if k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
         if not any(keys.values()):
@@ -306,7 +306,7 @@ class Receiver:
         with self.db.scope(readonly=True) as session:
             scope = access.scope_for(session, principal)
             rows = query.run(session, scope, query.Query(level="IMAGE", keys=keys))
-            return [(i.object_key, i.sop_class_uid, i.transfer_syntax_uid)
+            return [Stored(i.object_key, i.sop_class_uid, i.transfer_syntax_uid, i.sop_instance_uid)
                     for i in (r["_entities"]["Instance"] for r in rows)]
 
     def _load(self, key: str) -> Dataset:
@@ -332,18 +332,39 @@ class Receiver:
         self._audit(principal, event, "dicom.get", str(event.identifier.get("QueryRetrieveLevel", "")),
                     identifier_keys(event.identifier), len(instances))
         yield len(instances)
-        for key, _sop_class, _syntax in instances:
+        # C-GET sends on the requestor's own association, on the storage contexts where it
+        # took the SCP role (we are the SCU there).
+        accepted = [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in event.assoc.accepted_contexts
+                    if cx.as_scu]
+        yield from self._send_all(event, principal, "dicom.get", instances, lambda: accepted)
+
+    def _send_all(self, event, principal: Principal, action: str, instances: list["Stored"], accepted):
+        """The C-STORE sub-operations: each instance as stored when the peer accepted that,
+        else converted (imaging/transcode.py); one that cannot be sent is counted failed,
+        with its reason logged and audited once for the whole retrieve."""
+        failures: list[dict] = []
+        for item in instances:
             if event.is_cancelled:
                 yield 0xFE00, None
-                return
-            yield from self._sub_operation(key)
+                break
+            yield 0xFF00, self._outgoing(item, accepted(), failures)
+        if failures:
+            audit.record(self.db, principal=principal, action=f"{action}.incomplete", outcome="failed",
+                         object_type="instance", object_id=",".join(f["sop"] for f in failures)[:4000],
+                         source=_address(event.assoc), detail={"failed": len(failures), "failures": failures[:50]})
 
-    def _sub_operation(self, key: str):
+    def _outgoing(self, item: "Stored", accepted: list[tuple[str, str]], failures: list[dict]) -> Dataset:
+        target = transcode.choose_syntax(item.sop_class, item.syntax, accepted)
         try:
-            yield 0xFF00, self._load(key)
+            if target is None:
+                raise transcode.CannotConvert(f"the peer accepted no syntax for {item.sop_class} that "
+                                              f"{item.syntax} can be sent or converted as")
+            return transcode.convert(self._load(item.key), target)
         except Exception as exc:
-            log.error("dicom.retrieve.load_failed key=%s error=%s", key, exc)
-            yield 0xA701, None
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("dicom.retrieve.sub_operation_failed sop=%s reason=%s", item.sop_uid, reason)
+            failures.append({"sop": item.sop_uid, "reason": reason})
+            return _unsendable(item)
 
     def move(self, event):
         calling = event.assoc.requestor.ae_title.strip()
@@ -361,18 +382,15 @@ class Receiver:
             instances = self._instances_for(principal, event.identifier)
         except DomainError as exc:
             log.warning("dicom.move.refused calling=%s reason=%s", calling, exc.detail)
-            yield node[0], node[1], _move_options([])
+            yield node[0], node[1], move_options([], _Accepted())
             yield 0
             return
         self._audit(principal, event, "dicom.move", str(event.identifier.get("QueryRetrieveLevel", "")),
                     {**identifier_keys(event.identifier), "MoveDestination": destination}, len(instances))
-        yield node[0], node[1], _move_options(instances)
+        accepted = _Accepted()
+        yield node[0], node[1], move_options(instances, accepted)
         yield len(instances)
-        for key, _sop_class, _syntax in instances:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            yield from self._sub_operation(key)
+        yield from self._send_all(event, principal, "dicom.move", instances, accepted.pairs)
 
     def _destination(self, principal: Principal | None, title: str) -> tuple[str, int] | None:
         """A C-MOVE destination: registered, with host/port, of the caller's own institution."""
@@ -452,25 +470,72 @@ class Receiver:
             log.exception("dicom.store.audit_failed calling=%s", entry.calling)
 
 
-def _move_options(instances: list[tuple[str, str, str]]) -> dict:
-    """Association options for the C-MOVE sub-operations: one context per SOP class, offering
-    the stored syntaxes first (sent as stored), then explicit and implicit little endian."""
+@dataclass(frozen=True)
+class Stored:
+    key: str
+    sop_class: str
+    syntax: str
+    sop_uid: str
+
+
+class _Accepted:
+    """The contexts the C-MOVE destination accepted: pynetdicom makes that association
+    itself, so its EVT_ACCEPTED hands the association to us before the first sub-operation."""
+
+    def __init__(self):
+        self.assoc = None
+
+    def on_accepted(self, event) -> None:
+        self.assoc = event.assoc
+
+    def pairs(self) -> list[tuple[str, str]]:
+        if self.assoc is None:
+            return []
+        return [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts]
+
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+
+
+def move_contexts(instances: list[Stored]) -> list[tuple[str, str]]:
+    """(SOP class, transfer syntax) pairs to propose to a C-MOVE destination, one syntax per
+    context so each can be accepted on its own: for every SOP class the study holds,
+    Explicit then Implicit VR Little Endian (what any peer takes, converted if need be),
+    then each syntax the instances are stored in (sent as stored when accepted). Within the
+    context limit the uncompressed ones come first, so every instance can always go out."""
+    classes: dict[str, list[str]] = {}
+    for item in instances:
+        stored = classes.setdefault(item.sop_class, [])
+        if item.syntax not in stored and item.syntax not in transcode.UNCOMPRESSED_TARGETS:
+            stored.append(item.syntax)
+    wanted = [(c, transcode.EXPLICIT_LE) for c in classes]
+    wanted += [(c, transcode.IMPLICIT_LE) for c in classes]
+    wanted += [(c, syntax) for c, stored in classes.items() for syntax in stored]
+    return wanted[:MAX_CONTEXTS]
+
+
+def move_options(instances: list[Stored], accepted: _Accepted) -> dict:
+    """Association options for the C-MOVE sub-operations (pynetdicom's associate kwargs)."""
     from pynetdicom import build_context
 
-    syntaxes: dict[str, list[str]] = {}
-    for _key, sop_class, syntax in instances:
-        offered = syntaxes.setdefault(sop_class, [])
-        if syntax not in offered:
-            offered.append(syntax)
-    contexts = []
-    for sop_class, offered in list(syntaxes.items())[:128]:
-        for fallback in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
-            if fallback not in offered:
-                offered.append(fallback)
-        contexts.append(build_context(sop_class, offered))
+    contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in move_contexts(instances)]
     if not contexts:  # nothing to send: pynetdicom still wants one context to associate
         contexts.append(build_context(Verification))
-    return {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open)]}
+    return {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay_on_open),
+                                                   (evt.EVT_ACCEPTED, accepted.on_accepted)]}
+
+
+def _unsendable(item: Stored) -> Dataset:
+    """A stand-in for an instance that cannot be sent. pynetdicom counts a sub-operation as
+    failed, and lists its SOP Instance UID (PS3.4 C.4.2.1.4.2), when the yielded data set has
+    no presentation context; a SOP class no peer can have accepted guarantees that, and
+    nothing is sent."""
+    stand_in = Dataset()
+    stand_in.SOPClassUID = "2.25.43618589640826856077119901200028024226"
+    stand_in.SOPInstanceUID = item.sop_uid
+    stand_in.file_meta = FileMetaDataset()
+    stand_in.file_meta.TransferSyntaxUID = transcode.EXPLICIT_LE
+    return stand_in
 
 
 def _address(assoc) -> str:
@@ -601,22 +666,24 @@ class RegistryAE(AE):
 
 
 def preferred_transfer_syntaxes() -> list[str]:
-    """Every syntax pynetdicom can negotiate, compressed first.
+    """Every syntax pynetdicom can negotiate, in the order we choose within one context.
 
-    pynetdicom picks, per context, the first of *our* syntaxes the requestor proposed. A
-    modality holding JPEG data proposes JPEG plus uncompressed; preferring the compressed
-    one means the instance arrives as it was made and is stored as received (no transcoding
-    on either side). Lossless compressed syntaxes come before lossy ones, explicit VR little
-    endian before the other uncompressed ones.
+    pynetdicom picks, per proposed context, the first of *our* syntaxes the requestor listed.
+    Explicit VR Little Endian comes first: a requestor that lists it can always send what it
+    holds in it (dcmtk's storescu +C -xs proposed JPEG Lossless and the uncompressed syntaxes
+    in one context for an uncompressed file; picking JPEG made it fail). Compressed syntaxes
+    follow, lossless before lossy, so a modality that proposes only compressed ones (or one
+    per context, as most do) still has its data stored as it made it. Implicit VR comes
+    after them: it loses the VRs of private elements.
     """
     from pydicom.uid import UID
 
     def rank(uid: str) -> int:
-        name = UID(uid).name
+        if uid == "1.2.840.10008.1.2.1":
+            return 0
         if UID(uid).is_compressed:
-            return 0 if "Lossless" in name else 1
-        # Explicit VR keeps the VRs of private elements; implicit is the last resort.
-        return 2 if uid == "1.2.840.10008.1.2.1" else 3
+            return 1 if "Lossless" in UID(uid).name else 2
+        return 3
 
     return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
 
