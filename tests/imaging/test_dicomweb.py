@@ -28,7 +28,7 @@ from pydicom.encaps import get_frame
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from imaging import dicomweb, multipart
+from imaging import dicomweb, multipart, pixels
 from imaging.models import Series, Study
 from imaging.service import Ingestor
 from storage import audit
@@ -363,6 +363,44 @@ def test_compressed_frames_as_stored_or_decoded(world):
     assert j2k_frames == [get_frame(j2k.PixelData, 0, number_of_frames=1)]
     default = client.retrieve_instance_frames(u["C"], u["C1"], u["J2K"], [1])
     assert default == [j2k.pixel_array.astype("<u2").tobytes()]
+
+
+# -- pixel data that could not be served (14.9) ------------------------------------------
+
+
+def _new_study(world: World, name: str) -> tuple[str, Dataset]:
+    """A pydicom test file stored by the town as a study of its own (far from the dates and
+    patients other tests search for); its instance URL path and the dataset as sent."""
+    study, series = generate_uid(), generate_uid()
+    blob = _sample(name, StudyInstanceUID=study, SeriesInstanceUID=series, PatientID="P-PIXELS",
+                   StudyDate="19990101")
+    with world.runtime.db.scope(readonly=True) as session:
+        from storage.models import Institution
+
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(world.runtime.db, world.runtime.store)
+    try:
+        ingestor.ingest(blob, institution_id=town, source="test")
+    finally:
+        ingestor.close()
+    ds = dcmread(io.BytesIO(blob))
+    return f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}", ds
+
+
+def test_12_bit_jpeg_with_a_non_sequential_scan_header(world):
+    """JPEG-lossy.dcm (12-bit JPEG Extended whose scan header says Se=0) answered 406 to
+    rendered, thumbnail and frames; JPGExtended.dcm is the same image with the header fixed."""
+    instance, _ = _new_study(world, "JPEG-lossy.dcm")
+    fixed = dcmread(get_testdata_file("JPGExtended.dcm"))
+    with world.http() as http:
+        frames = http.get(f"{instance}/frames/1")
+        rendered = http.get(f"{instance}/rendered", headers={"Accept": "image/png"})
+        thumbnail = http.get(f"{instance}/thumbnail")
+    assert frames.status_code == 200, frames.text[:300]
+    assert _parts(frames)[0].content == fixed.pixel_array.astype("<u2").tobytes()
+    assert rendered.status_code == 200, rendered.text[:300]
+    assert np.array_equal(np.asarray(_image(rendered.content)), pixels.render_frame(fixed))
+    assert thumbnail.status_code == 200 and _image(thumbnail.content).size == (32, 128)
 
 
 # -- WADO-RS: rendered and thumbnails ---------------------------------------------------
