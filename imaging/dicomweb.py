@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from imaging import multipart, negotiation, pixels, query
-from imaging.dataset import INSTANCE_PREFIX, InvalidInstance
+from imaging.dataset import INSTANCE_PREFIX, InvalidInstance, native_frame_bits
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Series, Study
 from imaging.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE
@@ -370,13 +370,13 @@ def frame_offers(syntax: str) -> list[Offer]:
 
 
 def _native_frame(ds: Dataset, index: int) -> bytes | None:
-    """One frame sliced from native little endian Pixel Data; None when slicing does not apply."""
+    """One frame sliced from native little endian Pixel Data, as stored (YBR_FULL_422 still
+    subsampled); None when slicing does not apply."""
     if ds.file_meta.TransferSyntaxUID not in _NATIVE_LITTLE or "PixelData" not in ds:
         return None
-    bits = int(ds.get("BitsAllocated") or 0)
-    if bits % 8 or not bits:
+    if int(ds.get("BitsAllocated") or 0) % 8 or not native_frame_bits(ds):
         return None  # 1-bit data is packed across frames: let the decoder unpack it
-    length = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+    length = native_frame_bits(ds) // 8
     data = ds.PixelData
     if len(data) < (index + 1) * length:
         raise NotFound(f"frame {index + 1} is beyond the stored pixel data")

@@ -403,6 +403,26 @@ def test_12_bit_jpeg_with_a_non_sequential_scan_header(world):
     assert thumbnail.status_code == 200 and _image(thumbnail.content).size == (32, 128)
 
 
+def test_uncompressed_ybr_full_422(world):
+    """Native YBR_FULL_422 answered 404 "frame 1 is beyond the stored pixel data" to frames
+    and bulk data: a 4:2:2 frame holds Rows x Columns x 2 bytes, not x 3. Frames come as
+    stored; rendered is RGB, the same pattern as pydicom's RGB twin."""
+    instance, sent = _new_study(world, "SC_ybr_full_422_uncompressed.dcm")
+    assert sent.PhotometricInterpretation == "YBR_FULL_422" and len(sent.PixelData) == 100 * 100 * 2
+    with world.http() as http:
+        frames = http.get(f"{instance}/frames/1")
+        bulk = http.get(f"{instance}/bulkdata/7FE00010")
+        rendered = http.get(f"{instance}/rendered", headers={"Accept": "image/png"})
+    assert frames.status_code == 200, frames.text[:300]
+    assert [part.content for part in _parts(frames)] == [sent.PixelData]
+    assert bulk.status_code == 200 and [part.content for part in _parts(bulk)] == [sent.PixelData]
+    colour = np.asarray(_image(rendered.content), dtype=int)
+    rgb = dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.astype(int)
+    assert colour.shape == (100, 100, 3) and np.abs(colour - rgb).mean() <= 1
+    for row, expected in ((5, (255, 0, 0)), (25, (0, 255, 0)), (45, (0, 0, 255))):
+        assert np.abs(colour[row, 50] - expected).max() <= 12, (row, colour[row, 50])
+
+
 # -- WADO-RS: rendered and thumbnails ---------------------------------------------------
 
 
