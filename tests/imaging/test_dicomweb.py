@@ -23,8 +23,9 @@ from dicomweb_client.session_utils import create_session
 from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
+from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
@@ -421,6 +422,40 @@ def test_uncompressed_ybr_full_422(world):
     assert colour.shape == (100, 100, 3) and np.abs(colour - rgb).mean() <= 1
     for row, expected in ((5, (255, 0, 0)), (25, (0, 255, 0)), (45, (0, 0, 255))):
         assert np.abs(colour[row, 50] - expected).max() <= 12, (row, colour[row, 50])
+
+
+def test_one_bit_segmentation_frames_are_bit_packed(world):
+    """liver.dcm (Segmentation, 3 frames of 512 x 512, Bits Allocated 1) came back one byte
+    per pixel (262144 bytes a frame); a frame is its bits packed as stored (PS3.5 8.1.1),
+    32768 bytes, also when the stored object is big endian and has to be decoded."""
+    for name in ("liver.dcm", "liver_expb.dcm"):
+        instance, sent = _new_study(world, name)
+        assert sent.BitsAllocated == 1 and sent.NumberOfFrames == 3
+        expected = [pack_bits(frame, pad=False) for frame in sent.pixel_array]
+        with world.http() as http:
+            frames = http.get(f"{instance}/frames/1,3")
+            bulk = http.get(f"{instance}/bulkdata/7FE00010")
+        assert frames.status_code == 200, frames.text[:300]
+        assert [len(part.content) for part in _parts(frames)] == [512 * 512 // 8] * 2
+        assert [part.content for part in _parts(frames)] == [expected[0], expected[2]], name
+        assert [part.content for part in _parts(bulk)] == expected, name
+
+
+def test_one_bit_frames_that_start_inside_a_byte():
+    """Frames of 5 x 5 1-bit pixels follow one another without padding: the second starts at
+    bit 25. Each is cut out and packed again from bit 0, its last byte's spare bits zero."""
+    frames = np.random.default_rng(14).integers(0, 2, (3, 5, 5), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EVRLE
+    ds.Rows = ds.Columns = 5
+    ds.NumberOfFrames, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = pack_bits(frames)
+    for index, frame in enumerate(frames):
+        assert dicomweb.frame_bytes(ds, index, decode=False) == pack_bits(frame, pad=False)
+    with pytest.raises(dicomweb.NotFound):
+        dicomweb.frame_bytes(ds, 3, decode=False)
 
 
 # -- WADO-RS: rendered and thumbnails ---------------------------------------------------
