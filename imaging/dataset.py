@@ -119,6 +119,19 @@ def _checked_uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
+def native_frame_bits(ds: Dataset) -> int:
+    """Bits one frame of native (uncompressed) pixel data occupies; 0 without the image
+    pixel attributes. YBR_FULL_422 keeps one Cb and one Cr per pair of pixels (PS3.3
+    C.7.6.3.1.2): two samples per pixel on average, not three. Frames of 1-bit data are
+    packed one after another with no padding between them (PS3.5 8.1.1), so a frame need
+    not start or end on a byte."""
+    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits, samples = _int(ds, "BitsAllocated") or 0, _int(ds, "SamplesPerPixel") or 1
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2
+    return rows * columns * samples * bits
+
+
 def check_native_pixel_length(ds: Dataset) -> None:
     """Refuse native (uncompressed) pixel data shorter than Rows x Columns x frames needs:
     the sign of a truncated transfer that pydicom itself reads without complaint."""
@@ -127,12 +140,8 @@ def check_native_pixel_length(ds: Dataset) -> None:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if element is None or syntax is None or syntax.is_compressed:
         return
-    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
-    bits, samples = _int(ds, "BitsAllocated") or 0, _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        samples = 2  # chroma is shared by each pair of pixels: two samples per pixel on average
-    expected = (rows * columns * samples * frames * bits + 7) // 8
+    expected = (native_frame_bits(ds) * frames + 7) // 8
     actual = len(element) if isinstance(element, (bytes, bytearray)) else len(ds["PixelData"].value or b"")
     if actual < expected:
         raise InvalidInstance(f"pixel data has {actual} bytes, the image needs {expected}: truncated", 0xC002)

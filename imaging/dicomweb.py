@@ -48,7 +48,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.pixels import get_decoder
+from pydicom.pixels import get_decoder, pack_bits, unpack_bits
 from pydicom.uid import UID
 from sqlalchemy import LargeBinary, bindparam, cast, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from imaging import multipart, negotiation, pixels, query, transcode
-from imaging.dataset import INSTANCE_PREFIX, InvalidInstance
+from imaging.dataset import INSTANCE_PREFIX, InvalidInstance, native_frame_bits
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Series, Study
 from imaging.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE
@@ -368,17 +368,29 @@ def frame_offers(syntax: str) -> list[Offer]:
 
 
 def _native_frame(ds: Dataset, index: int) -> bytes | None:
-    """One frame sliced from native little endian Pixel Data; None when slicing does not apply."""
+    """One frame cut from native little endian Pixel Data, as stored (YBR_FULL_422 still
+    subsampled, 1-bit still packed); None when cutting does not apply."""
     if ds.file_meta.TransferSyntaxUID not in _NATIVE_LITTLE or "PixelData" not in ds:
         return None
-    bits = int(ds.get("BitsAllocated") or 0)
-    if bits % 8 or not bits:
-        return None  # 1-bit data is packed across frames: let the decoder unpack it
-    length = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+    bits = native_frame_bits(ds)
+    if not bits:
+        return None
     data = ds.PixelData
-    if len(data) < (index + 1) * length:
+    start, end = index * bits, (index + 1) * bits
+    if len(data) * 8 < end:
         raise NotFound(f"frame {index + 1} is beyond the stored pixel data")
-    return data[index * length:(index + 1) * length]
+    if start % 8 or end % 8:
+        return _bits_repacked(data, start, end)
+    return data[start // 8:end // 8]
+
+
+def _bits_repacked(data: bytes, start: int, end: int) -> bytes:
+    """Bits [start, end) of 1-bit pixel data, packed again from the first bit of a byte, the
+    last byte's unused bits zero: the frames of 1-bit data follow one another without padding,
+    so a frame starts inside a byte when its predecessors' pixel count is no multiple of 8."""
+    first = start // 8
+    bits = unpack_bits(data[first:(end + 7) // 8])[start - 8 * first:end - 8 * first]
+    return pack_bits(bits, pad=False)
 
 
 def _decoded_frame(ds: Dataset, index: int) -> bytes:
@@ -386,6 +398,10 @@ def _decoded_frame(ds: Dataset, index: int) -> bytes:
         array, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index)
     except Exception as exc:  # decoders raise many kinds of errors on bad data
         raise NotAcceptable(f"frame {index + 1} cannot be decoded: {exc}"[:300]) from None
+    if int(ds.get("BitsAllocated") or 0) == 1:
+        # decoders give one byte per pixel; a frame of 1-bit data is sent packed, as the
+        # standard stores it (PS3.5 8.1.1), eight times smaller
+        return pack_bits(array, pad=False)
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

@@ -7,7 +7,8 @@ patient's phone page.
 Pipeline (PS3.4 N.2, as far as it applies to a rendered frame):
 
 * decoding is pydicom's (``pydicom.pixels`` decoders, one frame at a time), so
-  every transfer syntax with an installed plugin works (pylibjpeg, gdcm, pyjpegls);
+  every transfer syntax with an installed plugin works (pylibjpeg, gdcm, pyjpegls),
+  plus ``imaging.decoders`` for JPEG Extended scans with a non-sequential header;
 * grayscale: Modality LUT (rescale slope/intercept or Modality LUT Sequence), then
   VOI: explicit ``window`` argument > header VOI LUT Sequence / Window Center &
   Width (first value) > automatic window (0.5-99.5 percentile of the frame,
@@ -46,6 +47,8 @@ from pydicom.pixels import (
     get_decoder,
 )
 from pydicom.pixels.utils import get_nr_frames
+
+from imaging import decoders
 
 __all__ = [
     "PixelDataError",
@@ -102,6 +105,11 @@ _FRAME_KEYWORDS = (
     "PixelPaddingValue",
     "PixelPaddingRangeLimit",
 )
+
+
+# Here, at import, because pydicom's decoders are process-wide and adding a plugin is not
+# thread-safe; every reader of pixels (rendering, frames, transcoding) imports this module.
+decoders.register()
 
 
 class PixelDataError(ValueError):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
@@ -57,3 +60,14 @@ def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, 
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def undecodable_jpeg() -> Dataset:
+    """pydicom's 12-bit JPGExtended.dcm with the frame header (SOF) cut out of its codestream:
+    no decoder can make pixels of it."""
+    ds = dcmread(get_testdata_file("JPGExtended.dcm"))
+    stream = get_frame(ds.PixelData, 0, number_of_frames=1)
+    sof = stream.index(b"\xff\xc1")
+    end = sof + 2 + int.from_bytes(stream[sof + 2:sof + 4], "big")
+    ds.PixelData = encapsulate([stream[:sof] + stream[end:]])
+    return ds

@@ -31,7 +31,7 @@ from imaging.models import Instance, Series
 from imaging.service import Ingestor
 from storage import service as tenancy
 from tests.conftest import settings_env
-from tests.dicomdata import ct_instance
+from tests.dicomdata import ct_instance, undecodable_jpeg
 from tests.services import free_port
 
 # dcmtk's, never the look-alikes pynetdicom puts in a venv's bin
@@ -282,7 +282,7 @@ def test_a_corrupt_instance_records_a_failure_once(runtime, ingestor, institutio
     study_uid, series_uid = generate_uid(), generate_uid()
     good = ingestor.ingest(ct_instance(study_uid=study_uid, series_uid=series_uid, instance_number=1),
                            institution_id=institution_id, source="test")
-    broken = dcmread(get_testdata_file("JPEG-lossy.dcm"), force=True)  # its JPEG data cannot be decoded
+    broken = undecodable_jpeg()
     broken.InstanceNumber = 2
     bad = ingestor.ingest(_part10(_with_uids(broken, study_uid, series_uid)), institution_id=institution_id,
                           source="test")
@@ -309,7 +309,7 @@ def test_a_corrupt_instance_records_a_failure_once(runtime, ingestor, institutio
 
 @pytest.mark.parametrize("backend", ["embedded"])
 def test_nothing_renderable_fails_and_interrupted_attempts_are_bounded(runtime, ingestor, institution_id):
-    broken = dcmread(get_testdata_file("JPEG-lossy.dcm"), force=True)
+    broken = undecodable_jpeg()
     result = ingestor.ingest(_part10(_with_uids(broken, generate_uid(), generate_uid())),
                              institution_id=institution_id, source="test")
     outcome = derive.derive_series(runtime.db, runtime.store, result.series_pk)

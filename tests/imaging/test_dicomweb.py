@@ -23,12 +23,13 @@ from dicomweb_client.session_utils import create_session
 from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
+from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from imaging import dicomweb, multipart
+from imaging import dicomweb, multipart, pixels
 from imaging.models import Series, Study
 from imaging.service import Ingestor
 from storage import audit
@@ -363,6 +364,98 @@ def test_compressed_frames_as_stored_or_decoded(world):
     assert j2k_frames == [get_frame(j2k.PixelData, 0, number_of_frames=1)]
     default = client.retrieve_instance_frames(u["C"], u["C1"], u["J2K"], [1])
     assert default == [j2k.pixel_array.astype("<u2").tobytes()]
+
+
+# -- pixel data that could not be served (14.9) ------------------------------------------
+
+
+def _new_study(world: World, name: str) -> tuple[str, Dataset]:
+    """A pydicom test file stored by the town as a study of its own (far from the dates and
+    patients other tests search for); its instance URL path and the dataset as sent."""
+    study, series = generate_uid(), generate_uid()
+    blob = _sample(name, StudyInstanceUID=study, SeriesInstanceUID=series, PatientID="P-PIXELS",
+                   StudyDate="19990101")
+    with world.runtime.db.scope(readonly=True) as session:
+        from storage.models import Institution
+
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(world.runtime.db, world.runtime.store)
+    try:
+        ingestor.ingest(blob, institution_id=town, source="test")
+    finally:
+        ingestor.close()
+    ds = dcmread(io.BytesIO(blob))
+    return f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}", ds
+
+
+def test_12_bit_jpeg_with_a_non_sequential_scan_header(world):
+    """JPEG-lossy.dcm (12-bit JPEG Extended whose scan header says Se=0) answered 406 to
+    rendered, thumbnail and frames; JPGExtended.dcm is the same image with the header fixed."""
+    instance, _ = _new_study(world, "JPEG-lossy.dcm")
+    fixed = dcmread(get_testdata_file("JPGExtended.dcm"))
+    with world.http() as http:
+        frames = http.get(f"{instance}/frames/1")
+        rendered = http.get(f"{instance}/rendered", headers={"Accept": "image/png"})
+        thumbnail = http.get(f"{instance}/thumbnail")
+    assert frames.status_code == 200, frames.text[:300]
+    assert _parts(frames)[0].content == fixed.pixel_array.astype("<u2").tobytes()
+    assert rendered.status_code == 200, rendered.text[:300]
+    assert np.array_equal(np.asarray(_image(rendered.content)), pixels.render_frame(fixed))
+    assert thumbnail.status_code == 200 and _image(thumbnail.content).size == (32, 128)
+
+
+def test_uncompressed_ybr_full_422(world):
+    """Native YBR_FULL_422 answered 404 "frame 1 is beyond the stored pixel data" to frames
+    and bulk data: a 4:2:2 frame holds Rows x Columns x 2 bytes, not x 3. Frames come as
+    stored; rendered is RGB, the same pattern as pydicom's RGB twin."""
+    instance, sent = _new_study(world, "SC_ybr_full_422_uncompressed.dcm")
+    assert sent.PhotometricInterpretation == "YBR_FULL_422" and len(sent.PixelData) == 100 * 100 * 2
+    with world.http() as http:
+        frames = http.get(f"{instance}/frames/1")
+        bulk = http.get(f"{instance}/bulkdata/7FE00010")
+        rendered = http.get(f"{instance}/rendered", headers={"Accept": "image/png"})
+    assert frames.status_code == 200, frames.text[:300]
+    assert [part.content for part in _parts(frames)] == [sent.PixelData]
+    assert bulk.status_code == 200 and [part.content for part in _parts(bulk)] == [sent.PixelData]
+    colour = np.asarray(_image(rendered.content), dtype=int)
+    rgb = dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.astype(int)
+    assert colour.shape == (100, 100, 3) and np.abs(colour - rgb).mean() <= 1
+    for row, expected in ((5, (255, 0, 0)), (25, (0, 255, 0)), (45, (0, 0, 255))):
+        assert np.abs(colour[row, 50] - expected).max() <= 12, (row, colour[row, 50])
+
+
+def test_one_bit_segmentation_frames_are_bit_packed(world):
+    """liver.dcm (Segmentation, 3 frames of 512 x 512, Bits Allocated 1) came back one byte
+    per pixel (262144 bytes a frame); a frame is its bits packed as stored (PS3.5 8.1.1),
+    32768 bytes, also when the stored object is big endian and has to be decoded."""
+    for name in ("liver.dcm", "liver_expb.dcm"):
+        instance, sent = _new_study(world, name)
+        assert sent.BitsAllocated == 1 and sent.NumberOfFrames == 3
+        expected = [pack_bits(frame, pad=False) for frame in sent.pixel_array]
+        with world.http() as http:
+            frames = http.get(f"{instance}/frames/1,3")
+            bulk = http.get(f"{instance}/bulkdata/7FE00010")
+        assert frames.status_code == 200, frames.text[:300]
+        assert [len(part.content) for part in _parts(frames)] == [512 * 512 // 8] * 2
+        assert [part.content for part in _parts(frames)] == [expected[0], expected[2]], name
+        assert [part.content for part in _parts(bulk)] == expected, name
+
+
+def test_one_bit_frames_that_start_inside_a_byte():
+    """Frames of 5 x 5 1-bit pixels follow one another without padding: the second starts at
+    bit 25. Each is cut out and packed again from bit 0, its last byte's spare bits zero."""
+    frames = np.random.default_rng(14).integers(0, 2, (3, 5, 5), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EVRLE
+    ds.Rows = ds.Columns = 5
+    ds.NumberOfFrames, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = pack_bits(frames)
+    for index, frame in enumerate(frames):
+        assert dicomweb.frame_bytes(ds, index, decode=False) == pack_bits(frame, pad=False)
+    with pytest.raises(dicomweb.NotFound):
+        dicomweb.frame_bytes(ds, 3, decode=False)
 
 
 # -- WADO-RS: rendered and thumbnails ---------------------------------------------------

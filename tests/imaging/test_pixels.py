@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import io
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -19,10 +21,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MPEG2MPML
+from pydicom.uid import ExplicitVRLittleEndian, JPEGExtended12Bit, MPEG2MPML
 
 from imaging import pixels as P
 from imaging.pixels import PixelDataError
+from tests.dicomdata import undecodable_jpeg
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -395,6 +398,29 @@ def test_jpeg_extended_12_bit_and_jpeg_ls_16_bit():
     assert P.render_frame(sample("JPEGLSNearLossless_16.dcm")).std() > 10
 
 
+def _dcmdjpeg(ds: Dataset, tmp_path) -> np.ndarray:
+    """The pixels as dcmtk decodes them (IJG libjpeg, independent of pydicom's plugins)."""
+    if not shutil.which("dcmdjpeg"):
+        pytest.skip("dcmtk's dcmdjpeg is not installed")
+    source, target = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    ds.save_as(source)
+    subprocess.run(["dcmdjpeg", str(source), str(target)], check=True, capture_output=True)
+    return pydicom.dcmread(target).pixel_array
+
+
+def test_jpeg_extended_12_bit_with_a_non_sequential_scan_header(tmp_path):
+    """14.9: JPEG-lossy.dcm (12-bit, its scan header says Se=0) could not be decoded by any
+    plugin; it now decodes exactly as its fixed twin and within 1 of IJG libjpeg (the IDCTs
+    round differently)."""
+    lossy, fixed = sample("JPEG-lossy.dcm"), sample("JPGExtended.dcm")
+    assert lossy.file_meta.TransferSyntaxUID == JPEGExtended12Bit and lossy.BitsStored == 12
+    decoded = lossy.pixel_array
+    assert decoded.dtype == np.uint16 and np.array_equal(decoded, fixed.pixel_array)
+    assert np.abs(decoded.astype(int) - _dcmdjpeg(lossy, tmp_path)).max() <= 1
+    assert np.array_equal(P.render_frame(lossy), P.render_frame(fixed))
+    assert decode_image(P.thumbnail(lossy)).shape == (128, 32)
+
+
 # --------------------------------------------------------------------------- #
 # colour
 # --------------------------------------------------------------------------- #
@@ -540,7 +566,7 @@ def test_no_pixel_data_raises():
 
 def test_broken_codestream_raises():
     with pytest.raises(PixelDataError):
-        P.render_frame(sample("JPEG-lossy.dcm"))  # deliberately broken JPEG
+        P.render_frame(undecodable_jpeg())
 
 
 def test_bad_header_value_raises():
