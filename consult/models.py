@@ -56,7 +56,7 @@ class ConsultStudy(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
 
 
 class ConsultEvent(Base):

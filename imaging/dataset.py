@@ -7,6 +7,8 @@ Unicode, so a 张秀英 sent in GB18030 is stored, matched and returned as 张�
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import re
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ class IndexRecord:
     rows: int | None
     columns: int | None
     number_of_frames: int
+    uid_warnings: tuple[str, ...] = ()
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
@@ -110,12 +113,48 @@ def person_name(value) -> PersonNameGroups:
     )
 
 
+MAX_UID_CHARS = 128  # what the index columns hold; the standard's limit is 64
+_CONFORMING_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# Characters a stored UID may have: printable ASCII, without the multi-value separator and
+# without what would change the meaning of a URL path they appear in.
+_NOT_IN_A_STORED_UID = frozenset("\\/?#%")
+
+
+def storable_uid(value: str) -> bool:
+    return all("!" <= ch <= "~" and ch not in _NOT_IN_A_STORED_UID for ch in value)
+
+
+def conforming_uid(value: str) -> bool:
+    """A UID as PS3.5 9.1 defines it: digits and dots, no leading zeros, at most 64 chars."""
+    return len(value) <= 64 and _CONFORMING_UID.fullmatch(value) is not None
+
+
+def uid_warning(keyword: str, value: str) -> str | None:
+    if conforming_uid(value):
+        return None
+    why = "longer than 64 characters" if len(value) > 64 else "not digits and dots as PS3.5 9.1 requires"
+    return f"{keyword} is {why}; stored exactly as sent"
+
+
+def key_part(uid: str) -> str:
+    """A UID as a component of an object key: itself when it conforms, else a digest (a
+    sloppy UID could hold anything a path should not)."""
+    if conforming_uid(uid):
+        return uid
+    return "u" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
 def _checked_uid(ds: Dataset, keyword: str) -> str:
-    value = _text(ds, keyword, 100)
+    """The UID as sent. Real devices send UIDs longer than 64 characters or with other
+    characters; other archives store them and so do we (with a warning status), as long as
+    the value can be kept exactly and used safely."""
+    value = _text(ds, keyword, MAX_UID_CHARS + 1)
     if not value:
         raise InvalidInstance(f"missing {keyword}")
-    if len(value) > 64 or not all(part.isdigit() for part in value.split(".")):
-        raise InvalidInstance(f"{keyword} {value[:70]!r} is not a valid UID")
+    if len(value) > MAX_UID_CHARS or not storable_uid(value):
+        raise InvalidInstance(f"{keyword} {value[:70]!r} cannot be stored as a UID "
+                              f"(more than {MAX_UID_CHARS} characters, or characters outside printable ASCII, "
+                              "or one of \\ / ? # %)")
     return value
 
 
@@ -184,6 +223,7 @@ def extract(ds: Dataset) -> IndexRecord:
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
+        uid_warnings=tuple(w for k, v in uids.items() if (w := uid_warning(k, v))),
     )
 
 

@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from imaging import multipart, negotiation, pixels, query, transcode
-from imaging.dataset import INSTANCE_PREFIX, InvalidInstance, native_frame_bits
+from imaging.dataset import MAX_UID_CHARS, INSTANCE_PREFIX, InvalidInstance, native_frame_bits, storable_uid
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Series, Study
 from imaging.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE
@@ -80,7 +80,6 @@ log = logging.getLogger("lancang.dicomweb")
 PREFIX = "/dicom-web"
 MAX_RESULTS = 1000  # QIDO answers at most this many matches per request (then a Warning)
 THUMBNAIL_SIZE = 128
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 # Syntaxes whose pixel data is stored native little endian: frames are slices of it.
@@ -99,6 +98,8 @@ REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE, FAILURE_REASON = "00081150", "000
 OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE, NOT_AUTHORIZED = 0x0110, 0x0111, 0x0124
 WARNING_REASON, COERCED = "00081196", 0xB000  # PS3.4: "Coercion of Data Elements"
+CHANGES_HEADER = "Lancang-Changes"  # a corrected re-send's [{sop, changes: {field: [old, new]}}]
+NOT_CONFORMING = 0xB007  # PS3.4: "Data Set does not match SOP Class" (a UID that does not conform)
 
 
 
@@ -106,8 +107,9 @@ WARNING_REASON, COERCED = "00081196", 0xB000  # PS3.4: "Coercion of Data Element
 
 
 def check_uid(value: str, what: str) -> str:
-    """A UID from a URL or parameter: digits and dots, at most 64 characters, else 400."""
-    if not value or len(value) > 64 or not _UID.fullmatch(value):
+    """A UID from a URL or parameter, else 400: what a stored UID may be (digits and dots
+    as the standard wants, or a sloppy device's UID kept as sent; imaging.dataset)."""
+    if not value or len(value) > MAX_UID_CHARS or not storable_uid(value):
         raise BadRequest(f"{what} {value[:80]!r} is not a valid DICOM UID")
     return value
 
@@ -811,6 +813,24 @@ def close(app) -> None:
     app.state.dicomweb_ingestor = app.state.dicomweb_announcer = None
 
 
+def stow_warning_header(outcome: "StowOutcome") -> dict | None:
+    """Tell the uploader in a Warning header too (RFC 9111 299; ASCII, JSON-escaped)."""
+    said = []
+    if outcome.replacements:
+        summary = json.dumps(outcome.replacements[:5], separators=(",", ":"))[:900].replace('"', "'")
+        said.append(f"replaced {len(outcome.replacements)} instance(s): {summary}")
+    if outcome.warnings:
+        summary = json.dumps(outcome.warnings[:5], separators=(",", ":"))[:900].replace('"', "'")
+        said.append(f"stored {len(outcome.warnings)} instance(s) with UIDs that do not conform: {summary}")
+    if not said:
+        return None
+    text = "; ".join(said).encode("ascii", "backslashreplace").decode()
+    headers = {"Warning": f'299 lancang "{text}"'}
+    if outcome.replacements:  # what changed, as JSON the upload page shows (ASCII, \u-escaped)
+        headers[CHANGES_HEADER] = json.dumps(outcome.replacements[:20], separators=(",", ":"), default=str)[:6000]
+    return headers
+
+
 @dataclass
 class StowOutcome:
     """What one STOW-RS request did, for the response and the audit record."""
@@ -821,6 +841,7 @@ class StowOutcome:
     studies: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     replacements: list[dict] = field(default_factory=list)  # corrected re-sends and what changed
+    warnings: list[dict] = field(default_factory=list)  # stored, but not as the standard wants it
 
     def fail(self, sop_class: str, sop_uid: str, reason: int, why: str) -> None:
         item = {}
@@ -835,9 +856,9 @@ class StowOutcome:
 
     @property
     def status(self) -> int:
-        """PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored."""
+        """PS3.18 10.5.3: 200 all stored, 202 stored with warnings or some failed, 409 none stored."""
         if not self.failed:
-            return 200
+            return 202 if any(WARNING_REASON in item for item in self.referenced) else 200
         return 202 if self.referenced else 409
 
 
@@ -966,6 +987,9 @@ class StowContext:
             # A corrected re-send replaced the stored version; its values now feed the index.
             item[WARNING_REASON] = {"vr": "US", "Value": [COERCED]}
             self.outcome.replacements.append({"sop": result.sop_instance_uid, "changes": result.changes})
+        if result.warnings:  # WarningReason holds one value: the UID's, which the sender must fix
+            item[WARNING_REASON] = {"vr": "US", "Value": [NOT_CONFORMING]}
+            self.outcome.warnings.append({"sop": result.sop_instance_uid, "warnings": list(result.warnings)})
         self.outcome.referenced.append(dict(sorted(item.items())))
 
 
@@ -1152,14 +1176,11 @@ def build_dicomweb_router(current_principal, authenticate) -> APIRouter:
                object_id=",".join(sorted(outcome.studies)) or (study or ""),
                outcome="ok" if not outcome.failed else "failed",
                detail={**outcome.counts, "failed": len(outcome.failed), "failures": outcome.failures,
-                       "replacements": outcome.replacements[:50]},
+                       "replacements": outcome.replacements[:50], "warnings": outcome.warnings[:50]},
                change=True)
         log.info("dicomweb.store.done user=%s stored=%s failed=%s", principal.name,
                  len(outcome.referenced), len(outcome.failed))
-        headers = None
-        if outcome.replacements:  # tell the uploader, in the header too (ASCII: JSON-escaped)
-            summary = json.dumps(outcome.replacements[:5], separators=(",", ":"))[:900].replace('"', "'")
-            headers = {"Warning": f'299 lancang "replaced {len(outcome.replacements)} instance(s): {summary}"'}
+        headers = stow_warning_header(outcome)
         return _json_response(stow_response(outcome, base, study), offer, outcome.status, headers=headers)
 
     @router.post("/studies")

@@ -48,7 +48,7 @@ class Study(Base):
     __table_args__ = (Index("ix_studies_institution_date", "institution_id", "study_date"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
@@ -72,7 +72,7 @@ class Series(Base):
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     modality: Mapped[str] = mapped_column(String(16), default="", index=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
@@ -99,9 +99,9 @@ class Instance(Base):
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(128))
     instance_number: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     object_key: Mapped[str] = mapped_column(String(400))
@@ -136,7 +136,7 @@ class SupersededInstance(Base):
     __tablename__ = "superseded_instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
     object_key: Mapped[str] = mapped_column(String(400))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -157,7 +157,7 @@ class Share(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_nonce: Mapped[str] = mapped_column(String(32))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from pynetdicom import _config, dimse_messages
 
+from imaging.dataset import MAX_UID_CHARS
+
 log = logging.getLogger("lancang.dicom")
 
 SPOOL_SUFFIX = ".dcm"
@@ -67,3 +69,20 @@ def sweep(directory: Path, idle_s: float) -> int:
     if removed:
         log.warning("dicom.spool.swept files=%d directory=%s", removed, directory)
     return removed
+
+
+def accept_sloppy_uids() -> None:
+    """Let UIDs longer than 64 characters or with other characters through pynetdicom's DIMSE
+    checks (its documented `_config.VALIDATORS["UI"]`), as far as Lancang stores them: real
+    devices send such UIDs, pynetdicom refused to decode their C-STORE requests (and to send
+    them on a retrieve); the instance is stored exactly as sent with a warning status
+    (imaging.dataset.uid_warning), or refused with a status when it cannot be kept."""
+    _config.VALIDATORS["UI"] = _lenient_uid
+
+
+def _lenient_uid(value) -> tuple[bool, str]:
+    """Only the length: what Lancang will not keep (imaging.dataset.storable_uid) is refused
+    by the C-STORE handler with a status, where refusing it here would abort the association."""
+    if 0 < len(str(value)) <= MAX_UID_CHARS:
+        return True, ""
+    return False, f"longer than {MAX_UID_CHARS} characters"

@@ -224,6 +224,10 @@ class Receiver:
             return self._store_failed(entry, 0xC211, f"cannot understand: {_short(exc)}")
         setattr(entry, result.outcome, getattr(entry, result.outcome) + 1)
         entry.studies.add(result.study_instance_uid)
+        if result.warnings:  # stored exactly as sent; the sender should still hear it
+            log.warning("dicom.store.warning calling=%s sop=%s warning=%s", calling, result.sop_instance_uid[:80],
+                        result.warnings[0])
+            return _status(0xB007, "; ".join(result.warnings))
         return 0x0000
 
     def _received(self, event, calling: str) -> tuple[bytes, Dataset]:
@@ -748,6 +752,7 @@ def spool_directory(settings: Settings):
 
 def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | None = None) -> RegistryAE:
     netshim.spool_received_datasets(spool_directory(settings))
+    netshim.accept_sloppy_uids()
     receiver.sweep_spool(force=True)
     ae = RegistryAE(receiver, settings.dicom_ae_title)
     ae.require_called_aet = True

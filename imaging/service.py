@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract
+from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract, key_part
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Patient, Series, Study, SupersededInstance
 from storage import audit
@@ -73,6 +73,7 @@ class IngestResult:
     object_key: str
     series_pk: int
     changes: dict = field(default_factory=dict)  # a replacement's index corrections {field: [old, new]}
+    warnings: tuple[str, ...] = ()  # stored, but not as the standard wants it (a sloppy UID)
 
 
 def parse_part10(data: bytes) -> Dataset:
@@ -84,11 +85,13 @@ def parse_part10(data: bytes) -> Dataset:
 
 
 def object_key(record: IndexRecord, sha256: str) -> str:
-    """dicom/{study}/{series}/{sop}.{first 16 hex of SHA-256}.dcm: UID-derived, version-safe.
+    """dicom/{study}/{series}/{sop}.{first 16 hex of SHA-256}.dcm: UID-derived, version-safe
+    (a UID that does not conform is replaced by its digest, imaging.dataset.key_part).
 
     One folder per series, not per instance: a new folder costs a directory fsync of its
     parent on the filesystem store, which per instance would be a sync too many."""
-    return f"dicom/{record.study_uid}/{record.series_uid}/{record.sop_uid}.{sha256[:16]}.dcm"
+    return (f"dicom/{key_part(record.study_uid)}/{key_part(record.series_uid)}/"
+            f"{key_part(record.sop_uid)}.{sha256[:16]}.dcm")
 
 
 class _Lru(OrderedDict):
@@ -246,7 +249,8 @@ class Ingestor:
         if new_series:
             self._refresh_study_series(conn, study_pk)
         return IngestResult(outcome, record.sop_uid, record.sop_class_uid, record.series_uid,
-                            record.study_uid, key, series_pk, changes if outcome == "replaced" else {})
+                            record.study_uid, key, series_pk, changes if outcome == "replaced" else {},
+                            record.uid_warnings)
 
     # The index levels a corrected re-send feeds: {level: (table, pk column, {field: record attr})}.
     _CORRECTABLE = {

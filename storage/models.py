@@ -109,7 +109,7 @@ class AccessGrant(Base):
     __tablename__ = "access_grants"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
     grantee_institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"), index=True)
     grantee_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     source: Mapped[str] = mapped_column(String(64), default="")  # e.g. "consult:12"

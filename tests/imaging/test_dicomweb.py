@@ -657,7 +657,7 @@ def test_a_corrected_resend_reaches_every_index_level(world):
     out = io.BytesIO()
     corrected.save_as(out, enforce_file_format=True)
     answer = _stow(world, [out.getvalue()])
-    assert answer.status_code == 200 and "replaced 1" in answer.headers["warning"]
+    assert answer.status_code == 202 and "replaced 1" in answer.headers["warning"]  # PS3.18 10.5.3: warnings
     item = answer.json()["00081199"]["Value"][0]
     assert item["00081196"]["Value"] == [0xB000]
     with world.http() as http:
@@ -724,12 +724,14 @@ def test_missing_accept_gives_each_resource_its_default(world):
 
 
 @pytest.mark.parametrize("path, params, status", [
-    ("/studies/abc", {}, 400),
+    ("/studies/abc", {}, 404),  # a sloppy UID can be stored as sent (14.4): well-formed, not found
+    ("/studies/a%20b", {}, 400),  # a space: no stored UID holds one
     ("/studies/{A}%0A/metadata", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/\u00b2", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/rendered", {"quality": "\u00b2"}, 400),
     ("/studies", {"limit": "\u00b2"}, 400),
-    ("/studies/{A}/series/1..2", {}, 400),
+    ("/studies/{A}/series/1..2", {}, 404),
+    ("/studies/{A}/series/1%5C2", {}, 400),  # a backslash separates values: never a UID
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/0", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/1,x", {}, 400),
     ("/studies/{A}/series/{A1}/instances/{A1-1}/frames/999", {}, 404),
@@ -843,3 +845,22 @@ def test_wado_uri(world):
                 transferSyntax=JPEG_BASELINE).status_code == 406
     assert wado("A1-2", "A1", "A", requestType="XYZ").status_code == 400
     assert wado("A1-2", "A1", "A", frameNumber="0").status_code == 400
+
+
+def test_stow_stores_a_sloppy_uid_exactly_with_a_warning(world):
+    """14.4 over STOW-RS: 202 with WarningReason 0xB007 and a Warning header naming it;
+    QIDO and WADO-RS find the instance by the UID exactly as sent."""
+    study = generate_uid()
+    sloppy = generate_uid() + ".0123.ABC.99999999999999999999"
+    answer = _stow(world, [ct_instance(study_uid=study, sop_uid=sloppy, patient_id="P-SLOPPY")])
+    assert answer.status_code == 202, answer.text
+    item = answer.json()["00081199"]["Value"][0]
+    assert item["00081196"]["Value"] == [0xB007] and item["00081155"]["Value"] == [sloppy]
+    assert "do not conform" in answer.headers["warning"]
+    with world.http() as http:
+        listed = http.get(f"/studies/{study}/instances").json()
+        assert [i["00080018"]["Value"][0] for i in listed] == [sloppy]
+        series = listed[0]["0020000E"]["Value"][0]
+        got = http.get(f"/studies/{study}/series/{series}/instances/{sloppy}",
+                       headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        assert got.status_code == 200 and sloppy.encode() in got.content

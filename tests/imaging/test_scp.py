@@ -523,3 +523,28 @@ def test_another_institution_cannot_write_into_a_study_or_series_over_c_store(no
     assert counts == [(study, 1)] and len(refused) == 2
     assert [a["StudyInstanceUID"] for a in find(node, "IMAGE", f"StudyInstanceUID={study}", "SOPInstanceUID")] \
         == [study]
+
+
+def test_sloppy_uids_are_stored_exactly_with_a_warning(node, tmp_path):
+    """14.4: a SOP Instance UID longer than 64 characters, and one with a letter and a
+    leading zero, are stored exactly as sent with 0xB007 and a comment (they were refused
+    0xA900); C-FIND answers them unchanged and the object key holds a digest, not the UID.
+    A UID that could not be kept safely (a '/' in it) is still refused."""
+    from imaging.models import Instance
+    from tests.imaging.scu import send_files
+
+    study = generate_uid()
+    long_uid = generate_uid() + ".1234567890.1234567890"
+    assert len(long_uid) > 64
+    odd_uid = "1.2.840.099.ABC.7"
+    blobs = [ct_instance(study_uid=study, sop_uid=long_uid, instance_number=1),
+             ct_instance(study_uid=study, sop_uid=odd_uid, instance_number=2),
+             ct_instance(study_uid=study, sop_uid="1.2.3/../../etc", instance_number=3)]
+    assert send_files(node.port, write_files(tmp_path, blobs)) == [0xB007, 0xB007, 0xA900]
+    found = {a["SOPInstanceUID"].rstrip("\x00") for a in find(node, "IMAGE", f"StudyInstanceUID={study}",
+                                                              "SOPInstanceUID")}  # UI pads with NUL
+    assert found == {long_uid, odd_uid}
+    with node.runtime.db.scope(readonly=True) as session:
+        keys = dict(session.execute(select(Instance.sop_instance_uid, Instance.object_key)).all())
+    assert set(keys) == {long_uid, odd_uid}
+    assert all(uid not in key and "/u" in key for uid, key in keys.items())

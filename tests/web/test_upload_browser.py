@@ -410,3 +410,36 @@ def test_drop_and_a_session_that_ends_mid_upload(live, browser):
     assert page.locator("#up-auth").is_hidden()
     assert not errors, errors
     context.close()
+
+
+def test_a_corrected_resend_says_replaced_and_what_changed(live, browser, tmp_path):
+    """14.5: the upload page reports a corrected re-send as "replaced", naming each value
+    that changed (it showed only "warning: 0xB000 coercion of data elements")."""
+    import base64
+
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(15000)
+    login(page, live.url, "li", "/upload")
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    first = ct_instance(study_uid=study, series_uid=series, sop_uid=sop, patient_name="赵^甲", size=64, seed=3)
+    page.evaluate(DROP_JS, ["first.dcm", base64.b64encode(first).decode()])
+    page.wait_for_function("() => window.lancangUpload.state().totals.stored === 1")
+    page.reload()  # the correction comes later (in one batch a second file of the same SOP is a duplicate)
+    page.uncheck("#up-skip-existing")  # a corrected version has the same SOP Instance UID
+    corrected = ct_instance(study_uid=study, series_uid=series, sop_uid=sop, patient_name="钱^乙",
+                            study_date="20261102", size=64, seed=3)
+    page.evaluate(DROP_JS, ["corrected.dcm", base64.b64encode(corrected).decode()])
+    try:
+        page.wait_for_function("() => window.lancangUpload.state().totals.stored === 1")
+    except Exception:
+        raise AssertionError(upload_state(page))
+    reason = upload_state(page)["items"][0]["reason"]
+    assert "已替换此前版本" in reason and "replaced the earlier version" in reason, reason
+    assert "姓名 name 赵^甲 → 钱^乙" in reason and "检查日期 study date 2026-11-01 → 2026-11-02" in reason, reason
+    assert page.get_by_text("钱^乙").first.is_visible()
+    page.screenshot(path="/tmp/lancang-upload-replaced.png", full_page=True)
+    assert not errors, errors
+    context.close()

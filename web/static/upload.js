@@ -519,7 +519,8 @@
         item.reason = "服务器处理中 / the server is storing it";
         touch(item);
       };
-      xhr.onload = () => done({ status: xhr.status, text: xhr.responseText });
+      xhr.onload = () => done({ status: xhr.status, text: xhr.responseText,
+                                changes: xhr.getResponseHeader("Lancang-Changes") });
       xhr.onerror = () => done({ status: 0, why: "网络中断 / network error" });
       xhr.onabort = () => done({ status: 0, why: attempt.why || "已中止 / aborted" });
       xhr.send(body);
@@ -544,8 +545,29 @@
   }
 
   function studyOf(url) {
-    const m = /\/studies\/([0-9.]+)/.exec(url || "");
-    return m ? m[1] : "";
+    const m = /\/studies\/([^/?#]+)/.exec(url || "");  // a sloppy UID may hold letters too
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  // Index fields a corrected re-send can change (imaging/service.py _correct_index).
+  const FIELDS = {
+    patient_name: "姓名 name", patient_id: "患者ID patient ID", birth_date: "出生日期 birth date", sex: "性别 sex",
+    "study.study_date": "检查日期 study date", "study.study_time": "检查时间 study time",
+    "study.accession_number": "检查号 accession", "study.study_id": "检查ID study ID",
+    "study.description": "检查描述 study description", "study.referring_physician": "申请医生 referring physician",
+    "series.modality": "设备类型 modality", "series.series_number": "序列号 series number",
+    "series.description": "序列描述 series description", "series.body_part": "部位 body part",
+  };
+
+  /** "replaced the earlier version: 姓名 name 赵^甲 → 钱^乙; …" from the Lancang-Changes header. */
+  function replacedText(header) {
+    let list = [];
+    try { list = header ? JSON.parse(header) : []; } catch (e) { list = []; }
+    const changes = (list[0] && list[0].changes) || {};
+    const shown = (v) => (/^\d{8}$/.test(v || "") ? `${v.slice(0, 4)}-${v.slice(4, 6)}-${v.slice(6)}` : v || "—");
+    const said = Object.entries(changes).map(([field, pair]) =>
+      `${FIELDS[field] || field} ${shown(pair[0])} → ${shown(pair[1])}`);
+    return "已替换此前版本 / replaced the earlier version" + (said.length ? "：" + said.join("；") : "（内容相同 / same values）");
   }
 
   /** What a STOW-RS answer means for the one file sent: [state, reason, code]. */
@@ -559,7 +581,8 @@
       const failed = values(body, "00081198");
       if (stored.length) {
         const warning = values(stored[0], "00081196")[0];
-        return ["stored", warning ? "警告 / warning: " + reasonText(warning) : "",
+        const replaced = warning === 0xB000 ? replacedText(res.changes) : "";
+        return ["stored", replaced || (warning ? "警告 / warning: " + reasonText(warning) : ""),
                 studyOf(values(stored[0], "00081190")[0]) || studyOf(values(body, "00081190")[0])];
       }
       if (failed.length) {
