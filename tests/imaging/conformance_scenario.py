@@ -86,6 +86,10 @@ def _derived(workdir: Path) -> list[tuple[str, Path]]:
     multi.NumberOfFrames = 3
     multi.PixelData = bytes(base.PixelData) * 3
     out.append(("Ultrasound Multi-frame, 3 frames", multi))
+    sloppy = dcmread(get_testdata_file("CT_small.dcm"))
+    _fresh(sloppy, "sloppy-uid")
+    sloppy.SOPInstanceUID = sloppy.file_meta.MediaStorageSOPInstanceUID = generate_uid() + ".01.234567890.12345"
+    out.append(("CT whose SOP Instance UID is longer than 64 characters (stored with 0xB007)", sloppy))
     paths = []
     for i, (why, ds) in enumerate(out):
         path = workdir / f"derived{i}.dcm"

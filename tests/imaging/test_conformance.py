@@ -61,11 +61,34 @@ def _failures(cases: list[dict], check) -> list[str]:
     return [f"{c['file']} ({c['why']}): {check(c)}" for c in cases if check(c) is not True]
 
 
+def _sloppy(case: dict) -> bool:
+    return "longer than 64" in case["why"]
+
+
+def _regular(cases: list[dict]) -> list[dict]:
+    return [c for c in cases if not _sloppy(c)]
+
+
 def test_every_instance_is_stored_and_found(verdict):
-    assert len(verdict) >= 19
-    assert _failures(verdict, lambda c: c["c_store"] == "0x0000" or c["c_store"]) == []
-    assert _failures(verdict, lambda c: c["c_store"] == "0x0000" or f"C-STORE {c['c_store']}") == []
+    assert len(verdict) >= 20
+    assert _failures(_regular(verdict), lambda c: c["c_store"] == "0x0000" or f"C-STORE {c['c_store']}") == []
     assert _failures(verdict, lambda c: c["c_find"] or "C-FIND did not find the study") == []
+
+
+def test_a_uid_longer_than_64_characters_is_kept_and_served(verdict):
+    """14.4: stored exactly as sent with 0xB007, found by C-FIND, served by WADO-RS. dcmtk
+    peers themselves refuse such a UID in a C-STORE request ("Command Parse Failed:
+    AffectedSOPInstanceUID", then abort): a C-MOVE counts that sub-operation failed,
+    exactly; a C-GET loses its association (CONFORMANCE.md says so)."""
+    case = next(c for c in verdict if _sloppy(c))
+    assert case["c_store"] == "0xB007" and case["c_find"]
+    assert case["wado_default"] == case["wado_any"] == "identical"
+    for retrieve in ("move_RAW", "move_ALL"):
+        assert case[retrieve] == "missing"
+        counts = case[f"{retrieve}_counts"]
+        assert (counts["completed"], counts["failed"], counts["remaining"]) == (0, 1, 0), (retrieve, counts)
+    # C-GET sends on getscu's own association, which getscu aborts: no final response to count.
+    assert case["get_default"] == "missing"
 
 
 def _sub_operations_ok(counts: dict):
@@ -78,22 +101,22 @@ def test_c_move_to_an_uncompressed_only_receiver_converts(verdict):
     """storescp with its defaults. Sent as stored when it accepted the stored syntax
     ('identical'), else decompressed / byte-swapped / re-encoded ('pixels': same pixel
     values as pydicom decodes the stored instance)."""
-    assert _failures(verdict, lambda c: c["move_RAW"] in ("identical", "pixels") or c["move_RAW"]) == []
-    assert _failures(verdict, lambda c: _sub_operations_ok(c["move_RAW_counts"])) == []
+    assert _failures(_regular(verdict), lambda c: c["move_RAW"] in ("identical", "pixels") or c["move_RAW"]) == []
+    assert _failures(_regular(verdict), lambda c: _sub_operations_ok(c["move_RAW_counts"])) == []
     converted = {c["syntax"] for c in verdict if c["move_RAW"] == "pixels"}
     assert {"1.2.840.10008.1.2.4.50", JPEG_LOSSLESS, "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"} <= converted
 
 
 def test_c_move_to_an_accept_all_receiver_sends_the_stored_bytes(verdict):
-    assert _failures(verdict, lambda c: c["move_ALL"] == "identical" or c["move_ALL"]) == []
-    assert _failures(verdict, lambda c: _sub_operations_ok(c["move_ALL_counts"])) == []
+    assert _failures(_regular(verdict), lambda c: c["move_ALL"] == "identical" or c["move_ALL"]) == []
+    assert _failures(_regular(verdict), lambda c: _sub_operations_ok(c["move_ALL_counts"])) == []
 
 
 def test_c_get_with_getscu_defaults(verdict):
     """getscu offers to take the uncompressed syntaxes only; big endian could not be
     retrieved by C-GET at all before."""
-    assert _failures(verdict, lambda c: c["get_default"] in ("identical", "pixels") or c["get_default"]) == []
-    assert _failures(verdict, lambda c: _sub_operations_ok(c["get_default_counts"])) == []
+    assert _failures(_regular(verdict), lambda c: c["get_default"] in ("identical", "pixels") or c["get_default"]) == []
+    assert _failures(_regular(verdict), lambda c: _sub_operations_ok(c["get_default_counts"])) == []
 
 
 def test_wado_rs_default_and_any_syntax(verdict):
