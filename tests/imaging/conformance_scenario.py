@@ -190,6 +190,7 @@ def main(workdir: Path) -> dict:
         for name in ("RAW", "ALL"):
             move_each(cases, port, receivers, name, stored)
         get_each(cases, port, workdir, stored)
+        get_all_each(cases, port, stored)
         wado_each(cases, runtime, token, stored)
     finally:
         server.shutdown()
@@ -289,6 +290,55 @@ def get_each(cases: list[dict], port: int, workdir: Path, stored: dict) -> None:
         case["get_default"] = _compare(case, arrived.get(case["sop"]), stored.get(case["sop"]),
                                        identical_expected=False)
         case["get_default_counts"] = sub_operation_counts(done.stdout + done.stderr)
+
+
+def get_all_each(cases: list[dict], port: int, stored: dict) -> None:
+    """C-GET by a pynetdicom SCU that takes every syntax the study holds, one per context:
+    what arrives must be the stored data set bytes."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    for case in cases:
+        received: dict[str, bytes] = {}
+
+        def on_store(event):
+            # In this process pynetdicom spools received data sets (imaging/netshim.py) to a
+            # file that holds File Meta first.
+            try:
+                spooled = event.dataset_path
+            except AttributeError:
+                spooled = None
+            raw = Path(spooled).read_bytes() if spooled else event.encoded_dataset(include_meta=False)
+            received[str(event.request.AffectedSOPInstanceUID)] = dataset_bytes(raw) if raw[128:132] == b"DICM" else raw
+            return 0x0000
+
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for syntax in dict.fromkeys([case["syntax"], "1.2.840.10008.1.2.1"]):
+            ae.add_requested_context(case["sop_class"], [syntax])
+        assoc = ae.associate("127.0.0.1", port, ae_title="LANCANG", ext_neg=[build_role(case["sop_class"], scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", case["study"]
+        try:
+            responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+        finally:
+            assoc.release()
+        final = responses[-1][0] if responses else None
+        got = received.get(case["sop"])
+        original = stored.get(case["sop"])
+        if original is None:
+            case["get_all"] = "not stored"
+        elif got is None:
+            case["get_all"] = "missing"
+        else:
+            case["get_all"] = "identical" if got == dataset_bytes(original) else "changed"
+        case["get_all_counts"] = {
+            "remaining": int(final.get("NumberOfRemainingSuboperations", 0)) if final else -1,
+            "completed": int(final.get("NumberOfCompletedSuboperations", -1)) if final else -1,
+            "failed": int(final.get("NumberOfFailedSuboperations", -1)) if final else -1,
+            "warning": int(final.get("NumberOfWarningSuboperations", -1)) if final else -1,
+            "final": f"{int(final.Status):04x}" if final is not None and "Status" in final else ""}
 
 
 def wado_each(cases: list[dict], runtime, token: str, stored: dict) -> None:

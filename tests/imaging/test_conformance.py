@@ -4,7 +4,7 @@ is what CONFORMANCE.md states.
 - Every transfer syntax in pydicom's test data (plus retired, big endian, deflated, 12-bit
   JPEG, multi-frame US and SEG) goes in by C-STORE and out by C-FIND, C-MOVE to an
   uncompressed-only and to an accept-all dcmtk storescp, C-GET with dcmtk getscu's
-  defaults, and WADO-RS with the default and `transfer-syntax=*` Accept; every instance
+  defaults and by a pynetdicom peer taking every syntax, and WADO-RS with the default and `transfer-syntax=*` Accept; every instance
   arrives, byte-identical where no conversion was needed, pixel-identical after lossless
   decompression (tests/imaging/conformance_scenario.py, in a private network namespace).
 - Every dcmtk storescu proposal option, with and without +C, can send an uncompressed file
@@ -117,6 +117,13 @@ def test_c_get_with_getscu_defaults(verdict):
     retrieved by C-GET at all before."""
     assert _failures(_regular(verdict), lambda c: c["get_default"] in ("identical", "pixels") or c["get_default"]) == []
     assert _failures(_regular(verdict), lambda c: _sub_operations_ok(c["get_default_counts"])) == []
+
+
+def test_c_get_by_a_peer_taking_every_syntax_gets_the_stored_bytes(verdict):
+    """A pynetdicom SCU offering, per SOP class, the stored syntax and Explicit VR LE in
+    contexts of their own: every instance arrives as stored (the long UID too)."""
+    assert _failures(verdict, lambda c: c["get_all"] == "identical" or c["get_all"]) == []
+    assert _failures(verdict, lambda c: _sub_operations_ok(c["get_all_counts"])) == []
 
 
 def test_wado_rs_default_and_any_syntax(verdict):
