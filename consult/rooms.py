@@ -39,6 +39,7 @@ from av import AudioFrame, VideoFrame
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult import compat_aiortc
 from consult.models import Booking, ConsultRequest
 from consult.room_models import Recording, RoomChatMessage, RoomConsent
 from storage import audit
@@ -390,7 +391,7 @@ class RoomRecording:
 
     async def stop(self) -> str:
         """Finish the file (the MP4 index is written on close); returns its path."""
-        for context in getattr(self.recorder, "_MediaRecorder__tracks", {}).values():
+        for context in compat_aiortc.recorder_tracks(self.recorder).values():
             task = context.task
             if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("room.recording.track.failed session=%s error=%r", self.session, task.exception())
@@ -407,7 +408,7 @@ def _prepare_stream(recorder: MediaRecorder, track: MediaStreamTrack, size: tupl
     camera is lost. Sizing every
     stream up front keeps them all. x264's default preset is slow and runs in the event loop:
     ultrafast keeps a recorded room from delaying signalling and the shared view."""
-    context = getattr(recorder, "_MediaRecorder__tracks", {}).get(track)
+    context = compat_aiortc.recorder_tracks(recorder).get(track)
     stream = getattr(context, "stream", None)
     if stream is None or stream.type != "video":
         return

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ SWEEP_SETTLE_S = 30.0    # leave series that are still receiving to the announce
 SWEEP_LOOKBACK = timedelta(days=7)
 SWEEP_LIMIT = 500
 # Test hook: seconds to sleep after each preview, so a test can kill a worker mid-task.
-DELAY_ENV = "LANCANG_TEST_TASK_DELAY_S"
 
 
 @dataclass
@@ -226,17 +224,10 @@ def _preview(store: ObjectStore, claim: _Claim, item: _Item) -> tuple[str | None
         return None, _reason(exc)
 
 
-def _test_delay() -> float:
-    try:
-        return max(0.0, float(os.environ.get(DELAY_ENV, "") or 0))
-    except ValueError:
-        return 0.0
-
-
 # --------------------------------------------------------------------------- service
 
 
-def derive_series(db: Database, store: ObjectStore, series_pk: int) -> DeriveOutcome:
+def derive_series(db: Database, store: ObjectStore, series_pk: int, *, preview_delay_s: float = 0.0) -> DeriveOutcome:
     """Make the series thumbnail and the per-instance previews of one series; idempotent.
 
     Runs its own short units of work (like the Ingestor) so that seconds of decoding never
@@ -257,7 +248,7 @@ def derive_series(db: Database, store: ObjectStore, series_pk: int) -> DeriveOut
         log.info("imaging.derive_series.%s series_pk=%s", claim.status, series_pk)
         return claim
     try:
-        return _derive(db, store, claim)
+        return _derive(db, store, claim, preview_delay_s)
     except Exception as exc:
         if _is_transient(exc):
             _release_attempt(db, series_pk)  # an outage is not a crash: do not count it
@@ -273,7 +264,7 @@ def _release_attempt(db: Database, series_pk: int) -> None:
         log.warning("imaging.derive_series.release_failed series_pk=%s", series_pk)
 
 
-def _derive(db: Database, store: ObjectStore, claim: _Claim) -> DeriveOutcome:
+def _derive(db: Database, store: ObjectStore, claim: _Claim, preview_delay_s: float) -> DeriveOutcome:
     series_pk = claim.series_pk
     started = time.monotonic()
     outcome = DeriveOutcome("done", series_pk)
@@ -286,7 +277,7 @@ def _derive(db: Database, store: ObjectStore, claim: _Claim) -> DeriveOutcome:
         _record_previews(db, [(i, *done[i.id]) for i in claim.items if i.id in done])
 
     todo = [i for i in claim.items if i.id not in done and i.preview_sha256 != i.sha256]
-    delay = _test_delay()
+    delay = max(0.0, preview_delay_s)
     with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="derive") as pool:
         for start in range(0, len(todo), BATCH):
             batch = todo[start:start + BATCH]

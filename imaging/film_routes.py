@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from imaging import derive, pixels, shares
+from imaging import compat_zipfile, derive, pixels, shares
 from imaging.dataset import key_part
 from imaging.models import Instance, Series, Share, Study
 from storage import audit, jobs
@@ -191,7 +191,7 @@ def _zip_stream(store, entries: list[tuple[str, str, int]]) -> Iterator[bytes]:
         for name, key, size in entries:
             info = zipfile.ZipInfo(name, date_time=today)
             info.compress_type = zipfile.ZIP_DEFLATED
-            info._compresslevel = 1  # what ZipFile.open(name) would set; a ZipInfo defaults to 6
+            compat_zipfile.set_compress_level(info, 1)  # what ZipFile.open(name) would set (default 6)
             with archive.open(info, "w", force_zip64=size > 2**31 - 2**24) as member:
                 for chunk in store.stream(key):
                     member.write(chunk)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, Association, evt, register_uid
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.presentation import StoragePresentationContexts
@@ -40,7 +40,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from imaging import handlers, netshim, query, transcode
+from imaging import compat_pynetdicom, handlers, query, transcode
 from imaging.dataset import InvalidInstance, clean_text
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
@@ -83,7 +83,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def tune_association(event) -> None:
-    event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
+    compat_pynetdicom.set_dul_loop_delay(event.assoc, DUL_LOOP_DELAY_S)
 
 
 class NodelayServer(ThreadedAssociationServer):
@@ -233,7 +233,7 @@ class Receiver:
     def _received(self, event, calling: str) -> tuple[bytes, Dataset]:
         """The instance as we store it (Part 10 bytes: our File Meta, the data set exactly as
         received) and decoded. The size and inflation are checked on the spool file before
-        anything reads it, so an oversized instance never enters memory (imaging/netshim.py)."""
+        anything reads it, so an oversized instance never enters memory (imaging/compat_pynetdicom.py)."""
         spooled = _spool_path(event)
         if spooled is None:  # pynetdicom gathered the data set in memory (no spool configured)
             received = part10_bytes(event.file_meta, event.request.DataSet.getbuffer())
@@ -454,7 +454,7 @@ class Receiver:
             return
         self._swept = now
         idle = 2 * max(self.settings.dicom_network_timeout or 0, self.settings.dicom_dimse_timeout or 0) + 60
-        netshim.sweep(spool_directory(self.settings), idle)
+        compat_pynetdicom.sweep(spool_directory(self.settings), idle)
 
     def association_closed(self, event) -> None:
         self.sweep_spool()
@@ -660,8 +660,8 @@ class RegistryAE(AE):
         # pynetdicom reads this in the association's own thread (an Association is a
         # Thread) while negotiating: the requestor's address is known there. Anywhere else
         # the address is unknown and only AEs bound to no network qualify.
-        association = threading.current_thread()
-        address = association.requestor.address if isinstance(association, Association) else None
+        association = compat_pynetdicom.negotiating_association()
+        address = association.requestor.address if association is not None else None
         return self._receiver.registered_titles(address)
 
     @require_calling_aet.setter
@@ -751,8 +751,8 @@ def spool_directory(settings: Settings):
 
 
 def build_ae(receiver: Receiver, settings: Settings, *, max_associations: int | None = None) -> RegistryAE:
-    netshim.spool_received_datasets(spool_directory(settings))
-    netshim.accept_sloppy_uids()
+    compat_pynetdicom.spool_received_datasets(spool_directory(settings))
+    compat_pynetdicom.accept_sloppy_uids()
     receiver.sweep_spool(force=True)
     ae = RegistryAE(receiver, settings.dicom_ae_title)
     ae.require_called_aet = True
@@ -792,7 +792,7 @@ def start_server(receiver: Receiver, settings: Settings, *, host: str | None = N
     server = ae.make_server(address, evt_handlers=event_handlers(receiver), server_class=NodelayServer)
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
     thread.start()
-    ae._servers.append(server)
+    compat_pynetdicom.register_server(ae, server)
     return server
 
 

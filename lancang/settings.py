@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     dicom_dimse_timeout: float = 60.0
     dicom_network_timeout: float = 60.0
     dicom_processes: int = 1
+    # Seconds the worker waits after each preview: only for tests of redelivery after a
+    # worker dies mid-task (a slow task on purpose); 0 in every real deployment.
+    derive_preview_delay_s: float = 0.0
     # AEs that may query or retrieve must be bound to networks (`lancang ae add --allow`).
     dicom_require_host_binding: bool = False
     # Rejected associations: one audit record per source at once, then one summary per interval.

@@ -37,8 +37,8 @@ def make_celery(settings: Settings) -> Celery:
     if settings.effective_broker_url.startswith("filesystem"):
         folder = settings.broker_dir / "queue"
         folder.mkdir(parents=True, exist_ok=True)
-        # kombu's filesystem transport, its files written atomically (workers/brokerfs.py).
-        app.conf.broker_transport = "workers.brokerfs:Transport"
+        # kombu's filesystem transport, its files written atomically (workers/compat_kombu.py).
+        app.conf.broker_transport = "workers.compat_kombu:Transport"
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),

@@ -58,7 +58,8 @@ def derive_series(series_pk: int) -> str:
     from imaging import derive
 
     rt = runtime()
-    return derive.derive_series(rt.db, rt.store, int(series_pk)).status
+    return derive.derive_series(rt.db, rt.store, int(series_pk),
+                                preview_delay_s=rt.settings.derive_preview_delay_s).status
 
 
 @shared_task(name="imaging.make_film_sheet", queue="render", acks_late=True, reject_on_worker_lost=True,

@@ -302,7 +302,7 @@ def get_all_each(cases: list[dict], port: int, stored: dict) -> None:
         received: dict[str, bytes] = {}
 
         def on_store(event):
-            # In this process pynetdicom spools received data sets (imaging/netshim.py) to a
+            # In this process pynetdicom spools received data sets (imaging/compat_pynetdicom.py) to a
             # file that holds File Meta first.
             try:
                 spooled = event.dataset_path

@@ -136,7 +136,7 @@ def test_a_broken_transfer_leaves_nothing_in_the_spool_for_long(node, tmp_path):
     import subprocess
     import time as clock
 
-    from imaging import netshim
+    from imaging import compat_pynetdicom as netshim
     from imaging.scp import spool_directory
 
     big = write_files(tmp_path / "big", [ct_instance(study_uid=generate_uid(), size=4000)])[0]

@@ -11,7 +11,7 @@ acks_late + task_reject_on_worker_lost behave differently for the two ways a wor
   (filesystem) broker holds unacknowledged messages in the dead process's memory, so it
   is lost, and the sweep that every worker runs at startup announces the series again.
 
-The slow task comes from LANCANG_TEST_TASK_DELAY_S (imaging/derive.py sleeps after each
+The slow task comes from LANCANG_DERIVE_PREVIEW_DELAY_S (imaging/derive.py sleeps after each
 preview), so the kill lands while previews are being made.
 """
 
@@ -61,7 +61,7 @@ app.worker_main(["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"-
 def _start_worker(settings, log: Path, *, name: str, pool: str = "prefork", queues: str = "derive",
                   delay: float = 0.0, transport: dict | None = None) -> subprocess.Popen:
     env = settings_env(settings)
-    env["LANCANG_TEST_TASK_DELAY_S"] = str(delay)
+    env["LANCANG_DERIVE_PREVIEW_DELAY_S"] = str(delay)
     env["TEST_TRANSPORT_OPTIONS"] = json.dumps(transport or {})
     handle = open(log, "ab")
     return subprocess.Popen([sys.executable, "-c", WORKER, pool, "1", queues, name], env=env, stdout=handle,

@@ -2,7 +2,7 @@
 announcements. With kombu's own filesystem transport two producer and two consumer
 processes lost 131 of 600 messages, each a `JSONDecodeError` (a consumer read a message
 file that its producer had created but not yet written; in the worker that error is
-"Unrecoverable" and kills it). workers/brokerfs.py writes every file atomically."""
+"Unrecoverable" and kills it). workers/compat_kombu.py writes every file atomically."""
 
 from __future__ import annotations
 
@@ -72,3 +72,14 @@ def test_a_burst_of_concurrent_announcements_loses_nothing(tmp_path):
     assert errors == []
     assert sorted(received) == sorted(p * 100_000 + n for p in range(2) for n in range(PER_PRODUCER))
     assert [name for name in os.listdir(folder) if name != "control"] == []
+
+
+def test_a_kombu_without_the_overridden_methods_fails_loudly(monkeypatch):
+    import pytest
+
+    from workers import compat_kombu
+
+    compat_kombu.check()
+    monkeypatch.delattr(compat_kombu.filesystem.Channel, "_queue_bind")
+    with pytest.raises(RuntimeError, match="_queue_bind"):
+        compat_kombu.check()

@@ -34,10 +34,18 @@ from kombu.utils.json import dumps, loads
 log = logging.getLogger("lancang.broker")
 
 _OVERRIDDEN = ("_put", "_get", "_queue_bind", "get_table", "_exchange_file")
-_missing = [name for name in _OVERRIDDEN if not callable(getattr(filesystem.Channel, name, None))]
-if _missing or not hasattr(filesystem, "exchange_queue_t"):
-    raise RuntimeError(f"kombu.transport.filesystem changed ({_missing or 'exchange_queue_t'}): "
-                       "check workers/brokerfs.py against this kombu version")
+_HELPERS = ("exchange_queue_t", "lock", "unlock", "LOCK_SH", "LOCK_EX", "Empty")
+
+
+def check() -> None:
+    missing = [name for name in _OVERRIDDEN if not callable(getattr(filesystem.Channel, name, None))]
+    missing += [name for name in _HELPERS if not hasattr(filesystem, name)]
+    if missing:
+        raise RuntimeError(f"kombu.transport.filesystem changed ({', '.join(missing)}): "
+                           "check workers/compat_kombu.py against this kombu version")
+
+
+check()
 
 WRITING_PREFIX = ".writing-"  # a message being written: partition('.') never names a queue
 CLAIMED_PREFIX = ".claimed-"
