@@ -23,7 +23,7 @@ from consult.reportpdf import ReportContent, build_report_pdf
 from consult.service import _require, get, transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
-from storage import audit
+from storage import audit, keys
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import User
 from storage.types import utcnow
@@ -176,7 +176,7 @@ def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, r
 def _store_version(session: Session, store, report: Report, kind: str, content: dict, pdf: bytes,
                    signatures: list[dict], public_id: str) -> ReportVersion:
     number = len(report.versions) + 1
-    key = f"reports/{report.consult_id}/v{number}-{kind}.pdf"
+    key = keys.report_version(report.consult_id, number, kind)
     store.put(key, pdf, content_type="application/pdf")
     version = ReportVersion(report_id=report.id, number=number, kind=kind, public_id=public_id, content=content,
                             content_sha256=hashlib.sha256(signing.canonical_json(content)).hexdigest(),

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from consult import compat_aiortc
 from consult.models import Booking, ConsultRequest
 from consult.room_models import Recording, RoomChatMessage, RoomConsent
-from storage import audit
+from storage import audit, keys
 from storage.errors import Conflict, NotFound, NotPermitted
 from storage.models import User
 from storage.types import utcnow
@@ -140,7 +140,7 @@ def current_consent(*, session: Session, consult_id: int, user_id: int) -> bool:
 
 
 def recording_key(consult_id: int, room_session: str) -> str:
-    return f"recordings/{consult_id}/{room_session}.mp4"
+    return keys.recording(consult_id, room_session)
 
 
 def list_recordings(*, session: Session, consult_id: int) -> list[Recording]:

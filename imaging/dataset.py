@@ -7,7 +7,6 @@ Unicode, so a 张秀英 sent in GB18030 is stored, matched and returned as 张�
 
 from __future__ import annotations
 
-import hashlib
 
 import json
 import re
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
+
+from storage.keys import conforming_uid
 
 # Bulk data URIs in stored JSON are relative to the instance's DICOMweb URL; readers
 # replace this marker with the real prefix (a string replace, no JSON parse).
@@ -114,7 +115,6 @@ def person_name(value) -> PersonNameGroups:
 
 
 MAX_UID_CHARS = 128  # what the index columns hold; the standard's limit is 64
-_CONFORMING_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 # Characters a stored UID may have: printable ASCII, without the multi-value separator and
 # without what would change the meaning of a URL path they appear in.
 _NOT_IN_A_STORED_UID = frozenset("\\/?#%")
@@ -124,24 +124,11 @@ def storable_uid(value: str) -> bool:
     return all("!" <= ch <= "~" and ch not in _NOT_IN_A_STORED_UID for ch in value)
 
 
-def conforming_uid(value: str) -> bool:
-    """A UID as PS3.5 9.1 defines it: digits and dots, no leading zeros, at most 64 chars."""
-    return len(value) <= 64 and _CONFORMING_UID.fullmatch(value) is not None
-
-
 def uid_warning(keyword: str, value: str) -> str | None:
     if conforming_uid(value):
         return None
     why = "longer than 64 characters" if len(value) > 64 else "not digits and dots as PS3.5 9.1 requires"
     return f"{keyword} is {why}; stored exactly as sent"
-
-
-def key_part(uid: str) -> str:
-    """A UID as a component of an object key: itself when it conforms, else a digest (a
-    sloppy UID could hold anything a path should not)."""
-    if conforming_uid(uid):
-        return uid
-    return "u" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 def _checked_uid(ds: Dataset, keyword: str) -> str:

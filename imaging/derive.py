@@ -33,7 +33,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import pixels
-from imaging.dataset import key_part
+from storage import keys
 from imaging.models import Instance, Series, Study
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
@@ -86,11 +86,11 @@ class _Claim:
 
 
 def series_thumbnail_key(study_uid: str, series_uid: str) -> str:
-    return f"derived/{key_part(study_uid)}/{key_part(series_uid)}/series.jpg"
+    return keys.series_thumbnail(study_uid, series_uid)
 
 
 def preview_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
-    return f"derived/{key_part(study_uid)}/{key_part(series_uid)}/{key_part(sop_uid)}.preview.jpg"
+    return keys.instance_preview(study_uid, series_uid, sop_uid)
 
 
 def display_order(items):

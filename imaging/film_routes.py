@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from imaging import compat_zipfile, derive, pixels, shares
-from imaging.dataset import key_part
+from storage import keys
 from imaging.models import Instance, Series, Share, Study
 from storage import audit, jobs
 from storage.access import Principal
@@ -487,9 +487,8 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         # Never wider than the image itself (the phone scales up), so sizes share one render.
         width = min(_snap_width(w), max(instance.columns or 0, instance.rows or 0) or SCREEN_WIDTHS[-1])
         store = runtime(request).store
-        key = (f"derived/{key_part(share.study_instance_uid)}/{key_part(series.series_instance_uid)}/"
-               f"{key_part(instance.sop_instance_uid)}"
-               f"/screen/{frame}-{width}-{instance.sha256[:16]}.jpg")
+        key = keys.screen_frame(share.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+                                frame, width, instance.sha256)
         session.close()  # release the connection before seconds of decoding
         shares.record_image_read(runtime(request).db, share, "film.image", instance_uid=instance.sop_instance_uid,
                                  source=_source(request))

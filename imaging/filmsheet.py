@@ -24,7 +24,7 @@ from fpdf import FPDF
 from sqlalchemy import select
 
 from imaging import derive, pixels, shares
-from imaging.dataset import key_part
+from storage import keys
 from imaging.models import Instance, Series, Share, Study
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
@@ -214,7 +214,7 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
 
 
 def film_key(study_uid: str, share_id: int) -> str:
-    return f"derived/{key_part(study_uid)}/film/share-{share_id}.pdf"
+    return keys.film_sheet(study_uid, share_id)
 
 
 def _pick_key_images(series: list[tuple[Series, list[Instance]]], count: int) -> list[tuple[Series, Instance, int]]:

@@ -35,9 +35,10 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract, key_part
+from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Patient, Series, Study, SupersededInstance
+from storage import keys
 from storage import audit
 from storage.db import Database
 from storage.objects import ObjectStore
@@ -85,13 +86,8 @@ def parse_part10(data: bytes) -> Dataset:
 
 
 def object_key(record: IndexRecord, sha256: str) -> str:
-    """dicom/{study}/{series}/{sop}.{first 16 hex of SHA-256}.dcm: UID-derived, version-safe
-    (a UID that does not conform is replaced by its digest, imaging.dataset.key_part).
-
-    One folder per series, not per instance: a new folder costs a directory fsync of its
-    parent on the filesystem store, which per instance would be a sync too many."""
-    return (f"dicom/{key_part(record.study_uid)}/{key_part(record.series_uid)}/"
-            f"{key_part(record.sop_uid)}.{sha256[:16]}.dcm")
+    """Where this version of the instance lives (storage/keys.py)."""
+    return keys.instance(record.study_uid, record.series_uid, record.sop_uid, sha256)
 
 
 class _Lru(OrderedDict):

@@ -30,6 +30,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from storage import keys
 from storage.access import Principal
 from storage.db import Database
 from storage.models import AuditRecord
@@ -190,7 +191,7 @@ def check_key(db: Database) -> None:
                 "this database was written with / 审计密钥与审计链不符")
 
 
-CHECKPOINT_KEY = "audit/checkpoint.json"
+CHECKPOINT_KEY = keys.AUDIT_CHECKPOINT
 
 
 def _checkpoint_mac(seq: int, digest: str) -> str:
