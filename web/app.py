@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -72,6 +74,32 @@ def install_csrf(app: FastAPI, settings: Settings) -> None:
                            max_age=600)
 
 
+VENDOR = "/static/vendor"
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from assets in web/static/vendor/, not a CDN: the
+    networks Lancang runs on often have no internet, and the pages were blank there."""
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} — API",
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} — API",
+                              redoc_js_url=f"{VENDOR}/redoc/redoc.standalone.js",
+                              redoc_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png", with_google_fonts=False)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -88,12 +116,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         close_dicomweb(app)  # announce pending series, stop the ingest thread pool
 
     app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
-                  description="Regional imaging cloud and teleconsultation platform.")
+                  description="Regional imaging cloud and teleconsultation platform.",
+                  docs_url=None, redoc_url=None)  # served below from local assets
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.login_limiter = pages.login_limiter()
     app.state.templates.env.filters.update(pn=display_name, da=display_date)
     install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    install_docs(app)
     errors.install(app)
     # DICOMweb first: routes are matched in order, and its clients make the most requests.
     app.include_router(build_dicomweb_router(current_principal, principal_of))
