@@ -59,7 +59,8 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
                              "median": round(statistics.median(hours), 2) if hours else None,
                              "p90": round(_percentile(hours, 0.9), 2) if hours else None},
         "overdue": [{"id": c.id, "priority": c.priority, "colour": c.risk_colour, "status": c.status,
-                     "due_at": c.due_at.isoformat(), "from": c.requesting_institution.code}
+                     "due_at": c.due_at.isoformat(), "from": c.requesting_institution.code,
+                     "due_local": c.due_at.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M")}
                     for c in open_items if is_overdue(c)],
         "queue_by_priority": {p: sum(1 for c in open_items if c.priority == p) for p in PRIORITIES},
         "queue_by_colour": {k: sum(1 for c in open_items if (c.risk_colour or "none") == k)
@@ -67,45 +68,90 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
     }
 
 
-def bar_chart(title: str, data: dict[str, float], *, width: int = 420, bar_height: int = 22) -> str:
-    """A horizontal bar chart as inline SVG (accessible: a title and text labels)."""
-    peak = max(data.values(), default=0) or 1
-    height = 28 + bar_height * max(1, len(data))
-    rows = []
-    for i, (label, value) in enumerate(data.items()):
-        y = 24 + i * bar_height
-        length = int((width - 170) * value / peak)
-        colour = COLOURS.get(label, "#0b6e8a")
-        rows.append(f'<text x="0" y="{y + 15}" font-size="13">{escape(str(label))}</text>'
-                    f'<rect x="110" y="{y + 3}" width="{max(length, 1)}" height="{bar_height - 8}" fill="{colour}"/>'
-                    f'<text x="{116 + length}" y="{y + 15}" font-size="13">{value:g}</text>')
+def _axis_ticks(peak: float) -> list[int]:
+    """Up to five round tick values from 0 to at least `peak` (counts: integers)."""
+    step = 1
+    for candidate in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000):
+        step = candidate
+        if peak / candidate <= 4:
+            break
+    top = max(step, -(-int(peak) // step) * step)
+    return list(range(0, top + 1, step))
+
+
+def _svg(title: str, width: int, height: int, body: str) -> str:
     return (f'<svg role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="100%" '
-            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
-            f'<text x="0" y="14" font-size="14" font-weight="bold">{escape(title)}</text>{"".join(rows)}</svg>')
+            f'style="max-width:{width}px;min-width:{int(width * 0.8)}px" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
+            f'<title>{escape(title)}</title>'
+            f'<text x="0" y="18" font-size="17" font-weight="bold">{escape(title)}</text>{body}</svg>')
 
 
-def stacked_weeks(title: str, volumes: dict[str, dict[str, int]], *, width: int = 520) -> str:
-    """Weekly volumes per institution as stacked columns."""
+def bar_chart(title: str, data: dict[str, float], *, labels: dict[str, str] | None = None,
+              unit: str = "例", width: int = 440, bar_height: int = 30) -> str:
+    """A horizontal bar chart as inline SVG: a label per bar (Chinese first), the value at
+    the end of each bar, and a count axis with grid lines under them."""
+    labels = labels or {}
+    ticks = _axis_ticks(max(data.values(), default=0))
+    left, right, top = 130, 34, 34
+    span = width - left - right
+    height = top + bar_height * max(1, len(data)) + 30
+    grid = "".join(
+        f'<line x1="{left + span * t / ticks[-1]:.1f}" y1="{top}" x2="{left + span * t / ticks[-1]:.1f}" '
+        f'y2="{height - 26}" stroke="#d0d7de" stroke-width="1"/>'
+        f'<text x="{left + span * t / ticks[-1]:.1f}" y="{height - 10}" font-size="15" text-anchor="middle" '
+        f'fill="#444">{t}</text>' for t in ticks)
+    rows = []
+    for i, (key, value) in enumerate(data.items()):
+        y = top + i * bar_height
+        length = span * value / ticks[-1]
+        rows.append(f'<text x="{left - 8}" y="{y + bar_height / 2 + 5:.1f}" font-size="15" text-anchor="end">'
+                    f'{escape(labels.get(key, str(key)))}</text>'
+                    f'<rect x="{left}" y="{y + 5}" width="{max(length, 1):.1f}" height="{bar_height - 10}" '
+                    f'fill="{COLOURS.get(key, "#0b6e8a")}"><title>{escape(labels.get(key, str(key)))}: '
+                    f'{value:g} {unit}</title></rect>'
+                    f'<text x="{left + length + 6:.1f}" y="{y + bar_height / 2 + 5:.1f}" font-size="15" '
+                    f'font-weight="bold">{value:g}</text>')
+    axis = (f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - 26}" stroke="#333"/>'
+            f'<text x="{width - 2}" y="{height - 10}" font-size="14" text-anchor="end" fill="#444">{unit}</text>')
+    return _svg(title, width, height, grid + "".join(rows) + axis)
+
+
+def stacked_weeks(title: str, volumes: dict[str, dict[str, int]], *, width: int = 640) -> str:
+    """Weekly volumes per institution as stacked columns: a count axis with grid lines, the
+    week's total above each column, ISO week under it, a legend of institutions."""
     weeks = list(volumes)
     institutions = sorted({code for counts in volumes.values() for code in counts})
     palette = ["#0b6e8a", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#f9a825", "#607d8b"]
-    peak = max((sum(c.values()) for c in volumes.values()), default=0) or 1
-    chart_height, column = 160, max(18, (width - 40) // max(1, len(weeks)) - 6)
-    parts = []
+    ticks = _axis_ticks(max((sum(c.values()) for c in volumes.values()), default=0))
+    left, top, chart_height = 44, 52, 200
+    column = max(22, min(56, (width - left - 10) // max(1, len(weeks)) - 10))
+    base = top + chart_height
+    parts = [f'<line x1="{left}" y1="{base - chart_height * t / ticks[-1]:.1f}" x2="{width - 4}" '
+             f'y2="{base - chart_height * t / ticks[-1]:.1f}" stroke="#d0d7de"/>'
+             f'<text x="{left - 6}" y="{base - chart_height * t / ticks[-1] + 4:.1f}" font-size="15" '
+             f'text-anchor="end" fill="#444">{t}</text>' for t in ticks]
     for i, week in enumerate(weeks):
-        x, y = 30 + i * (column + 6), 20 + chart_height
+        x, y = left + 10 + i * (column + 10), base
         for j, code in enumerate(institutions):
             value = volumes[week].get(code, 0)
-            h = int(chart_height * value / peak)
+            h = chart_height * value / ticks[-1]
             y -= h
-            if h:
-                parts.append(f'<rect x="{x}" y="{y}" width="{column}" height="{h}" fill="{palette[j % len(palette)]}">'
-                             f'<title>{escape(week)} {escape(code)}: {value}</title></rect>')
-        parts.append(f'<text x="{x}" y="{chart_height + 34}" font-size="10">{escape(week[-3:])}</text>')
-    legend = "".join(f'<rect x="{30 + k * 90}" y="{chart_height + 44}" width="10" height="10" '
-                     f'fill="{palette[k % len(palette)]}"/><text x="{44 + k * 90}" y="{chart_height + 53}" '
-                     f'font-size="11">{escape(code)}</text>' for k, code in enumerate(institutions))
-    height = chart_height + 62
-    return (f'<svg role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="100%" '
-            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
-            f'<text x="0" y="14" font-size="14" font-weight="bold">{escape(title)}</text>{"".join(parts)}{legend}</svg>')
+            if value:
+                parts.append(f'<rect x="{x}" y="{y:.1f}" width="{column}" height="{h:.1f}" '
+                             f'fill="{palette[j % len(palette)]}"><title>{escape(week)} {escape(code)}: '
+                             f'{value} 例</title></rect>')
+        total = sum(volumes[week].values())
+        parts.append(f'<text x="{x + column / 2:.1f}" y="{y - 5:.1f}" font-size="15" font-weight="bold" '
+                     f'text-anchor="middle">{total}</text>'
+                     f'<text x="{x + column / 2:.1f}" y="{base + 18}" font-size="15" text-anchor="middle">'
+                     f'{escape(week[-3:])}</text>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#333"/>'
+                 f'<line x1="{left}" y1="{base}" x2="{width - 4}" y2="{base}" stroke="#333"/>'
+                 f'<text x="{left + 6}" y="{top - 8}" font-size="14" fill="#444">例 cases</text>')
+    legend_y = base + 40
+    legend = "".join(f'<rect x="{left + k * 120}" y="{legend_y - 11}" width="12" height="12" '
+                     f'fill="{palette[k % len(palette)]}"/><text x="{left + 18 + k * 120}" y="{legend_y}" '
+                     f'font-size="15">{escape(code)}</text>' for k, code in enumerate(institutions))
+    if not weeks:
+        legend = f'<text x="{left + 10}" y="{top + chart_height / 2}" font-size="15" fill="#666">暂无数据 No consults yet</text>'
+    return _svg(title, width, legend_y + 10, "".join(parts) + legend)

@@ -105,8 +105,10 @@ def build_router(db_session, optional_user) -> APIRouter:
         data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
         charts = {
             "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),
-            "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"]),
-            "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"]),
+            "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"],
+                                            labels=PRIORITY_LABELS),
+            "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"],
+                                          labels={**COLOUR_LABELS, "none": "未分级 None"}),
         }
         return render(request, "consult/dashboard.html", user=user, data=data, charts=charts)
 
