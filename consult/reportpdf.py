@@ -20,18 +20,21 @@ glyphs used is embedded, so the PDF renders anywhere.
 The QR code (segno) is drawn as vector rectangles, so it stays sharp at any
 zoom and scans reliably from print.  Its URL is also printed under it.
 
-Signature placeholders: the two dashed boxes "报告医师签名" and "审核医师签名"
-in the signature block are left empty.  The PAdES signatures added by
-consult.signing are invisible (no widget appearance): pyHanko's stock stamp
-uses a Latin-only font and a CJK stamp would need uharfbuzz; a visible
-appearance could be placed in those boxes later.
+Each version is its own document: its status (初步 / 终审 / 补充) is printed at the
+top, every signer is listed with name, professional title, institution and Beijing
+signing time, and the QR opens that exact version's verification page. A final
+report is rendered anew at co-signing (not the preliminary with a second signature,
+which still said "待审核 Pending review" and pointed at the preliminary's QR); the
+reader's signed preliminary travels inside it as an embedded file, so both PAdES
+signatures can still be verified from the final alone (consult.reports.verify_upload).
+The PAdES signatures themselves are invisible (pyHanko's stock stamp is Latin-only).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,6 +44,9 @@ from fpdf.enums import XPos, YPos
 
 __all__ = [
     "ReportContent",
+    "Signer",
+    "Status",
+    "beijing_time",
     "ReportFontError",
     "build_report_pdf",
     "find_cjk_font",
@@ -51,6 +57,38 @@ DEFAULT_FOOTER = (
     " This report is digitally signed; scan the QR code to verify it."
     " For clinical reference only."
 )
+
+
+BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+
+@dataclass(frozen=True)
+class Signer:
+    """One signer as the report prints them; ``signed_at`` None means not signed yet."""
+
+    role: str  # e.g. "报告医师 Reader"
+    name: str
+    title: str = ""  # 主任医师, 副主任医师, 主治医师…
+    institution: str = ""
+    signed_at: datetime | None = None
+    pending: str = "待签名 Not signed yet"
+
+
+@dataclass(frozen=True)
+class Status:
+    """What this version is, printed as a band under the title."""
+
+    text: str  # e.g. "终审报告 Final report"
+    note: str = ""  # e.g. "经上级医师审核签发 Reviewed and signed by a senior"
+    colour: tuple[int, int, int] = (11, 110, 138)
+
+
+def beijing_time(value: datetime) -> str:
+    """2026年12月3日 16:15 in Beijing time (naive datetimes are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    local = value.astimezone(BEIJING)
+    return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}"
 
 
 @dataclass
@@ -86,6 +124,9 @@ class ReportContent:
     requesting_institution: str = ""
     title: str = "影像诊断报告  Diagnostic Imaging Report"
     footer: str = DEFAULT_FOOTER
+    status: Status | None = None
+    signers: list[Signer] = field(default_factory=list)  # when given, replaces reader/reviewer
+    attachments: list[tuple[str, bytes, str]] = field(default_factory=list)  # (name, bytes, description)
 
 
 class ReportFontError(RuntimeError):
@@ -205,6 +246,7 @@ def build_report_pdf(report: ReportContent) -> bytes:
     pdf.add_page()
 
     _header(pdf, report)
+    _status_band(pdf, report.status)
     _info_table(pdf, "患者信息  Patient", [
         ("姓名 Name", report.patient_name),
         ("性别 Sex", _SEX.get(report.patient_sex.strip().upper(), report.patient_sex)),
@@ -222,7 +264,23 @@ def build_report_pdf(report: ReportContent) -> bytes:
     _section(pdf, "诊断意见  Impression", report.impression)
     _section(pdf, "建议  Recommendation", report.recommendation)
     _signature_block(pdf, report)
+    for name, data, description in report.attachments:
+        pdf.embed_file(bytes=data, basename=name, desc=description)
     return bytes(pdf.output())
+
+
+def _status_band(pdf: _ReportPdf, status: Status | None) -> None:
+    if status is None:
+        return
+    pdf.set_fill_color(*status.colour)
+    pdf.set_text_color(255, 255, 255)
+    pdf.set_font("cjk", "B", 12)
+    pdf.cell(_CONTENT_W, 8, "  " + status.text, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+    if status.note:
+        pdf.set_font("cjk", "", 8.5)
+        pdf.cell(_CONTENT_W, 5, status.note, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(2)
 
 
 def _header(pdf: _ReportPdf, report: ReportContent) -> None:
@@ -294,6 +352,10 @@ def _signature_block(pdf: _ReportPdf, report: ReportContent) -> None:
     pdf.line(_MARGIN, top, _PAGE_W - _MARGIN, top)
 
     col_w = (_CONTENT_W - _QR_SIZE - 6) / 2
+    if report.signers:
+        _signer_columns(pdf, report.signers, top, col_w)
+        _qr_block(pdf, report.verify_url, top)
+        return
     people = [
         ("报告医师 Reader", report.reader_name,
          _fmt_when(report.read_at, pending="—"), "报告医师签名 Reader's signature"),
@@ -326,15 +388,45 @@ def _signature_block(pdf: _ReportPdf, report: ReportContent) -> None:
         pdf.cell(box_w - 2, 3, box_label)
         pdf.set_text_color(0, 0, 0)
 
+    _qr_block(pdf, report.verify_url, top)
+
+
+def _signer_columns(pdf: _ReportPdf, signers: list[Signer], top: float, col_w: float) -> None:
+    """Each signer: role, name and title, institution, Beijing signing time and a
+    "digitally signed" mark (or what is still pending)."""
+    for i, signer in enumerate(signers[:2]):
+        x = _MARGIN + i * col_w
+        pdf.set_xy(x, top + 2)
+        pdf.set_font("cjk", "", 8.5)
+        pdf.set_text_color(80, 80, 80)
+        pdf.cell(col_w - 4, 4.5, signer.role, new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_text_color(0, 0, 0)
+        pdf.set_font("cjk", "B", 11)
+        pdf.cell(col_w - 4, 6, f"{signer.name}  {signer.title}".strip(), new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_font("cjk", "", 8.5)
+        pdf.cell(col_w - 4, 4.5, signer.institution or "—", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        when = beijing_time(signer.signed_at) + "（北京时间）" if signer.signed_at else signer.pending
+        pdf.cell(col_w - 4, 4.5, f"时间 Time: {when}", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_font("cjk", "B", 8.5)
+        if signer.signed_at:
+            pdf.set_text_color(46, 125, 50)
+            pdf.cell(col_w - 4, 5, "已电子签名 Digitally signed", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        else:
+            pdf.set_text_color(190, 100, 0)
+            pdf.cell(col_w - 4, 5, "未签名 Not signed", new_x=XPos.LEFT, new_y=YPos.NEXT)
+        pdf.set_text_color(0, 0, 0)
+
+
+def _qr_block(pdf: _ReportPdf, url: str, top: float) -> None:
     qr_x = _PAGE_W - _MARGIN - _QR_SIZE
-    _draw_qr(pdf, report.verify_url, qr_x, top + 2, _QR_SIZE)
+    _draw_qr(pdf, url, qr_x, top + 2, _QR_SIZE)
     pdf.set_xy(qr_x - 7, top + 2 + _QR_SIZE + 0.5)
     pdf.set_font("cjk", "", 6.5)
     pdf.cell(_QR_SIZE + 14, 3, "扫码验证 Scan to verify", align="C",
              new_x=XPos.LEFT, new_y=YPos.NEXT)
     pdf.set_font("helvetica", "", 5.5)
     pdf.set_x(_MARGIN)
-    pdf.cell(_CONTENT_W, 3, report.verify_url, align="R")
+    pdf.cell(_CONTENT_W, 3, url, align="R")
 
 
 def _draw_qr(pdf: FPDF, url: str, x: float, y: float, size: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from consult import signing, templates
 from consult.models import ConsultRequest, Report, ReportVersion, SignerCredential, SigningAuthority
 from consult.notify import notify
-from consult.reportpdf import ReportContent, build_report_pdf
+from consult.reportpdf import ReportContent, Signer, Status, build_report_pdf
 from consult.service import _require, get, transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
@@ -138,19 +138,66 @@ def _age(birth: str, on: str) -> str:
     return f"{years}岁"
 
 
+# DICOM Body Part Examined (PS3.16 CID 4031) as a report prints it, Chinese first.
+BODY_PARTS_ZH = {
+    "HEAD": "头部", "BRAIN": "颅脑", "SKULL": "颅骨", "NECK": "颈部", "CHEST": "胸部", "LUNG": "肺部",
+    "HEART": "心脏", "BREAST": "乳腺", "ABDOMEN": "腹部", "PELVIS": "盆腔", "ABDOMENPELVIS": "腹盆腔",
+    "LIVER": "肝脏", "KIDNEY": "肾脏", "SPINE": "脊柱", "CSPINE": "颈椎", "TSPINE": "胸椎", "LSPINE": "腰椎",
+    "SHOULDER": "肩关节", "ELBOW": "肘关节", "WRIST": "腕关节", "HAND": "手", "HIP": "髋关节", "KNEE": "膝关节",
+    "ANKLE": "踝关节", "FOOT": "足", "EXTREMITY": "四肢", "UTERUS": "子宫", "OVARY": "卵巢", "FETUS": "胎儿",
+    "THYROID": "甲状腺",
+}
+
+
+def body_part_zh(code: str) -> str:
+    """'胸部 CHEST' for a known DICOM code, the text as it is otherwise."""
+    code = (code or "").strip()
+    chinese = BODY_PARTS_ZH.get(code.upper().replace(" ", ""))
+    return f"{chinese} {code}" if chinese else code
+
+
+def chinese_date(dicom_date: str) -> str:
+    """20240301 as 2024年3月1日; anything else as it is."""
+    text = (dicom_date or "").strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{int(text[:4])}年{int(text[4:6])}月{int(text[6:])}日"
+    return text
+
+
+PRELIMINARY = Status("初步报告 Preliminary report", "待上级医师审核签发，以终审报告为准 "
+                     "Awaiting the senior's review; the final report prevails", (190, 110, 0))
+FINAL = Status("终审报告 Final report", "报告医师签发，上级医师审核签发 Signed by the reader and by the "
+               "reviewing senior", (46, 125, 50))
+
+
+def _addendum_status(final_number: int) -> Status:
+    return Status("补充报告 Addendum", f"对第 {final_number} 版终审报告的补充 Addendum to the final report, "
+                  f"version {final_number}", (11, 110, 138))
+
+
+def _signer(user: User | None, role: str, signed_at: datetime | None, pending: str = "") -> Signer:
+    if user is None:
+        return Signer(role=role, name="—", pending=pending or "—")
+    return Signer(role=role, name=user.display_name, title=user.title or "",
+                  institution=user.institution.name_zh if user.institution else "", signed_at=signed_at,
+                  pending=pending or "待签名 Not signed yet")
+
+
 def _pdf_content(session: Session, consult: ConsultRequest, report: Report, content: dict, verify_url: str,
-                 title: str | None = None) -> ReportContent:
+                 title: str | None = None, **printed) -> ReportContent:
     study, series = _exam(session, consult)
     template = templates.TEMPLATES[report.template]
     fields = templates.fields_as_text(report.template, content.get("fields", {}))
     findings = content["findings"] + (f"\n{fields}" if fields else "")
     extra = {"title": title} if title else {}
+    extra.update(printed)  # status, signers, attachments
     return ReportContent(
         institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
         patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,
         patient_sex=study.patient.sex, patient_age=_age(study.patient.birth_date, study.study_date),
         patient_id=shown_patient_id(study.patient.patient_id), modality=(series.modality if series else "") or template.modality,
-        body_part=(series.body_part if series else "") or template.body_part, exam_date=study.study_date,
+        body_part=body_part_zh((series.body_part if series else "") or template.body_part),
+        exam_date=chinese_date(study.study_date),
         accession_number=study.accession_number, clinical_question=consult.clinical_question,
         findings=findings, impression=content["impression"], recommendation=content["recommendation"],
         reader_name=consult.reader.display_name if consult.reader else "",
@@ -159,7 +206,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
 
 
 def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, reason: str,
-          content: dict) -> tuple[bytes, dict]:
+          content: dict, at: datetime | None = None) -> tuple[bytes, dict]:
     credential, authority = _credential(session, user)
     material = signing.SignerMaterial(credential.cert_pem, credential.key_pem_encrypted)
     try:
@@ -169,8 +216,8 @@ def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, r
         audit.append(session, principal=None, actor=user.username, action="report.sign", outcome="denied",
                      detail={"reason": str(exc)})
         raise SignatureRefused(f"{exc} / 签名失败") from None
-    return signed, {"user": user.username, "name": user.display_name, "field": field,
-                    "signed_at": utcnow().isoformat(), "cms_b64": base64.b64encode(cms).decode()}
+    return signed, {"user": user.username, "name": user.display_name, "title": user.title or "", "field": field,
+                    "signed_at": (at or utcnow()).isoformat(), "cms_b64": base64.b64encode(cms).decode()}
 
 
 def _store_version(session: Session, store, report: Report, kind: str, content: dict, pdf: bytes,
@@ -202,9 +249,12 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
     content = templates.clean_content(report.template, report.draft)
     if not content["findings"].strip() or not content["impression"].strip():
         raise Invalid("findings and impression are required / 请填写检查所见和诊断意见")
-    public_id = secrets.token_hex(8)
-    pdf = build_report_pdf(_pdf_content(session, consult, report, content, _verify_url(base_url, public_id)))
-    signed, signature = _sign(session, user, password, pdf, "reader", "初步报告 preliminary report", content)
+    public_id, now = secrets.token_hex(8), utcnow()
+    signers = [_signer(user, "报告医师 Reader", now),
+               _signer(consult.reviewer, "审核医师 Reviewer", None, pending="待审核 Awaiting review")]
+    pdf = build_report_pdf(_pdf_content(session, consult, report, content, _verify_url(base_url, public_id),
+                                        status=PRELIMINARY, signers=signers))
+    signed, signature = _sign(session, user, password, pdf, "reader", "初步报告 preliminary report", content, now)
     version = _store_version(session, store, report, "preliminary", content, signed, [signature], public_id)
     report.status, report.review_comment = "preliminary", ""
     transition(session, consult, user, "reported", f"version {version.number}")
@@ -229,9 +279,13 @@ def return_for_revision(*, session: Session, consult_id: int, user: User, commen
     return report
 
 
-def co_sign_final(*, session: Session, store, consult_id: int, user: User, password: str) -> ReportVersion:
-    """The senior co-signs the reader's signed PDF (an incremental signature): final, and
-    returned to the requesting institution (审核回传)."""
+def co_sign_final(*, session: Session, store, consult_id: int, user: User, password: str,
+                  base_url: str) -> ReportVersion:
+    """The senior signs the final report, returned to the requesting institution (审核回传).
+
+    The final is its own document: 终审, both signers with title, institution and Beijing
+    time, a QR to its own verification page. The reader's signed preliminary (same
+    content) is embedded in it, so the reader's signature is verifiable from the final."""
     consult = get(session=session, consult_id=consult_id, user=user)
     _require(user.id == consult.reviewer_id, "only the assigned reviewer signs the final report")
     if consult.status != "reported":
@@ -242,9 +296,18 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     check = signing.verify_pdf(pdf, trusted_roots(session))
     if not check.ok:
         raise Conflict("the preliminary report does not verify; it was not co-signed: " + "; ".join(check.problems))
-    signed, signature = _sign(session, user, password, pdf, "reviewer", "审核签发 final report", preliminary.content)
+    public_id, now = secrets.token_hex(8), utcnow()
+    read_at = datetime.fromisoformat(preliminary.signatures[0]["signed_at"])
+    signers = [_signer(consult.reader, "报告医师 Reader", read_at), _signer(user, "审核医师 Reviewer", now)]
+    embedded = (f"preliminary-v{preliminary.number}-signed.pdf", pdf,
+                "报告医师签名的初步报告（内容与本报告相同） The reader's signed preliminary report (same content)")
+    final_pdf = build_report_pdf(_pdf_content(session, consult, report, preliminary.content,
+                                              _verify_url(base_url, public_id), status=FINAL, signers=signers,
+                                              attachments=[embedded]))
+    signed, signature = _sign(session, user, password, final_pdf, "reviewer", "审核签发 final report",
+                              preliminary.content, now)
     version = _store_version(session, store, report, "final", preliminary.content, signed,
-                             [*preliminary.signatures, signature], preliminary.public_id + "f")
+                             [*preliminary.signatures, signature], public_id)
     report.status = "final"
     transition(session, consult, user, "final", f"version {version.number}")
     transition(session, consult, None, "returned", "report returned to the requesting institution")
@@ -270,13 +333,14 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
     report = get_report(session=session, consult=consult)
     final = next(v for v in reversed(report.versions) if v.kind == "final")
     content = {**final.content, "addendum": text.strip()[:20000], "amends_version": final.number}
-    public_id = secrets.token_hex(8)
+    public_id, now = secrets.token_hex(8), utcnow()
     pdf_content = _pdf_content(session, consult, report, {**final.content, "findings": text.strip(),
                                                            "impression": "见原报告 See the final report",
                                                            "recommendation": ""},
-                               _verify_url(base_url, public_id), title="补充报告  Addendum")
+                               _verify_url(base_url, public_id), title="补充报告  Addendum",
+                               status=_addendum_status(final.number), signers=[_signer(user, "补充医师 Author", now)])
     signed, signature = _sign(session, user, password, build_report_pdf(pdf_content), "addendum",
-                              "补充报告 addendum", content)
+                              "补充报告 addendum", content, now)
     version = _store_version(session, store, report, "addendum", content, signed, [signature], public_id)
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "addendum"})
@@ -290,13 +354,23 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
 
 def verify_upload(*, session: Session, pdf: bytes) -> dict:
     """What the verification page and `lancang report verify` say about a PDF."""
-    result = signing.verify_pdf(pdf, trusted_roots(session))
+    roots = trusted_roots(session)
+    result = signing.verify_pdf(pdf, roots)
     known = session.scalar(select(ReportVersion).where(ReportVersion.pdf_sha256 == hashlib.sha256(pdf).hexdigest()))
+    signers, problems, ok = [], list(result.problems), result.ok
+    if result.ok:  # a final carries the reader's signed preliminary: verify that signature too
+        for name, data in signing.embedded_files(pdf).items():
+            if name.startswith("preliminary-") and name.endswith("-signed.pdf"):
+                inner = signing.verify_pdf(data, roots)
+                signers += inner.signers
+                problems += [f"{name}: {p}" for p in inner.problems]
+                ok = ok and inner.ok
+    signers += result.signers
     return {
-        "ok": result.ok,
+        "ok": ok,
         "signers": [{"name": s.name, "institution": s.institution, "signed_at": s.signed_at.isoformat()
-                     if s.signed_at else None, "intact": s.intact, "trusted": s.trusted} for s in result.signers],
-        "problems": result.problems,
+                     if s.signed_at else None, "intact": s.intact, "trusted": s.trusted} for s in signers],
+        "problems": problems,
         "known_version": {"public_id": known.public_id, "kind": known.kind} if known else None,
     }
 

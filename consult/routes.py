@@ -172,7 +172,7 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
         """The senior co-signs: final, returned to the requesting institution."""
         me = me_in(session, user)
         reports.co_sign_final(session=session, store=store(request), consult_id=consult_id, user=me,
-                              password=body.password)
+                              password=body.password, base_url=base_url(request))
         return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
     @router.post("/consults/{consult_id}/report/addendum", response_model=ConsultDetail)

@@ -833,3 +833,22 @@ def verify_data(
         )
     except Exception:  # noqa: BLE001 - any malformed input is "not valid"
         return False
+
+
+def embedded_files(pdf: bytes) -> dict[str, bytes]:
+    """The files embedded in a PDF's EmbeddedFiles name tree, {name: bytes}; {} when there
+    are none or the file cannot be read (verification reports the PDF's own problems)."""
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    try:
+        root = PdfFileReader(BytesIO(pdf), strict=False).root
+        names = root["/Names"]["/EmbeddedFiles"]["/Names"]
+    except Exception:
+        return {}
+    found = {}
+    for index in range(0, len(names) - 1, 2):
+        try:
+            found[str(names[index])] = names[index + 1].get_object()["/EF"]["/F"].get_object().data
+        except Exception:
+            continue
+    return found

@@ -124,7 +124,7 @@ def cmd_user_add(args) -> None:
     with _runtime().db.scope() as session:
         user = service.add_user(session=session, username=args.username, role=args.role,
                                 institution_code=args.institution, password=args.password,
-                                display_name=args.display_name or "")
+                                display_name=args.display_name or "", title=args.title or "")
         _audit(session, "admin.user.add", "user", user.username, role=user.role, institution=args.institution)
         print(f"user {user.username} added ({user.role} at {args.institution})")
 
@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(user, "add", "add a user", cmd_user_add,
          (("username",), {}), (("--role",), {"required": True, "choices": ROLES}),
          (("--institution",), {"required": True}), (("--password",), {"required": True}),
-         (("--display-name",), {}))
+         (("--display-name",), {}),
+         (("--title",), {"help": "professional title printed on signed reports, e.g. 主任医师"}))
     _sub(user, "list", "list users", cmd_user_list)
     _sub(user, "disable", "disable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=False)
     _sub(user, "enable", "re-enable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=True)

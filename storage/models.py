@@ -71,6 +71,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
+    # Professional title printed beside the name on signed reports (主任医师, 副主任医师, 主治医师…).
+    title: Mapped[str] = mapped_column(String(32), default="", server_default="")
     role: Mapped[str] = mapped_column(String(16))
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     password_hash: Mapped[str] = mapped_column(String(255))

@@ -35,7 +35,7 @@ def hash_token(token: str) -> str:
 
 
 def add_user(*, session: Session, username: str, role: str, institution_code: str,
-             password: str, display_name: str = "") -> User:
+             password: str, display_name: str = "", title: str = "") -> User:
     """Adds a user; the password is stored as an argon2 hash."""
     if not _USERNAME.match(username):
         raise Invalid("username must be 2-64 lower-case letters, digits, '.', '_' or '-'")
@@ -47,7 +47,8 @@ def add_user(*, session: Session, username: str, role: str, institution_code: st
         raise Conflict(f"user {username!r} already exists")
     institution = get_institution(session=session, code=institution_code)
     user = User(username=username, role=role, institution_id=institution.id,
-                display_name=display_name or username, password_hash=_hasher.hash(password), active=True)
+                display_name=display_name or username, title=title.strip()[:32],
+                password_hash=_hasher.hash(password), active=True)
     session.add(user)
     session.flush()
     return user

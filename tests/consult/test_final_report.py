@@ -1,0 +1,84 @@
+"""16.1: each version's PDF states its own status, prints every signer with name, title,
+institution and Beijing signing time, and its QR opens that exact version. Checked on the
+rendered PDFs (pdftotext, and zbarimg on a pdftoppm rendering), not on status fields.
+
+On the previous code the co-signed final said "审核医师 … 时间: 待审核 Pending review", the
+reader's time was "—", nothing said 终审, and its QR opened the preliminary's page."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from storage.models import User
+from tests.consult.test_flow import api, ok, world  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["embedded"])
+def backend(request):
+    return request.param
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is needed (poppler-utils / zbar-tools)"
+    return path
+
+
+def _text(pdf: bytes, tmp_path: Path, name: str) -> str:
+    path = tmp_path / f"{name}.pdf"
+    path.write_bytes(pdf)
+    return subprocess.run([_tool("pdftotext"), "-layout", str(path), "-"], capture_output=True, check=True,
+                          text=True).stdout
+
+
+def _qr(pdf: bytes, tmp_path: Path, name: str) -> str:
+    path = tmp_path / f"{name}.pdf"
+    path.write_bytes(pdf)
+    subprocess.run([_tool("pdftoppm"), "-r", "200", "-png", "-singlefile", str(path), str(tmp_path / name)],
+                   check=True)
+    done = subprocess.run([_tool("zbarimg"), "--raw", "-q", str(tmp_path / f"{name}.png")], capture_output=True,
+                          text=True)
+    return done.stdout.strip()
+
+
+def test_each_version_says_what_it_is_who_signed_it_and_its_qr_opens_it(runtime, world, api, tmp_path):
+    _, study = world
+    with runtime.db.scope() as session:
+        session.execute(update(User).where(User.username == "wang").values(title="主治医师"))
+        session.execute(update(User).where(User.username == "chen").values(title="主任医师"))
+    cid = ok(api("POST", "li", "/api/consults", json={
+        "kind": "read", "target": "COUNTY", "study_uids": [study], "clinical_question": "咳嗽两周"}), 201)["id"]
+    ok(api("POST", "zhou", f"/api/consults/{cid}/accept"))
+    ok(api("POST", "zhou", f"/api/consults/{cid}/assign", json={"reader": "wang", "reviewer": "chen"}))
+    ok(api("PUT", "wang", f"/api/consults/{cid}/report/draft", json={
+        "template": "ct_head", "findings": "右下肺见斑片状高密度影。", "impression": "右下肺炎",
+        "recommendation": "抗感染治疗后复查", "fields": {}}))
+    ok(api("POST", "wang", f"/api/consults/{cid}/report/sign", json={"password": "sign-wang"}))
+    final = ok(api("POST", "chen", f"/api/consults/{cid}/report/cosign", json={"password": "sign-chen"}))
+    preliminary_v, final_v = final["versions"]
+    assert (preliminary_v["kind"], final_v["kind"]) == ("preliminary", "final")
+    preliminary_pdf = api("GET", "li", preliminary_v["pdf_url"]).content
+    final_pdf = api("GET", "li", final_v["pdf_url"]).content
+
+    text = _text(final_pdf, tmp_path, "final")
+    assert "终审报告 Final report" in text and "待审核" not in text and "初步报告" not in text
+    assert "王医生 主治医师" in text and "陈主任 主任医师" in text
+    assert "澜沧县人民医院" in text and "普洱市人民医院" in text  # each signer's institution
+    assert text.count("北京时间") == 2 and text.count("已电子签名 Digitally signed") == 2
+    assert "UTC" not in text and "2026年11月1日" in text and "头部 HEAD" in text  # exam date and body part
+    final_url = _qr(final_pdf, tmp_path, "final")
+    assert final_url.endswith(f"/verify/{final_v['public_id']}")
+    page = api.client.get("/verify/" + final_url.rsplit("/verify/", 1)[1])
+    assert page.status_code == 200 and "终审报告" in page.text
+
+    text = _text(preliminary_pdf, tmp_path, "preliminary")
+    assert "初步报告 Preliminary report" in text and "待审核 Awaiting review" in text
+    assert "终审报告 Final report" not in text
+    assert _qr(preliminary_pdf, tmp_path, "preliminary").endswith(f"/verify/{preliminary_v['public_id']}")
