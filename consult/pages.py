@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consult import dashboard, reports, scheduling, service, templates
-from consult.models import PRIORITIES, RISK_COLOURS
+from consult.models import PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging.models import Study
 from storage import access
@@ -127,7 +127,9 @@ def build_router(db_session, optional_user) -> APIRouter:
     @router.get("/verify/{public_id}", response_class=HTMLResponse)
     def verify_code(public_id: str, request: Request, session: Read, user: MaybeUser):
         version = reports.version_by_public_id(session=session, public_id=public_id)
-        return render(request, "consult/verify.html", user=user, version=version, verdict=None)
+        standing, current = reports.version_standing(session.get(Report, version.report_id), version)
+        return render(request, "consult/verify.html", user=user, version=version, verdict=None,
+                      standing=standing, current=current)
 
     @router.post("/verify", response_class=HTMLResponse)
     async def verify_upload(request: Request, session: Read, user: MaybeUser, file: UploadFile = File(...)):

@@ -375,6 +375,30 @@ def verify_upload(*, session: Session, pdf: bytes) -> dict:
     }
 
 
+def version_standing(report: Report, version: ReportVersion) -> tuple[str, bool]:
+    """(what this version is now, whether it is the one to rely on): current final,
+    superseded, returned for revision, awaiting review, addendum to vN."""
+    later = [v for v in report.versions if v.number > version.number]
+    if version.kind == "addendum":
+        amends = version.content.get("amends_version", "?")
+        return f"对第 {amends} 版终审报告的补充 Addendum to final version {amends}", True
+    if version.kind == "final":
+        newer = next((v for v in later if v.kind == "final"), None)
+        if newer:
+            return f"已被第 {newer.number} 版取代 Superseded by version {newer.number}", False
+        return "当前有效的终审报告 The current final report", True
+    final = next((v for v in later if v.kind == "final"), None)
+    if later and later[0].kind == "final":
+        return (f"初步报告，已由上级医师审核签发为第 {final.number} 版终审报告 Preliminary; co-signed as the "
+                f"final report, version {final.number}", False)
+    if later:
+        return (f"已退回修改，被第 {later[0].number} 版取代 Returned for revision; superseded by version "
+                f"{later[0].number}", False)
+    if report.status == "draft":
+        return "已退回修改 Returned for revision", False
+    return "初步报告，待上级医师审核 Preliminary, awaiting the senior's review", False
+
+
 def version_by_public_id(*, session: Session, public_id: str) -> ReportVersion:
     version = session.scalar(select(ReportVersion).where(ReportVersion.public_id == public_id))
     if version is None:

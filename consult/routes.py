@@ -42,7 +42,8 @@ def consult_detail(session: Session, consult: ConsultRequest, user: User) -> Con
         review_comment=report.review_comment if report else "",
         versions=[VersionOut(number=v.number, kind=v.kind, public_id=v.public_id, created_at=v.created_at,
                              signers=[s["name"] for s in v.signatures], content=v.content,
-                             pdf_url=f"/api/consults/{consult.id}/report/versions/{v.number}.pdf")
+                             pdf_url=f"/api/consults/{consult.id}/report/versions/{v.number}.pdf",
+                             **dict(zip(("standing", "current"), reports.version_standing(report, v))))
                   for v in (report.versions if report else [])],
         bookings=[{"user": b.user.username, "role": b.role, "starts_at": b.starts_at.isoformat(),
                    "ends_at": b.ends_at.isoformat()} for b in bookings])

@@ -79,6 +79,8 @@ class VersionOut(BaseModel):
     signers: list[str]
     content: dict
     pdf_url: str
+    standing: str = ""  # current final, superseded by vN, returned for revision, addendum to vN
+    current: bool = False  # the version to rely on
 
 
 class ConsultOut(BaseModel):

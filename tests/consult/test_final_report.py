@@ -82,3 +82,30 @@ def test_each_version_says_what_it_is_who_signed_it_and_its_qr_opens_it(runtime,
     assert "初步报告 Preliminary report" in text and "待审核 Awaiting review" in text
     assert "终审报告 Final report" not in text
     assert _qr(preliminary_pdf, tmp_path, "preliminary").endswith(f"/verify/{preliminary_v['public_id']}")
+
+
+def test_verification_and_the_consult_page_state_each_versions_standing(runtime, world, api):
+    """16.3: a version the senior sent back gets no green tick and says it was returned and
+    by which version it was superseded; the final says it is current (the page gave every
+    version the same "已签名" tick)."""
+    _, study = world
+    cid = ok(api("POST", "li", "/api/consults", json={
+        "kind": "read", "target": "COUNTY", "study_uids": [study], "clinical_question": "咳嗽"}), 201)["id"]
+    ok(api("POST", "zhou", f"/api/consults/{cid}/accept"))
+    ok(api("POST", "zhou", f"/api/consults/{cid}/assign", json={"reader": "wang", "reviewer": "chen"}))
+    draft = {"template": "ct_head", "findings": "所见", "impression": "印象", "recommendation": "", "fields": {}}
+    ok(api("PUT", "wang", f"/api/consults/{cid}/report/draft", json=draft))
+    ok(api("POST", "wang", f"/api/consults/{cid}/report/sign", json={"password": "sign-wang"}))
+    ok(api("POST", "chen", f"/api/consults/{cid}/report/return", json={"comments": "请补充"}))
+    ok(api("PUT", "wang", f"/api/consults/{cid}/report/draft", json={**draft, "findings": "所见，已补充"}))
+    ok(api("POST", "wang", f"/api/consults/{cid}/report/sign", json={"password": "sign-wang"}))
+    versions = ok(api("POST", "chen", f"/api/consults/{cid}/report/cosign", json={"password": "sign-chen"}))["versions"]
+    assert [(v["kind"], v["current"]) for v in versions] == [("preliminary", False), ("preliminary", False),
+                                                            ("final", True)]
+    assert "已退回修改" in versions[0]["standing"] and "version 2" in versions[0]["standing"]
+    assert "审核签发为第 3 版终审报告" in versions[1]["standing"]
+    returned = api.client.get(f"/verify/{versions[0]['public_id']}").text
+    assert 'class="warn-box"' in returned and "已退回修改" in returned and "✔" not in returned.split('id="standing"')[1][:20]
+    final = api.client.get(f"/verify/{versions[2]['public_id']}").text
+    assert 'class="ok-box" id="standing"' in final and "当前有效的终审报告" in final
+    assert "UTC" not in final and "北京时间" in final
