@@ -109,3 +109,18 @@ def test_verification_and_the_consult_page_state_each_versions_standing(runtime,
     final = api.client.get(f"/verify/{versions[2]['public_id']}").text
     assert 'class="ok-box" id="standing"' in final and "当前有效的终审报告" in final
     assert "UTC" not in final and "北京时间" in final
+
+
+def test_the_consult_page_shows_beijing_time(runtime, world, api):
+    """16.7 for the consult page: bookings, versions and history were "08:15 UTC"."""
+    _, study = world
+    cid = ok(api("POST", "li", "/api/consults", json={
+        "kind": "read", "target": "COUNTY", "study_uids": [study], "clinical_question": "咳嗽"}), 201)["id"]
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    with TestClient(create_app(runtime.settings)) as client:
+        client.post("/login", data={"username": "li", "password": "password-1"})
+        page = client.get(f"/consults/{cid}")
+    assert page.status_code == 200 and "UTC" not in page.text
