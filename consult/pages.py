@@ -52,6 +52,8 @@ def build_router(db_session, optional_user) -> APIRouter:
         items = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
                                  priority=priority or None, colour=colour or None)
         outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
+        service.audit_list(request.app.state.runtime.db, user=user, consult_ids=[c.id for c in [*items, *outgoing]],
+                           action="consult.list", source=request.client.host if request.client else "")
         return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
                       now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
                                                                          "colour": colour},

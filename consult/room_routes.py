@@ -70,6 +70,12 @@ def build_room_router(db_session, write_session, current_user, user_from_websock
                              detail={"reason": exc.detail if hasattr(exc, "detail") else str(exc)})
                 raise
 
+    def _audit_read(request: Request, user, action: str, consult_id: int) -> None:
+        """Room pages, chat and recording lists show a patient's consult: every read is audited."""
+        audit.record_read(request.app.state.runtime.db, principal=None, actor=user.username, action=action,
+                          object_type="consult", object_id=str(consult_id),
+                          source=request.client.host if request.client else "")
+
     @router.websocket("/ws/rooms/{consult_id}")
     async def room_socket(websocket: WebSocket, consult_id: int):
         """Signalling: JSON messages (offer/answer, slots, mode, consent, record, chat, view, lead)."""
@@ -113,6 +119,7 @@ def build_room_router(db_session, write_session, current_user, user_from_websock
         seat = rooms.seat_for(session=session, consult_id=consult_id, user=user)
         consult = session.get(ConsultRequest, consult_id)
         studies = [s.study_instance_uid for s in consult.studies]
+        _audit_read(request, user, "room.page", consult_id)
         return request.app.state.templates.TemplateResponse(request, "consult/room.html", {
             "user": user, "seat": seat, "consult": consult, "studies": studies})
 
@@ -125,6 +132,7 @@ def build_room_router(db_session, write_session, current_user, user_from_websock
         rooms.seat_for(session=session, consult_id=consult_id, user=user)
         consult = session.get(ConsultRequest, consult_id)
         uids = [s.study_instance_uid for s in consult.studies]
+        _audit_read(request, user, "room.viewer", consult_id)
         if study not in uids:
             study = uids[0] if uids else ""
         return request.app.state.templates.TemplateResponse(request, "viewer.html", {
@@ -140,13 +148,16 @@ def build_room_router(db_session, write_session, current_user, user_from_websock
                 "ttl": int(getattr(settings, "room_turn_ttl_s", 3600))}
 
     @router.get("/api/rooms/{consult_id}/chat")
-    def chat(consult_id: int, session: Read, user: Me):
+    def chat(consult_id: int, request: Request, session: Read, user: Me):
         rooms.require_participant(session=session, consult_id=consult_id, user=session.get(User, user.id))
-        return rooms.chat_history(session=session, consult_id=consult_id)
+        history = rooms.chat_history(session=session, consult_id=consult_id)
+        _audit_read(request, user, "room.chat.read", consult_id)  # clinical conversation
+        return history
 
     @router.get("/api/rooms/{consult_id}/recordings")
-    def recordings(consult_id: int, session: Read, user: Me):
+    def recordings(consult_id: int, request: Request, session: Read, user: Me):
         rooms.require_participant(session=session, consult_id=consult_id, user=session.get(User, user.id))
+        _audit_read(request, user, "room.recordings.list", consult_id)
         return [{"id": r.id, "session": r.session, "size": r.size, "sha256": r.sha256,
                  "started_at": r.started_at.isoformat(), "ended_at": r.ended_at.isoformat(),
                  "participants": r.participants, "retain_until": r.retain_until.isoformat(),

@@ -74,13 +74,18 @@ def build_router(db_session, write_session, current_user) -> APIRouter:
         return consult_out(consult)
 
     @router.get("/consults", response_model=list[ConsultOut])
-    def list_consults(session: Read, user: Me, scope: str = "mine", status_: list[str] = Query([], alias="status"),
+    def list_consults(request: Request, session: Read, user: Me, scope: str = "mine",
+                      status_: list[str] = Query([], alias="status"),
                       priority: str | None = None, colour: str | None = None, modality: str | None = None,
                       institution: str | None = None, offset: int = Query(0, ge=0), limit: int = Query(100, le=500)):
         """Worklist (mine), board (incoming) or inbox (outgoing), by urgency then waiting time."""
-        items = service.worklist(session=session, user=me_in(session, user), statuses=status_, priority=priority,
+        me = me_in(session, user)
+        items = service.worklist(session=session, user=me, statuses=status_, priority=priority,
                                  colour=colour, modality=modality, institution=institution, scope=scope)
-        return [consult_out(c) for c in items[offset:offset + limit]]
+        shown = [consult_out(c) for c in items[offset:offset + limit]]
+        service.audit_list(request.app.state.runtime.db, user=me, consult_ids=[c.id for c in shown],
+                           action="consult.list", source=request.client.host if request.client else "")
+        return shown
 
     @router.get("/consults/{consult_id}", response_model=ConsultDetail)
     def get_consult(consult_id: int, request: Request, session: Read, user: Me):

@@ -295,6 +295,14 @@ def audit_read(db, *, user: User, consult_id: int, action: str, source: str) -> 
                       object_id=str(consult_id), source=source)
 
 
+def audit_list(db, *, user: User, consult_ids: list[int], action: str, source: str) -> None:
+    """A list of consults shows clinical questions and patients: one record per list read,
+    naming the consults shown."""
+    audit.record_read(db, principal=_principal(user), action=action, object_type="consult",
+                      object_id=",".join(str(i) for i in consult_ids)[:4000], source=source,
+                      detail={"count": len(consult_ids)})
+
+
 def _principal(user: User) -> Principal:
     return Principal(kind="user", name=user.username, institution_id=user.institution_id,
                      institution_code=user.institution.code, role=user.role, user_id=user.id)

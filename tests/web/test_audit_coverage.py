@@ -37,11 +37,12 @@ NO_PATIENT_DATA = {
     "/dashboard": "counts only", "/calendar": "the caller's bookings", "/verify": "the verification form",
     "/f/{token}": "the PIN form (nothing of the study before the PIN)",
     "/api/rooms/{consult_id}/ice": "ICE server credentials",
+    "/verify/{public_id}": "a version's kind, its signers' names and a hash (public: no patient data)",
 }
 
-# Routes that read patient data: audited. Those with a {placeholder} this test can fill are
-# called below; the consult and room routes are called in tests/consult (test_flow asserts
-# consult.read, test_rooms room.join, test_reportpdf the report downloads).
+# Routes that read patient data: audited. Every one is called below, as a user who may see
+# it, and must add an audit record (the room page, its viewer, chat history and the
+# recording list did not: found by this walker).
 AUDITED = {
     "/dicom-web/studies", "/dicom-web/series", "/dicom-web/instances",
     "/dicom-web/studies/{study}/series", "/dicom-web/studies/{study}/instances",
@@ -62,12 +63,11 @@ AUDITED = {
     "/f/{token}/th/{series_uid}.jpg", "/f/{token}/pv/{instance_id}.jpg", "/f/{token}/report.pdf",
     "/f/{token}/download",
     "/api/consults", "/api/consults/{consult_id}", "/api/consults/{consult_id}/report/versions/{number}.pdf",
-    "/consults", "/consults/{consult_id}", "/verify/{public_id}", "/ws/rooms/{consult_id}",
+    "/consults", "/consults/{consult_id}", "/ws/rooms/{consult_id}",
     "/consults/{consult_id}/room", "/consults/{consult_id}/room/viewer", "/api/rooms/{consult_id}/chat",
     "/api/rooms/{consult_id}/recordings", "/api/rooms/{consult_id}/recordings/{recording_id}",
 }
-CALLED_ELSEWHERE = {p for p in AUDITED if "consult" in p or "rooms" in p or p in (
-    "/consults", "/verify/{public_id}", "/f/{token}/report.pdf")}  # the last needs a signed report
+CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or p == "/f/{token}/report.pdf"}
 
 
 def get_routes(app) -> set[str]:
@@ -135,7 +135,7 @@ def test_each_patient_data_route_writes_an_audit_record(runtime, world, backend)
         unlocked = client.post(f"/f/{values['token']}/unlock", data={"pin": link["pin"]}, follow_redirects=False)
         assert unlocked.status_code == 303
         missing = []
-        for template in sorted(AUDITED - CALLED_ELSEWHERE):
+        for template in sorted(AUDITED - CONSULT_ROUTES):
             path = re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], template)
             if template == "/objects/{key:path}":
                 signed = runtime.store.url(values["key:path"], __import__("datetime").timedelta(minutes=5))
@@ -152,3 +152,98 @@ def test_each_patient_data_route_writes_an_audit_record(runtime, world, backend)
             if _records(runtime) == before:
                 missing.append(template)
         assert missing == [], f"patient data read without an audit record: {missing}"
+
+
+# -- the consult and room routes ---------------------------------------------------------
+
+
+@pytest.fixture
+def consult_world(runtime):
+    """Two consults at TOWN's request to COUNTY: a read with a co-signed final report, and a
+    live one booked with wang, with a recording; a cloud-film link for the study."""
+    from datetime import timedelta
+
+    from consult import reports, scheduling
+    from consult.room_models import Recording
+    from storage.types import utcnow
+    from tests.consult.test_flow import PEOPLE
+    from tests.consult.test_rooms import live_consult
+
+    tokens = {}
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city")
+        tenancy.add_institution(session=session, code="COUNTY", name="澜沧县人民医院", level="county", parent_code="CITY")
+        town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township",
+                                       parent_code="COUNTY")
+        town_id = town.id
+        for username, (role, code, name) in PEOPLE.items():
+            if code in ("CITY", "COUNTY", "TOWN"):
+                user = identity.add_user(session=session, username=username, role=role, institution_code=code,
+                                         password="password-1", display_name=name)
+                tokens[username] = identity.issue_token(session=session, user=user)[0]
+        reports.init_authority(session=session, name="测试CA", organisation="测试", password="ca-password-123")
+        scheduling.set_weekly(session=session, user=identity.get_user(session=session, username="wang"),
+                              windows=[(d, "00:00", "23:59") for d in range(7)])
+        for username in ("wang", "chen"):
+            reports.issue_credential(session=session, user=identity.get_user(session=session, username=username),
+                                     ca_password="ca-password-123", signing_password=f"sign-{username}")
+    ingestor = Ingestor(runtime.db, runtime.store)
+    study = generate_uid()
+    ingestor.ingest(ct_instance(study_uid=study, size=64), institution_id=town_id, source="test")
+    ingestor.close()
+    with TestClient(create_app(runtime.settings)) as client:
+        def call(user, method, path, **kw):
+            answer = client.request(method, path, headers={"Authorization": f"Bearer {tokens[user]}"}, **kw)
+            assert answer.status_code < 300, (path, answer.text[:300])
+            return answer.json()
+        read = call("li", "POST", "/api/consults", json={"kind": "read", "target": "COUNTY", "study_uids": [study],
+                                                         "clinical_question": "咳嗽"})["id"]
+        call("zhou", "POST", f"/api/consults/{read}/accept")
+        call("zhou", "POST", f"/api/consults/{read}/assign", json={"reader": "wang", "reviewer": "chen"})
+        call("wang", "PUT", f"/api/consults/{read}/report/draft", json={
+            "template": "ct_head", "findings": "所见", "impression": "印象", "recommendation": "", "fields": {}})
+        call("wang", "POST", f"/api/consults/{read}/report/sign", json={"password": "sign-wang"})
+        versions = call("chen", "POST", f"/api/consults/{read}/report/cosign", json={"password": "sign-chen"})["versions"]
+        link = call("li", "POST", f"/api/studies/{study}/shares", json={"days": 7})
+    live = live_consult(runtime, study, 0)
+    runtime.store.put(f"recordings/{live}/walk.mp4", b"\0" * 64, content_type="video/mp4")
+    with runtime.db.scope() as session:
+        recording = Recording(consult_id=live, session="walk", object_key=f"recordings/{live}/walk.mp4", size=64,
+                              started_at=utcnow(), ended_at=utcnow(), participants=["wang"],
+                              retain_until=utcnow() + timedelta(days=1))
+        session.add(recording)
+        session.flush()
+        recording_id = recording.id
+    values = {"consult_id": str(read), "number": str(versions[-1]["number"]), "public_id": versions[-1]["public_id"],
+              "token": link["url"].rsplit("/f/", 1)[1], "recording_id": str(recording_id)}
+    rooms_of = {"consult_id": str(live)}
+    return tokens, values, rooms_of, link
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_each_consult_and_room_route_writes_an_audit_record(runtime, consult_world, backend):
+    tokens, values, rooms_of, link = consult_world
+    missing = []
+    with TestClient(create_app(runtime.settings)) as client:
+        assert client.post("/login", data={"username": "wang", "password": "password-1"},
+                           follow_redirects=False).status_code == 303
+        patient = TestClient(client.app)
+        assert patient.post(f"/f/{values['token']}/unlock", data={"pin": link["pin"]},
+                            follow_redirects=False).status_code == 303
+        for template in sorted(CONSULT_ROUTES):
+            filled = rooms_of if "room" in template else values
+            path = re.sub(r"\{([^}]+)\}", lambda m: filled.get(m.group(1), values.get(m.group(1), "")), template)
+            before = _records(runtime)
+            if template.startswith("/ws/"):
+                with client.websocket_connect(path, headers={"origin": "http://testserver"}) as socket:
+                    first = socket.receive_json()
+                    assert first.get("type") != "error", first
+            else:
+                who = patient if template.startswith("/f/") else client
+                headers = {} if template.startswith(("/f/", "/verify")) or "/room" in template and \
+                    not template.startswith("/api/") else {"Authorization": f"Bearer {tokens['wang']}"}
+                answer = who.get(path, headers=headers)
+                assert answer.status_code < 400, (template, answer.status_code, answer.text[:200])
+            if _records(runtime) == before:
+                missing.append(template)
+    assert missing == [], f"patient data read without an audit record: {missing}"
