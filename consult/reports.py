@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from consult import signing, templates
 from consult.models import ConsultRequest, Report, ReportVersion, SignerCredential, SigningAuthority
 from consult.notify import notify
-from consult.reportpdf import ReportContent, Signer, Status, build_report_pdf
+from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build_report_pdf
 from consult.service import _require, get, transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
@@ -429,6 +429,18 @@ def patient_report(session: Session, study_uid: str):
         return None
     content = version.content
     findings = content.get("findings", "") + (f"\n补充：{content['addendum']}" if content.get("addendum") else "")
-    signed = version.signatures[-1]["signed_at"][:16].replace("T", " ") if version.signatures else ""
+    signed = (beijing_time(datetime.fromisoformat(version.signatures[-1]["signed_at"])) + "（北京时间）"
+              if version.signatures else "")
     return PatientReport(title="影像诊断报告 Diagnostic report", findings=findings,
-                         impression=content.get("impression", ""), signed_at=f"{signed} UTC", pdf_key=version.pdf_key)
+                         impression=content.get("impression", ""), signed_at=signed, pdf_key=version.pdf_key,
+                         recommendation=content.get("recommendation", ""),
+                         signers=tuple(_signer_line(session, s) for s in version.signatures),
+                         status=FINAL.text if version.kind == "final" else "补充报告 Addendum")
+
+
+def _signer_line(session: Session, signature: dict) -> str:
+    """"王医生 主治医师 · 澜沧县人民医院" for the patient page."""
+    user = session.scalar(select(User).where(User.username == signature.get("user", "")))
+    title = signature.get("title") or (user.title if user else "")
+    institution = user.institution.name_zh if user and user.institution else ""
+    return " · ".join(part for part in (f"{signature.get('name', '')} {title}".strip(), institution) if part)

@@ -391,9 +391,12 @@ class PatientReport:
     title: str
     findings: str
     impression: str
-    signed_at: str
+    signed_at: str  # Beijing time, e.g. 2026年12月3日 16:15（北京时间）
     pdf_url: str | None = None
     pdf_key: str | None = None  # the signed PDF in the object store
+    recommendation: str = ""
+    signers: tuple[str, ...] = ()  # "王医生 主治医师 · 澜沧县人民医院"
+    status: str = ""  # 终审报告 Final report / 补充报告 Addendum
 
 
 # consult/ owns reports and imports imaging/, not the other way round: the web layer

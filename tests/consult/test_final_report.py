@@ -78,6 +78,19 @@ def test_each_version_says_what_it_is_who_signed_it_and_its_qr_opens_it(runtime,
     page = api.client.get("/verify/" + final_url.rsplit("/verify/", 1)[1])
     assert page.status_code == 200 and "终审报告" in page.text
 
+    # 16.5: the patient's page shows the final report completely, signers and Beijing time.
+    from fastapi.testclient import TestClient
+
+    share = ok(api("POST", "li", f"/api/studies/{study}/shares", json={"days": 7}), 201)
+    token = share["url"].rstrip("/").rsplit("/", 1)[-1]
+    patient = TestClient(api.client.app)
+    patient.post(f"/f/{token}/unlock", data={"pin": share["pin"]})
+    view = patient.get(f"/f/{token}/view").text
+    for shown in ("右下肺见斑片状高密度影", "右下肺炎", "抗感染治疗后复查", "王医生 主治医师 · 澜沧县人民医院",
+                  "陈主任 主任医师 · 普洱市人民医院", "终审报告 Final report", "北京时间"):
+        assert shown in view, shown
+    assert "UTC" not in view
+
     text = _text(preliminary_pdf, tmp_path, "preliminary")
     assert "初步报告 Preliminary report" in text and "待审核 Awaiting review" in text
     assert "终审报告 Final report" not in text
@@ -112,7 +125,7 @@ def test_verification_and_the_consult_page_state_each_versions_standing(runtime,
 
 
 def test_the_consult_page_shows_beijing_time(runtime, world, api):
-    """16.7 for the consult page: bookings, versions and history were "08:15 UTC"."""
+    """16.7 for the consult pages: bookings, versions, history and due times were "08:15 UTC"."""
     _, study = world
     cid = ok(api("POST", "li", "/api/consults", json={
         "kind": "read", "target": "COUNTY", "study_uids": [study], "clinical_question": "咳嗽"}), 201)["id"]
@@ -122,5 +135,6 @@ def test_the_consult_page_shows_beijing_time(runtime, world, api):
 
     with TestClient(create_app(runtime.settings)) as client:
         client.post("/login", data={"username": "li", "password": "password-1"})
-        page = client.get(f"/consults/{cid}")
-    assert page.status_code == 200 and "UTC" not in page.text
+        pages = [client.get(f"/consults/{cid}"), client.get("/consults"), client.get("/calendar")]
+    for page in pages:
+        assert page.status_code == 200 and "UTC" not in page.text, page.url

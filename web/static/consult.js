@@ -59,7 +59,7 @@ if (editor) {
   const save = async () => {
     try {
       await api("PUT", editor.dataset.api, formBody(editor));
-      state.textContent = "已自动保存 Saved " + new Date().toLocaleTimeString("zh-CN");
+      state.textContent = "已自动保存 Saved " + new Date().toLocaleTimeString("zh-CN", { timeZone: "Asia/Shanghai" });
     } catch (error) {
       state.textContent = "保存失败 Not saved: " + error.message;
     }

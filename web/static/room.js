@@ -295,7 +295,7 @@
 
   function showChat(message) {
     const item = document.createElement("li");
-    const time = new Date(message.at).toLocaleTimeString("zh-CN", { hour: "2-digit", minute: "2-digit" });
+    const time = new Date(message.at).toLocaleTimeString("zh-CN", { hour: "2-digit", minute: "2-digit", timeZone: "Asia/Shanghai" });
     item.textContent = `${time} ${message.name}: ${message.text}`;
     $("room-chat-log").append(item);
     item.scrollIntoView({ block: "nearest" });
