@@ -125,6 +125,10 @@ class ReportContent:
     title: str = "影像诊断报告  Diagnostic Imaging Report"
     footer: str = DEFAULT_FOOTER
     status: Status | None = None
+    # Every study the report covers: (modality, body part, date, accession, description).
+    # When given, the examination section lists them, one row each, instead of the single
+    # modality/body_part/exam_date/accession above (a consult may cover several studies).
+    studies: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     signers: list[Signer] = field(default_factory=list)  # when given, replaces reader/reviewer
     attachments: list[tuple[str, bytes, str]] = field(default_factory=list)  # (name, bytes, description)
 
@@ -253,12 +257,15 @@ def build_report_pdf(report: ReportContent) -> bytes:
         ("年龄 Age", report.patient_age),
         ("患者编号 Patient ID", report.patient_id),
     ])
-    _info_table(pdf, "检查信息  Examination", [
-        ("检查类型 Modality", report.modality),
-        ("检查部位 Body part", report.body_part),
-        ("检查日期 Exam date", _fmt_when(report.exam_date, pending="—")),
-        ("检查号 Accession No.", report.accession_number),
-    ])
+    if report.studies:
+        _studies_table(pdf, report.studies)
+    else:
+        _info_table(pdf, "检查信息  Examination", [
+            ("检查类型 Modality", report.modality),
+            ("检查部位 Body part", report.body_part),
+            ("检查日期 Exam date", _fmt_when(report.exam_date, pending="—")),
+            ("检查号 Accession No.", report.accession_number),
+        ])
     _section(pdf, "临床问题  Clinical question", report.clinical_question)
     _section(pdf, "影像所见  Findings", report.findings)
     _section(pdf, "诊断意见  Impression", report.impression)
@@ -330,6 +337,26 @@ def _info_table(pdf: _ReportPdf, title: str, rows: list[tuple[str, str]]) -> Non
             pdf.set_text_color(0, 0, 0)
             pdf.set_font("cjk", "", 10.5)
             pdf.cell(value_w, 6, str(value or "—"))
+        pdf.ln(6)
+    pdf.ln(2)
+
+
+def _studies_table(pdf: _ReportPdf, studies: list[tuple[str, str, str, str, str]]) -> None:
+    """The studies the report covers, each with its own modality, body part, date, accession."""
+    _section_title(pdf, f"检查信息  Examination（{len(studies)} 项检查 studies）" if len(studies) > 1
+                   else "检查信息  Examination")
+    widths = (26.0, 34.0, 32.0, 36.0, _CONTENT_W - 128.0)
+    pdf.set_font("cjk", "", 8.5)
+    pdf.set_text_color(80, 80, 80)
+    for width, label in zip(widths, ("类型 Modality", "部位 Body part", "日期 Date", "检查号 Accession",
+                                     "描述 Description")):
+        pdf.cell(width, 5.5, label)
+    pdf.ln(5.5)
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_font("cjk", "", 10)
+    for row in studies:
+        for width, value in zip(widths, row):
+            pdf.cell(width, 6, str(value or "—")[:40])
         pdf.ln(6)
     pdf.ln(2)
 

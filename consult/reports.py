@@ -128,6 +128,23 @@ def _exam(session: Session, consult: ConsultRequest) -> tuple[Study, Series | No
     return study, series
 
 
+def _studies(session: Session, consult: ConsultRequest, template) -> list[tuple[str, str, str, str, str]]:
+    """Each study of the consult as the report lists it, from that study's own index rows
+    (the template's modality and body part when the images do not say)."""
+    rows = []
+    for link in consult.studies:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == link.study_instance_uid))
+        if study is None:
+            continue
+        series = session.scalars(select(Series).where(Series.study_pk == study.id).order_by(Series.id)).all()
+        modality = study.modalities or "/".join(dict.fromkeys(s.modality for s in series if s.modality))
+        body = next((s.body_part for s in series if s.body_part), "") or template.body_part
+        modality = modality or template.modality
+        rows.append((modality.replace("\\", "/"), body_part_zh(body), chinese_date(study.study_date),
+                     study.accession_number, study.description))
+    return rows
+
+
 def _age(birth: str, on: str) -> str:
     try:
         born = date(int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
@@ -191,6 +208,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
     findings = content["findings"] + (f"\n{fields}" if fields else "")
     extra = {"title": title} if title else {}
     extra.update(printed)  # status, signers, attachments
+    extra.setdefault("studies", _studies(session, consult, template))
     return ReportContent(
         institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
         patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,

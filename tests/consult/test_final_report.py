@@ -138,3 +138,43 @@ def test_the_consult_page_shows_beijing_time(runtime, world, api):
         pages = [client.get(f"/consults/{cid}"), client.get("/consults"), client.get("/calendar")]
     for page in pages:
         assert page.status_code == 200 and "UTC" not in page.text, page.url
+
+
+def test_a_report_lists_each_study_it_covers_with_its_own_details(runtime, world, api, tmp_path):
+    """16.2: a consult covering a CT and a chest X-ray printed the first study's modality,
+    date and accession for both; now each study has its row."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from imaging.service import Ingestor
+    from tests.dicomdata import ct_instance
+
+    _, ct_study = world
+    chest = generate_uid()
+    ds = dcmread(io.BytesIO(ct_instance(study_uid=chest, modality="DX", study_date="20240301", accession="XR-77",
+                                        patient_id="P001", sop_class="1.2.840.10008.5.1.4.1.1.1.1")))
+    ds.BodyPartExamined = "CHEST"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with runtime.db.scope(readonly=True) as session:
+        from storage.models import Institution
+        from sqlalchemy import select
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(runtime.db, runtime.store)
+    ingestor.ingest(out.getvalue(), institution_id=town, source="test")
+    ingestor.close()
+    cid = ok(api("POST", "li", "/api/consults", json={"kind": "read", "target": "COUNTY",
+                                                      "study_uids": [ct_study, chest], "clinical_question": "咳嗽"}), 201)["id"]
+    ok(api("POST", "zhou", f"/api/consults/{cid}/accept"))
+    ok(api("POST", "zhou", f"/api/consults/{cid}/assign", json={"reader": "wang", "reviewer": "chen"}))
+    ok(api("PUT", "wang", f"/api/consults/{cid}/report/draft", json={
+        "template": "ct_head", "findings": "所见", "impression": "印象", "recommendation": "", "fields": {}}))
+    version = ok(api("POST", "wang", f"/api/consults/{cid}/report/sign", json={"password": "sign-wang"}))["versions"][0]
+    text = _text(api("GET", "li", version["pdf_url"]).content, tmp_path, "two")
+    assert "2 项检查 studies" in text
+    ct_row = next(line for line in text.splitlines() if "A001" in line)
+    xr_row = next(line for line in text.splitlines() if "XR-77" in line)
+    assert "CT" in ct_row and "2026年11月1日" in ct_row
+    assert "DX" in xr_row and "2024年3月1日" in xr_row and "胸部 CHEST" in xr_row
