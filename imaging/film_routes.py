@@ -318,7 +318,9 @@ def build_router(db_session, write_session, current_principal, *, rate_limiter) 
         return _render(request, "film/manage.html", status=status, user=user, study=study,
                        patient=shares.display_name(study.patient.name) if study else "",
                        date=shares.chinese_date(study.study_date) if study else "",
-                       rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS), new_pin=new_pin)
+                       rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS), new_pin=new_pin,
+                       loopback_url=(runtime(request).settings.effective_public_url
+                                     if runtime(request).settings.public_url_is_loopback else ""))
 
     @router.get("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
     def manage_page(study_uid: str, request: Request, session: DbSession, principal: CurrentPrincipal):

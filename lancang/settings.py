@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.bind_host}:{self.http_port}").rstrip("/")
 
+    @property
+    def public_url_is_loopback(self) -> bool:
+        """True when links given to patients (cloud-film QR codes, report QR codes) point at
+        this machine itself: a phone that scans them reaches nothing."""
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(self.effective_public_url).hostname or "").lower()
+        return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
+
 
 _GENERATED: dict = {}
 

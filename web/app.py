@@ -124,6 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         log.info("web.start.ok url=%s", settings.effective_public_url)
+        if settings.public_url_is_loopback:
+            log.warning("web.start.public_url_loopback url=%s: cloud-film and report QR codes point at this "
+                        "machine and no phone can open them; set LANCANG_PUBLIC_URL to the address patients "
+                        "reach / 二维码指向本机地址，患者手机无法打开：请设置 LANCANG_PUBLIC_URL",
+                        settings.effective_public_url)
         yield
         close_dicomweb(app)  # announce pending series, stop the ingest thread pool
 

@@ -454,3 +454,19 @@ def test_cli_share_create_and_revoke(runtime, world):
     assert failed.returncode == 2 and "error:" in failed.stderr
     assert cli("create", "1.2.3.999", check=False).returncode == 2
     assert [r.actor for r in _audits(runtime, "film.share.create")] == ["system:cli", "system:cli"]
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_the_film_page_warns_when_qr_codes_point_at_this_machine(runtime, world):
+    """16.16: with the default public URL (http://127.0.0.1:8000) every QR code printed for a
+    patient opens nothing on a phone; the film page says so (and the web process logs it at
+    start). With a real public URL the warning is gone."""
+    rad = {**_bearer(world, "town-rad"), "accept": "text/html"}
+    with TestClient(create_app(runtime.settings)) as client:
+        page = client.get(f"/studies/{world.study_uid}/film", headers=rad).text
+    assert 'id="loopback-warning"' in page and "LANCANG_PUBLIC_URL" in page and "127.0.0.1" in page
+    public = runtime.settings.model_copy(update={"public_url": "https://yingxiang.example.cn"})
+    assert not public.public_url_is_loopback and runtime.settings.public_url_is_loopback
+    with TestClient(create_app(public)) as client:
+        page = client.get(f"/studies/{world.study_uid}/film", headers=rad).text
+    assert 'id="loopback-warning"' not in page
