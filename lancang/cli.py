@@ -147,6 +147,18 @@ def cmd_user_disable(args) -> None:
         print(f"user {args.username} {'enabled' if args.enable else 'disabled'}")
 
 
+def cmd_user_passwd(args) -> None:
+    """An admin resets a user's password (they forgot it); every session and token of the
+    user ends, and the reset is audited."""
+    from web import service
+
+    with _runtime().db.scope() as session:
+        user = service.get_user(session=session, username=args.username)
+        ended = service.set_password(session=session, user=user, new_password=args.password)
+        _audit(session, "admin.user.passwd", "user", user.username, sessions_ended=ended)
+        print(f"password of {user.username} reset; {ended} session(s)/token(s) ended")
+
+
 def cmd_token_issue(args) -> None:
     from web import service
 
@@ -386,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
          (("--display-name",), {}),
          (("--title",), {"help": "professional title printed on signed reports, e.g. 主任医师"}))
     _sub(user, "list", "list users", cmd_user_list)
+    _sub(user, "passwd", "reset a user's password (ends their sessions)", cmd_user_passwd,
+         (("username",), {}), (("--password",), {"required": True}))
     _sub(user, "disable", "disable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=False)
     _sub(user, "enable", "re-enable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=True)
 

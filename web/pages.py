@@ -6,7 +6,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from storage import audit
-from storage.errors import Locked, NotAuthenticated
+from storage.errors import Invalid, Locked, NotAuthenticated, NotPermitted
+from storage.models import User
 from web import service
 from web.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
 from web.ratelimit import RateLimiter
@@ -112,6 +113,41 @@ def upload_page(request: Request, user: OptionalUser):
     return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
 
 
+@router.get("/account/password", response_class=HTMLResponse)
+def password_form(request: Request, user: OptionalUser):
+    if user is None:
+        return RedirectResponse("/login?next=/account/password", status_code=303)
+    return _render(request, "password.html", user=user, errors={}, done=False)
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+def change_password(request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser,
+                    current: str = Form(""), new: str = Form(""), again: str = Form("")):
+    """The signed-in user changes their own password; other sessions end, this one stays.
+    Each error is shown next to the field that caused it."""
+    if user is None:
+        return RedirectResponse("/login?next=/account/password", status_code=303)
+    me = session.get(User, user.id)
+    errors = {}
+    if new != again:
+        errors["again"] = "两次输入的新密码不一致 / the two new passwords differ"
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        try:
+            ended = service.change_own_password(session=session, user=me, current=current, new_password=new,
+                                                keep_token_hash=service.hash_token(cookie) if cookie else None)
+        except NotPermitted as exc:
+            errors["current"] = exc.detail
+        except Invalid as exc:
+            errors["new"] = exc.detail
+    if errors:
+        session.rollback()
+        return _render(request, "password.html", status=400, user=user, errors=errors, done=False)
+    audit.append(session, principal=service.principal_for(me), action="auth.password.change",
+                 source=client_address(request), detail={"sessions_ended": ended})
+    return _render(request, "password.html", user=user, errors={}, done=True)
+
+
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, user: OptionalUser):
     if user is None:
@@ -129,4 +165,5 @@ def _menu(role: str) -> list[dict]:
                         ("/calendar", "日程 Calendar")],
         "admin": [("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard")],
     }[role]
-    return [{"href": href, "label": label} for href, label in items + [("/verify", "报告验证 Verify a report")]]
+    return [{"href": href, "label": label} for href, label in items + [("/verify", "报告验证 Verify a report"),
+                                                                        ("/account/password", "修改密码 Change password")]]

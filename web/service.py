@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from storage.access import Principal
-from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound
+from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound, NotPermitted
 from storage.models import ROLES, ApiToken, Institution, User
 from storage.service import get_institution
 from storage.types import utcnow
@@ -72,6 +72,34 @@ def set_user_active(*, session: Session, username: str, active: bool) -> User:
     user = get_user(session=session, username=username)
     user.active = active
     return user
+
+
+def set_password(*, session: Session, user: User, new_password: str, keep_token_hash: str | None = None) -> int:
+    """Sets a new password (argon2) and ends every other session and token of the user, so a
+    password someone else knew opens nothing any more. Returns how many were ended."""
+    if len(new_password) < MIN_PASSWORD:
+        raise Invalid(f"新密码至少 {MIN_PASSWORD} 位 / the new password must have at least {MIN_PASSWORD} characters")
+    user.password_hash = _hasher.hash(new_password)
+    user.failed_logins, user.locked_until = 0, None
+    ended = 0
+    for row in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))):
+        if row.token_hash != keep_token_hash:
+            row.revoked_at = utcnow()
+            ended += 1
+    return ended
+
+
+def change_own_password(*, session: Session, user: User, current: str, new_password: str,
+                        keep_token_hash: str | None) -> int:
+    """A user changes their own password: the current one must be right (NotPermitted, said
+    next to that field, when it is not)."""
+    try:
+        _hasher.verify(user.password_hash, current)
+    except (VerificationError, InvalidHashError):
+        raise NotPermitted("当前密码不正确 / the current password is wrong") from None
+    if current == new_password:
+        raise Invalid("新密码不能与当前密码相同 / the new password must differ from the current one")
+    return set_password(session=session, user=user, new_password=new_password, keep_token_hash=keep_token_hash)
 
 
 LOCKOUT_AFTER = 5          # consecutive failures before the first lockout

@@ -29,7 +29,7 @@ from web.app import create_app
 NO_PATIENT_DATA = {
     "/openapi.json": "the API description", "/docs": "Swagger UI", "/docs/oauth2-redirect": "Swagger UI",
     "/redoc": "ReDoc", "/static": "static files", "/healthz": "health of the platform",
-    "/login": "the sign-in form", "/": "the role's menu", "/upload": "the upload form (no study data)",
+    "/login": "the sign-in form", "/account/password": "the password form", "/": "the role's menu", "/upload": "the upload form (no study data)",
     "/api/me": "the caller's own account", "/api/report-templates": "report templates",
     "/api/specialists/free": "colleagues' free slots (no patient)", "/api/me/notifications": "the caller's notices "
     "(links to consults, which audit their own reads)", "/api/me/calendar.ics": "the caller's bookings (no "

@@ -1,0 +1,98 @@
+"""16.18: users change their own password in a real browser (errors next to the field that
+caused them; other sessions end, this one stays), and an admin resets one with
+`lancang user passwd` (audited, every session ended). There was no way to do either."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from storage import service as tenancy
+from storage.models import AuditRecord
+from tests.conftest import embedded_settings, settings_env
+from tests.services import free_port
+from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
+from web import service as identity
+from web.app import create_app
+
+
+@pytest.fixture
+def person(runtime):
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township")
+        user = identity.add_user(session=session, username="li", role="radiographer", institution_code="TOWN",
+                                 password="old-password-1", display_name="李技师")
+        return identity.issue_token(session=session, user=user)[0]
+
+
+def _login(client, password: str) -> int:
+    return client.post("/login", data={"username": "li", "password": password}, follow_redirects=False).status_code
+
+
+def test_an_admin_resets_a_password_from_the_cli(runtime, person):
+    done = subprocess.run([sys.executable, "-m", "lancang.cli", "user", "passwd", "li", "--password", "reset-pass-22"],
+                          env=settings_env(runtime.settings), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with TestClient(create_app(runtime.settings)) as client:
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {person}"}).status_code == 401  # ended
+        assert _login(client, "old-password-1") == 401 and _login(client, "reset-pass-22") == 303
+    with runtime.db.scope(readonly=True) as session:
+        assert session.scalars(select(AuditRecord.action).where(AuditRecord.action == "admin.user.passwd")).all()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    settings = runtime.settings.model_copy(update={"http_port": free_port()})
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(base + "/login?next=/account/password")
+            page.fill("input[name=username]", "li")
+            page.fill("input[name=password]", "old-password-1")
+            page.click("button[type=submit]")
+            page.wait_for_url(base + "/account/password")
+            page.fill("input[name=current]", "wrong-password")
+            page.fill("input[name=new]", "new-password-9")
+            page.fill("input[name=again]", "new-password-9")
+            page.click("button[type=submit]")
+            error = page.locator("#err-current")
+            assert "当前密码不正确" in error.inner_text()
+            # the message sits right under the field that caused it
+            field = page.locator("input[name=current]").bounding_box()
+            box = error.bounding_box()
+            assert 0 <= box["y"] - (field["y"] + field["height"]) < 40
+            page.screenshot(path="/tmp/lancang-password-error-390.png", full_page=True)
+            page.fill("input[name=current]", "old-password-1")
+            page.fill("input[name=new]", "new-password-9")
+            page.fill("input[name=again]", "new-password-9")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#password-done")
+            page.goto(base + "/")  # this session still works
+            assert "李技师" in page.content()
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    with TestClient(create_app(runtime.settings)) as client:
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {person}"}).status_code == 401
+        assert _login(client, "old-password-1") == 401 and _login(client, "new-password-9") == 303
