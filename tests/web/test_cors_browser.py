@@ -5,8 +5,6 @@ Access-Control-Allow-Origin, OPTIONS answered 405)."""
 
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 from pydicom.uid import generate_uid
@@ -17,6 +15,7 @@ from tests.conftest import embedded_settings
 from tests.dicomdata import ct_instance
 from tests.services import free_port
 from tests.web.test_csrf_browser import Attacker
+from tests.web.live import serving
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
 from web import service as identity
 
@@ -32,22 +31,6 @@ window.cookieResult = 'pending';
 fetch('{base}/api/studies', {{credentials: 'include'}})
   .then(r => window.cookieResult = 'status ' + r.status).catch(e => window.cookieResult = 'blocked');
 </script>"""
-
-
-def _serve(settings):
-    import uvicorn
-
-    from web.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    return server, thread
 
 
 @pytest.mark.parametrize("allowed", [True, False])
@@ -73,10 +56,9 @@ def test_a_viewer_on_another_origin_reads_with_a_bearer_token_only_when_allowed(
     ingestor.ingest(ct_instance(study_uid=generate_uid(), patient_id="CORS-1"), institution_id=institution_id,
                     source="test")
     ingestor.close()
-    server, thread = _serve(settings)
     viewer.page = PAGE.format(base=settings.public_url, token=token).encode()
     try:
-        with sync_playwright() as pw:
+        with serving(settings), sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             context = browser.new_context()
             context.add_cookies([{"name": "lancang_session", "value": cookie, "url": settings.public_url}])
@@ -87,8 +69,6 @@ def test_a_viewer_on_another_origin_reads_with_a_bearer_token_only_when_allowed(
             result, cookie_result = page.evaluate("[window.result, window.cookieResult]")
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(15)
         viewer.stop()
     if allowed:
         assert result == "ok 1", result

@@ -5,14 +5,13 @@ every request off the server refused, both pages show the API's operations."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import embedded_settings
 from tests.services import free_port
+from tests.web.live import serving
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
@@ -20,22 +19,9 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium no
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    import uvicorn
-
-    from web.app import create_app
-
     settings = embedded_settings(tmp_path_factory.mktemp("docs") / "var", http_port=free_port())
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{settings.http_port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(settings) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path, shown", [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")])

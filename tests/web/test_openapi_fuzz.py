@@ -6,8 +6,6 @@ previous code (ids above 2^63 in /api/consults/{id}, extreme `minutes`, 30,000-w
 
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 import schemathesis
@@ -16,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from storage import service as tenancy
 from tests.conftest import embedded_settings
 from tests.services import free_port
+from tests.web.live import serving
 from web import service as identity
 
 EXAMPLES_PER_OPERATION = 12
@@ -23,10 +22,7 @@ EXAMPLES_PER_OPERATION = 12
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory):
-    import uvicorn
-
     from lancang.runtime import bootstrap
-    from web.app import create_app
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -37,16 +33,8 @@ def api_server(tmp_path_factory):
         admin = identity.add_user(session=session, username="fuzz-admin", role="admin", institution_code="CITY",
                                   password="password-1")
         token = identity.issue_token(session=session, user=admin)[0]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings_), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    yield base, token
-    server.should_exit = True
-    thread.join(15)
+    with serving(settings_, log_level="error"):
+        yield base, token
 
 
 def test_no_server_errors(api_server):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,9 @@ from sqlalchemy import select
 
 from storage import service as tenancy
 from storage.models import AuditRecord
-from tests.conftest import embedded_settings, settings_env
+from tests.conftest import settings_env
 from tests.services import free_port
+from tests.web.live import serving
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
 from web import service as identity
 from web.app import create_app
@@ -49,20 +48,10 @@ def test_an_admin_resets_a_password_from_the_cli(runtime, person):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person):
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     settings = runtime.settings.model_copy(update={"http_port": free_port()})
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{settings.http_port}"
-    try:
+    with serving(settings) as base:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 390, "height": 844})
@@ -90,9 +79,6 @@ def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person
             page.goto(base + "/")  # this session still works
             assert "李技师" in page.content()
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     with TestClient(create_app(runtime.settings)) as client:
         assert client.get("/api/me", headers={"Authorization": f"Bearer {person}"}).status_code == 401
         assert _login(client, "old-password-1") == 401 and _login(client, "new-password-9") == 303
