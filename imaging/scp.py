@@ -487,15 +487,13 @@ class _Accepted:
     itself, so its EVT_ACCEPTED hands the association to us before the first sub-operation."""
 
     def __init__(self):
-        self.assoc = None
+        self._pairs: list[tuple[str, str]] = []
 
     def on_accepted(self, event) -> None:
-        self.assoc = event.assoc
+        self._pairs = [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in event.assoc.accepted_contexts]
 
     def pairs(self) -> list[tuple[str, str]]:
-        if self.assoc is None:
-            return []
-        return [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts]
+        return self._pairs
 
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255

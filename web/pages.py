@@ -128,6 +128,7 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
     if user is None:
         return RedirectResponse("/login?next=/account/password", status_code=303)
     me = session.get(User, user.id)
+    principal = service.principal_for(me)  # before any rollback: reading `me` afterwards would open a write
     errors = {}
     if new != again:
         errors["again"] = "两次输入的新密码不一致 / the two new passwords differ"
@@ -142,8 +143,11 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
             errors["new"] = exc.detail
     if errors:
         session.rollback()
+        if "current" in errors:  # a wrong current password is a security event, like a failed login
+            audit.record(runtime.db, principal=principal, action="auth.password.change",
+                         outcome="denied", source=client_address(request), detail={"reason": "wrong current password"})
         return _render(request, "password.html", status=400, user=user, errors=errors, done=False)
-    audit.append(session, principal=service.principal_for(me), action="auth.password.change",
+    audit.append(session, principal=principal, action="auth.password.change",
                  source=client_address(request), detail={"sessions_ended": ended})
     return _render(request, "password.html", user=user, errors={}, done=True)
 

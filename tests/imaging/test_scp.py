@@ -52,7 +52,9 @@ def _parse_find(output: str) -> list[dict[str, str]]:
                 value = value[1:value.rfind("]")]
             elif value.startswith("(no value"):
                 value = ""
-            current[keyword] = value.strip()
+            # dcmtk prints a UID's NUL padding (PS3.5 6.2) inside the brackets: an odd-length
+            # UID (about half of generated ones) came back as "…900\x00".
+            current[keyword] = value.strip().rstrip("\x00")
     return answers
 
 

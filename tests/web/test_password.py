@@ -82,3 +82,7 @@ def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person
     with TestClient(create_app(runtime.settings)) as client:
         assert client.get("/api/me", headers={"Authorization": f"Bearer {person}"}).status_code == 401
         assert _login(client, "old-password-1") == 401 and _login(client, "new-password-9") == 303
+    with runtime.db.scope(readonly=True) as session:
+        outcomes = session.scalars(select(AuditRecord.outcome).where(AuditRecord.action == "auth.password.change")
+                                   .order_by(AuditRecord.id)).all()
+    assert outcomes == ["denied", "ok"]
