@@ -169,7 +169,7 @@ class LancangSite:
 
     def runtime_env(self):
         """Settings for in-process probes (audit timing) on this site's database."""
-        from lancang.settings import Settings
+        from storage.settings import Settings
 
         saved = dict(os.environ)
         os.environ.clear()

@@ -100,8 +100,8 @@ class Site:
         return done.stdout
 
     def runtime(self):
-        from lancang.runtime import bootstrap
-        from lancang.settings import Settings
+        from storage.runtime import bootstrap
+        from storage.settings import Settings
 
         saved = dict(os.environ)
         os.environ.clear()

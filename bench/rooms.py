@@ -256,10 +256,10 @@ def _world(data_dir: str, rooms: int) -> tuple[dict, list[int]]:
 
     from consult import scheduling, service
     from consult.scheduling import LOCAL
-    from lancang.runtime import bootstrap
-    from lancang.settings import Settings
+    from storage.runtime import bootstrap
+    from storage.settings import Settings
     from storage import service as tenancy
-    from web import service as identity
+    from storage import identity
 
     from imaging.service import Ingestor
     from pydicom.uid import generate_uid
@@ -316,7 +316,7 @@ def bench_app():
     """The web app with the room router (added here if web/app.py does not wire it yet)."""
     from consult.room_routes import build_room_router
     from web.app import create_app
-    from web.deps import db_session, require_user, write_session
+    from storage.deps import db_session, require_user, write_session
 
     app = create_app()
     if not any(getattr(r, "path", "") == "/ws/rooms/{consult_id}" for r in app.routes):
@@ -327,7 +327,7 @@ def bench_app():
 def token_user(connection, session):
     """Resolve a room user from the session cookie or a `token` query parameter."""
     from storage.errors import NotAuthenticated
-    from web import service as identity
+    from storage import identity
 
     for kind, secret in (("session", connection.cookies.get("lancang_session")),
                          ("api", connection.query_params.get("token"))):

@@ -138,8 +138,8 @@ class Target:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the receiver did not answer C-ECHO")
                 time.sleep(0.2)
-        from lancang.runtime import bootstrap
-        from lancang.settings import Settings
+        from storage.runtime import bootstrap
+        from storage.settings import Settings
 
         saved = dict(os.environ)
         os.environ.clear()

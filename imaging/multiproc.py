@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 
-from lancang.settings import Settings
+from storage.settings import Settings
 
 log = logging.getLogger("lancang.dicom")
 
@@ -33,7 +33,7 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
         event_handlers,
         set_nodelay,
     )
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor decides when we stop
     # A spawned process starts with no logging configured: set it up like the parent's.
@@ -72,7 +72,7 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
 
 
 def run_acceptor(settings: Settings, processes: int) -> None:
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     bootstrap(settings, component="dicom").db.dispose()  # migrate before workers start
     context = multiprocessing.get_context("spawn")

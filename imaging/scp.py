@@ -44,7 +44,7 @@ from imaging import compat_pynetdicom, handlers, query, transcode
 from imaging.dataset import InvalidInstance, clean_text
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
-from lancang.settings import Settings
+from storage.settings import Settings
 from storage import access, audit
 from storage.access import Principal
 from storage.errors import DomainError, Unavailable
@@ -797,7 +797,7 @@ def start_server(receiver: Receiver, settings: Settings, *, host: str | None = N
 def run_receiver(settings: Settings) -> None:
     """`lancang dicom`: serve until SIGTERM/SIGINT."""
     from imaging.announce import SeriesAnnouncer
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

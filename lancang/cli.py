@@ -8,14 +8,14 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from lancang.settings import get_settings
+from storage.settings import get_settings
 from storage.errors import DomainError
 
 CLI_ACTOR = "system:cli"
 
 
 def _runtime():
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     return bootstrap(get_settings(), component="cli")
 
@@ -119,10 +119,10 @@ def cmd_ae_disable(args) -> None:
 
 
 def cmd_user_add(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope() as session:
-        user = service.add_user(session=session, username=args.username, role=args.role,
+        user = identity.add_user(session=session, username=args.username, role=args.role,
                                 institution_code=args.institution, password=args.password,
                                 display_name=args.display_name or "", title=args.title or "")
         _audit(session, "admin.user.add", "user", user.username, role=user.role, institution=args.institution)
@@ -130,19 +130,19 @@ def cmd_user_add(args) -> None:
 
 
 def cmd_user_list(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope(readonly=True) as session:
-        for user in service.list_users(session=session):
+        for user in identity.list_users(session=session):
             state = "active" if user.active else "disabled"
             print(f"{user.username}\t{user.role}\t{user.institution.code}\t{user.display_name}\t{state}")
 
 
 def cmd_user_disable(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope() as session:
-        service.set_user_active(session=session, username=args.username, active=args.enable)
+        identity.set_user_active(session=session, username=args.username, active=args.enable)
         _audit(session, "admin.user." + ("enable" if args.enable else "disable"), "user", args.username)
         print(f"user {args.username} {'enabled' if args.enable else 'disabled'}")
 
@@ -150,43 +150,43 @@ def cmd_user_disable(args) -> None:
 def cmd_user_passwd(args) -> None:
     """An admin resets a user's password (they forgot it); every session and token of the
     user ends, and the reset is audited."""
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope() as session:
-        user = service.get_user(session=session, username=args.username)
-        ended = service.set_password(session=session, user=user, new_password=args.password)
+        user = identity.get_user(session=session, username=args.username)
+        ended = identity.set_password(session=session, user=user, new_password=args.password)
         _audit(session, "admin.user.passwd", "user", user.username, sessions_ended=ended)
         print(f"password of {user.username} reset; {ended} session(s)/token(s) ended")
 
 
 def cmd_token_issue(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope() as session:
-        user = service.get_user(session=session, username=args.username)
-        secret, row = service.issue_token(session=session, user=user, days=args.days, label=args.label or "cli")
+        user = identity.get_user(session=session, username=args.username)
+        secret, row = identity.issue_token(session=session, user=user, days=args.days, label=args.label or "cli")
         _audit(session, "admin.token.issue", "token", str(row.id), user=user.username)
         print(f"token {row.id} for {user.username}, expires {row.expires_at.isoformat(timespec='seconds')}")
     print(secret)
 
 
 def cmd_token_list(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope(readonly=True) as session:
-        for row in service.list_tokens(session=session, username=args.username):
+        for row in identity.list_tokens(session=session, username=args.username):
             state = "revoked" if row.revoked_at else ("expired" if row.expires_at < datetime.now(timezone.utc) else "valid")
             print(f"{row.id}\t{row.user.username}\t{row.label}\t{row.expires_at.isoformat(timespec='seconds')}\t{state}")
 
 
 def cmd_token_revoke(args) -> None:
-    from web import service
+    from storage import identity
 
     with _runtime().db.scope() as session:
         if args.token.isdigit():
-            row = service.revoke_token(session=session, token_id=int(args.token))
+            row = identity.revoke_token(session=session, token_id=int(args.token))
         else:
-            row = service.revoke_token(session=session, secret=args.token)
+            row = identity.revoke_token(session=session, secret=args.token)
         _audit(session, "admin.token.revoke", "token", str(row.id))
         print(f"token {row.id} revoked")
 

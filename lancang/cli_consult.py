@@ -31,7 +31,7 @@ def cmd_ca_init(args) -> None:
 def cmd_ca_issue(args) -> None:
     from consult import reports
     from storage import audit
-    from web.service import get_user
+    from storage.identity import get_user
 
     with _runtime().db.scope() as session:
         user = get_user(session=session, username=args.username)

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from lancang.settings import Settings
+from storage.settings import Settings
 
 log = logging.getLogger("lancang.serve")
 CHILDREN = ("web", "dicom", "worker")
@@ -75,7 +75,7 @@ def _supervise(children: list[Child], stopping: list[bool]) -> None:
 
 
 def serve(settings: Settings) -> int:
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     runtime = bootstrap(settings, component="serve")  # migrate once, before children race
     runtime.db.dispose()

@@ -8,7 +8,7 @@ begin IMMEDIATE (storage/db.py).
 A plain hash chain can be recomputed by anyone who can write the table: delete a record,
 rehash the rest, and it verifies. So each hash is an HMAC under the audit key, which is
 kept outside the database (LANCANG_AUDIT_KEY, else `<data_dir>/audit_key`, 0600; set by
-`lancang.runtime.bootstrap` through `use_key`). Records from before keying (keyed=False)
+`storage.runtime.bootstrap` through `use_key`). Records from before keying (keyed=False)
 may only form a prefix. Removing records from the very end cannot be seen from the
 chain alone: `checkpoint` writes the head (seq, hash, MAC) to the object store, outside
 the database, and `verify` checks the chain still reaches it. See docs/security-audit.md
@@ -63,7 +63,7 @@ def use_key(key: str) -> None:
 def _digest(payload: bytes, keyed: bool) -> str:
     if keyed:
         if not _KEY:
-            raise RuntimeError("no audit key: lancang.runtime.bootstrap sets it")
+            raise RuntimeError("no audit key: storage.runtime.bootstrap sets it")
         return hmac.new(_KEY[0], payload, hashlib.sha256).hexdigest()
     return hashlib.sha256(payload).hexdigest()
 

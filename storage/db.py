@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from lancang.settings import Settings
+from storage.settings import Settings
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

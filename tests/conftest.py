@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lancang.settings import Settings
+from storage.settings import Settings
 
 pytest_plugins = ["tests.fixtures_services"]
 
@@ -68,7 +68,7 @@ def settings(request, tmp_path, backend) -> Settings:
 
 @pytest.fixture
 def runtime(settings):
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     runtime = bootstrap(settings, component="test")
     yield runtime

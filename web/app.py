@@ -16,8 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from lancang.runtime import bootstrap
-from lancang.settings import Settings, get_settings
+from storage.runtime import bootstrap
+from storage.settings import Settings, get_settings
 from consult.pages import build_router as consult_pages
 from consult.room_routes import build_room_router
 from consult.routes import build_router as consult_router
@@ -28,7 +28,7 @@ from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
 from imaging.routes import build_router as imaging_router
 from web import csrf, errors, pages, routes
-from web.deps import (current_principal, db_session, optional_user, principal_of, require_user, room_user,
+from storage.deps import (current_principal, db_session, optional_user, principal_of, require_user, room_user,
                       write_session)
 from web.ratelimit import RateLimiter
 
@@ -78,7 +78,7 @@ def install_csrf(app: FastAPI, settings: Settings) -> None:
     origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         # Outermost: answers preflights. Bearer tokens only: no Allow-Credentials, and
-        # web/deps.credentials ignores the cookie of a cross-origin request.
+        # storage/deps.credentials ignores the cookie of a cross-origin request.
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Accept", "Content-Type"],

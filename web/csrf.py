@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 
-SESSION_COOKIE = "lancang_session"
+from storage.deps import SESSION_COOKIE
+
 HEADER = "x-csrf-token"
 FIELD = "csrf_token"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}

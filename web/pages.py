@@ -8,8 +8,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from storage import audit
 from storage.errors import Invalid, Locked, NotAuthenticated, NotPermitted
 from storage.models import User
-from web import service
-from web.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
+from storage import identity
+from storage.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
 from web.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +40,7 @@ def login(request: Request, session: WriteSession, runtime: RuntimeDep,
     source = client_address(request)
     request.app.state.login_limiter.hit(source)
     try:
-        user = service.authenticate(session=session, username=username.strip(), password=password)
+        user = identity.authenticate(session=session, username=username.strip(), password=password)
     except Locked as exc:
         session.rollback()
         audit.record(runtime.db, principal=None, actor=username[:64], action="auth.login", outcome="locked",
@@ -50,16 +50,16 @@ def login(request: Request, session: WriteSession, runtime: RuntimeDep,
     except NotAuthenticated as exc:
         session.rollback()  # release the write lock before the audit's own transaction
         with runtime.db.scope() as counting:
-            locked_until = service.note_failed_login(session=counting, username=username.strip())
+            locked_until = identity.note_failed_login(session=counting, username=username.strip())
             audit.append(counting, principal=None, actor=username[:64] or "anonymous", action="auth.login",
                          outcome="denied", source=source,
                          detail={"locked_until": locked_until.isoformat()} if locked_until else None)
         return _render(request, "login.html", status=401, next=_safe_next(next), error=exc.detail,
                        username=username)
     settings = runtime.settings
-    secret, _ = service.issue_token(session=session, user=user, kind="session",
+    secret, _ = identity.issue_token(session=session, user=user, kind="session",
                                     days=settings.session_max_age_s / 86400, label="browser")
-    audit.append(session, principal=service.principal_for(user), action="auth.login", source=source)
+    audit.append(session, principal=identity.principal_for(user), action="auth.login", source=source)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, secret, max_age=settings.session_max_age_s, httponly=True,
                         samesite="lax", secure=settings.effective_public_url.startswith("https"))
@@ -71,7 +71,7 @@ def logout(request: Request, session: WriteSession):
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         try:
-            service.revoke_token(session=session, secret=cookie)
+            identity.revoke_token(session=session, secret=cookie)
         except Exception:  # an unknown cookie is already as good as logged out
             pass
     response = RedirectResponse("/login", status_code=303)
@@ -90,7 +90,7 @@ def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: Op
     from storage import access
     from storage.errors import NotFound
 
-    principal = service.principal_for(user)
+    principal = identity.principal_for(user)
     with runtime.db.scope(readonly=True) as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         visible = study is not None and access.can_see_study(
@@ -109,7 +109,7 @@ def upload_page(request: Request, user: OptionalUser):
         return RedirectResponse("/login?next=/upload", status_code=303)
     from storage import access
 
-    access.require_uploader(service.principal_for(user))  # the same rule as STOW-RS
+    access.require_uploader(identity.principal_for(user))  # the same rule as STOW-RS
     return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
 
 
@@ -128,15 +128,15 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
     if user is None:
         return RedirectResponse("/login?next=/account/password", status_code=303)
     me = session.get(User, user.id)
-    principal = service.principal_for(me)  # before any rollback: reading `me` afterwards would open a write
+    principal = identity.principal_for(me)  # before any rollback: reading `me` afterwards would open a write
     errors = {}
     if new != again:
         errors["again"] = "两次输入的新密码不一致 / the two new passwords differ"
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         try:
-            ended = service.change_own_password(session=session, user=me, current=current, new_password=new,
-                                                keep_token_hash=service.hash_token(cookie) if cookie else None)
+            ended = identity.change_own_password(session=session, user=me, current=current, new_password=new,
+                                                keep_token_hash=identity.hash_token(cookie) if cookie else None)
         except NotPermitted as exc:
             errors["current"] = exc.detail
         except Invalid as exc:

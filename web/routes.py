@@ -9,11 +9,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from storage import audit
+from storage.broker import check_broker
 from storage.errors import Gone, NotPermitted
 from storage.objects import FilesystemStore, check_url_signature, content_disposition
 from storage.types import RowId
-from web import service
-from web.deps import CurrentUser, RuntimeDep
+from storage import identity
+from storage.deps import CurrentUser, RuntimeDep
 from web.schemas import HealthOut, InstitutionOut, MeOut
 
 router = APIRouter()
@@ -40,8 +41,6 @@ def _check(fn) -> str:
 @router.get("/healthz", response_model=HealthOut, tags=["platform"])
 async def healthz(runtime: RuntimeDep):
     """Database, object store and broker; 503 when one is down."""
-    from workers.app import check_broker
-
     checks = await asyncio.gather(
         asyncio.to_thread(_check, runtime.db.ping),
         asyncio.to_thread(_check, runtime.store.check),
@@ -113,7 +112,7 @@ def room_ticket(consult_id: RowId, user: CurrentUser, runtime: RuntimeDep) -> di
         except DomainError as exc:
             refused = exc
         else:
-            secret, _ = service.issue_token(session=session, user=me, kind="ticket", days=ROOM_TICKET_S / 86400,
+            secret, _ = identity.issue_token(session=session, user=me, kind="ticket", days=ROOM_TICKET_S / 86400,
                                             label=f"room:{consult_id}")
     if refused is not None:  # audited in its own transaction, after the unit of work ended
         audit.record(runtime.db, principal=None, actor=user.username, action="room.ticket", outcome="denied",

@@ -3,7 +3,7 @@
 Built from the environment's settings at import: only the celery CLI imports this module.
 """
 
-from lancang.settings import get_settings
-from workers.app import make_celery
+from storage.settings import get_settings
+from workers.app import make_worker_app
 
-app = make_celery(get_settings())
+app = make_worker_app(get_settings())

@@ -7,8 +7,8 @@ from functools import lru_cache
 
 from celery import shared_task
 
-from lancang.runtime import Runtime, bootstrap
-from lancang.settings import get_settings
+from storage.runtime import Runtime, bootstrap
+from storage.settings import get_settings
 
 log = logging.getLogger("lancang.workers")
 

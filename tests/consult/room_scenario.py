@@ -22,13 +22,13 @@ from pydicom.uid import generate_uid
 
 from bench.rooms import RoomClient, looks_like
 from imaging.service import Ingestor
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from storage import service as tenancy
 from tests.conftest import embedded_settings
 from tests.consult.test_rooms import PEOPLE, live_consult, room_app
 from tests.dicomdata import ct_instance
 from tests.services import free_port
-from web import service as identity
+from storage import identity
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -33,9 +33,9 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium no
 def live(tmp_path_factory):
     from consult import reports
     from imaging.service import Ingestor
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
     from storage import service as tenancy
-    from web import service as identity
+    from storage import identity
 
     settings = embedded_settings(tmp_path_factory.mktemp("consult"))
     runtime = bootstrap(settings, component="test")

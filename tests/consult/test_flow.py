@@ -20,7 +20,7 @@ from storage import service as tenancy
 from storage.models import AuditRecord
 from tests.conftest import settings_env
 from tests.dicomdata import ct_instance
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 PEOPLE = {  # username: (role, institution, display name)

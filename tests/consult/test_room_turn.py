@@ -45,7 +45,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from bench.rooms import COLOURS, SLOTS, PatternTrack, RoomClient, looks_like
 from consult.models import ConsultRequest
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from tests.conftest import embedded_settings
 from tests.consult.room_scenario import CHROMIUM_ARGS, world
 from tests.consult.test_rooms import live_consult, room_app

@@ -24,16 +24,16 @@ from consult import rooms, scheduling, service
 from consult.room_routes import build_room_router, byte_range
 from consult.scheduling import LOCAL
 from imaging.service import Ingestor
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from storage import service as tenancy
 from storage.errors import Invalid, NotAuthenticated
 from storage.models import AuditRecord
 from tests.conftest import embedded_settings
 from tests.dicomdata import ct_instance
 from tests.services import free_port
-from web import service as identity
+from storage import identity
 from web.app import create_app
-from web.deps import db_session, require_user, write_session
+from storage.deps import db_session, require_user, write_session
 
 PEOPLE = {  # username: (role, institution)
     "li": ("radiographer", "TOWN"),      # presenter (requests the consult)

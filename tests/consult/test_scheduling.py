@@ -10,7 +10,7 @@ from sqlalchemy import select
 from consult import scheduling
 from consult.models import Notification
 from tests.consult.test_flow import api, world  # noqa: F401  (fixtures)
-from web import service as identity
+from storage import identity
 
 
 @pytest.fixture(params=["embedded"])

@@ -33,12 +33,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from imaging.scp import Receiver, start_server
-from lancang.runtime import bootstrap
-from lancang.settings import Settings
+from storage.runtime import bootstrap
+from storage.settings import Settings
 from storage import service
 from tests.imaging.scu import dataset_bytes
 from tests.services import free_port
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"

@@ -18,8 +18,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from imaging.scp import Receiver, start_server
-from lancang.runtime import bootstrap
-from lancang.settings import Settings
+from storage.runtime import bootstrap
+from storage.settings import Settings
 from storage import service
 from tests.dicomdata import ct_instance
 from tests.imaging.scu import send_files

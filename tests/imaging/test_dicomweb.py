@@ -38,7 +38,7 @@ from storage.models import AuditRecord
 from tests.conftest import Servers, embedded_settings, server_settings
 from tests.dicomdata import ct_instance
 from tests.services import free_port
-from web import service
+from storage import identity as service
 from web.app import create_app
 
 EVRLE = "1.2.840.10008.1.2.1"
@@ -122,7 +122,7 @@ def _serve(app, port: int) -> tuple[uvicorn.Server, threading.Thread]:
 
 @pytest.fixture(scope="module", params=["embedded", "servers"])
 def world(request, tmp_path_factory):
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     tmp = tmp_path_factory.mktemp(f"dicomweb-{request.param}")
     # dicomweb-client sends a Host header without the port: URLs come from the public URL,

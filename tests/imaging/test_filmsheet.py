@@ -25,7 +25,7 @@ from storage import service as tenancy
 from storage.access import SYSTEM
 from tests.conftest import embedded_settings, settings_env
 from tests.dicomdata import ct_instance
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("pdftoppm", "pdftotext", "zbarimg", "pdfimages")),
@@ -150,7 +150,7 @@ def test_radiographer_downloads_the_sheet_once_made(runtime):
 
 def test_a_real_worker_makes_the_sheet_after_the_share_is_created(tmp_path):
     settings = embedded_settings(tmp_path)
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     runtime = bootstrap(settings, component="test")
     study_uid, _ = _study(runtime, slices=(4,))

@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from imaging.models import Instance
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from tests.conftest import embedded_settings, settings_env
 from tests.dicomdata import ct_instance
 from tests.imaging.scu import dataset_bytes

@@ -23,7 +23,7 @@ from imaging.service import Ingestor
 from storage import service as tenancy
 from tests.dicomdata import ct_instance
 from tests.imaging.conftest import node, write_files  # noqa: F401 (fixture)
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 MiB = 1024 * 1024

@@ -11,7 +11,7 @@ from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.models import AccessGrant, AuditRecord
 from tests.dicomdata import ct_instance
-from web import service
+from storage import identity as service
 from web.app import create_app
 
 ROLES = ("radiographer", "specialist", "coordinator", "admin")

@@ -30,7 +30,7 @@ from storage.models import AuditRecord
 from storage.types import utcnow
 from tests.conftest import settings_env
 from tests.dicomdata import ct_instance
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 PHONE = {"user-agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) LancangTest", "accept": "text/html"}

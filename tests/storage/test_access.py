@@ -46,7 +46,7 @@ def test_matrix_of_own_subtree_and_grants(runtime):
 def test_grants_are_explicit_expiring_and_revocable(runtime):
     with runtime.db.scope() as session:
         city, county, town, other = _tree(session)
-        from web.service import add_user
+        from storage.identity import add_user
 
         ids = [add_user(session=session, username=name, role="specialist", institution_code="CTY",
                         password="password-1").id for name in ("reader", "colleague")]
@@ -75,7 +75,7 @@ def test_bound_filter_sees_exactly_what_the_literal_filter_sees(runtime):
     kind of principal both forms must select the same studies, grants and expiry included."""
     from sqlalchemy import Integer, String, literal, select, union_all
 
-    from web.service import add_user
+    from storage.identity import add_user
 
     with runtime.db.scope() as session:
         city, county, town, other = _tree(session)

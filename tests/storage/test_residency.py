@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lancang.settings import Settings
+from storage.settings import Settings
 from storage import residency
 
 
@@ -70,7 +70,7 @@ def test_override_needs_a_reason():
 def test_override_is_audited_at_startup(tmp_path, monkeypatch):
     """bootstrap() with an overridden endpoint writes an audit record (the store itself is
     local here: the verdict comes from the database endpoint)."""
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
     from storage import audit
     from storage.models import AuditRecord
 

@@ -22,7 +22,7 @@ from storage import service as tenancy
 from storage.access import SYSTEM
 from storage.models import AuditRecord
 from tests.dicomdata import ct_instance
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 # Routes that return no patient data, and why.

@@ -17,7 +17,7 @@ from tests.services import free_port
 from tests.web.test_csrf_browser import Attacker
 from tests.web.live import serving
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
-from web import service as identity
+from storage import identity
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium")
 
@@ -37,7 +37,7 @@ fetch('{base}/api/studies', {{credentials: 'include'}})
 def test_a_viewer_on_another_origin_reads_with_a_bearer_token_only_when_allowed(tmp_path, allowed):
     from playwright.sync_api import sync_playwright
 
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     viewer = Attacker()
     port = free_port()

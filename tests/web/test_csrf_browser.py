@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from imaging.models import Share
 from storage.models import User
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS, site  # noqa: F401 (fixture)
-from web import service as identity
+from storage import identity
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium")
 

@@ -57,7 +57,7 @@ class Site:
     def __init__(self, tmp: Path):
         import uvicorn
 
-        from lancang.runtime import bootstrap
+        from storage.runtime import bootstrap
         from web.app import create_app
 
         port = _free_port()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from storage import service as tenancy
 from storage.models import ApiToken
 from storage.types import utcnow
-from web import service
+from storage import identity as service
 from web.app import create_app
 
 

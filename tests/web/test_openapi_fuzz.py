@@ -15,14 +15,14 @@ from storage import service as tenancy
 from tests.conftest import embedded_settings
 from tests.services import free_port
 from tests.web.live import serving
-from web import service as identity
+from storage import identity
 
 EXAMPLES_PER_OPERATION = 12
 
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory):
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

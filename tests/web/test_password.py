@@ -18,7 +18,7 @@ from tests.conftest import settings_env
 from tests.services import free_port
 from tests.web.live import serving
 from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
-from web import service as identity
+from storage import identity
 from web.app import create_app
 
 

@@ -72,9 +72,9 @@ class LiveApp:
 
 def seed(settings, people: dict[str, tuple[str, str]]) -> None:
     """Institutions TOWN and OTHER and the given users {username: (role, institution code)}."""
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
     from storage import service as tenancy
-    from web import service as identity
+    from storage import identity
 
     runtime = bootstrap(settings, component="test")
     with runtime.db.scope() as session:
@@ -230,7 +230,7 @@ def test_upload_folder_zip_retry_and_resend(live, browser, exam):
     from sqlalchemy import func, select
 
     from imaging.models import Instance, Study
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
 
     runtime = bootstrap(live.settings, component="test")
     with runtime.db.scope(readonly=True) as session:

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium no
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     from imaging.service import Ingestor
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
     from storage.models import Institution
 
     settings = embedded_settings(tmp_path_factory.mktemp("viewer"))

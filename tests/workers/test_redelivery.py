@@ -32,12 +32,12 @@ from sqlalchemy import select
 
 from imaging.models import Instance, Series
 from imaging.service import Ingestor
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from storage import service as tenancy
 from storage.types import utcnow
 from tests.conftest import embedded_settings, server_settings, settings_env
 from tests.dicomdata import ct_instance
-from workers.app import make_celery
+from storage.broker import make_celery
 
 SLICES = 12
 DELAY_S = 0.25       # per preview: the task takes ~3 s, plenty of time to kill it mid-way
@@ -47,9 +47,9 @@ DELAY_S = 0.25       # per preview: the task takes ~3 s, plenty of time to kill 
 WORKER = """
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)  # as `lancang worker` configures it
-from lancang.settings import get_settings
-from workers.app import make_celery
-app = make_celery(get_settings())
+from storage.settings import get_settings
+from workers.app import make_worker_app
+app = make_worker_app(get_settings())
 extra = json.loads(os.environ["TEST_TRANSPORT_OPTIONS"])
 app.conf.broker_transport_options = {**(app.conf.broker_transport_options or {}), **extra}
 pool, concurrency, queues, name = sys.argv[1:5]

@@ -9,11 +9,11 @@ import time
 
 from sqlalchemy import select
 
-from lancang.runtime import bootstrap
+from storage.runtime import bootstrap
 from storage import audit
 from storage.models import AuditRecord
 from tests.conftest import server_settings, settings_env
-from workers.app import make_celery
+from storage.broker import make_celery
 
 
 def test_task_runs_in_a_real_worker_on_redis(tmp_path, servers):
@@ -64,7 +64,7 @@ def test_each_queue_has_its_own_binding(tmp_path, servers):
     the previous code: all four queues were bound to exchange 'derive' with key 'derive'."""
     import redis
 
-    from workers.app import EXCHANGE, QUEUES
+    from storage.broker import EXCHANGE, QUEUES
 
     settings = server_settings(tmp_path, servers)
     app = make_celery(settings)

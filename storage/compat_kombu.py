@@ -42,7 +42,7 @@ def check() -> None:
     missing += [name for name in _HELPERS if not hasattr(filesystem, name)]
     if missing:
         raise RuntimeError(f"kombu.transport.filesystem changed ({', '.join(missing)}): "
-                           "check workers/compat_kombu.py against this kombu version")
+                           "check storage/compat_kombu.py against this kombu version")
 
 
 check()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from lancang.settings import Settings, get_settings
 from storage import audit, jobs, residency
+from storage.broker import dispatcher_for, make_celery
 from storage.db import Database, get_database
 from storage.objects import ObjectStore, S3Store, make_store
+from storage.settings import Settings, get_settings
 
-log = logging.getLogger("lancang.runtime")
+log = logging.getLogger("storage.runtime")
 
 
 @dataclass
@@ -31,8 +32,6 @@ def bootstrap(settings: Settings | None = None, *, component: str) -> Runtime:
     store = make_store(settings)
     if isinstance(store, S3Store):
         store.ensure_bucket()
-    from workers.app import dispatcher_for, make_celery
-
     celery = make_celery(settings)
     jobs.set_dispatcher(dispatcher_for(celery))
     for verdict in overridden:

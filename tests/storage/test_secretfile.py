@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from lancang import secretfile
-from lancang.settings import Settings
+from storage import secretfile
+from storage.settings import Settings
 from storage.models import AuditRecord
 from storage.objects import url_signature
 
@@ -35,7 +35,7 @@ def test_generated_once_per_data_dir_mode_0600_and_reused(tmp_path):
     path = tmp_path / "a" / secretfile.FILE_NAME
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) >= 48
     # Another process of the same data dir reads the same key.
-    again = subprocess.run([sys.executable, "-c", "import pathlib; from lancang import secretfile; "
+    again = subprocess.run([sys.executable, "-c", "import pathlib; from storage import secretfile; "
                             f"print(secretfile.read_or_create(pathlib.Path({str(tmp_path / 'a')!r})))"],
                            capture_output=True, text=True, cwd=REPO)
     assert again.stdout.strip() == first, again.stderr
@@ -63,7 +63,7 @@ def test_weak_configured_secrets_are_refused(tmp_path, weak):
 def test_links_forged_with_the_old_constant_or_a_new_filename_are_refused(tmp_path):
     """Failed on the previous code: the embedded secret was the public constant, and the
     filename was not signed (it went into Content-Disposition as given)."""
-    from lancang.runtime import bootstrap
+    from storage.runtime import bootstrap
     from web.app import create_app
 
     settings = Settings(data_dir=tmp_path, public_url="http://127.0.0.1:8000")

@@ -1,4 +1,8 @@
-"""Named request dependencies: the unit of work, the current user and principal."""
+"""The FastAPI dependency aliases every domain's routes use, defined once: the unit of work
+(`DbSession`, `WriteSession`), the caller (`CurrentUser`, `CurrentPrincipal`), the runtime.
+
+They live in the foundation so a domain's `routes.py` declares module-level routes with
+them, instead of receiving them as arguments from the app factory."""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ from typing import Annotated, AsyncIterator, Iterator
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from lancang.runtime import Runtime
+from storage.runtime import Runtime
 from storage.access import Principal
 from storage.errors import NotAuthenticated
 from storage.models import User
-from web import service
-from web.csrf import SESSION_COOKIE
+from storage import identity
 
+SESSION_COOKIE = "lancang_session"  # the browser session; web/csrf.py ties its CSRF token to it
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -72,7 +76,7 @@ def optional_user(request: Request, session: DbSession) -> User | None:
     if found is None:
         return None
     kind, token = found
-    return service.user_for_token(session=session, secret=token, kind=kind)
+    return identity.user_for_token(session=session, secret=token, kind=kind)
 
 
 # Pure functions of resolved values are async: FastAPI runs them on the event loop instead of
@@ -99,7 +103,7 @@ def principal_of(request: Request, session: Session) -> Principal:
     if found is None:
         raise NotAuthenticated("login required / 请先登录")
     kind, token = found
-    return service.principal_for_token(session=session, secret=token, kind=kind)
+    return identity.principal_for_token(session=session, secret=token, kind=kind)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
@@ -116,16 +120,16 @@ def room_user(connection, session: Session) -> User | None:
     cookie = connection.cookies.get(SESSION_COOKIE)
     if cookie:
         try:
-            return service.user_for_token(session=session, secret=cookie, kind="session")
+            return identity.user_for_token(session=session, secret=cookie, kind="session")
         except NotAuthenticated:
             return None
     ticket = connection.query_params.get("ticket")
     if not ticket:
         return None
     try:
-        user = service.user_for_token(session=session, secret=ticket, kind="ticket")
+        user = identity.user_for_token(session=session, secret=ticket, kind="ticket")
     except NotAuthenticated:
         return None
     with connection.app.state.runtime.db.scope() as spending:  # used once: gone before the join
-        service.revoke_token(session=spending, secret=ticket)
+        identity.revoke_token(session=spending, secret=ticket)
     return user

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lancang import secretfile
+from storage import secretfile
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     @property
     def effective_secret_key(self) -> str:
         """The configured key, else (loopback embedded installs only) the data dir's
-        generated one (lancang/secretfile.py)."""
+        generated one (storage/secretfile.py)."""
         configured = self.secret_key.get_secret_value()
         if configured:
             return configured

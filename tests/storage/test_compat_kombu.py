@@ -2,7 +2,7 @@
 announcements. With kombu's own filesystem transport two producer and two consumer
 processes lost 131 of 600 messages, each a `JSONDecodeError` (a consumer read a message
 file that its producer had created but not yet written; in the worker that error is
-"Unrecoverable" and kills it). workers/compat_kombu.py writes every file atomically."""
+"Unrecoverable" and kills it). storage/compat_kombu.py writes every file atomically."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from kombu import Connection
 
 from tests.conftest import embedded_settings
-from workers.app import make_celery
+from storage.broker import make_celery
 
 PER_PRODUCER = 150
 PAYLOAD = "x" * 100_000  # a big message takes long enough to write for the race to show
@@ -77,7 +77,7 @@ def test_a_burst_of_concurrent_announcements_loses_nothing(tmp_path):
 def test_a_kombu_without_the_overridden_methods_fails_loudly(monkeypatch):
     import pytest
 
-    from workers import compat_kombu
+    from storage import compat_kombu
 
     compat_kombu.check()
     monkeypatch.delattr(compat_kombu.filesystem.Channel, "_queue_bind")
