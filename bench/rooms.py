@@ -313,30 +313,11 @@ def _serve(data_dir: str, port: int):
 
 
 def bench_app():
-    """The web app with the room router (added here if web/app.py does not wire it yet)."""
-    from consult.room_routes import build_room_router
+    """The product web app (it wires the room router)."""
     from web.app import create_app
-    from storage.deps import db_session, require_user, write_session
 
-    app = create_app()
-    if not any(getattr(r, "path", "") == "/ws/rooms/{consult_id}" for r in app.routes):
-        app.include_router(build_room_router(db_session, write_session, require_user, token_user))
-    return app
+    return create_app()
 
-
-def token_user(connection, session):
-    """Resolve a room user from the session cookie or a `token` query parameter."""
-    from storage.errors import NotAuthenticated
-    from storage import identity
-
-    for kind, secret in (("session", connection.cookies.get("lancang_session")),
-                         ("api", connection.query_params.get("token"))):
-        if secret:
-            try:
-                return identity.user_for_token(session=session, secret=secret, kind=kind)
-            except NotAuthenticated:
-                return None
-    return None
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -23,7 +23,7 @@ import httpx
 from pydicom.uid import generate_uid
 
 from bench.runinfo import lancang_revision, load1, uptime
-from imaging import multipart
+from imaging.dicomweb import multipart
 from tests.dicomdata import ct_instance
 
 MiB = 1024 * 1024

@@ -2,10 +2,8 @@
 specialist worklist and report editor, the public verification page. Actions call the
 JSON API from the page (web/static/consult.js) with the browser session."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, File, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,6 +12,7 @@ from consult.models import PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging.models import Study
 from storage import access
+from storage.deps import DbSession, OptionalUser
 from storage.errors import Invalid
 from storage.models import Institution, User
 from storage.types import utcnow
@@ -30,123 +29,126 @@ COLOUR_LABELS = {"green": "绿 Green", "yellow": "黄 Yellow", "orange": "橙 Or
 MAX_UPLOAD = 20 * 1024 * 1024
 
 
-def build_router(db_session, optional_user) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
-    Read = Annotated[Session, Depends(db_session, scope="function")]
-    MaybeUser = Annotated[User | None, Depends(optional_user)]
+router = APIRouter(include_in_schema=False)
 
-    def render(request: Request, name: str, **context):
-        context.update(status_labels=STATUS_LABELS, priority_labels=PRIORITY_LABELS, colour_labels=COLOUR_LABELS)
-        return request.app.state.templates.TemplateResponse(request, name, context)
 
-    def login_first(request: Request):
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+def render(request: Request, name: str, **context):
+    context.update(status_labels=STATUS_LABELS, priority_labels=PRIORITY_LABELS, colour_labels=COLOUR_LABELS)
+    return request.app.state.templates.TemplateResponse(request, name, context)
 
-    @router.get("/consults", response_class=HTMLResponse)
-    def consult_list(request: Request, session: Read, user: MaybeUser, status: str = "", priority: str = "",
-                     colour: str = ""):
-        if user is None:
-            return login_first(request)
-        user = session.get(User, user.id)
-        scope = {"radiographer": "outgoing", "coordinator": "incoming", "admin": "incoming"}.get(user.role, "mine")
-        items = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
-                                 priority=priority or None, colour=colour or None)
-        outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
-        service.audit_list(request.app.state.runtime.db, user=user, consult_ids=[c.id for c in [*items, *outgoing]],
-                           action="consult.list", source=request.client.host if request.client else "")
-        return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
-                      now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
-                                                                         "colour": colour},
-                      priorities=PRIORITIES, colours=RISK_COLOURS)
 
-    @router.get("/consults/new", response_class=HTMLResponse)
-    def new_consult(request: Request, session: Read, user: MaybeUser, study: str = ""):
-        if user is None:
-            return login_first(request)
-        user = session.get(User, user.id)
-        scope = access.scope_for(session, service._principal(user))
-        studies = session.scalars(select(Study).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
-                                  .order_by(Study.created_at.desc()).limit(100)).all()
-        targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
-                   if i.id != user.institution_id and _routable(session, user.institution, i)]
-        return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
-                      priorities=PRIORITIES, colours=RISK_COLOURS)
+def login_first(request: Request):
+    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
-    @router.get("/consults/{consult_id}", response_class=HTMLResponse)
-    def consult_page(consult_id: int, request: Request, session: Read, user: MaybeUser, template: str = ""):
-        if user is None:
-            return login_first(request)
-        user = session.get(User, user.id)
-        consult = service.get(session=session, consult_id=consult_id, user=user)
-        detail = consult_detail(session, consult, user)
-        service.audit_read(request.app.state.runtime.db, user=user, consult_id=consult_id, action="consult.view",
-                           source=request.client.host if request.client else "")
-        report = reports.get_report(session=session, consult=consult)
-        studies = [session.scalar(select(Study).where(Study.study_instance_uid == s.study_instance_uid))
-                   for s in consult.studies]
-        specialists = session.scalars(select(User).where(User.role == "specialist", User.active.is_(True))
-                                      .order_by(User.institution_id, User.username)).all()
-        first = studies[0] if studies and studies[0] else None
-        template_id = (template if template in templates.TEMPLATES else report.template if report else
-                       templates.for_study(first.modalities.split("\\")[0] if first else "", "",
-                                           first.description if first else ""))
-        return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
-                      studies=[s for s in studies if s], specialists=specialists,
-                      templates=templates.TEMPLATES, template_id=template_id,
-                      can_read_images=[access.can_see_study(session, service._principal(user),
-                                                            institution_id=s.institution_id,
-                                                            study_uid=s.study_instance_uid) for s in studies if s],
-                      is_coordinator=service._is_target_coordinator(consult, user))
 
-    @router.get("/dashboard", response_class=HTMLResponse)
-    def dashboard_page(request: Request, session: Read, user: MaybeUser, weeks: int = 8):
-        if user is None:
-            return login_first(request)
-        user = session.get(User, user.id)
-        dashboard.require_viewer(user, weeks)  # the same rule as /api/dashboard
-        data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
-        charts = {
-            "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),
-            "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"],
-                                            labels=PRIORITY_LABELS),
-            "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"],
-                                          labels={**COLOUR_LABELS, "none": "未分级 None"}),
-        }
-        return render(request, "consult/dashboard.html", user=user, data=data, charts=charts)
+@router.get("/consults", response_class=HTMLResponse)
+def consult_list(request: Request, session: DbSession, user: OptionalUser, status: str = "", priority: str = "",
+                 colour: str = ""):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    scope = {"radiographer": "outgoing", "coordinator": "incoming", "admin": "incoming"}.get(user.role, "mine")
+    items = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
+                             priority=priority or None, colour=colour or None)
+    outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
+    service.audit_list(request.app.state.runtime.db, user=user, consult_ids=[c.id for c in [*items, *outgoing]],
+                       action="consult.list", source=request.client.host if request.client else "")
+    return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
+                  now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
+                                                                     "colour": colour},
+                  priorities=PRIORITIES, colours=RISK_COLOURS)
 
-    @router.get("/calendar", response_class=HTMLResponse)
-    def calendar_page(request: Request, session: Read, user: MaybeUser):
-        if user is None:
-            return login_first(request)
-        user = session.get(User, user.id)
-        bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
-        return render(request, "consult/calendar.html", user=user, bookings=bookings, local=scheduling.LOCAL)
 
-    @router.get("/verify", response_class=HTMLResponse)
-    def verify_form(request: Request, user: MaybeUser):
-        return render(request, "consult/verify.html", user=user, version=None, verdict=None)
+@router.get("/consults/new", response_class=HTMLResponse)
+def new_consult(request: Request, session: DbSession, user: OptionalUser, study: str = ""):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    scope = access.scope_for(session, service._principal(user))
+    studies = session.scalars(select(Study).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
+                              .order_by(Study.created_at.desc()).limit(100)).all()
+    targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
+               if i.id != user.institution_id and _routable(session, user.institution, i)]
+    return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
+                  priorities=PRIORITIES, colours=RISK_COLOURS)
 
-    @router.get("/verify/{public_id}", response_class=HTMLResponse)
-    def verify_code(public_id: str, request: Request, session: Read, user: MaybeUser):
-        version = reports.version_by_public_id(session=session, public_id=public_id)
-        standing, current = reports.version_standing(session.get(Report, version.report_id), version)
-        return render(request, "consult/verify.html", user=user, version=version, verdict=None,
-                      standing=standing, current=current)
 
-    @router.post("/verify", response_class=HTMLResponse)
-    async def verify_upload(request: Request, session: Read, user: MaybeUser, file: UploadFile = File(...)):
-        pdf = await file.read(MAX_UPLOAD + 1)
-        if len(pdf) > MAX_UPLOAD:
-            raise Invalid("the file is larger than 20 MB / 文件过大")
-        verdict = reports.verify_upload(session=session, pdf=pdf)
-        if "application/json" in request.headers.get("accept", ""):
-            from fastapi.responses import JSONResponse
+@router.get("/consults/{consult_id}", response_class=HTMLResponse)
+def consult_page(consult_id: int, request: Request, session: DbSession, user: OptionalUser, template: str = ""):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    consult = service.get(session=session, consult_id=consult_id, user=user)
+    detail = consult_detail(session, consult, user)
+    service.audit_read(request.app.state.runtime.db, user=user, consult_id=consult_id, action="consult.view",
+                       source=request.client.host if request.client else "")
+    report = reports.get_report(session=session, consult=consult)
+    studies = [session.scalar(select(Study).where(Study.study_instance_uid == s.study_instance_uid))
+               for s in consult.studies]
+    specialists = session.scalars(select(User).where(User.role == "specialist", User.active.is_(True))
+                                  .order_by(User.institution_id, User.username)).all()
+    first = studies[0] if studies and studies[0] else None
+    template_id = (template if template in templates.TEMPLATES else report.template if report else
+                   templates.for_study(first.modalities.split("\\")[0] if first else "", "",
+                                       first.description if first else ""))
+    return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
+                  studies=[s for s in studies if s], specialists=specialists,
+                  templates=templates.TEMPLATES, template_id=template_id,
+                  can_read_images=[access.can_see_study(session, service._principal(user),
+                                                        institution_id=s.institution_id,
+                                                        study_uid=s.study_instance_uid) for s in studies if s],
+                  is_coordinator=service._is_target_coordinator(consult, user))
 
-            return JSONResponse(verdict)
-        return render(request, "consult/verify.html", user=user, version=None, verdict=verdict,
-                      filename=file.filename)
 
-    return router
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard_page(request: Request, session: DbSession, user: OptionalUser, weeks: int = 8):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    dashboard.require_viewer(user, weeks)  # the same rule as /api/dashboard
+    data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
+    charts = {
+        "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),
+        "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"],
+                                        labels=PRIORITY_LABELS),
+        "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"],
+                                      labels={**COLOUR_LABELS, "none": "未分级 None"}),
+    }
+    return render(request, "consult/dashboard.html", user=user, data=data, charts=charts)
+
+
+@router.get("/calendar", response_class=HTMLResponse)
+def calendar_page(request: Request, session: DbSession, user: OptionalUser):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
+    return render(request, "consult/calendar.html", user=user, bookings=bookings, local=scheduling.LOCAL)
+
+
+@router.get("/verify", response_class=HTMLResponse)
+def verify_form(request: Request, user: OptionalUser):
+    return render(request, "consult/verify.html", user=user, version=None, verdict=None)
+
+
+@router.get("/verify/{public_id}", response_class=HTMLResponse)
+def verify_code(public_id: str, request: Request, session: DbSession, user: OptionalUser):
+    version = reports.version_by_public_id(session=session, public_id=public_id)
+    standing, current = reports.version_standing(session.get(Report, version.report_id), version)
+    return render(request, "consult/verify.html", user=user, version=version, verdict=None,
+                  standing=standing, current=current)
+
+
+@router.post("/verify", response_class=HTMLResponse)
+async def verify_upload(request: Request, session: DbSession, user: OptionalUser, file: UploadFile = File(...)):
+    pdf = await file.read(MAX_UPLOAD + 1)
+    if len(pdf) > MAX_UPLOAD:
+        raise Invalid("the file is larger than 20 MB / 文件过大")
+    verdict = reports.verify_upload(session=session, pdf=pdf)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(verdict)
+    return render(request, "consult/verify.html", user=user, version=None, verdict=verdict,
+                  filename=file.filename)
 
 
 def _routable(session: Session, source: Institution, target: Institution) -> bool:

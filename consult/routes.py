@@ -1,8 +1,8 @@
 """The consult REST API under /api (described by the OpenAPI schema)."""
 
-from typing import Annotated
+from datetime import datetime
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -10,7 +10,10 @@ from consult import reports, scheduling, service, templates
 from consult.models import Booking, ConsultEvent, ConsultRequest, Notification
 from consult.schemas import (Addendum, Assignment, Comments, ConsultCreate, ConsultDetail, ConsultOut, Draft,
                              EventOut, ExceptionIn, NotificationOut, Password, Reason, Slot, VersionOut, Windows)
-from storage.errors import NotFound
+from consult.dashboard import require_viewer, stats
+from storage import audit
+from storage.deps import CurrentUser, DbSession, WriteSession
+from storage.errors import Invalid, NotFound
 from storage.models import User
 from storage.types import utcnow
 
@@ -49,223 +52,238 @@ def consult_detail(session: Session, consult: ConsultRequest, user: User) -> Con
                    "ends_at": b.ends_at.isoformat()} for b in bookings])
 
 
-def build_router(db_session, write_session, current_user) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["consult"])
-    Read = Annotated[Session, Depends(db_session, scope="function")]
-    Write = Annotated[Session, Depends(write_session, scope="function")]
-    Me = Annotated[User, Depends(current_user)]
+router = APIRouter(prefix="/api", tags=["consult"])
 
-    def base_url(request: Request) -> str:
-        return request.app.state.runtime.settings.effective_public_url
 
-    def store(request: Request):
-        return request.app.state.runtime.store
+def base_url(request: Request) -> str:
+    return request.app.state.runtime.settings.effective_public_url
 
-    def me_in(session: Session, user: User) -> User:
-        return session.get(User, user.id)
 
-    @router.post("/consults", response_model=ConsultOut, status_code=status.HTTP_201_CREATED)
-    def create_consult(body: ConsultCreate, session: Write, user: Me):
-        """Ask another institution for a read or a live consult on one or more studies."""
-        consult = service.create(session=session, requester=me_in(session, user), kind=body.kind,
-                                 target_code=body.target, study_uids=body.study_uids,
-                                 clinical_question=body.clinical_question, history=body.history,
-                                 priority=body.priority, risk_colour=body.risk_colour)
-        return consult_out(consult)
+def store(request: Request):
+    return request.app.state.runtime.store
 
-    @router.get("/consults", response_model=list[ConsultOut])
-    def list_consults(request: Request, session: Read, user: Me, scope: str = "mine",
-                      status_: list[str] = Query([], alias="status"),
-                      priority: str | None = None, colour: str | None = None, modality: str | None = None,
-                      institution: str | None = None, offset: int = Query(0, ge=0), limit: int = Query(100, le=500)):
-        """Worklist (mine), board (incoming) or inbox (outgoing), by urgency then waiting time."""
+
+def me_in(session: Session, user: User) -> User:
+    return session.get(User, user.id)
+
+
+@router.post("/consults", response_model=ConsultOut, status_code=status.HTTP_201_CREATED)
+def create_consult(body: ConsultCreate, session: WriteSession, user: CurrentUser):
+    """Ask another institution for a read or a live consult on one or more studies."""
+    consult = service.create(session=session, requester=me_in(session, user), kind=body.kind,
+                             target_code=body.target, study_uids=body.study_uids,
+                             clinical_question=body.clinical_question, history=body.history,
+                             priority=body.priority, risk_colour=body.risk_colour)
+    return consult_out(consult)
+
+
+@router.get("/consults", response_model=list[ConsultOut])
+def list_consults(request: Request, session: DbSession, user: CurrentUser, scope: str = "mine",
+                  status_: list[str] = Query([], alias="status"),
+                  priority: str | None = None, colour: str | None = None, modality: str | None = None,
+                  institution: str | None = None, offset: int = Query(0, ge=0), limit: int = Query(100, le=500)):
+    """Worklist (mine), board (incoming) or inbox (outgoing), by urgency then waiting time."""
+    me = me_in(session, user)
+    items = service.worklist(session=session, user=me, statuses=status_, priority=priority,
+                             colour=colour, modality=modality, institution=institution, scope=scope)
+    shown = [consult_out(c) for c in items[offset:offset + limit]]
+    service.audit_list(request.app.state.runtime.db, user=me, consult_ids=[c.id for c in shown],
+                       action="consult.list", source=request.client.host if request.client else "")
+    return shown
+
+
+@router.get("/consults/{consult_id}", response_model=ConsultDetail)
+def get_consult(consult_id: int, request: Request, session: DbSession, user: CurrentUser):
+    me = me_in(session, user)
+    detail = consult_detail(session, service.get(session=session, consult_id=consult_id, user=me), me)
+    service.audit_read(request.app.state.runtime.db, user=me, consult_id=consult_id, action="consult.read",
+                       source=request.client.host if request.client else "")
+    return detail
+
+
+def simple(name: str, fn, body_field: str | None = None, keyword: str | None = None):
+    """A state-machine action: call the service, answer with the consult as it now is."""
+
+    def run(consult_id: int, session: Session, user: User, body=None) -> ConsultDetail:
         me = me_in(session, user)
-        items = service.worklist(session=session, user=me, statuses=status_, priority=priority,
-                                 colour=colour, modality=modality, institution=institution, scope=scope)
-        shown = [consult_out(c) for c in items[offset:offset + limit]]
-        service.audit_list(request.app.state.runtime.db, user=me, consult_ids=[c.id for c in shown],
-                           action="consult.list", source=request.client.host if request.client else "")
-        return shown
-
-    @router.get("/consults/{consult_id}", response_model=ConsultDetail)
-    def get_consult(consult_id: int, request: Request, session: Read, user: Me):
-        me = me_in(session, user)
-        detail = consult_detail(session, service.get(session=session, consult_id=consult_id, user=me), me)
-        service.audit_read(request.app.state.runtime.db, user=me, consult_id=consult_id, action="consult.read",
-                           source=request.client.host if request.client else "")
-        return detail
-
-    def simple(name: str, fn, body_field: str | None = None, keyword: str | None = None):
-        """A state-machine action: call the service, answer with the consult as it now is."""
-
-        def run(consult_id: int, session: Session, user: User, body=None) -> ConsultDetail:
-            me = me_in(session, user)
-            kwargs = {keyword: getattr(body, body_field)} if body_field else {}
-            fn(session=session, consult_id=consult_id, user=me, **kwargs)
-            return consult_detail(session, session.get(ConsultRequest, consult_id), me)
-
-        run.__name__ = name
-        return run
-
-    accept_ = simple("accept", service.accept)
-    decline_ = simple("decline", service.decline, "reason", "reason")
-    cancel_ = simple("cancel", service.cancel, "reason", "reason")
-    start_ = simple("start", service.start)
-    acknowledge_ = simple("acknowledge", service.acknowledge)
-
-    @router.post("/consults/{consult_id}/accept", response_model=ConsultDetail)
-    def accept(consult_id: int, session: Write, user: Me):
-        """Coordinator of the target institution accepts the request."""
-        return accept_(consult_id, session, user)
-
-    @router.post("/consults/{consult_id}/decline", response_model=ConsultDetail)
-    def decline(consult_id: int, body: Reason, session: Write, user: Me):
-        return decline_(consult_id, session, user, body)
-
-    @router.post("/consults/{consult_id}/cancel", response_model=ConsultDetail)
-    def cancel(consult_id: int, body: Reason, session: Write, user: Me):
-        return cancel_(consult_id, session, user, body)
-
-    @router.post("/consults/{consult_id}/start", response_model=ConsultDetail)
-    def start(consult_id: int, session: Write, user: Me):
-        return start_(consult_id, session, user)
-
-    @router.post("/consults/{consult_id}/acknowledge", response_model=ConsultDetail)
-    def acknowledge(consult_id: int, session: Write, user: Me):
-        """The requesting institution confirms it has the returned report."""
-        return acknowledge_(consult_id, session, user)
-
-    @router.post("/consults/{consult_id}/assign", response_model=ConsultDetail)
-    def assign(consult_id: int, body: Assignment, session: Write, user: Me):
-        """Name reader and senior reviewer; they (and only they) get access to the studies."""
-        me = me_in(session, user)
-        service.assign(session=session, consult_id=consult_id, user=me, reader_username=body.reader,
-                       reviewer_username=body.reviewer)
+        kwargs = {keyword: getattr(body, body_field)} if body_field else {}
+        fn(session=session, consult_id=consult_id, user=me, **kwargs)
         return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-    @router.post("/consults/{consult_id}/schedule", response_model=ConsultDetail)
-    def schedule(consult_id: int, body: Slot, session: Write, user: Me):
-        """Book a live consult (one hour or less); 409 on a double booking or outside availability."""
-        me = me_in(session, user)
-        scheduling.book(session=session, consult_id=consult_id, coordinator=me, specialist_username=body.specialist,
-                        starts_local=body.start, minutes=body.minutes)
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+    run.__name__ = name
+    return run
 
-    @router.put("/consults/{consult_id}/report/draft", response_model=ConsultDetail)
-    def save_draft(consult_id: int, body: Draft, session: Write, user: Me):
-        """Autosave of the reader's draft."""
-        me = me_in(session, user)
-        reports.save_draft(session=session, consult_id=consult_id, user=me, template=body.template,
-                           content=body.model_dump())
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+accept_ = simple("accept", service.accept)
+decline_ = simple("decline", service.decline, "reason", "reason")
+cancel_ = simple("cancel", service.cancel, "reason", "reason")
+start_ = simple("start", service.start)
+acknowledge_ = simple("acknowledge", service.acknowledge)
 
-    @router.post("/consults/{consult_id}/report/sign", response_model=ConsultDetail)
-    def sign(consult_id: int, body: Password, request: Request, session: Write, user: Me):
-        """The reader signs the preliminary report (PAdES + CMS)."""
-        me = me_in(session, user)
-        reports.sign_preliminary(session=session, store=store(request), consult_id=consult_id, user=me,
-                                 password=body.password, base_url=base_url(request))
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-    @router.post("/consults/{consult_id}/report/return", response_model=ConsultDetail)
-    def return_report(consult_id: int, body: Comments, session: Write, user: Me):
-        me = me_in(session, user)
-        reports.return_for_revision(session=session, consult_id=consult_id, user=me, comments=body.comments)
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+@router.post("/consults/{consult_id}/accept", response_model=ConsultDetail)
+def accept(consult_id: int, session: WriteSession, user: CurrentUser):
+    """Coordinator of the target institution accepts the request."""
+    return accept_(consult_id, session, user)
 
-    @router.post("/consults/{consult_id}/report/cosign", response_model=ConsultDetail)
-    def cosign(consult_id: int, body: Password, request: Request, session: Write, user: Me):
-        """The senior co-signs: final, returned to the requesting institution."""
-        me = me_in(session, user)
-        reports.co_sign_final(session=session, store=store(request), consult_id=consult_id, user=me,
-                              password=body.password, base_url=base_url(request))
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-    @router.post("/consults/{consult_id}/report/addendum", response_model=ConsultDetail)
-    def addendum(consult_id: int, body: Addendum, request: Request, session: Write, user: Me):
-        me = me_in(session, user)
-        reports.sign_addendum(session=session, store=store(request), consult_id=consult_id, user=me,
-                              password=body.password, text=body.text, base_url=base_url(request))
-        return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+@router.post("/consults/{consult_id}/decline", response_model=ConsultDetail)
+def decline(consult_id: int, body: Reason, session: WriteSession, user: CurrentUser):
+    return decline_(consult_id, session, user, body)
 
-    @router.get("/consults/{consult_id}/report/versions/{number}.pdf", response_class=Response)
-    def version_pdf(consult_id: int, number: int, request: Request, session: Read, user: Me):
-        """A signed version as PDF (participants of the consult only)."""
-        consult = service.get(session=session, consult_id=consult_id, user=me_in(session, user))
-        report = reports.get_report(session=session, consult=consult)
-        version = next((v for v in (report.versions if report else []) if v.number == number), None)
-        if version is None:
-            raise NotFound("no such report version")
-        from storage import audit
 
-        audit.record_read(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
-                     object_type="consult", object_id=str(consult_id), detail={"version": number})
-        return Response(store(request).get(version.pdf_key), media_type="application/pdf",
-                        headers={"Content-Disposition": f'inline; filename="report-{consult_id}-v{number}.pdf"'})
+@router.post("/consults/{consult_id}/cancel", response_model=ConsultDetail)
+def cancel(consult_id: int, body: Reason, session: WriteSession, user: CurrentUser):
+    return cancel_(consult_id, session, user, body)
 
-    @router.get("/report-templates")
-    def list_templates(user: Me):
-        return [{"id": t.id, "label": t.label, "modality": t.modality, "body_part": t.body_part,
-                 "findings_hint": t.findings_hint,
-                 "fields": [{"name": f.name, "label": f.label, "unit": f.unit, "kind": f.kind} for f in t.fields]}
-                for t in templates.TEMPLATES.values()]
 
-    @router.put("/me/availability")
-    def set_availability(body: Windows, session: Write, user: Me):
-        """Weekly recurring availability in Asia/Shanghai time (replaces the previous one)."""
-        rows = scheduling.set_weekly(session=session, user=me_in(session, user), windows=body.windows)
-        return {"windows": [[r.weekday, f"{r.start_minute // 60:02d}:{r.start_minute % 60:02d}",
-                             f"{r.end_minute // 60:02d}:{r.end_minute % 60:02d}"] for r in rows]}
+@router.post("/consults/{consult_id}/start", response_model=ConsultDetail)
+def start(consult_id: int, session: WriteSession, user: CurrentUser):
+    return start_(consult_id, session, user)
 
-    @router.post("/me/availability/exceptions", status_code=status.HTTP_201_CREATED)
-    def add_exception(body: ExceptionIn, session: Write, user: Me):
-        row = scheduling.add_exception(session=session, user=me_in(session, user), starts_local=body.starts,
-                                       ends_local=body.ends, available=body.available, note=body.note)
-        return {"id": row.id, "starts_at": row.starts_at, "ends_at": row.ends_at, "available": row.available}
 
-    @router.get("/specialists/free")
-    def free(session: Read, user: Me, start: str, minutes: int = Query(30, ge=5, le=24 * 60)):
-        """Specialists of my institution free in that local slot (for coordinators)."""
-        from datetime import datetime
+@router.post("/consults/{consult_id}/acknowledge", response_model=ConsultDetail)
+def acknowledge(consult_id: int, session: WriteSession, user: CurrentUser):
+    """The requesting institution confirms it has the returned report."""
+    return acknowledge_(consult_id, session, user)
 
-        try:
-            starts = datetime.fromisoformat(start)
-        except ValueError:
-            from storage.errors import Invalid
 
-            raise Invalid("start must be an ISO date-time like 2026-11-23T09:00") from None
-        people = scheduling.free_specialists(session=session, institution_id=user.institution_id,
-                                             starts_local=starts, minutes=minutes)
-        return [{"username": p.username, "display_name": p.display_name} for p in people]
+@router.post("/consults/{consult_id}/assign", response_model=ConsultDetail)
+def assign(consult_id: int, body: Assignment, session: WriteSession, user: CurrentUser):
+    """Name reader and senior reviewer; they (and only they) get access to the studies."""
+    me = me_in(session, user)
+    service.assign(session=session, consult_id=consult_id, user=me, reader_username=body.reader,
+                   reviewer_username=body.reviewer)
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-    @router.get("/me/notifications", response_model=list[NotificationOut])
-    def notifications(session: Read, user: Me, unread: bool = False):
-        query = select(Notification).where(Notification.user_id == user.id)
-        if unread:
-            query = query.where(Notification.read_at.is_(None))
-        rows = session.scalars(query.order_by(Notification.id.desc()).limit(200))
-        return [NotificationOut(id=n.id, at=n.at, kind=n.kind, title=n.title, body=n.body, link=n.link,
-                                read=n.read_at is not None) for n in rows]
 
-    @router.post("/me/notifications/{notification_id}/read", status_code=204)
-    def mark_read(notification_id: int, session: Write, user: Me):
-        row = session.get(Notification, notification_id)
-        if row is None or row.user_id != user.id:
-            raise NotFound("no such notification")
-        row.read_at = row.read_at or utcnow()
+@router.post("/consults/{consult_id}/schedule", response_model=ConsultDetail)
+def schedule(consult_id: int, body: Slot, session: WriteSession, user: CurrentUser):
+    """Book a live consult (one hour or less); 409 on a double booking or outside availability."""
+    me = me_in(session, user)
+    scheduling.book(session=session, consult_id=consult_id, coordinator=me, specialist_username=body.specialist,
+                    starts_local=body.start, minutes=body.minutes)
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-    @router.get("/me/calendar.ics", response_class=Response)
-    def calendar(request: Request, session: Read, user: Me):
-        """My booked consults as iCalendar."""
-        return Response(scheduling.ical_feed(session=session, user=me_in(session, user), base_url=base_url(request)),
-                        media_type="text/calendar; charset=utf-8")
 
-    @router.get("/dashboard")
-    def dashboard(session: Read, user: Me, weeks: int = Query(8, ge=1, le=52)):
-        """Volumes, turnaround, overdue items and the queue (coordinators and admins)."""
-        from consult.dashboard import require_viewer, stats
+@router.put("/consults/{consult_id}/report/draft", response_model=ConsultDetail)
+def save_draft(consult_id: int, body: Draft, session: WriteSession, user: CurrentUser):
+    """Autosave of the reader's draft."""
+    me = me_in(session, user)
+    reports.save_draft(session=session, consult_id=consult_id, user=me, template=body.template,
+                       content=body.model_dump())
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
-        require_viewer(user, weeks)
-        return stats(session=session, institution_id=user.institution_id, weeks=weeks)
 
-    return router
+@router.post("/consults/{consult_id}/report/sign", response_model=ConsultDetail)
+def sign(consult_id: int, body: Password, request: Request, session: WriteSession, user: CurrentUser):
+    """The reader signs the preliminary report (PAdES + CMS)."""
+    me = me_in(session, user)
+    reports.sign_preliminary(session=session, store=store(request), consult_id=consult_id, user=me,
+                             password=body.password, base_url=base_url(request))
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+
+@router.post("/consults/{consult_id}/report/return", response_model=ConsultDetail)
+def return_report(consult_id: int, body: Comments, session: WriteSession, user: CurrentUser):
+    me = me_in(session, user)
+    reports.return_for_revision(session=session, consult_id=consult_id, user=me, comments=body.comments)
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+
+@router.post("/consults/{consult_id}/report/cosign", response_model=ConsultDetail)
+def cosign(consult_id: int, body: Password, request: Request, session: WriteSession, user: CurrentUser):
+    """The senior co-signs: final, returned to the requesting institution."""
+    me = me_in(session, user)
+    reports.co_sign_final(session=session, store=store(request), consult_id=consult_id, user=me,
+                          password=body.password, base_url=base_url(request))
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+
+@router.post("/consults/{consult_id}/report/addendum", response_model=ConsultDetail)
+def addendum(consult_id: int, body: Addendum, request: Request, session: WriteSession, user: CurrentUser):
+    me = me_in(session, user)
+    reports.sign_addendum(session=session, store=store(request), consult_id=consult_id, user=me,
+                          password=body.password, text=body.text, base_url=base_url(request))
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+
+@router.get("/consults/{consult_id}/report/versions/{number}.pdf", response_class=Response)
+def version_pdf(consult_id: int, number: int, request: Request, session: DbSession, user: CurrentUser):
+    """A signed version as PDF (participants of the consult only)."""
+    consult = service.get(session=session, consult_id=consult_id, user=me_in(session, user))
+    report = reports.get_report(session=session, consult=consult)
+    version = next((v for v in (report.versions if report else []) if v.number == number), None)
+    if version is None:
+        raise NotFound("no such report version")
+    audit.record_read(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
+                 object_type="consult", object_id=str(consult_id), detail={"version": number})
+    return Response(store(request).get(version.pdf_key), media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="report-{consult_id}-v{number}.pdf"'})
+
+
+@router.get("/report-templates")
+def list_templates(user: CurrentUser):
+    return [{"id": t.id, "label": t.label, "modality": t.modality, "body_part": t.body_part,
+             "findings_hint": t.findings_hint,
+             "fields": [{"name": f.name, "label": f.label, "unit": f.unit, "kind": f.kind} for f in t.fields]}
+            for t in templates.TEMPLATES.values()]
+
+
+@router.put("/me/availability")
+def set_availability(body: Windows, session: WriteSession, user: CurrentUser):
+    """Weekly recurring availability in Asia/Shanghai time (replaces the previous one)."""
+    rows = scheduling.set_weekly(session=session, user=me_in(session, user), windows=body.windows)
+    return {"windows": [[r.weekday, f"{r.start_minute // 60:02d}:{r.start_minute % 60:02d}",
+                         f"{r.end_minute // 60:02d}:{r.end_minute % 60:02d}"] for r in rows]}
+
+
+@router.post("/me/availability/exceptions", status_code=status.HTTP_201_CREATED)
+def add_exception(body: ExceptionIn, session: WriteSession, user: CurrentUser):
+    row = scheduling.add_exception(session=session, user=me_in(session, user), starts_local=body.starts,
+                                   ends_local=body.ends, available=body.available, note=body.note)
+    return {"id": row.id, "starts_at": row.starts_at, "ends_at": row.ends_at, "available": row.available}
+
+
+@router.get("/specialists/free")
+def free(session: DbSession, user: CurrentUser, start: str, minutes: int = Query(30, ge=5, le=24 * 60)):
+    """Specialists of my institution free in that local slot (for coordinators)."""
+    try:
+        starts = datetime.fromisoformat(start)
+    except ValueError:
+        raise Invalid("start must be an ISO date-time like 2026-11-23T09:00") from None
+    people = scheduling.free_specialists(session=session, institution_id=user.institution_id,
+                                         starts_local=starts, minutes=minutes)
+    return [{"username": p.username, "display_name": p.display_name} for p in people]
+
+
+@router.get("/me/notifications", response_model=list[NotificationOut])
+def notifications(session: DbSession, user: CurrentUser, unread: bool = False):
+    query = select(Notification).where(Notification.user_id == user.id)
+    if unread:
+        query = query.where(Notification.read_at.is_(None))
+    rows = session.scalars(query.order_by(Notification.id.desc()).limit(200))
+    return [NotificationOut(id=n.id, at=n.at, kind=n.kind, title=n.title, body=n.body, link=n.link,
+                            read=n.read_at is not None) for n in rows]
+
+
+@router.post("/me/notifications/{notification_id}/read", status_code=204)
+def mark_read(notification_id: int, session: WriteSession, user: CurrentUser):
+    row = session.get(Notification, notification_id)
+    if row is None or row.user_id != user.id:
+        raise NotFound("no such notification")
+    row.read_at = row.read_at or utcnow()
+
+
+@router.get("/me/calendar.ics", response_class=Response)
+def calendar(request: Request, session: DbSession, user: CurrentUser):
+    """My booked consults as iCalendar."""
+    return Response(scheduling.ical_feed(session=session, user=me_in(session, user), base_url=base_url(request)),
+                    media_type="text/calendar; charset=utf-8")
+
+
+@router.get("/dashboard")
+def dashboard(session: DbSession, user: CurrentUser, weeks: int = Query(8, ge=1, le=52)):
+    """Volumes, turnaround, overdue items and the queue (coordinators and admins)."""
+    require_viewer(user, weeks)
+    return stats(session=session, institution_id=user.institution_id, weeks=weeks)
+

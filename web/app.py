@@ -18,18 +18,17 @@ from markupsafe import Markup
 
 from storage.runtime import bootstrap
 from storage.settings import Settings, get_settings
-from consult.pages import build_router as consult_pages
-from consult.room_routes import build_room_router
-from consult.routes import build_router as consult_router
+from consult import pages as consult_pages
+from consult import room_routes
+from consult import routes as consult_routes
 from consult.reports import patient_report
-from imaging.dicomweb import build_dicomweb_router
+from imaging import dicomweb
+from imaging import pages as imaging_pages
+from imaging import routes as imaging_routes
 from imaging.shares import set_report_provider
-from imaging.dicomweb import close as close_dicomweb
 from imaging.film_routes import build_router as film_router
-from imaging.routes import build_router as imaging_router
+from storage.deps import current_principal, db_session, write_session
 from web import csrf, errors, pages, routes
-from storage.deps import (current_principal, db_session, optional_user, principal_of, require_user, room_user,
-                      write_session)
 from web.ratelimit import RateLimiter
 
 HERE = Path(__file__).parent
@@ -130,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "reach / 二维码指向本机地址，患者手机无法打开：请设置 LANCANG_PUBLIC_URL",
                         settings.effective_public_url)
         yield
-        close_dicomweb(app)  # announce pending series, stop the ingest thread pool
+        dicomweb.close(app)  # announce pending series, stop the ingest thread pool
 
     app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
                   description="Regional imaging cloud and teleconsultation platform.",
@@ -143,12 +142,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     errors.install(app)
     # DICOMweb first: routes are matched in order, and its clients make the most requests.
-    app.include_router(build_dicomweb_router(current_principal, principal_of))
+    app.include_router(dicomweb.router)
     app.include_router(routes.router)
     app.include_router(pages.router)
-    app.include_router(imaging_router(db_session, current_principal))
+    app.include_router(imaging_routes.router)
+    app.include_router(imaging_pages.router)
     app.include_router(film_router(db_session, write_session, current_principal, rate_limiter=RateLimiter))
-    app.include_router(consult_router(db_session, write_session, require_user))
-    app.include_router(consult_pages(db_session, optional_user))
-    app.include_router(build_room_router(db_session, write_session, require_user, room_user))
+    app.include_router(consult_routes.router)
+    app.include_router(consult_pages.router)
+    app.include_router(room_routes.router)
     return app

@@ -79,40 +79,6 @@ def logout(request: Request, session: WriteSession):
     return response
 
 
-@router.get("/studies/{study_uid}/view", response_class=HTMLResponse)
-def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: OptionalUser):
-    """The diagnostic viewer over our DICOMweb service (404 for a study the user may not see)."""
-    if user is None:
-        return RedirectResponse(f"/login?next=/studies/{study_uid}/view", status_code=303)
-    from sqlalchemy import select
-
-    from imaging.models import Study
-    from storage import access
-    from storage.errors import NotFound
-
-    principal = identity.principal_for(user)
-    with runtime.db.scope(readonly=True) as session:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        visible = study is not None and access.can_see_study(
-            session, principal, institution_id=study.institution_id, study_uid=study_uid)
-    audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
-                 source=client_address(request), outcome="ok" if visible else "denied")
-    if not visible:
-        raise NotFound("study not found / 未找到该检查")
-    return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web")
-
-
-@router.get("/upload", response_class=HTMLResponse)
-def upload_page(request: Request, user: OptionalUser):
-    """Upload DICOM files, folders or zip archives from the browser (STOW-RS, web/static/upload.js)."""
-    if user is None:
-        return RedirectResponse("/login?next=/upload", status_code=303)
-    from storage import access
-
-    access.require_uploader(identity.principal_for(user))  # the same rule as STOW-RS
-    return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
-
-
 @router.get("/account/password", response_class=HTMLResponse)
 def password_form(request: Request, user: OptionalUser):
     if user is None:

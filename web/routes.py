@@ -12,8 +12,6 @@ from storage import audit
 from storage.broker import check_broker
 from storage.errors import Gone, NotPermitted
 from storage.objects import FilesystemStore, check_url_signature, content_disposition
-from storage.types import RowId
-from storage import identity
 from storage.deps import CurrentUser, RuntimeDep
 from web.schemas import HealthOut, InstitutionOut, MeOut
 
@@ -91,31 +89,3 @@ def signed_object(key: str, runtime: RuntimeDep, request: Request,
         headers["Content-Disposition"] = content_disposition(filename)
     return StreamingResponse(store.stream(key, start, end - start + 1), status_code=status,
                              headers=headers, media_type="application/octet-stream")
-
-
-ROOM_TICKET_S = 60
-
-
-@router.post("/api/rooms/{consult_id}/ticket", tags=["rooms"])
-def room_ticket(consult_id: RowId, user: CurrentUser, runtime: RuntimeDep) -> dict:
-    """A single-use ticket (60 s) for the room WebSocket, `?ticket=`: API tokens never go
-    into URLs (access logs keep URLs). Browsers use their session cookie instead."""
-    from consult.rooms import require_participant
-    from storage.errors import DomainError
-    from storage.models import User
-
-    refused = None
-    with runtime.db.scope() as session:
-        me = session.get(User, user.id)
-        try:
-            require_participant(session=session, consult_id=consult_id, user=me)
-        except DomainError as exc:
-            refused = exc
-        else:
-            secret, _ = identity.issue_token(session=session, user=me, kind="ticket", days=ROOM_TICKET_S / 86400,
-                                            label=f"room:{consult_id}")
-    if refused is not None:  # audited in its own transaction, after the unit of work ended
-        audit.record(runtime.db, principal=None, actor=user.username, action="room.ticket", outcome="denied",
-                     object_type="consult", object_id=str(consult_id), detail={"reason": refused.detail})
-        raise refused
-    return {"ticket": secret, "expires_in": ROOM_TICKET_S}

@@ -21,19 +21,18 @@ from pydicom.uid import generate_uid
 
 from bench.rooms import RoomClient, looks_like
 from consult import rooms, scheduling, service
-from consult.room_routes import build_room_router, byte_range
+from consult.room_routes import byte_range
 from consult.scheduling import LOCAL
 from imaging.service import Ingestor
 from storage.runtime import bootstrap
 from storage import service as tenancy
-from storage.errors import Invalid, NotAuthenticated
+from storage.errors import Invalid
 from storage.models import AuditRecord
 from tests.conftest import embedded_settings
 from tests.dicomdata import ct_instance
 from tests.services import free_port
 from storage import identity
 from web.app import create_app
-from storage.deps import db_session, require_user, write_session
 
 PEOPLE = {  # username: (role, institution)
     "li": ("radiographer", "TOWN"),      # presenter (requests the consult)
@@ -43,24 +42,9 @@ PEOPLE = {  # username: (role, institution)
 }
 
 
-def token_user(connection, session):
-    """The room's user from the session cookie or a `token` query parameter (API token)."""
-    for kind, secret in (("session", connection.cookies.get("lancang_session")),
-                         ("api", connection.query_params.get("token"))):
-        if secret:
-            try:
-                return identity.user_for_token(session=session, secret=secret, kind=kind)
-            except NotAuthenticated:
-                return None
-    return None
-
-
 def room_app(settings):
-    """The product app; the room router is added here only while web/app.py does not wire it."""
-    app = create_app(settings)
-    if not any(getattr(r, "path", "") == "/ws/rooms/{consult_id}" for r in app.routes):
-        app.include_router(build_room_router(db_session, write_session, require_user, token_user))
-    return app
+    """The product app (web/app.py wires the room router)."""
+    return create_app(settings)
 
 
 def live_consult(runtime, study: str, slot: int, *, status: str = "scheduled") -> int:

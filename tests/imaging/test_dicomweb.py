@@ -29,7 +29,8 @@ from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from imaging import dicomweb, multipart, pixels
+from imaging import dicomweb, pixels
+from imaging.dicomweb import multipart, objects
 from imaging.models import Series, Study
 from imaging.service import Ingestor
 from storage import audit
@@ -453,9 +454,9 @@ def test_one_bit_frames_that_start_inside_a_byte():
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
     ds.PixelData = pack_bits(frames)
     for index, frame in enumerate(frames):
-        assert dicomweb.frame_bytes(ds, index, decode=False) == pack_bits(frame, pad=False)
-    with pytest.raises(dicomweb.NotFound):
-        dicomweb.frame_bytes(ds, 3, decode=False)
+        assert objects.frame_bytes(ds, index, decode=False) == pack_bits(frame, pad=False)
+    with pytest.raises(objects.NotFound):
+        objects.frame_bytes(ds, 3, decode=False)
 
 
 # -- WADO-RS: rendered and thumbnails ---------------------------------------------------

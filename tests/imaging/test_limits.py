@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
-from imaging import multipart
+from imaging.dicomweb import multipart
 from imaging.importer import run_import
 from imaging.limits import Limits, check_inflated, data_set_offset
 from imaging.models import Instance

@@ -118,7 +118,7 @@ def test_chinese_name_search(client, world):
 def test_who_may_upload(client, world, role):
     """13 (Low): any role could STOW before; now radiographers and admins, into their own
     institution, on STOW-RS and on the upload page alike."""
-    from imaging import multipart
+    from imaging.dicomweb import multipart
 
     tokens, _ = world
     body = multipart.encode([("application/dicom", ct_instance(study_uid=generate_uid(), patient_id=f"UP-{role}"))],

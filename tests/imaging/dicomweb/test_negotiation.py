@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from imaging import multipart
-from imaging.negotiation import (
+from imaging.dicomweb import multipart
+from imaging.dicomweb.negotiation import (
     BadAccept,
     MediaRange,
     Offer,

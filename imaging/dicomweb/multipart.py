@@ -11,8 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from imaging.dicomweb.negotiation import parse_media_type
 
-from imaging.negotiation import parse_media_type
 
 CRLF = b"\r\n"
 

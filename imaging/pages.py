@@ -1,0 +1,45 @@
+"""Imaging pages: the diagnostic viewer of a study and the radiographer's upload page.
+Both are thin shells over DICOMweb (web/static/viewer/, web/static/upload.js)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
+
+from imaging.models import Study
+from storage import access, audit, identity
+from storage.deps import OptionalUser, RuntimeDep, client_address
+from storage.errors import NotFound
+
+router = APIRouter(include_in_schema=False)
+
+
+def _render(request: Request, template: str, **context) -> HTMLResponse:
+    return request.app.state.templates.TemplateResponse(request, template, context)
+
+
+@router.get("/studies/{study_uid}/view", response_class=HTMLResponse)
+def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: OptionalUser):
+    """The diagnostic viewer over our DICOMweb service (404 for a study the user may not see)."""
+    if user is None:
+        return RedirectResponse(f"/login?next=/studies/{study_uid}/view", status_code=303)
+    principal = identity.principal_for(user)
+    with runtime.db.scope(readonly=True) as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        visible = study is not None and access.can_see_study(
+            session, principal, institution_id=study.institution_id, study_uid=study_uid)
+    audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
+                 source=client_address(request), outcome="ok" if visible else "denied")
+    if not visible:
+        raise NotFound("study not found / 未找到该检查")
+    return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web")
+
+
+@router.get("/upload", response_class=HTMLResponse)
+def upload_page(request: Request, user: OptionalUser):
+    """Upload DICOM files, folders or zip archives from the browser (STOW-RS, web/static/upload.js)."""
+    if user is None:
+        return RedirectResponse("/login?next=/upload", status_code=303)
+    access.require_uploader(identity.principal_for(user))  # the same rule as STOW-RS
+    return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")
