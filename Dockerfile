@@ -8,6 +8,7 @@ COPY lancang ./lancang
 COPY storage ./storage
 COPY imaging ./imaging
 COPY consult ./consult
+COPY film ./film
 COPY web ./web
 COPY workers ./workers
 RUN pip install --no-cache-dir .

@@ -15,7 +15,7 @@ it has received the last C-STORE response (only the release follows). Then, poll
 database every 10 ms:
 
   thumbnail   the series thumbnail is committed (what lists and the patient page show);
-  share       a cloud-film share for the study is created and committed (imaging.shares,
+  share       a cloud-film share for the study is created and committed (film.service,
               in this process) right after: "thumbnails ready and the share creatable";
   previews    every per-instance preview is committed (the series is marked derived).
 
@@ -160,7 +160,7 @@ class Target:
     def measure(self, folder: Path, study_uid: str, series_uid: str) -> tuple[float, float, float, float]:
         from sqlalchemy import select
 
-        from imaging import shares
+        from film import service as shares
         from imaging.models import Series
         from storage.access import SYSTEM
 

@@ -8,6 +8,8 @@ JSON of the report data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import base64
 import hashlib
 import secrets
@@ -435,10 +437,23 @@ def final_for_study(session: Session, study_uid: str) -> ReportVersion | None:
                           .order_by(ReportVersion.created_at.desc()))
 
 
-def patient_report(session: Session, study_uid: str):
-    """The patient page's view of the newest returned final report (or addendum) of a study."""
-    from imaging.shares import PatientReport
+@dataclass
+class PatientReport:
+    """What the patient's cloud-film page shows of a signed report (film/ reads it here)."""
 
+    title: str
+    findings: str
+    impression: str
+    signed_at: str  # Beijing time, e.g. 2026年12月3日 16:15（北京时间）
+    pdf_url: str | None = None
+    pdf_key: str | None = None  # the signed PDF in the object store
+    recommendation: str = ""
+    signers: tuple[str, ...] = ()  # "王医生 主治医师 · 澜沧县人民医院"
+    status: str = ""  # 终审报告 Final report / 补充报告 Addendum
+
+
+def patient_report(session: Session, study_uid: str) -> PatientReport | None:
+    """The patient page's view of the newest returned final report (or addendum) of a study."""
     version = final_for_study(session, study_uid)
     if version is None:
         return None

@@ -114,6 +114,16 @@ def person_name(value) -> PersonNameGroups:
     )
 
 
+def display_name(pn: str | None) -> str:
+    """A DICOM PN for people: the ideographic group when present, without carets
+    (张^秀英 -> 张秀英, Wang^Fang=王^芳 -> 王芳, Zhang^Xiuying -> Zhang Xiuying)."""
+    groups = (pn or "").split("=")
+    ideographic = groups[1] if len(groups) > 1 else ""
+    chosen = ideographic if ideographic.strip("^ ") else groups[0]
+    parts = [part.strip() for part in chosen.split("^") if part.strip()]
+    return "".join(parts) if not chosen.isascii() else " ".join(parts)
+
+
 MAX_UID_CHARS = 128  # what the index columns hold; the standard's limit is 64
 # Characters a stored UID may have: printable ASCII, without the multi-value separator and
 # without what would change the meaning of a URL path they appear in.

@@ -268,7 +268,7 @@ def cmd_audit_export(args) -> None:
 
 
 def cmd_share_create(args) -> None:
-    from imaging import shares
+    from film import service as shares
     from storage.access import Principal
 
     runtime = _runtime()
@@ -283,7 +283,7 @@ def cmd_share_create(args) -> None:
 
 
 def cmd_share_revoke(args) -> None:
-    from imaging import shares
+    from film import service as shares
     from storage.access import Principal
 
     text = args.share.strip()

@@ -21,27 +21,15 @@ from storage.settings import Settings, get_settings
 from consult import pages as consult_pages
 from consult import room_routes
 from consult import routes as consult_routes
-from consult.reports import patient_report
+from film import pages as film_pages
+from film import routes as film_routes
 from imaging import dicomweb
+from imaging.dataset import display_name
 from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
-from imaging.shares import set_report_provider
-from imaging.film_routes import build_router as film_router
-from storage.deps import current_principal, db_session, write_session
 from web import csrf, errors, pages, routes
-from web.ratelimit import RateLimiter
 
 HERE = Path(__file__).parent
-
-
-def display_name(value: str) -> str:
-    """A DICOM PN for people: the ideographic group when there is one, '^' as spaces
-    (张^秀英 -> 张秀英, Wang^Fang=王^芳 -> 王芳)."""
-    groups = (value or "").split("=")
-    chosen = groups[1] if len(groups) > 1 and groups[1] else groups[0]
-    parts = [p for p in chosen.split("^") if p]
-    cjk = any("\u4e00" <= ch <= "\u9fff" for ch in chosen)
-    return ("" if cjk else " ").join(parts)
 
 
 def beijing(value) -> str:
@@ -117,7 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.runtime = bootstrap(settings, component="web")
-        set_report_provider(patient_report)  # the patient's page shows consult reports
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes (~85 ms each with 200,000 tracked objects, measured in bench/dicomweb.py).
         gc.collect()
@@ -147,7 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(imaging_routes.router)
     app.include_router(imaging_pages.router)
-    app.include_router(film_router(db_session, write_session, current_principal, rate_limiter=RateLimiter))
+    app.include_router(film_routes.router)
+    app.include_router(film_pages.router)
     app.include_router(consult_routes.router)
     app.include_router(consult_pages.router)
     app.include_router(room_routes.router)

@@ -10,7 +10,7 @@ from storage.errors import Invalid, Locked, NotAuthenticated, NotPermitted
 from storage.models import User
 from storage import identity
 from storage.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
-from web.ratelimit import RateLimiter
+from storage.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
 

@@ -67,7 +67,7 @@ def derive_series(series_pk: int) -> str:
              default_retry_delay=5, max_retries=6)
 def make_film_sheet(share_id: int) -> None:
     """The printable A4 film sheet of one cloud-film share."""
-    from imaging import filmsheet
+    from film import sheet as filmsheet
 
     rt = runtime()
     filmsheet.make_film_sheet(rt.db, rt.store, int(share_id), secret_key=rt.settings.effective_secret_key,

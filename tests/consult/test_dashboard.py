@@ -11,7 +11,7 @@ import pytest
 
 from consult import dashboard
 from consult.pages import COLOUR_LABELS, PRIORITY_LABELS
-from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 VOLUMES = {"2026-W47": {"TOWN": 3, "T02": 1}, "2026-W48": {"TOWN": 5}, "2026-W49": {"T02": 2, "TOWN": 1}}
 QUEUE = {"routine": 4, "urgent": 2, "critical": 1}

@@ -7,7 +7,6 @@ the first test: whoever adds it decides, in this file, whether it reads patient 
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
@@ -15,7 +14,8 @@ from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from imaging import derive, shares
+from film import service as shares
+from imaging import derive
 from imaging.models import Instance
 from imaging.service import Ingestor
 from storage import service as tenancy

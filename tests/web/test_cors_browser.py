@@ -16,7 +16,7 @@ from tests.dicomdata import ct_instance
 from tests.services import free_port
 from tests.web.test_csrf_browser import Attacker
 from tests.web.live import serving
-from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from storage import identity
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium")

@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
-from imaging.models import Share
+from film.models import Share
 from storage.models import User
-from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS, site  # noqa: F401 (fixture)
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.film.test_film_browser import site  # noqa: F401 (fixture)
 from storage import identity
 
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="chromium")

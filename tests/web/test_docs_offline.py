@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import embedded_settings
 from tests.services import free_port
 from tests.web.live import serving
-from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 

@@ -17,7 +17,7 @@ from storage.models import AuditRecord
 from tests.conftest import settings_env
 from tests.services import free_port
 from tests.web.live import serving
-from tests.web.test_film_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from storage import identity
 from web.app import create_app
 

@@ -20,11 +20,9 @@ import traceback
 from pathlib import Path
 
 import pytest
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 HERE = Path(__file__).resolve().parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 CHECKS = [
     "desktop.ready", "desktop.sorted_by_position", "desktop.strip_thumbnails", "desktop.wheel", "desktop.keys",

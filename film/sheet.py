@@ -23,9 +23,11 @@ import segno
 from fpdf import FPDF
 from sqlalchemy import select
 
-from imaging import derive, pixels, shares
+from film import service as shares
+from film.models import Share
+from imaging import derive, pixels
+from imaging.models import Instance, Series, Study
 from storage import keys
-from imaging.models import Instance, Series, Share, Study
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
 from storage.types import utcnow

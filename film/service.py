@@ -34,7 +34,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from imaging.models import Instance, Patient, Series, Share, Study
+from consult.reports import PatientReport, patient_report
+from film.models import Share
+from imaging.dataset import display_name
+from imaging.models import Instance, Patient, Series, Study
 from storage import access, audit, jobs
 from storage.access import Principal
 from storage.errors import Gone, Invalid, Locked, NotFound, NotPermitted
@@ -384,35 +387,9 @@ class FilmStudy:
         return sum(s.images for s in self.series)
 
 
-@dataclass
-class PatientReport:
-    """What the patient page shows of a signed report (filled by consult)."""
-
-    title: str
-    findings: str
-    impression: str
-    signed_at: str  # Beijing time, e.g. 2026年12月3日 16:15（北京时间）
-    pdf_url: str | None = None
-    pdf_key: str | None = None  # the signed PDF in the object store
-    recommendation: str = ""
-    signers: tuple[str, ...] = ()  # "王医生 主治医师 · 澜沧县人民医院"
-    status: str = ""  # 终审报告 Final report / 补充报告 Addendum
-
-
-# consult/ owns reports and imports imaging/, not the other way round: the web layer
-# installs consult's provider here at start-up (web/app.py).
-_report_provider = None
-
-
-def set_report_provider(provider) -> None:
-    """Install fn(session, study_uid) -> PatientReport | None (consult.reports.patient_report)."""
-    global _report_provider
-    _report_provider = provider
-
-
 def report_for_study(session: Session, study_uid: str) -> PatientReport | None:
     """The signed, returned report of this study for the patient page, once it exists."""
-    return _report_provider(session, study_uid) if _report_provider is not None else None
+    return patient_report(session, study_uid)
 
 
 def chinese_date(dicom_date: str) -> str:
@@ -420,15 +397,6 @@ def chinese_date(dicom_date: str) -> str:
     if len(dicom_date) == 8 and dicom_date.isdigit():
         return f"{int(dicom_date[:4])}年{int(dicom_date[4:6])}月{int(dicom_date[6:])}日"
     return dicom_date or "日期不详"
-
-
-def display_name(pn: str) -> str:
-    """A DICOM PN for a Chinese reader: the ideographic group when present, without carets."""
-    groups = pn.split("=")
-    ideographic = groups[1] if len(groups) > 1 else ""
-    chosen = ideographic if ideographic.strip("^ ") else groups[0]
-    parts = [part.strip() for part in chosen.split("^") if part.strip()]
-    return "".join(parts) if not chosen.isascii() else " ".join(parts)
 
 
 def exam_name(study: Study, modalities: list[str]) -> str:

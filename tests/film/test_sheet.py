@@ -18,8 +18,10 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from imaging import derive, filmsheet, shares
-from imaging.models import Share
+from film import service as shares
+from film import sheet as filmsheet
+from imaging import derive
+from film.models import Share
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.access import SYSTEM

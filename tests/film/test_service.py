@@ -21,8 +21,10 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from imaging import derive, shares
-from imaging.models import Instance, Series, Share
+from film import service as shares
+from imaging import derive
+from film.models import Share
+from imaging.models import Instance, Series
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.access import SYSTEM

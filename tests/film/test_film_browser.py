@@ -23,16 +23,14 @@ from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from imaging import derive
-from imaging.models import Share
+from film.models import Share
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.types import utcnow
 from tests.conftest import embedded_settings, settings_env
 from tests.dicomdata import ct_instance
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PHONE = dict(viewport={"width": 390, "height": 844}, device_scale_factor=3, is_mobile=True, has_touch=True,
              locale="zh-CN", user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) "
              "AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 LancangFilmTest")
