@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from consult.models import PRIORITIES, RISK_COLOURS, ConsultRequest
 from consult.scheduling import LOCAL
-from consult.service import OPEN, is_overdue, urgency_key
+from consult.service import is_overdue, urgency_key
+from consult.state import OPEN
 from storage.errors import Invalid, NotPermitted
 
 VIEWER_ROLES = ("coordinator", "admin")

@@ -7,11 +7,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import dashboard, reports, scheduling, service, templates
+from consult import dashboard, policy, reports, scheduling, service, templates
 from consult.models import PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging.models import Study
-from storage import access
+from storage import access, identity
 from storage.deps import DbSession, OptionalUser
 from storage.errors import Invalid
 from storage.models import Institution, User
@@ -64,7 +64,7 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
     if user is None:
         return login_first(request)
     user = session.get(User, user.id)
-    scope = access.scope_for(session, service._principal(user))
+    scope = access.scope_for(session, identity.principal_for(user))
     studies = session.scalars(select(Study).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
                               .order_by(Study.created_at.desc()).limit(100)).all()
     targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
@@ -94,10 +94,10 @@ def consult_page(consult_id: int, request: Request, session: DbSession, user: Op
     return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
                   studies=[s for s in studies if s], specialists=specialists,
                   templates=templates.TEMPLATES, template_id=template_id,
-                  can_read_images=[access.can_see_study(session, service._principal(user),
+                  can_read_images=[access.can_see_study(session, identity.principal_for(user),
                                                         institution_id=s.institution_id,
                                                         study_uid=s.study_instance_uid) for s in studies if s],
-                  is_coordinator=service._is_target_coordinator(consult, user))
+                  is_coordinator=policy.is_target_coordinator(consult, user))
 
 
 @router.get("/dashboard", response_class=HTMLResponse)

@@ -22,7 +22,9 @@ from consult import signing, templates
 from consult.models import ConsultRequest, Report, ReportVersion, SignerCredential, SigningAuthority
 from consult.notify import notify
 from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build_report_pdf
-from consult.service import _require, get, transition
+from consult import policy
+from consult.service import get, users_with_roles
+from consult.state import transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
 from storage import audit, keys
@@ -105,7 +107,7 @@ def get_report(*, session: Session, consult: ConsultRequest) -> Report | None:
 def save_draft(*, session: Session, consult_id: int, user: User, template: str, content: dict) -> Report:
     """Autosave of the reader's working text (only while the read is open)."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id == consult.reader_id, "only the assigned reader writes the report")
+    policy.require("draft", consult, user)
     if consult.status not in WRITABLE:
         raise Conflict(f"the report cannot be edited while the consult is {consult.status}")
     cleaned = templates.clean_content(template, content)
@@ -262,7 +264,7 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
                      base_url: str) -> ReportVersion:
     """The reader signs the draft: a PAdES-signed PDF and a CMS signature; the senior is told."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id == consult.reader_id, "only the assigned reader signs the preliminary report")
+    policy.require("sign", consult, user)
     report = get_report(session=session, consult=consult)
     if report is None or consult.status != "in_progress":
         raise Conflict("there is no open draft to sign")
@@ -288,7 +290,7 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
 def return_for_revision(*, session: Session, consult_id: int, user: User, comments: str) -> Report:
     """The senior sends the preliminary back with comments; it stays on record."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id == consult.reviewer_id, "only the assigned reviewer reviews")
+    policy.require("review", consult, user)
     if not comments.strip():
         raise Invalid("write what should change / 请填写修改意见")
     report = get_report(session=session, consult=consult)
@@ -307,7 +309,7 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     time, a QR to its own verification page. The reader's signed preliminary (same
     content) is embedded in it, so the reader's signature is verifiable from the final."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id == consult.reviewer_id, "only the assigned reviewer signs the final report")
+    policy.require("cosign", consult, user)
     if consult.status != "reported":
         raise Conflict(f"a consult that is {consult.status} has no report to co-sign")
     report = get_report(session=session, consult=consult)
@@ -333,9 +335,7 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     transition(session, consult, None, "returned", "report returned to the requesting institution")
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "final"})
-    from consult.service import _users
-
-    recipients = _users(session, consult.requesting_institution_id, ("radiographer", "coordinator", "admin"))
+    recipients = users_with_roles(session, consult.requesting_institution_id, ("radiographer", "coordinator", "admin"))
     notify(session, recipients | {consult.requested_by_id}, kind="report.final",
            title=f"报告已回传 Final report of consult #{consult.id}", link=f"/consults/{consult.id}")
     return version
@@ -345,7 +345,7 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
                   base_url: str) -> ReportVersion:
     """A correction after the final: a new, separately signed version; the final stays as it was."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id in (consult.reader_id, consult.reviewer_id), "only the report's signers add addenda")
+    policy.require("addendum", consult, user)
     if consult.status not in ("final", "returned", "acknowledged"):
         raise Conflict("addenda follow a final report")
     if not text.strip():

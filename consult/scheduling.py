@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 
 from consult.models import Availability, AvailabilityException, Booking, ConsultRequest
 from consult.notify import notify
-from consult.service import _is_target_coordinator, _require, get, transition
+from consult import policy
+from consult.service import get, grant
+from consult.state import transition
 from storage import audit
 from storage.errors import Conflict, Invalid, NotFound
 from storage.models import User
@@ -109,7 +111,7 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
 
     Refused (409) when anyone is already booked then, or the specialist is not available."""
     consult = get(session=session, consult_id=consult_id, user=coordinator)
-    _require(_is_target_coordinator(consult, coordinator), "only the target institution's coordinator books")
+    policy.require("book", consult, coordinator)
     if consult.kind != "live":
         raise Invalid("only live consults are booked; reads are assigned")
     if not 5 <= minutes <= MAX_SLOT_MINUTES:
@@ -138,8 +140,6 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
     rescheduled = consult.status == "scheduled"
     transition(session, consult, coordinator, "scheduled", f"{starts.isoformat()} {minutes}min {specialist.username}")
     if consult.reader_id is None:
-        from consult.service import grant
-
         consult.reader_id = specialist.id
         grant(session=session, consult=consult, user_ids={specialist.id}, granted_by=coordinator.username)
     local = starts.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M")
@@ -148,12 +148,6 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
            link=f"/consults/{consult.id}")
     session.flush()
     return bookings
-
-
-def cancel_bookings(*, session: Session, consult: ConsultRequest) -> None:
-    for booking in session.scalars(select(Booking).where(Booking.consult_id == consult.id,
-                                                         Booking.cancelled_at.is_(None))):
-        booking.cancelled_at = utcnow()
 
 
 def free_specialists(*, session: Session, institution_id: int, starts_local: datetime, minutes: int) -> list[User]:

@@ -11,12 +11,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult.models import KINDS, PRIORITIES, RISK_COLOURS, ConsultEvent, ConsultRequest, ConsultStudy
+from consult import policy, state
+from consult.models import KINDS, PRIORITIES, RISK_COLOURS, Booking, ConsultRequest, ConsultStudy
 from consult.notify import notify
 from imaging.models import Study
 from storage import access, audit
-from storage.access import Principal
-from storage.errors import Conflict, Invalid, NotFound, NotPermitted
+from storage.errors import Invalid, NotFound
+from storage.identity import principal_for
 from storage.models import AccessGrant, Institution, User
 from storage.types import utcnow
 
@@ -25,25 +26,6 @@ PRIORITY_HOURS = {"routine": 72, "urgent": 24, "critical": 4}
 COLOUR_HOURS = {"orange": 48, "red": 24, "purple": 24}
 PRIORITY_RANK = {"critical": 0, "urgent": 1, "routine": 2}
 COLOUR_RANK = {"red": 0, "purple": 1, "orange": 2, "yellow": 3, "green": 4, None: 5}
-OPEN = ("requested", "accepted", "assigned", "scheduled", "in_progress", "reported")
-DONE = ("final", "returned", "acknowledged")
-
-# status -> statuses it may move to
-TRANSITIONS = {
-    "requested": {"accepted", "declined", "cancelled"},
-    "accepted": {"assigned", "scheduled", "cancelled"},
-    "assigned": {"assigned", "scheduled", "in_progress", "cancelled"},
-    "scheduled": {"scheduled", "in_progress", "cancelled"},
-    "in_progress": {"reported", "cancelled"},
-    "reported": {"final", "in_progress", "cancelled"},
-    "final": {"returned"},
-    "returned": {"acknowledged"},
-    "acknowledged": set(),
-    "declined": set(),
-    "cancelled": set(),
-}
-
-
 def due_at(*, created: datetime, priority: str, colour: str | None) -> datetime:
     """The service-level deadline: the tighter of priority and risk colour."""
     hours = min(PRIORITY_HOURS[priority], COLOUR_HOURS.get(colour or "", 10_000))
@@ -56,7 +38,7 @@ def urgency_key(consult: ConsultRequest) -> tuple:
 
 
 def is_overdue(consult: ConsultRequest, now: datetime | None = None) -> bool:
-    return consult.status in OPEN and (now or utcnow()) > consult.due_at
+    return consult.status in state.OPEN and (now or utcnow()) > consult.due_at
 
 
 def _ancestors(session: Session, institution: Institution) -> list[int]:
@@ -93,7 +75,7 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
     uids = list(dict.fromkeys(u.strip() for u in study_uids if u.strip()))
     if not uids:
         raise Invalid("choose at least one study / 请至少选择一个检查")
-    principal = _principal(requester)
+    principal = principal_for(requester)
     for uid in uids:
         study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
         if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
@@ -114,8 +96,8 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
     )
     session.add(consult)
     session.flush()
-    _record(session, consult, requester, "new", "requested", "")
-    notify(session, _users(session, target.id, ("coordinator", "admin")), kind="consult.requested",
+    state.opened(session, consult, requester)
+    notify(session, users_with_roles(session, target.id, ("coordinator", "admin")), kind="consult.requested",
            title=f"新会诊申请 New consult request #{consult.id}", body=consult.clinical_question[:200],
            link=f"/consults/{consult.id}")
     return consult
@@ -124,55 +106,15 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
 def get(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     """A consult the user takes part in: requesting or target institution, or assigned to them."""
     consult = session.get(ConsultRequest, consult_id)
-    if consult is None or not can_view(session, consult, user):
+    if consult is None or not policy.can_view(session, consult, user):
         raise NotFound("consult not found / 未找到该会诊")
     return consult
 
 
-def can_view(session: Session, consult: ConsultRequest, user: User) -> bool:
-    if user.institution_id in (consult.requesting_institution_id, consult.target_institution_id):
-        return True
-    if user.id in (consult.reader_id, consult.reviewer_id):
-        return True
-    if user.role != "admin":
-        return False
-    subtree = access.subtree_ids(session, user.institution_id)
-    return consult.requesting_institution_id in subtree or consult.target_institution_id in subtree
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise NotPermitted(message)
-
-
-def _is_target_coordinator(consult: ConsultRequest, user: User) -> bool:
-    return user.institution_id == consult.target_institution_id and user.role in ("coordinator", "admin")
-
-
-def transition(session: Session, consult: ConsultRequest, actor: User | None, to: str, note: str = "") -> None:
-    """Move along the state machine (or raise Conflict), recording event and audit."""
-    if to not in TRANSITIONS[consult.status]:
-        raise Conflict(f"a consult that is {consult.status} cannot become {to}")
-    before = consult.status
-    consult.status = to
-    consult.status_changed_at = utcnow()
-    if to == "final":
-        consult.final_at = consult.status_changed_at
-    _record(session, consult, actor, before, to, note)
-
-
-def _record(session: Session, consult: ConsultRequest, actor: User | None, before: str, after: str, note: str):
-    session.add(ConsultEvent(consult_id=consult.id, actor_id=actor.id if actor else None,
-                             from_status=before, to_status=after, note=note))
-    audit.append(session, principal=_principal(actor) if actor else None, actor=None if actor else "system",
-                 action="consult.transition", object_type="consult", object_id=str(consult.id),
-                 detail={"from": before, "to": after, "note": note[:500]})
-
-
 def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator accepts")
-    transition(session, consult, user, "accepted")
+    policy.require("accept", consult, user)
+    state.transition(session, consult, user, "accepted")
     consult.coordinator_id = user.id
     notify(session, {consult.requested_by_id}, kind="consult.accepted",
            title=f"会诊已受理 Consult #{consult.id} accepted", link=f"/consults/{consult.id}")
@@ -181,10 +123,10 @@ def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
 
 def decline(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator declines")
+    policy.require("decline", consult, user)
     if not reason.strip():
         raise Invalid("give a reason for declining / 请填写退回原因")
-    transition(session, consult, user, "declined", reason)
+    state.transition(session, consult, user, "declined", reason)
     consult.reason = reason.strip()
     notify(session, {consult.requested_by_id}, kind="consult.declined",
            title=f"会诊被退回 Consult #{consult.id} declined", body=reason, link=f"/consults/{consult.id}")
@@ -193,16 +135,13 @@ def decline(*, session: Session, consult_id: int, user: User, reason: str) -> Co
 
 def cancel(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.institution_id == consult.requesting_institution_id or _is_target_coordinator(consult, user),
-             "only the requesting institution or the target's coordinator cancels")
+    policy.require("cancel", consult, user)
     if not reason.strip():
         raise Invalid("give a reason for cancelling / 请填写取消原因")
-    transition(session, consult, user, "cancelled", reason)
+    state.transition(session, consult, user, "cancelled", reason)
     consult.reason = reason.strip()
     revoke_grants(session=session, consult=consult)
-    from consult.scheduling import cancel_bookings
-
-    cancel_bookings(session=session, consult=consult)
+    _cancel_bookings(session, consult)
     return consult
 
 
@@ -211,13 +150,13 @@ def assign(*, session: Session, consult_id: int, user: User, reader_username: st
     """Name the reader and the senior reviewer (two different specialists of the target institution)
     and grant exactly them access to the consult's studies."""
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(_is_target_coordinator(consult, user), "only the target institution's coordinator assigns")
+    policy.require("assign", consult, user)
     reader = _specialist(session, consult, reader_username)
     reviewer = _specialist(session, consult, reviewer_username, senior=True)
     if reader.id == reviewer.id:
         raise Invalid("the reviewer must be another specialist / 审核医生须为另一位专家")
     target = "scheduled" if consult.status == "scheduled" else "assigned"
-    transition(session, consult, user, target, f"reader={reader.username} reviewer={reviewer.username}")
+    state.transition(session, consult, user, target, f"reader={reader.username} reviewer={reviewer.username}")
     revoke_grants(session=session, consult=consult, keep={reader.id, reviewer.id})
     consult.reader_id, consult.reviewer_id = reader.id, reviewer.id
     grant(session=session, consult=consult, user_ids={reader.id, reviewer.id}, granted_by=user.username)
@@ -271,41 +210,45 @@ def revoke_grants(*, session: Session, consult: ConsultRequest, keep: set[int] =
 
 def start(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.id == consult.reader_id, "only the assigned reader starts the read")
+    policy.require("start", consult, user)
     if consult.status != "in_progress":
-        transition(session, consult, user, "in_progress")
+        state.transition(session, consult, user, "in_progress")
     return consult
 
 
 def acknowledge(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     consult = get(session=session, consult_id=consult_id, user=user)
-    _require(user.institution_id == consult.requesting_institution_id, "only the requesting institution acknowledges")
-    transition(session, consult, user, "acknowledged")
+    policy.require("acknowledge", consult, user)
+    state.transition(session, consult, user, "acknowledged")
     return consult
 
 
-def _users(session: Session, institution_id: int, roles: tuple[str, ...]) -> set[int]:
+def _cancel_bookings(session: Session, consult: ConsultRequest) -> None:
+    """A cancelled consult frees the specialists' booked slots (scheduling.py books them)."""
+    for booking in session.scalars(select(Booking).where(Booking.consult_id == consult.id,
+                                                         Booking.cancelled_at.is_(None))):
+        booking.cancelled_at = utcnow()
+
+
+def users_with_roles(session: Session, institution_id: int, roles: tuple[str, ...]) -> set[int]:
     return set(session.scalars(select(User.id).where(User.institution_id == institution_id, User.role.in_(roles),
                                                      User.active.is_(True))))
 
 
 def audit_read(db, *, user: User, consult_id: int, action: str, source: str) -> None:
     """A read of a consult (patient names, findings, reports) is a read of patient data."""
-    audit.record_read(db, principal=_principal(user), action=action, object_type="consult",
+    audit.record_read(db, principal=principal_for(user), action=action, object_type="consult",
                       object_id=str(consult_id), source=source)
 
 
 def audit_list(db, *, user: User, consult_ids: list[int], action: str, source: str) -> None:
     """A list of consults shows clinical questions and patients: one record per list read,
     naming the consults shown."""
-    audit.record_read(db, principal=_principal(user), action=action, object_type="consult",
+    audit.record_read(db, principal=principal_for(user), action=action, object_type="consult",
                       object_id=",".join(str(i) for i in consult_ids)[:4000], source=source,
                       detail={"count": len(consult_ids)})
 
 
-def _principal(user: User) -> Principal:
-    return Principal(kind="user", name=user.username, institution_id=user.institution_id,
-                     institution_code=user.institution.code, role=user.role, user_id=user.id)
 
 
 def worklist(*, session: Session, user: User, statuses: list[str] | None = None, priority: str | None = None,

@@ -22,6 +22,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from film import policy
 from film import service as shares
 from film.models import Share
 from imaging.models import Study
@@ -179,7 +180,7 @@ def _manage_page(request: Request, session: Session, principal: Principal, study
 
 @router.get("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
 def manage_page(study_uid: str, request: Request, session: DbSession, principal: CurrentPrincipal):
-    shares.require_sharer(session, principal, study_uid)
+    policy.require_sharer(session, principal, study_uid)
     page = _manage_page(request, session, principal, study_uid)
     _audit_staff_read(request, principal, "film.share.page", study_uid)
     return page

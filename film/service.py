@@ -35,12 +35,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consult.reports import PatientReport, patient_report
+from film import policy
 from film.models import Share
 from imaging.dataset import display_name
 from imaging.models import Instance, Patient, Series, Study
-from storage import access, audit, jobs
+from storage import audit, jobs
 from storage.access import Principal
-from storage.errors import Gone, Invalid, Locked, NotFound, NotPermitted
+from storage.errors import Gone, Invalid, Locked, NotFound
 from storage.models import Institution
 from storage.types import utcnow
 
@@ -49,7 +50,6 @@ MAX_DAYS = 365
 MAX_FAILED_PINS = 5
 UNLOCK_TTL_S = 30 * 60            # the unlocked cookie; the page re-asks for the PIN after it
 FILM_TASK = "imaging.make_film_sheet"
-SHARER_ROLES = ("radiographer", "admin")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 _PIN = re.compile(r"^\d{6}$")
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
@@ -108,31 +108,12 @@ class CreatedShare:
                 "study_instance_uid": self.share.study_instance_uid}
 
 
-def require_sharer(session: Session, principal: Principal, study_uid: str) -> Study:
-    """The study, if this principal may share it with its patient.
-
-    The performing institution's radiographers (and admins over it) may; a study they
-    cannot see is "not found" (its existence is itself patient data); the CLI is the system.
-    """
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
-                                                 study_uid=study_uid):
-        raise NotFound("study not found / 未找到该检查")
-    if principal.kind == "system":
-        return study
-    if principal.kind != "user" or principal.role not in SHARER_ROLES:
-        raise NotPermitted("only radiographers share studies with patients / 仅技师可创建云胶片")
-    if not principal.is_admin and principal.institution_id != study.institution_id:
-        raise NotPermitted("only the performing institution shares a study / 仅检查医院可创建云胶片")
-    return study
-
-
 def create_share(*, session: Session, principal: Principal, study_uid: str, secret_key: str,
                  public_url: str, days: float = DEFAULT_DAYS, source: str = "") -> CreatedShare:
     """Creates a link + PIN for one study, audits it, and asks a worker for the film sheet."""
     if not (0 < days <= MAX_DAYS):
         raise Invalid(f"days must be more than 0 and at most {MAX_DAYS} / 有效期须为1至{MAX_DAYS}天")
-    study = require_sharer(session, principal, study_uid)
+    study = policy.require_sharer(session, principal, study_uid)
     nonce = secrets.token_hex(16)
     token = link_token(secret_key, nonce)
     pin = f"{secrets.randbelow(10**6):06d}"
@@ -154,7 +135,7 @@ def create_share(*, session: Session, principal: Principal, study_uid: str, secr
 
 def list_shares(*, session: Session, principal: Principal, study_uid: str) -> list[Share]:
     """The study's shares, newest first (for the radiographer)."""
-    study = require_sharer(session, principal, study_uid)
+    study = policy.require_sharer(session, principal, study_uid)
     return list(session.scalars(select(Share).where(Share.study_pk == study.id)
                                 .order_by(Share.created_at.desc(), Share.id.desc())))
 
@@ -169,7 +150,7 @@ def get_share_for(*, session: Session, principal: Principal, share_id: int | Non
     if share is None:
         raise NotFound("share not found / 未找到该云胶片链接")
     try:
-        require_sharer(session, principal, share.study_instance_uid)
+        policy.require_sharer(session, principal, share.study_instance_uid)
     except NotFound:
         raise NotFound("share not found / 未找到该云胶片链接") from None
     return share

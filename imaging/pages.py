@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
+from imaging import policy
 from imaging.models import Study
 from storage import access, audit, identity
 from storage.deps import OptionalUser, RuntimeDep, client_address
@@ -41,5 +42,5 @@ def upload_page(request: Request, user: OptionalUser):
     """Upload DICOM files, folders or zip archives from the browser (STOW-RS, web/static/upload.js)."""
     if user is None:
         return RedirectResponse("/login?next=/upload", status_code=303)
-    access.require_uploader(identity.principal_for(user))  # the same rule as STOW-RS
+    policy.require_uploader(identity.principal_for(user))  # the same rule as STOW-RS
     return _render(request, "upload.html", user=user, dicomweb_base="/dicom-web")

@@ -177,16 +177,3 @@ def can_see_study(session: Session, principal: Principal, *, institution_id: int
 def require_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> None:
     if not can_see_study(session, principal, institution_id=institution_id, study_uid=study_uid):
         raise NotPermitted("this study is not shared with you / 无权查看该检查")
-
-
-# Who may add images: the people who take them (radiographers) and the institution's
-# admins, always into their own institution (ingest stamps it). Specialists and
-# coordinators read and organise; a consult's material comes from the requesting side.
-UPLOAD_ROLES = ("radiographer", "admin")
-
-
-def require_uploader(principal: Principal) -> None:
-    if principal.kind != "user" or principal.institution_id is None:
-        raise NotPermitted("only users of an institution can store instances / 无权上传")
-    if principal.role not in UPLOAD_ROLES:
-        raise NotPermitted("only radiographers and admins may upload images / 仅技师和管理员可上传影像")

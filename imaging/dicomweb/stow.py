@@ -28,7 +28,7 @@ from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance
 from imaging.models import Study
 from imaging.service import Ingestor, parse_part10
-from storage import access
+from imaging import policy
 from storage.access import Principal
 from storage.deps import CurrentPrincipal
 from storage.errors import BadRequest, DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType
@@ -355,7 +355,7 @@ async def stow(request: Request, principal: Principal, study: str | None) -> Res
         check_uid(study, "StudyInstanceUID")
     boundary = check_stow_content_type(request.headers.get("content-type", ""))
     offer = choose(request, JSON_OFFERS)
-    access.require_uploader(principal)
+    policy.require_uploader(principal)
     settings = runtime(request).settings
     with await spool_body(request, settings.max_upload_bytes, settings.data_dir / "tmp") as body:
         try:
