@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consult import signing, templates
-from consult.models import ConsultRequest, Report, ReportVersion, SignerCredential, SigningAuthority
+from consult.models import ConsultRequest, ConsultStudy, Report, ReportVersion, SignerCredential, SigningAuthority
 from consult.notify import notify
 from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build_report_pdf
 from consult import policy
@@ -428,8 +428,6 @@ def version_by_public_id(*, session: Session, public_id: str) -> ReportVersion:
 
 def final_for_study(session: Session, study_uid: str) -> ReportVersion | None:
     """The newest final (or addendum) of any returned consult on this study (for the patient's page)."""
-    from consult.models import ConsultStudy
-
     consult_ids = select(ConsultStudy.consult_id).where(ConsultStudy.study_instance_uid == study_uid)
     reports = select(Report.id).where(Report.consult_id.in_(consult_ids), Report.status == "final")
     return session.scalar(select(ReportVersion).where(ReportVersion.report_id.in_(reports),

@@ -310,6 +310,22 @@ def create_ca(
     )
 
 
+# A signer signs documents and nothing else (nonRepudiation = content_commitment).
+_SIGNER_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=True, key_encipherment=False, data_encipherment=False,
+    key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+)
+
+
+def _ca_key(ca: CaMaterial, ca_password: str):
+    try:
+        return _load_private_key(ca.key_pem_encrypted, ca_password)
+    except SigningError as exc:
+        if str(exc) == "wrong signing password":
+            raise SigningError("wrong CA password") from exc
+        raise
+
+
 def issue_signer(
     ca: CaMaterial,
     ca_password: str,
@@ -327,12 +343,7 @@ def issue_signer(
     :class:`SigningError`.
     """
     ca_cert = _load_cert(ca.cert_pem, "CA")
-    try:
-        ca_key = _load_private_key(ca.key_pem_encrypted, ca_password)
-    except SigningError as exc:
-        if str(exc) == "wrong signing password":
-            raise SigningError("wrong CA password") from exc
-        raise
+    ca_key = _ca_key(ca, ca_password)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [
@@ -355,17 +366,7 @@ def issue_signer(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,  # nonRepudiation
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _SIGNER_KEY_USAGE,
             critical=True,
         )
         .add_extension(
@@ -535,13 +536,32 @@ def _describe(exc: BaseException) -> str:
 
 
 def _verify_pdf_into(report: VerifyReport, pdf: bytes, trusted_ca_pems: list[bytes]) -> None:
+    opened = _embedded_signatures(report, pdf, trusted_ca_pems)
+    if opened is None:
+        return
+    pdf, embedded, trusted_der = opened
+    # a signature whose field was hidden by a later change is caught by the whole-file
+    # rule (_judge_status): the last *visible* signature would not reach EOF
+    for index, emb in enumerate(embedded):
+        _check_signature(report, bytes(pdf), emb, is_last=index == len(embedded) - 1,
+                         trusted_ca_pems=trusted_ca_pems, trusted_der=trusted_der)
+
+
+def _signed_range_end(sig) -> int:
+    try:
+        br = [int(v) for v in sig.byte_range]
+        return br[2] + br[3]
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def _embedded_signatures(report: VerifyReport, pdf: bytes, trusted_ca_pems: list[bytes]):
+    """(pdf bytes, signatures in signing order, trusted CA DER set), or None with the problem noted."""
     from pyhanko.pdf_utils.reader import PdfFileReader
-    from pyhanko.sign.validation import async_validate_pdf_signature
-    from pyhanko.sign.validation.status import SignatureCoverageLevel
 
     if not isinstance(pdf, (bytes, bytearray)) or not pdf.startswith(b"%PDF-"):
         report.problems.append("the file is not a PDF")
-        return
+        return None
     pdf = bytes(pdf)
     trusted_der = set()
     for pem_bytes in trusted_ca_pems:
@@ -549,95 +569,97 @@ def _verify_pdf_into(report: VerifyReport, pdf: bytes, trusted_ca_pems: list[byt
             trusted_der.add(_pem_to_asn1(pem_bytes).dump())
         except Exception as exc:  # noqa: BLE001
             report.problems.append(f"a trusted CA certificate is unreadable: {_describe(exc)}")
-            return
+            return None
     try:
         reader = PdfFileReader(BytesIO(pdf), strict=True)
         embedded = list(reader.embedded_signatures)
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"the file is not a readable PDF: {_describe(exc)}")
-        return
+        return None
     if not embedded:
         report.problems.append("the document carries no signature")
+        return None
+    embedded.sort(key=_signed_range_end)
+    return pdf, embedded, trusted_der
+
+
+def _check_signature(report: VerifyReport, pdf: bytes, emb, *, is_last: bool, trusted_ca_pems: list[bytes],
+                     trusted_der: set) -> None:
+    from pyhanko.sign.validation import async_validate_pdf_signature
+
+    field_name = str(emb.field_name)
+    info = SignerInfo(
+        name="?", field=field_name, signed_at=None, intact=False,
+        trusted=False, covers_whole_document=False,
+    )
+    report.signers.append(info)
+    label = f"signature {field_name!r}"
+    try:
+        cert = emb.signer_cert
+        info.name = _subject_field(cert, "common_name") or "?"
+        info.institution = _subject_field(cert, "organization_name")
+        info.username = _subject_field(cert, "user_id")
+        label = f"signature {field_name!r} by {info.name}"
+        info.reason = str(emb.sig_object.get("/Reason", "") or "")
+    except Exception as exc:  # noqa: BLE001
+        report.problems.append(f"{label}: no usable signer certificate ({_describe(exc)})")
+        return
+    if emb.sig_object_type != "/Sig":
+        report.problems.append(f"{label}: document timestamps are not supported")
         return
 
-    def range_end(sig) -> int:
-        try:
-            br = [int(v) for v in sig.byte_range]
-            return br[2] + br[3]
-        except Exception:  # noqa: BLE001
-            return -1
+    vc = _validation_context(trusted_ca_pems)
 
-    embedded.sort(key=range_end)
-    for index, emb in enumerate(embedded):
-        is_last = index == len(embedded) - 1
-        field_name = str(emb.field_name)
-        info = SignerInfo(
-            name="?", field=field_name, signed_at=None, intact=False,
-            trusted=False, covers_whole_document=False,
+    async def go(emb=emb, vc=vc):
+        try:
+            return await async_validate_pdf_signature(emb, signer_validation_context=vc)
+        finally:
+            await vc.aclose()
+
+    try:
+        status = _run(go)
+    except Exception as exc:  # noqa: BLE001 - broken CMS, bad byte range...
+        report.problems.append(f"{label}: the signature cannot be validated ({_describe(exc)})")
+        return
+    _judge_status(report, info, label, status, pdf, emb, is_last=is_last)
+    # the /Contents string is covered by later signatures only: for the
+    # last one, every byte of it must be accounted for here
+    for problem in _contents_problems(pdf, emb, status, trusted_der):
+        report.problems.append(f"{label}: {problem}")
+        info.intact = False
+
+
+def _judge_status(report: VerifyReport, info: SignerInfo, label: str, status, pdf: bytes, emb, *,
+                  is_last: bool) -> None:
+    """pyHanko's verdict on one signature as the signer's fields and problems people read."""
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+
+    info.signed_at = status.signer_reported_dt
+    info.intact = bool(status.intact and status.valid)
+    info.trusted = bool(status.trusted)
+    info.covers_whole_document = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
+    if not status.intact:
+        report.problems.append(f"{label}: the signed content was altered (digest mismatch)")
+    elif not status.valid:
+        report.problems.append(f"{label}: the signature value does not verify")
+    if not status.trusted:
+        report.problems.append(
+            f"{label}: the signer certificate does not chain to a trusted CA"
+            " (or is expired, not yet valid or not usable for signing)"
         )
-        report.signers.append(info)
-        label = f"signature {field_name!r}"
-        try:
-            cert = emb.signer_cert
-            info.name = _subject_field(cert, "common_name") or "?"
-            info.institution = _subject_field(cert, "organization_name")
-            info.username = _subject_field(cert, "user_id")
-            label = f"signature {field_name!r} by {info.name}"
-            info.reason = str(emb.sig_object.get("/Reason", "") or "")
-        except Exception as exc:  # noqa: BLE001
-            report.problems.append(f"{label}: no usable signer certificate ({_describe(exc)})")
-            continue
-        if emb.sig_object_type != "/Sig":
-            report.problems.append(f"{label}: document timestamps are not supported")
-            continue
-
-        vc = _validation_context(trusted_ca_pems)
-
-        async def go(emb=emb, vc=vc):
-            try:
-                return await async_validate_pdf_signature(emb, signer_validation_context=vc)
-            finally:
-                await vc.aclose()
-
-        try:
-            status = _run(go)
-        except Exception as exc:  # noqa: BLE001 - broken CMS, bad byte range...
-            report.problems.append(f"{label}: the signature cannot be validated ({_describe(exc)})")
-            continue
-
-        info.signed_at = status.signer_reported_dt
-        info.intact = bool(status.intact and status.valid)
-        info.trusted = bool(status.trusted)
-        info.covers_whole_document = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
-        if not status.intact:
-            report.problems.append(f"{label}: the signed content was altered (digest mismatch)")
-        elif not status.valid:
-            report.problems.append(f"{label}: the signature value does not verify")
-        if not status.trusted:
-            report.problems.append(
-                f"{label}: the signer certificate does not chain to a trusted CA"
-                " (or is expired, not yet valid or not usable for signing)"
-            )
-        if info.intact and info.trusted and not status.bottom_line:
-            report.problems.append(
-                f"{label}: the document was changed after this signature in a way"
-                " that is not allowed"
-            )
-        if is_last and not info.covers_whole_document:
-            br_end = range_end(emb)
-            report.problems.append(
-                f"{label}: the file was modified after the last signature"
-                f" ({len(pdf) - br_end:+d} bytes beyond the signed range)"
-                if br_end >= 0
-                else f"{label}: the file was modified after the last signature"
-            )
-        # the /Contents string is covered by later signatures only: for the
-        # last one, every byte of it must be accounted for here
-        for problem in _contents_problems(pdf, emb, status, trusted_der):
-            report.problems.append(f"{label}: {problem}")
-            info.intact = False
-    # a signature whose field was hidden by a later change is caught by the
-    # whole-file rule above: the last *visible* signature would not reach EOF
+    if info.intact and info.trusted and not status.bottom_line:
+        report.problems.append(
+            f"{label}: the document was changed after this signature in a way"
+            " that is not allowed"
+        )
+    if is_last and not info.covers_whole_document:
+        br_end = _signed_range_end(emb)
+        report.problems.append(
+            f"{label}: the file was modified after the last signature"
+            f" ({len(pdf) - br_end:+d} bytes beyond the signed range)"
+            if br_end >= 0
+            else f"{label}: the file was modified after the last signature"
+        )
 
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")

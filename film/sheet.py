@@ -120,6 +120,9 @@ def _draw_qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:
                 c += 1
 
 
+FOOTER_HEIGHT_MM = 58  # QR code and instructions at the foot of the page
+
+
 def build_film_sheet(content: FilmSheetContent) -> bytes:
     """The A4 PDF for one share."""
     font, face = find_font()
@@ -132,6 +135,14 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
     pdf.set_creator("Lancang 澜沧影像云")
 
     width = pdf.w - 24
+    _title(pdf, content, width)
+    _facts(pdf, content, width)
+    _key_images(pdf, content, width)
+    _footer(pdf, content)
+    return bytes(pdf.output())
+
+
+def _title(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
     pdf.set_font("cjk", size=17)
     pdf.cell(width, 9, content.institution, align="C", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("cjk", size=10)
@@ -143,6 +154,8 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
     pdf.line(12, pdf.get_y() + 1, pdf.w - 12, pdf.get_y() + 1)
     pdf.ln(3)
 
+
+def _facts(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
     pdf.set_font("cjk", size=10)
     facts = [("姓名 Name", content.patient_name or "—"), ("检查 Exam", content.exam),
              ("日期 Date", content.date), ("检查号 Accession", content.accession or "—")]
@@ -155,14 +168,15 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
                  new_y="NEXT" if i % 2 else "TOP")
     pdf.ln(2)
 
-    # Key images: black cells like a film, captions under each.
+
+def _key_images(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
+    """Key images: black cells like a film, captions under each."""
     top = pdf.get_y()
-    footer_height = 58
     rows = max(1, -(-max(1, len(content.images)) // GRID_COLUMNS))
     gap = 3
     cell_w = (width - gap * (GRID_COLUMNS - 1)) / GRID_COLUMNS
     caption_h = 4.5
-    cell_h = min(cell_w, (pdf.h - 10 - footer_height - top - rows * (caption_h + gap)) / rows)
+    cell_h = min(cell_w, (pdf.h - 10 - FOOTER_HEIGHT_MM - top - rows * (caption_h + gap)) / rows)
     pdf.set_font("cjk", size=7.5)
     for index, image in enumerate(content.images):
         r, c = divmod(index, GRID_COLUMNS)
@@ -179,8 +193,10 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
         pdf.set_font("cjk", size=11)
         pdf.cell(width, 8, "图像处理中，请扫码查看 Images are being processed: scan to view", align="C")
 
-    # Footer: QR code, how to open it, where the PIN is.
-    y = pdf.h - 10 - footer_height + 4
+
+def _footer(pdf: FPDF, content: FilmSheetContent) -> None:
+    """The QR code, how to open it, where the PIN is."""
+    y = pdf.h - 10 - FOOTER_HEIGHT_MM + 4
     pdf.set_draw_color(200, 205, 210)
     pdf.set_line_width(0.3)
     pdf.line(12, y - 2, pdf.w - 12, y - 2)
@@ -209,7 +225,6 @@ def build_film_sheet(content: FilmSheetContent) -> bytes:
     pdf.cell(text_w, 4.5, f"有效期至 Valid until {content.expires}", new_x="LEFT", new_y="NEXT")
     pdf.set_font("helvetica", size=6.5)
     pdf.multi_cell(text_w, 3.2, content.url)
-    return bytes(pdf.output())
 
 
 # --------------------------------------------------------------------------- the worker's job

@@ -1,6 +1,6 @@
-"""Several receiver processes behind one listening socket.
+"""Running the DICOM receiver (`lancang dicom`): one process, or several behind one socket.
 
-The acceptor accepts connections and passes each file descriptor (SCM_RIGHTS over a Unix
+With several, the acceptor accepts connections and passes each file descriptor (SCM_RIGHTS over a Unix
 socket pair) to the worker with the fewest open associations; each worker runs the
 normal pynetdicom server code on sockets it did not accept itself. SO_REUSEPORT would
 be simpler but balances by a hash of the client port, so four associations can land on
@@ -12,36 +12,38 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import selectors
+import os
 import signal
 import socket
+import sys
 import threading
 
+from pynetdicom import evt
+
+from imaging.announce import SeriesAnnouncer
+from imaging.scp import (
+    GIL_SWITCH_INTERVAL_S,
+    NodelayServer,
+    Receiver,
+    build_ae,
+    event_handlers,
+    set_nodelay,
+    start_server,
+)
+from storage.runtime import bootstrap
 from storage.settings import Settings
 
 log = logging.getLogger("lancang.dicom")
 
 
 def _worker(settings: Settings, channel: socket.socket, max_associations: int) -> None:
-    from pynetdicom import evt
-
-    from imaging.announce import SeriesAnnouncer
-    from imaging.scp import (
-        GIL_SWITCH_INTERVAL_S,
-        NodelayServer,
-        Receiver,
-        build_ae,
-        event_handlers,
-        set_nodelay,
-    )
-    from storage.runtime import bootstrap
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the acceptor decides when we stop
     # A spawned process starts with no logging configured: set it up like the parent's.
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     import sys
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as imaging.scp.run_receiver
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as run_receiver
     runtime = bootstrap(settings, component="dicom")
     announcer = SeriesAnnouncer(runtime.db)
     receiver = Receiver(runtime, on_committed=announcer.note)
@@ -72,8 +74,6 @@ def _worker(settings: Settings, channel: socket.socket, max_associations: int) -
 
 
 def run_acceptor(settings: Settings, processes: int) -> None:
-    from storage.runtime import bootstrap
-
     bootstrap(settings, component="dicom").db.dispose()  # migrate before workers start
     context = multiprocessing.get_context("spawn")
     per_worker = max(1, -(-settings.dicom_max_associations // processes))
@@ -124,3 +124,30 @@ def _hand_over(listener: socket.socket, workers: list[dict]) -> None:
         target["open"] += 1
     finally:
         client.close()
+
+
+def run_receiver(settings: Settings) -> None:
+    """`lancang dicom`: serve until SIGTERM/SIGINT."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    processes = settings.dicom_processes or min(os.cpu_count() or 1, 4)
+    if processes > 1:
+        run_acceptor(settings, processes)
+        return
+    runtime = bootstrap(settings, component="dicom")
+    announcer = SeriesAnnouncer(runtime.db)
+    receiver = Receiver(runtime, on_committed=announcer.note)
+    server = start_server(receiver, settings)
+    log.info("dicom.start.ok ae=%s address=%s:%s", settings.dicom_ae_title, *server.server_address)
+    _wait_for_signal()
+    server.shutdown()
+    announcer.stop()
+    receiver.ingestor.close()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import compat_pynetdicom, handlers, query, transcode
@@ -48,6 +48,7 @@ from storage.settings import Settings
 from storage import access, audit
 from storage.access import Principal
 from storage.errors import DomainError, Unavailable
+from storage.models import DicomNode, Institution
 from storage.service import address_allowed, find_enabled_node
 
 log = logging.getLogger("lancang.dicom")
@@ -142,10 +143,6 @@ class Receiver:
         stamp, rules = self._titles
         if now - stamp < REGISTRY_TTL_S:
             return rules
-        from sqlalchemy import select
-
-        from storage.models import DicomNode, Institution
-
         with self.db.scope(readonly=True) as session:
             rules = [_NodeRule(node.ae_title, node.can, node.networks) for node in session.scalars(
                 select(DicomNode).join(Institution)
@@ -792,37 +789,3 @@ def start_server(receiver: Receiver, settings: Settings, *, host: str | None = N
     thread.start()
     compat_pynetdicom.register_server(ae, server)
     return server
-
-
-def run_receiver(settings: Settings) -> None:
-    """`lancang dicom`: serve until SIGTERM/SIGINT."""
-    from imaging.announce import SeriesAnnouncer
-    from storage.runtime import bootstrap
-
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    processes = settings.dicom_processes or min(os.cpu_count() or 1, 4)
-    if processes > 1:
-        from imaging.multiproc import run_acceptor
-
-        run_acceptor(settings, processes)
-        return
-    runtime = bootstrap(settings, component="dicom")
-    announcer = SeriesAnnouncer(runtime.db)
-    receiver = Receiver(runtime, on_committed=announcer.note)
-    server = start_server(receiver, settings)
-    log.info("dicom.start.ok ae=%s address=%s:%s", settings.dicom_ae_title, *server.server_address)
-    _wait_for_signal()
-    server.shutdown()
-    announcer.stop()
-    receiver.ingestor.close()
-
-
-def _wait_for_signal() -> None:
-    import signal
-
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass

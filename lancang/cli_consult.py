@@ -6,16 +6,18 @@ import json
 import sys
 from pathlib import Path
 
+from storage import audit
+from storage.identity import get_user
+from storage.runtime import bootstrap
+from storage.settings import get_settings
+
 
 def _runtime():
-    from lancang.cli import _runtime as runtime
-
-    return runtime()
+    return bootstrap(get_settings(), component="cli")
 
 
 def cmd_ca_init(args) -> None:
-    from consult import reports
-    from storage import audit
+    from consult import reports  # lazy: see lancang/cli.py LAZY_IMPORTS
 
     with _runtime().db.scope() as session:
         authority = reports.init_authority(session=session, name=args.name, organisation=args.organisation,
@@ -29,9 +31,7 @@ def cmd_ca_init(args) -> None:
 
 
 def cmd_ca_issue(args) -> None:
-    from consult import reports
-    from storage import audit
-    from storage.identity import get_user
+    from consult import reports  # lazy: see lancang/cli.py LAZY_IMPORTS
 
     with _runtime().db.scope() as session:
         user = get_user(session=session, username=args.username)
@@ -43,7 +43,7 @@ def cmd_ca_issue(args) -> None:
 
 
 def cmd_report_verify(args) -> int:
-    from consult import reports
+    from consult import reports  # lazy: see lancang/cli.py LAZY_IMPORTS
 
     try:
         pdf = Path(args.file).read_bytes()

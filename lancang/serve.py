@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from storage.runtime import bootstrap
 from storage.settings import Settings
 
 log = logging.getLogger("lancang.serve")
@@ -75,8 +76,6 @@ def _supervise(children: list[Child], stopping: list[bool]) -> None:
 
 
 def serve(settings: Settings) -> int:
-    from storage.runtime import bootstrap
-
     runtime = bootstrap(settings, component="serve")  # migrate once, before children race
     runtime.db.dispose()
     log.info("serve.start http=http://%s:%s dicom=%s@%s:%s data=%s", settings.bind_host, settings.http_port,

@@ -34,6 +34,7 @@ from storage import keys
 from storage.access import Principal
 from storage.db import Database
 from storage.models import AuditRecord
+from storage.objects import ObjectNotFound
 from storage.types import utcnow
 
 GENESIS = "0" * 64
@@ -209,8 +210,6 @@ def _checked_mark(checkpoint: dict | None) -> tuple[int, str] | None:
 
 
 def read_checkpoint(store) -> dict | None:
-    from storage.objects import ObjectNotFound
-
     try:
         return json.loads(store.get(CHECKPOINT_KEY))
     except ObjectNotFound:

@@ -6,7 +6,13 @@ import logging
 from functools import lru_cache
 
 from celery import shared_task
+from sqlalchemy.exc import OperationalError
 
+from consult import rooms, scheduling
+from film import sheet as filmsheet
+from imaging import derive
+from storage import audit, jobs
+from storage.objects import StoreUnavailable
 from storage.runtime import Runtime, bootstrap
 from storage.settings import get_settings
 
@@ -23,8 +29,6 @@ def runtime() -> Runtime:
              autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=3)
 def verify_audit_chain() -> None:
     """Checks the audit hash chain and records the outcome in the chain itself."""
-    from storage import audit
-
     db = runtime().db
     result = audit.verify_and_checkpoint(db, runtime().store)
     outcome = "ok" if result.ok else "failed"
@@ -39,10 +43,6 @@ def verify_audit_chain() -> None:
 # Backends that are down come back: retry those, with backoff. Bad pixel data never gets
 # better; imaging.derive records it per instance instead of raising.
 def _transient() -> tuple[type[BaseException], ...]:
-    from sqlalchemy.exc import OperationalError
-
-    from storage.objects import StoreUnavailable
-
     return (StoreUnavailable, OperationalError, ConnectionError, TimeoutError)
 
 
@@ -55,8 +55,6 @@ STARTUP_SWEEP_SETTLE_S = 5.0
              default_retry_delay=5, max_retries=6)
 def derive_series(series_pk: int) -> str:
     """Series thumbnail and per-instance previews, once the series has stopped receiving."""
-    from imaging import derive
-
     rt = runtime()
     return derive.derive_series(rt.db, rt.store, int(series_pk),
                                 preview_delay_s=rt.settings.derive_preview_delay_s).status
@@ -67,8 +65,6 @@ def derive_series(series_pk: int) -> str:
              default_retry_delay=5, max_retries=6)
 def make_film_sheet(share_id: int) -> None:
     """The printable A4 film sheet of one cloud-film share."""
-    from film import sheet as filmsheet
-
     rt = runtime()
     filmsheet.make_film_sheet(rt.db, rt.store, int(share_id), secret_key=rt.settings.effective_secret_key,
                               public_url=rt.settings.effective_public_url)
@@ -79,9 +75,6 @@ def make_film_sheet(share_id: int) -> None:
              max_retries=3)
 def sweep_underived(settle_s: float | None = None) -> int:
     """Announce series whose derived images are missing or older than their newest instance."""
-    from imaging import derive
-    from storage import jobs
-
     rt = runtime()
     kwargs = {} if settle_s is None else {"settle_s": float(settle_s)}
     stale = derive.sweep_underived(rt.db, **kwargs)
@@ -98,8 +91,6 @@ def sweep_underived(settle_s: float | None = None) -> int:
              autoretry_for=_transient(), retry_backoff=2, default_retry_delay=10, max_retries=3)
 def send_reminders() -> int:
     """Remind everyone whose live consult starts within the next half hour (once each)."""
-    from consult import scheduling
-
     with runtime().db.scope() as session:
         return scheduling.due_reminders(session=session)
 
@@ -108,8 +99,6 @@ def send_reminders() -> int:
              autoretry_for=_transient(), retry_backoff=2, default_retry_delay=60, max_retries=3)
 def purge_recordings() -> int:
     """Delete consult recordings past their retention date (the row stays, marked deleted)."""
-    from consult import rooms
-
     rt = runtime()
     with rt.db.scope() as session:
         return rooms.purge_expired(session=session, store=rt.store)

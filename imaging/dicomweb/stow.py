@@ -24,6 +24,7 @@ from imaging.dicomweb.common import (
     audit_request, base_url, check_uid, choose, instance_url, JSON_OFFERS, json_response,
     RETRIEVE_URL, runtime, study_url
 )
+from imaging.announce import SeriesAnnouncer
 from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance
 from imaging.models import Study
@@ -58,8 +59,6 @@ def ingestor_for(app) -> Ingestor:
     with _INGESTOR_LOCK:
         found = getattr(app.state, "dicomweb_ingestor", None)
         if found is None:
-            from imaging.announce import SeriesAnnouncer
-
             runtime = app.state.runtime
             announcer = SeriesAnnouncer(runtime.db)
             found = Ingestor(runtime.db, runtime.store, on_committed=announcer.note,
