@@ -32,15 +32,16 @@ The PAdES signatures themselves are invisible (pyHanko's stock stamp is Latin-on
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import segno
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
+
+from storage import fonts
+from storage.settings import get_settings
 
 __all__ = [
     "ReportContent",
@@ -137,14 +138,6 @@ class ReportFontError(RuntimeError):
     """No CJK font could be found to render the report."""
 
 
-_FONT_CANDIDATES = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-)
 
 _SEX = {"M": "男 Male", "F": "女 Female", "O": "其他 Other"}
 
@@ -159,37 +152,9 @@ _SIG_BLOCK_H = 44.0
 
 def find_cjk_font() -> tuple[str, str | None, int]:
     """Return (regular path, bold path or None, collection index)."""
-    env = os.environ.get("LANCANG_REPORT_FONT", "").strip()
-    candidates = ([env] if env else []) + list(_FONT_CANDIDATES)
-    for path in candidates:
-        if path and Path(path).is_file():
-            index = _simplified_chinese_index(path)
-            bold = path.replace("-Regular.", "-Bold.")
-            bold_path = bold if bold != path and Path(bold).is_file() else None
-            return path, bold_path, index
-    raise ReportFontError(
-        "no CJK font found for the report PDF: install the Debian package "
-        "fonts-noto-cjk (or fonts-wqy-zenhei), or set LANCANG_REPORT_FONT "
-        "to a .ttf/.otf/.ttc file"
-    )
-
-
-@lru_cache(maxsize=8)
-def _simplified_chinese_index(path: str) -> int:
-    """Index of the Simplified Chinese face in a .ttc (0 for single fonts)."""
-    if not path.lower().endswith((".ttc", ".otc")):
-        return 0
-    from fontTools.ttLib import TTCollection
-
-    collection = TTCollection(path, lazy=True)
-    try:
-        for i, font in enumerate(collection.fonts):
-            family = font["name"].getDebugName(1) or ""
-            if family.endswith(" SC"):
-                return i
-    finally:
-        collection.close()
-    return 0
+    path, index = fonts.cjk_font(get_settings().report_font, setting="LANCANG_REPORT_FONT", error=ReportFontError)
+    bold = path.replace("-Regular.", "-Bold.")
+    return path, (bold if bold != path and Path(bold).is_file() else None), index
 
 
 def _fmt_when(value: date | datetime | str | None, *, pending: str) -> str:

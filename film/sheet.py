@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import segno
 from fpdf import FPDF
@@ -27,22 +24,14 @@ from film import service as shares
 from film.models import Share
 from imaging import derive, pixels
 from imaging.models import Instance, Series, Study
-from storage import keys
+from storage import fonts, keys
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
+from storage.settings import get_settings
 from storage.types import utcnow
 
-log = logging.getLogger("lancang.imaging")
+log = logging.getLogger("lancang.film")
 
-FONT_ENV = ("LANCANG_FILM_FONT", "LANCANG_REPORT_FONT")
-FONT_CANDIDATES = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-)
 KEY_IMAGES = 12              # a 3 x 4 grid
 GRID_COLUMNS = 3
 KEY_IMAGE_PIXELS = 640       # ~200 dpi across a 64 mm cell: sharp in print, small in the PDF
@@ -55,28 +44,9 @@ class FilmFontError(RuntimeError):
 
 def find_font() -> tuple[str, int]:
     """(path, face index) of a font with Simplified Chinese glyphs."""
-    configured = [os.environ.get(name, "").strip() for name in FONT_ENV]
-    for candidate in [c for c in configured if c] + list(FONT_CANDIDATES):
-        if Path(candidate).is_file():
-            return candidate, _simplified_chinese_face(candidate)
-    raise FilmFontError("no CJK font for the film sheet: apt-get install fonts-noto-cjk, or set "
-                        "LANCANG_FILM_FONT to a .ttf/.otf/.ttc file")
-
-
-@lru_cache(maxsize=4)
-def _simplified_chinese_face(path: str) -> int:
-    if not path.lower().endswith((".ttc", ".otc")):
-        return 0
-    from fontTools.ttLib import TTCollection
-
-    collection = TTCollection(path, lazy=True)
-    try:
-        for index, font in enumerate(collection.fonts):
-            if (font["name"].getDebugName(1) or "").endswith(" SC"):
-                return index
-    finally:
-        collection.close()
-    return 0
+    settings = get_settings()
+    return fonts.cjk_font(settings.film_font, settings.report_font, setting="LANCANG_FILM_FONT",
+                          error=FilmFontError)
 
 
 @dataclass

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # Seconds the worker waits after each preview: only for tests of redelivery after a
     # worker dies mid-task (a slow task on purpose); 0 in every real deployment.
     derive_preview_delay_s: float = 0.0
+
+    # Fonts for the printed PDFs (storage/fonts.py): a .ttf/.otf/.ttc with Simplified Chinese;
+    # empty means the first Debian CJK font installed. The film sheet falls back to report_font.
+    report_font: str = ""
+    film_font: str = ""
     # AEs that may query or retrieve must be bound to networks (`lancang ae add --allow`).
     dicom_require_host_binding: bool = False
     # Rejected associations: one audit record per source at once, then one summary per interval.

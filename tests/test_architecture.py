@@ -223,3 +223,28 @@ def test_the_checks_catch_the_upward_imports_this_regroup_removed():
     imports = imports_of(made_up)
     assert [(i.source, i.target) for i in upward(imports)] == [("storage.db", "lancang.settings")]
     assert [(i.source, i.target) for i in unexplained_lazy(imports)] == [("lancang.runtime", "workers.app")]
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_only_settings_read_the_environment():
+    """Every LANCANG_* variable goes through storage/settings.py (documented, validated once)."""
+    readers = [module for module, source in product_modules().items()
+               if module != "storage.settings" and ("os.environ" in source or "getenv(" in source)]
+    assert readers == []
+
+
+def test_every_setting_is_in_the_readme_table():
+    from storage.settings import Settings
+
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    missing = []
+    for name in Settings.model_fields:
+        parts = name.upper().split("_")
+        # A row may group related variables: `LANCANG_DICOM_ACSE_TIMEOUT` / `_DIMSE_TIMEOUT`.
+        spellings = [(f"`LANCANG_{name.upper()}`", "")] + [
+            ("LANCANG_" + "_".join(parts[:k]), "`_" + "_".join(parts[k:]) + "`") for k in range(1, len(parts))]
+        if not any(head in line and tail in line for line in lines for head, tail in spellings):
+            missing.append(f"LANCANG_{name.upper()}")
+    assert missing == []

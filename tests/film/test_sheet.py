@@ -21,6 +21,8 @@ from sqlalchemy import select
 from film import service as shares
 from film import sheet as filmsheet
 from imaging import derive
+from storage import fonts
+from storage.settings import Settings
 from film.models import Share
 from imaging.service import Ingestor
 from storage import service as tenancy
@@ -177,8 +179,7 @@ def test_a_real_worker_makes_the_sheet_after_the_share_is_created(tmp_path):
 
 
 def test_a_missing_font_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(filmsheet, "FONT_CANDIDATES", (str(tmp_path / "none.ttc"),))
-    for name in filmsheet.FONT_ENV:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(fonts, "CJK_FONT_CANDIDATES", (str(tmp_path / "none.ttc"),))
+    monkeypatch.setattr(filmsheet, "get_settings", lambda: Settings(film_font="", report_font=""))
     with pytest.raises(filmsheet.FilmFontError, match="fonts-noto-cjk"):
         filmsheet.find_font()
