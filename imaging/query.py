@@ -13,13 +13,19 @@ universally and come back empty.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from sqlalchemy import Select, String, and_, bindparam, func, literal, or_, select
 from sqlalchemy.orm import Session
 
+from imaging.dataset import clean_text
 from imaging.models import Instance, Patient, Series, Study
 from storage import access
 from storage.access import Scope
@@ -217,6 +223,113 @@ def sequence_matches(stored: dict | None, item: dict[str, tuple[str, str]]) -> b
                for tag, (vr, value) in item.items()):
             return True
     return False
+
+
+# -- one identifier for C-FIND and QIDO-RS -----------------------------------------------
+
+
+@dataclass
+class Identifier:
+    """What a search asks for, however it arrived (a C-FIND identifier, a QIDO-RS query
+    string): keys by keyword ("" = return only) and, at IMAGE level, sequence matching keys
+    {sequence tag: {item tag: (VR, value)}} (C.2.2.2.6). `ignored` names keys that cannot be
+    matched at this level (QIDO answers them as a Warning; C-FIND treats them as universal)."""
+
+    level: str
+    keys: dict[str, str] = field(default_factory=dict)
+    sequences: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def attribute_tag(name: str) -> str | None:
+    """An attribute named by keyword or 8-hex tag, as the tag; None when unknown."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    return None if tag is None else f"{tag:08X}"
+
+
+def _vr_of(tag: str) -> str:
+    try:
+        return dictionary_VR(int(tag, 16))
+    except KeyError:
+        return "UN"
+
+
+def parse_identifier(pairs: Iterable[tuple[str, str]], level: str) -> Identifier:
+    """The Identifier of (attribute, value) pairs. An attribute is a keyword or a tag; a
+    dotted one (`ReferencedImageSequence.ReferencedSOPInstanceUID`, PS3.18 8.3.4.1) is a key
+    inside a sequence's item. A repeated attribute matches any of its values. Raises
+    UnknownAttribute for a name that is neither a keyword nor a tag."""
+    found = Identifier(level)
+    for name, value in pairs:
+        path = name.split(".")
+        if attribute_tag(path[0]) is None:
+            raise UnknownAttribute(name)
+        if len(path) > 1 and level != "IMAGE":  # no per-study/series DICOM JSON to match against
+            found.ignored.append(name)
+            continue
+        tags = [attribute_tag(part) for part in path]
+        if None in tags:
+            raise UnknownAttribute(name)
+        if len(path) == 1:
+            keyword = keyword_for_tag(int(tags[0], 16)) or tags[0]
+            previous = found.keys.get(keyword)
+            found.keys[keyword] = value if not previous else f"{previous}\\{value}" if value else previous
+        elif len(path) == 2 and value.strip():
+            item = found.sequences.setdefault(tags[0], {})
+            item[tags[1]] = (_vr_of(tags[1]), value.strip())
+        elif len(path) > 2:
+            found.ignored.append(name)  # sequences nested in the item are not matched
+    return found
+
+
+def identifier_pairs(dataset) -> list[tuple[str, str]]:
+    """A C-FIND identifier (pydicom Dataset) as (attribute, value) pairs: every element by
+    keyword (text decoded as instances are), a sequence's single item's non-empty keys as
+    `SequenceTag.ItemTag` pairs."""
+    pairs = []
+    for element in dataset:
+        keyword = element.keyword
+        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if element.VR == "SQ":
+            pairs.append((keyword, ""))
+            if len(element.value or []) == 1:
+                pairs += [(f"{element.tag:08X}.{key.tag:08X}", _text(key.value))
+                          for key in element.value[0] if key.VR != "SQ" and not isinstance(key.value, bytes)]
+            continue
+        pairs.append((keyword, _text(element.value)))
+    return pairs
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    # ISO 2022 escape sequences left in the text would never match (0 hits for \x1b$)A张*).
+    return clean_text(str(value))
+
+
+class UnknownAttribute(ValueError):
+    """A search key that is neither a DICOM keyword nor a tag."""
+
+
+def stored_json(row: dict) -> dict:
+    """An IMAGE row's stored DICOM JSON, parsed once per row (sequence matching, answers)."""
+    if "_stored_json" not in row:
+        text = row["_json"] if "_json" in row else row["_entities"]["Instance"].dicom_json
+        row["_stored_json"] = json.loads(text or "{}")
+    return row["_stored_json"]
+
+
+def matching_sequences(rows: list[dict], sequences: dict) -> list[dict]:
+    """The IMAGE rows whose stored sequences match every sequence key (C.2.2.2.6)."""
+    if not sequences:
+        return rows
+    return [row for row in rows
+            if all(sequence_matches(stored_json(row).get(tag), item) for tag, item in sequences.items())]
 
 
 @dataclass

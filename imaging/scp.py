@@ -41,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import compat_pynetdicom, handlers, query, transcode
-from imaging.dataset import InvalidInstance, clean_text
+from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
 from storage.settings import Settings
@@ -274,14 +274,13 @@ class Receiver:
         if level not in query.LEVELS:
             yield _status(0xC000, f"unsupported QueryRetrieveLevel {level!r}"), None
             return
-        keys = identifier_keys(identifier)
-        sequences = sequence_keys(identifier) if level == "IMAGE" else {}
+        wanted = query.parse_identifier(query.identifier_pairs(identifier), level)
+        keys = wanted.keys
         try:
             with self.db.scope(readonly=True) as session:
                 scope = access.scope_for(session, principal)
-                rows = query.run(session, scope, query.Query(level=level, keys=keys))
-                if sequences:
-                    rows = [row for row in rows if _sequences_match(row, sequences)]
+                rows = query.matching_sequences(query.run(session, scope, query.Query(level=level, keys=keys)),
+                                                wanted.sequences)
                 answers = [answer_dataset(level, keys, row, identifier) for row in rows]
         except DomainError as exc:
             yield _status(0xA900, exc.detail), None
@@ -560,58 +559,9 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 def identifier_keys(identifier: Dataset) -> dict[str, str]:
-    """The matching keys of an identifier as {keyword: value string}; sequences return empty."""
-    keys: dict[str, str] = {}
-    for element in identifier:
-        keyword = element.keyword
-        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-            continue
-        if element.VR == "SQ":
-            keys[keyword] = ""
-            continue
-        value = element.value
-        if value is None:
-            keys[keyword] = ""
-        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            keys[keyword] = "\\".join(str(v) for v in value)
-        else:
-            # Decoded as instances are (imaging.dataset.clean_text): ISO 2022 escape
-            # sequences left in the text would never match (0 hits for \x1b$)A张*).
-            keys[keyword] = clean_text(str(value))
-    return keys
-
-
-def sequence_keys(identifier: Dataset) -> dict[str, dict[str, tuple[str, str]]]:
-    """The identifier's sequence matching keys: {tag: {item tag: (VR, value)}} for each
-    sequence with one item holding at least one non-empty key (C.2.2.2.6). Sequences
-    nested in that item are not matched."""
-    found = {}
-    for element in identifier:
-        if element.VR != "SQ" or len(element.value or []) != 1:
-            continue
-        item = {}
-        for key in element.value[0]:
-            value = key.value
-            if key.VR == "SQ" or value is None or isinstance(value, bytes):
-                continue
-            text = "\\".join(str(v) for v in value) if type(value).__name__ == "MultiValue" else str(value)
-            if text.strip():  # an empty key inside the item is universal matching
-                item[f"{key.tag:08X}"] = (key.VR, text.strip())
-        if item:
-            found[f"{element.tag:08X}"] = item
-    return found
-
-
-def _stored_json(row: dict) -> dict:
-    """The instance's stored DICOM JSON, parsed once per row (sequence matching, then the answer)."""
-    if "_stored_json" not in row:
-        row["_stored_json"] = json.loads(row["_entities"]["Instance"].dicom_json or "{}")
-    return row["_stored_json"]
-
-
-def _sequences_match(row: dict, sequences: dict) -> bool:
-    stored = _stored_json(row)
-    return all(query.sequence_matches(stored.get(tag), item) for tag, item in sequences.items())
+    """The identifier's keys as {keyword: value}, parsed as QIDO-RS parses its query string
+    (imaging.query.parse_identifier)."""
+    return query.parse_identifier(query.identifier_pairs(identifier), "STUDY").keys
 
 
 def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Dataset) -> Dataset:
@@ -629,7 +579,7 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
             setattr(answer, keyword, "" if value is None else (str(value) if element.VR in ("IS", "DS") else value))
             continue
         if level == "IMAGE":  # not indexed: from the stored DICOM JSON of the instance
-            item = _stored_json(row).get(f"{element.tag:08X}")
+            item = query.stored_json(row).get(f"{element.tag:08X}")
             if item and "BulkDataURI" not in item and "InlineBinary" not in item:
                 try:
                     answer.update(Dataset.from_json({f"{element.tag:08X}": item}))

@@ -14,7 +14,7 @@ from imaging import query
 from imaging.dicomweb.common import (
     audit_request, AVAILABLE_TRANSFER_SYNTAX, base_url, check_uid, choose, instance_url,
     JSON_OFFERS, json_response, MAX_RESULTS, number_param, one_hop, RETRIEVE_URL, series_url,
-    study_url, TAG
+    study_url
 )
 from imaging.dataset import INSTANCE_PREFIX
 from imaging.models import Instance, Series, Study
@@ -24,6 +24,7 @@ from storage.errors import BadRequest
 
 # -- QIDO-RS ----------------------------------------------------------------------------
 
+SEQUENCE_CANDIDATES = 20_000  # instances a sequence-matching search reads the stored JSON of, at most
 _RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset"}
 _RETURN_LEVELS = {  # (level, how much of the hierarchy the URL fixes) -> levels returned
     ("STUDY", 0): ("STUDY",),
@@ -40,6 +41,7 @@ class Search:
     level: str
     fixed: int  # 0: all, 1: within a study, 2: within a series
     match: dict[str, str] = field(default_factory=dict)  # indexed keyword -> DICOM matching value
+    sequences: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # IMAGE level
     include: list[str] = field(default_factory=list)  # extra return attributes, as tags
     include_all: bool = False
     limit: int | None = None
@@ -49,12 +51,10 @@ class Search:
 
 def attribute_tag(name: str) -> str:
     """An attribute named by keyword or 8-hex tag, as the tag; 400 when unknown."""
-    if TAG.fullmatch(name):
-        return name.upper()
-    tag = tag_for_keyword(name)
+    tag = query.attribute_tag(name)
     if tag is None:
         raise BadRequest(f"{name[:80]!r} is neither a DICOM attribute keyword nor a tag")
-    return f"{tag:08X}"
+    return tag
 
 
 def _keyword(tag: str) -> str:
@@ -68,21 +68,26 @@ def _vr(tag: str) -> str:
         return "UN"
 
 
-def _add_match(search: Search, name: str, value: str) -> None:
-    path = name.split(".")
-    if len(path) > 1:  # sequence matching (PS3.18 8.3.4.1 nested attributes) is not supported
-        attribute_tag(path[0])
-        search.warnings.append(f"matching on {name} is not supported and was ignored")
-        return
-    keyword = _keyword(attribute_tag(name))
-    attr = query.ATTRIBUTES.get(keyword)
-    if attr is None or attr.column is None or _RANK[attr.level] > _RANK[search.level]:
-        search.warnings.append(f"matching on {name} is not supported at this level and was ignored")
-        return
-    if attr.vr in ("UI", "CS"):  # UID and code lists may be comma separated in QIDO
-        value = value.replace(",", "\\")
-    previous = search.match.get(keyword)
-    search.match[keyword] = value if previous is None else f"{previous}\\{value}"
+def _qido_value(name: str, value: str) -> str:
+    """UID and code lists may be comma separated in QIDO-RS (PS3.18 8.3.4.1), backslash in DICOM."""
+    tag = query.attribute_tag(name.split(".")[-1])
+    return value.replace(",", "\\") if tag and _vr(tag) in ("UI", "CS") else value
+
+
+def _add_matches(search: Search, pairs: list[tuple[str, str]]) -> None:
+    """The query string's matching keys, parsed as C-FIND identifiers are (query.parse_identifier)."""
+    try:
+        wanted = query.parse_identifier([(name, _qido_value(name, value)) for name, value in pairs], search.level)
+    except query.UnknownAttribute as exc:
+        raise BadRequest(f"{str(exc)[:80]!r} is neither a DICOM attribute keyword nor a tag") from None
+    search.sequences = wanted.sequences
+    search.warnings += [f"matching on {name} is not supported at this level and was ignored" for name in wanted.ignored]
+    for keyword, value in wanted.keys.items():
+        attr = query.ATTRIBUTES.get(keyword)
+        if attr is None or attr.column is None or _RANK[attr.level] > _RANK[search.level]:
+            search.warnings.append(f"matching on {keyword} is not supported at this level and was ignored")
+            continue
+        search.match[keyword] = value
 
 
 def _add_includes(search: Search, value: str) -> None:
@@ -98,6 +103,7 @@ def _add_includes(search: Search, value: str) -> None:
 def parse_search(params, level: str, fixed: int) -> Search:
     """The matching keys, includefield, limit/offset of a QIDO-RS query string."""
     search = Search(level, fixed)
+    pairs = []
     for name, value in params.multi_items():
         lower = name.lower()
         if lower == "includefield":
@@ -106,7 +112,8 @@ def parse_search(params, level: str, fixed: int) -> Search:
             if value.strip().lower() == "true":
                 search.warnings.append("fuzzy matching is not supported; literal matching was performed")
         elif lower not in _RESERVED:
-            _add_match(search, name, value)
+            pairs.append((name, value))
+    _add_matches(search, pairs)
     search.limit = number_param(params.get("limit"), "limit", minimum=1)
     search.offset = number_param(params.get("offset"), "offset", minimum=0) or 0
     return search
@@ -152,7 +159,7 @@ _IDS_AT_LEVEL = {"STUDY": ("_study", "_study_pk"), "SERIES": ("_study", "_series
 def _id_columns(search: Search) -> dict:
     """The identity columns a search's results need; instances' stored JSON only when asked for."""
     extra = {label: _ID_COLUMNS[label] for label in _IDS_AT_LEVEL[search.level]}
-    if search.level == "IMAGE" and (search.include or search.include_all):
+    if search.level == "IMAGE" and (search.include or search.include_all or search.sequences):
         extra["_json"] = Instance.dicom_json
     return extra
 
@@ -240,8 +247,16 @@ def run_search(session: Session, scope: Scope, search: Search, base: str) -> tup
     keywords = return_keywords(search)
     keys = {keyword: "" for keyword in keywords} | search.match
     wanted = min(search.limit or MAX_RESULTS, MAX_RESULTS)
-    rows = query.run_columns(session, scope, query.Query(search.level, keys, limit=wanted + 1, offset=search.offset),
-                             _id_columns(search))
+    if search.sequences:  # matched on each candidate's stored JSON, then paged (as C-FIND matches them)
+        candidates = query.run_columns(session, scope, query.Query(search.level, keys, limit=SEQUENCE_CANDIDATES),
+                                       _id_columns(search))
+        if len(candidates) == SEQUENCE_CANDIDATES:
+            search.warnings.append(f"sequence matching looked at the first {SEQUENCE_CANDIDATES} instances only; "
+                                   "narrow the search with other keys")
+        rows = query.matching_sequences(candidates, search.sequences)[search.offset:search.offset + wanted + 1]
+    else:
+        rows = query.run_columns(session, scope, query.Query(search.level, keys, limit=wanted + 1,
+                                                             offset=search.offset), _id_columns(search))
     truncated = len(rows) > wanted and (search.limit is None or search.limit > MAX_RESULTS)
     rows = rows[:wanted]
     stored = stored_attributes(session, search, rows, base)

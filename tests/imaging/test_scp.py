@@ -229,6 +229,48 @@ def test_find_matches_sequences_at_image_level(node, tmp_path):
     assert [str(a.StudyInstanceUID) for a in studies] == [study]
 
 
+def test_qido_matches_sequences_as_c_find_does(node, tmp_path):
+    """15.3: one identifier parser for C-FIND and QIDO-RS (imaging.query.parse_identifier).
+    QIDO ignored `Sequence.Item=value` with a Warning; it now answers what C-FIND answers."""
+    from fastapi.testclient import TestClient
+
+    from storage import identity
+    from web.app import create_app
+
+    study, series = generate_uid(), generate_uid()
+    blobs = [
+        _with_sequences(ct_instance(study_uid=study, series_uid=series, instance_number=1),
+                        ReferencedImageSequence=[{"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                                                  "ReferencedSOPInstanceUID": "1.2.3.1"}]),
+        _with_sequences(ct_instance(study_uid=study, series_uid=series, instance_number=2),
+                        ReferencedImageSequence=[{"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                                                  "ReferencedSOPInstanceUID": "1.2.3.9"}]),
+        ct_instance(study_uid=study, series_uid=series, instance_number=3),
+    ]
+    dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port, *write_files(tmp_path / "in", blobs))
+    with node.runtime.db.scope() as session:
+        user = identity.add_user(session=session, username="seq-reader", role="radiographer",
+                                 institution_code="T01", password="password-123")
+        token, _ = identity.issue_token(session=session, user=user)
+    where = [f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}", "InstanceNumber"]
+    cases = {"1.2.3.9": [2], "1.2.3.1\\1.2.3.9": [1, 2], "1.2.3.*": [1, 2], "9.9.9": []}
+    with TestClient(create_app(node.runtime.settings)) as client:
+        for value, expected in cases.items():
+            by_find = sorted(int(a.InstanceNumber) for a in find_extracted(
+                node, tmp_path, "IMAGE", *where, f"ReferencedImageSequence[0].ReferencedSOPInstanceUID={value}"))
+            answer = client.get(f"/dicom-web/studies/{study}/series/{series}/instances",
+                                params={"ReferencedImageSequence.ReferencedSOPInstanceUID": value.replace("\\", ",")},
+                                headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200 and "Warning" not in answer.headers, answer.headers.get("Warning")
+            by_qido = sorted(item["00200013"]["Value"][0] for item in answer.json())
+            assert by_find == by_qido == expected, value
+        # Above IMAGE level a sequence key cannot be matched: both treat it as universal; QIDO says so.
+        answer = client.get("/dicom-web/studies", params={"StudyInstanceUID": study,
+                                                           "ReferencedImageSequence.ReferencedSOPInstanceUID": "9.9.9"},
+                            headers={"Authorization": f"Bearer {token}"})
+        assert len(answer.json()) == 1 and "not supported at this level" in answer.headers["Warning"]
+
+
 def test_other_institution_sees_nothing(node, tmp_path):
     dcmtk("storescu", "-aet", "MOD1", "-aec", "LANCANG", "127.0.0.1", node.port,
           *write_files(tmp_path, [ct_instance()]))
