@@ -255,7 +255,9 @@ def _world(data_dir: str, rooms: int) -> tuple[dict, list[int]]:
     from datetime import datetime, timedelta
 
     from consult import scheduling, service
-    from consult.scheduling import LOCAL
+    from storage.localtime import zone
+
+    LOCAL = zone()
     from storage.runtime import bootstrap
     from storage.settings import Settings
     from storage import service as tenancy

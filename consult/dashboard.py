@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consult.models import PRIORITIES, RISK_COLOURS, ConsultRequest
-from consult.scheduling import LOCAL
 from consult.service import is_overdue, urgency_key
 from consult.state import OPEN
+from storage import localtime
 from storage.errors import Invalid, NotPermitted
 
 VIEWER_ROLES = ("coordinator", "admin")
@@ -50,7 +50,7 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
     recent = [c for c in consults if c.created_at >= since]
     volumes: dict[str, Counter] = defaultdict(Counter)
     for consult in recent:
-        year, week, _ = consult.created_at.astimezone(LOCAL).isocalendar()
+        year, week, _ = consult.created_at.astimezone(localtime.zone()).isocalendar()
         volumes[f"{year}-W{week:02d}"][consult.requesting_institution.code] += 1
     hours = [(c.final_at - c.created_at).total_seconds() / 3600 for c in recent if c.final_at]
     open_items = sorted((c for c in consults if c.status in OPEN), key=urgency_key)
@@ -61,7 +61,7 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
                              "p90": round(_percentile(hours, 0.9), 2) if hours else None},
         "overdue": [{"id": c.id, "priority": c.priority, "colour": c.risk_colour, "status": c.status,
                      "due_at": c.due_at.isoformat(), "from": c.requesting_institution.code,
-                     "due_local": c.due_at.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M")}
+                     "due_local": c.due_at.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")}
                     for c in open_items if is_overdue(c)],
         "queue_by_priority": {p: sum(1 for c in open_items if c.priority == p) for p in PRIORITIES},
         "queue_by_colour": {k: sum(1 for c in open_items if (c.risk_colour or "none") == k)

@@ -11,7 +11,7 @@ from consult import dashboard, policy, reports, scheduling, service, templates
 from consult.models import PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging.models import Study
-from storage import access, identity
+from storage import access, identity, localtime
 from storage.deps import DbSession, OptionalUser
 from storage.errors import Invalid
 from storage.models import Institution, User
@@ -123,7 +123,7 @@ def calendar_page(request: Request, session: DbSession, user: OptionalUser):
         return login_first(request)
     user = session.get(User, user.id)
     bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
-    return render(request, "consult/calendar.html", user=user, bookings=bookings, local=scheduling.LOCAL)
+    return render(request, "consult/calendar.html", user=user, bookings=bookings, local=localtime.zone(request.app.state.runtime.settings.timezone))
 
 
 @router.get("/verify", response_class=HTMLResponse)

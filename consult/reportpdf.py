@@ -33,14 +33,14 @@ The PAdES signatures themselves are invisible (pyHanko's stock stamp is Latin-on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import segno
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-from storage import fonts
+from storage import fonts, localtime
 from storage.settings import get_settings
 
 __all__ = [
@@ -60,7 +60,6 @@ DEFAULT_FOOTER = (
 )
 
 
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def beijing_time(value: datetime) -> str:
     """2026年12月3日 16:15 in Beijing time (naive datetimes are taken as UTC)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    local = value.astimezone(BEIJING)
+    local = value.astimezone(localtime.zone())
     return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}"
 
 
@@ -397,7 +396,7 @@ def _signer_columns(pdf: _ReportPdf, signers: list[Signer], top: float, col_w: f
         pdf.cell(col_w - 4, 6, f"{signer.name}  {signer.title}".strip(), new_x=XPos.LEFT, new_y=YPos.NEXT)
         pdf.set_font("cjk", "", 8.5)
         pdf.cell(col_w - 4, 4.5, signer.institution or "—", new_x=XPos.LEFT, new_y=YPos.NEXT)
-        when = beijing_time(signer.signed_at) + "（北京时间）" if signer.signed_at else signer.pending
+        when = beijing_time(signer.signed_at) + f"（{localtime.label_zh()}）" if signer.signed_at else signer.pending
         pdf.cell(col_w - 4, 4.5, f"时间 Time: {when}", new_x=XPos.LEFT, new_y=YPos.NEXT)
         pdf.set_font("cjk", "B", 8.5)
         if signer.signed_at:

@@ -27,7 +27,7 @@ from consult.service import get, users_with_roles
 from consult.state import transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
-from storage import audit, keys
+from storage import audit, keys, localtime
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import User
 from storage.types import utcnow
@@ -460,7 +460,7 @@ def patient_report(session: Session, study_uid: str) -> PatientReport | None:
         return None
     content = version.content
     findings = content.get("findings", "") + (f"\n补充：{content['addendum']}" if content.get("addendum") else "")
-    signed = (beijing_time(datetime.fromisoformat(version.signatures[-1]["signed_at"])) + "（北京时间）"
+    signed = (beijing_time(datetime.fromisoformat(version.signatures[-1]["signed_at"])) + f"（{localtime.label_zh()}）"
               if version.signatures else "")
     return PatientReport(title="影像诊断报告 Diagnostic report", findings=findings,
                          impression=content.get("impression", ""), signed_at=signed, pdf_key=version.pdf_key,

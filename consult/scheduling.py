@@ -4,7 +4,6 @@ no double booking of a person, rescheduling, and an iCalendar feed per user."""
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -14,18 +13,17 @@ from consult.notify import notify
 from consult import policy
 from consult.service import get, grant
 from consult.state import transition
-from storage import audit
+from storage import audit, localtime
 from storage.errors import Conflict, Invalid, NotFound
 from storage.models import User
 from storage.types import utcnow
 
-LOCAL = ZoneInfo("Asia/Shanghai")
 MAX_SLOT_MINUTES = 60
 
 
 def local_to_utc(value: datetime) -> datetime:
     """A naive local (Asia/Shanghai) time, or an aware one, as UTC."""
-    aware = value.replace(tzinfo=LOCAL) if value.tzinfo is None else value
+    aware = value.replace(tzinfo=localtime.zone()) if value.tzinfo is None else value
     return aware.astimezone(timezone.utc)
 
 
@@ -78,7 +76,7 @@ def is_available(session: Session, user_id: int, starts: datetime, ends: datetim
         return False
     if any(e.available and e.starts_at <= starts and e.ends_at >= ends for e in exceptions):
         return True
-    local_start, local_end = starts.astimezone(LOCAL), ends.astimezone(LOCAL)
+    local_start, local_end = starts.astimezone(localtime.zone()), ends.astimezone(localtime.zone())
     if local_start.date() != local_end.date() and local_end.time() != time(0, 0):
         return False
     first = local_start.hour * 60 + local_start.minute
@@ -142,9 +140,9 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
     if consult.reader_id is None:
         consult.reader_id = specialist.id
         grant(session=session, consult=consult, user_ids={specialist.id}, granted_by=coordinator.username)
-    local = starts.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M")
+    local = starts.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")
     notify(session, set(people.values()), kind="consult.scheduled",
-           title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: {local} (北京时间)",
+           title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: {local} ({localtime.label_zh()})",
            link=f"/consults/{consult.id}")
     session.flush()
     return bookings
@@ -195,7 +193,7 @@ def due_reminders(*, session: Session, within: timedelta = timedelta(minutes=30)
                                                 Booking.starts_at > now, Booking.starts_at <= now + within)).all()
     for booking in due:
         booking.reminded_at = now
-        local = booking.starts_at.astimezone(LOCAL).strftime("%H:%M")
+        local = booking.starts_at.astimezone(localtime.zone()).strftime("%H:%M")
         notify(session, {booking.user_id}, kind="consult.reminder",
                title=f"会诊提醒 Consult #{booking.consult_id} starts at {local}", link=f"/consults/{booking.consult_id}")
     audit_count = len(due)

@@ -29,7 +29,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,7 +38,7 @@ from film import policy
 from film.models import Share
 from imaging.dataset import display_name
 from imaging.models import Instance, Patient, Series, Study
-from storage import audit, jobs
+from storage import audit, jobs, localtime
 from storage.access import Principal
 from storage.errors import Gone, Invalid, Locked, NotFound
 from storage.models import Institution
@@ -52,7 +51,6 @@ UNLOCK_TTL_S = 30 * 60            # the unlocked cookie; the page re-asks for th
 FILM_TASK = "imaging.make_film_sheet"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 _PIN = re.compile(r"^\d{6}$")
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
 MODALITY_ZH = {
     "CT": "CT 计算机断层扫描", "MR": "磁共振 MR", "CR": "X线摄影", "DX": "X线摄影", "DR": "X线摄影",
@@ -195,8 +193,8 @@ def _lock(share: Share, now: datetime) -> None:
 
 
 def locked_message(share: Share) -> str:
-    until = share.locked_until.astimezone(LOCAL_TZ).strftime("%H:%M") if share.locked_until else ""
-    return (f"提取码错误次数过多，请于北京时间 {until} 后再试；如忘记提取码，请联系检查医院重新设置。"
+    until = share.locked_until.astimezone(localtime.zone()).strftime("%H:%M") if share.locked_until else ""
+    return (f"提取码错误次数过多，请于{localtime.label_zh()} {until} 后再试；如忘记提取码，请联系检查医院重新设置。"
             f" Too many wrong PINs: try again after {until} (Beijing time), or ask the hospital for a new PIN.")
 
 
@@ -446,4 +444,4 @@ def study_instances(session: Session, share: Share) -> list[tuple[Series, Instan
 
 def local_time(value: datetime) -> str:
     """A timestamp as Beijing time, for people."""
-    return value.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
+    return value.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")

@@ -6,7 +6,6 @@ import hashlib
 import re
 import secrets
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 from typing import NamedTuple
 
 from argon2 import PasswordHasher
@@ -14,13 +13,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from storage import localtime
 from storage.access import Principal
 from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound, NotPermitted
 from storage.models import ROLES, ApiToken, Institution, User
 from storage.service import get_institution
 from storage.types import utcnow
 
-BEIJING = ZoneInfo("Asia/Shanghai")
 
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
@@ -112,9 +111,9 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
     Locked while the account is locked out after repeated failures."""
     user = session.scalar(select(User).where(User.username == username))
     if user is not None and user.locked_until is not None and user.locked_until > utcnow():
-        until = user.locked_until.astimezone(BEIJING).strftime("%H:%M")
+        until = user.locked_until.astimezone(localtime.zone()).strftime("%H:%M")
         raise Locked(f"too many wrong passwords: try again after {until} (Beijing time) or ask an admin / "
-                     f"密码错误次数过多，请于北京时间 {until} 后再试，或联系管理员")
+                     f"密码错误次数过多，请于{localtime.label_zh()} {until} 后再试，或联系管理员")
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import secretfile
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
     room_recording_retention_days: int = 365
 
     log_level: str = "INFO"
+    # The zone pages, PDFs and messages show times in (IANA name); data stays in UTC.
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"LANCANG_TIMEZONE={value!r} is not an IANA time zone such as Asia/Shanghai") from None
+        return value
 
     @model_validator(mode="after")
     def _no_working_default_secrets_in_production(self) -> "Settings":

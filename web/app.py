@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -27,26 +26,16 @@ from imaging import dicomweb
 from imaging.dataset import display_name
 from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
+from storage import localtime
 from web import csrf, errors, pages, routes
 
 HERE = Path(__file__).parent
-
-
-def beijing(value) -> str:
-    """A UTC datetime (or ISO text) as 2026-12-03 16:15 in Beijing time, for pages."""
-    if not value:
-        return "—"
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
 
 
 def display_date(value: str) -> str:
     """DICOM DA (20261101) as 2026-11-01."""
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if value and len(value) == 8 and value.isdigit() else (value or "")
 log = logging.getLogger("lancang.web")
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
 def install_csrf(app: FastAPI, settings: Settings) -> None:
@@ -123,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # served below from local assets
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.login_limiter = pages.login_limiter()
-    app.state.templates.env.filters.update(pn=display_name, da=display_date, bj=beijing)
+    app.state.templates.env.filters.update(pn=display_name, da=display_date,
+                                           bj=lambda value: localtime.display(value, name=settings.timezone))
+    app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone)
     install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     install_docs(app)

@@ -14,7 +14,9 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from consult import reports
-from consult.scheduling import LOCAL
+from storage.localtime import zone as local_zone
+
+LOCAL = local_zone()
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.models import AuditRecord

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -48,3 +50,31 @@ def test_pages_for_every_role(runtime, world, api):
         assert page.status_code == 200 and "验证" in page.text
         refused = client.post("/verify", files={"file": ("x.pdf", b"%PDF-1.7 not really", "application/pdf")})
         assert refused.status_code == 200 and "报告无效" in refused.text
+
+
+def test_pages_show_local_time_never_utc(runtime, world, api):
+    """16.7: pages showed "08:15 UTC" for a 16:15 booking. Every consult page a coordinator and
+    a specialist open shows local time, named; LANCANG_TIMEZONE moves it (and is checked)."""
+    from datetime import datetime
+
+    from pydantic import ValidationError
+
+    from storage.settings import Settings
+
+    _, study = world
+    created = api("POST", "li", "/api/consults", json={"kind": "read", "target": "COUNTY", "study_uids": [study],
+                                                       "clinical_question": "胎盘位置？", "priority": "urgent"}).json()
+    due = datetime.fromisoformat(created["due_at"])
+    for zone, shown in (("Asia/Shanghai", "北京时间"), ("Asia/Urumqi", "Asia/Urumqi")):
+        settings = runtime.settings.model_copy(update={"timezone": zone})
+        with TestClient(create_app(settings)) as client:
+            _login(client, "zhou")
+            pages = [client.get(path) for path in ("/consults", f"/consults/{created['id']}", "/calendar",
+                                                   "/dashboard", "/")]
+            assert all(p.status_code == 200 for p in pages), [p.status_code for p in pages]
+            assert not [p.url for p in pages if "UTC" in p.text]
+            local_due = due.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
+            assert local_due in pages[0].text, (zone, local_due)
+            assert shown in pages[0].text
+    with pytest.raises(ValidationError, match="IANA"):
+        Settings(timezone="Beijing")

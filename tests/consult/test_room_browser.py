@@ -38,7 +38,10 @@ def test_chromium_and_aiortc_share_a_room(tmp_path):
     assert verdict["view"]["presenter"][0] == 3 and verdict["view"]["presenter"][2] == 1500
     # The consented recording is in the object store and decodes.
     assert verdict["recordings"] and verdict["stored"] and verdict["stored_bytes_ok"], verdict
-    stored = verdict["stored"][0]
+    # A camera whose first frame arrives while recording starts the next file (MP4 streams are
+    # fixed: consult/rooms.py update_recording); on a loaded machine that happened once (CI of
+    # 2026-12-04: the first file had 2 of 3 cameras). The last stretch has everyone.
+    stored = verdict["stored"][-1]
     assert stored["key"].startswith("recordings/") and sorted(stored["participants"]) == ["li", "wang", "zhou"]
     data = (tmp_path / "var" / "objects" / stored["key"]).read_bytes()
     with av.open(io.BytesIO(data)) as container:

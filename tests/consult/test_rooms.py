@@ -22,7 +22,9 @@ from pydicom.uid import generate_uid
 from bench.rooms import RoomClient, looks_like
 from consult import rooms, scheduling, service
 from consult.room_routes import byte_range
-from consult.scheduling import LOCAL
+from storage.localtime import zone as local_zone
+
+LOCAL = local_zone()
 from imaging.service import Ingestor
 from storage.runtime import bootstrap
 from storage import service as tenancy

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from consult import scheduling
 from consult.models import Notification
 from tests.consult.test_flow import api, world  # noqa: F401  (fixtures)
-from storage import identity
+from storage import identity, localtime
 
 
 @pytest.fixture(params=["embedded"])
@@ -20,7 +20,7 @@ def backend(request):
 
 def test_reminder_goes_out_once_before_the_slot(api, world, runtime):
     _, study = world
-    now_local = datetime.now(scheduling.LOCAL).replace(second=0, microsecond=0, tzinfo=None)
+    now_local = datetime.now(localtime.zone()).replace(second=0, microsecond=0, tzinfo=None)
     api("POST", "wang", "/api/me/availability/exceptions", json={
         "starts": (now_local - timedelta(minutes=5)).isoformat(), "ends": (now_local + timedelta(hours=2)).isoformat(),
         "available": True, "note": "临时加班"})
@@ -41,7 +41,7 @@ def test_reminder_goes_out_once_before_the_slot(api, world, runtime):
 
 
 def test_leave_blocks_a_weekly_window(api, world, runtime):
-    monday = (datetime.now(scheduling.LOCAL) + timedelta(days=7 - datetime.now(scheduling.LOCAL).weekday())).date()
+    monday = (datetime.now(localtime.zone()) + timedelta(days=7 - datetime.now(localtime.zone()).weekday())).date()
     api("PUT", "wang", "/api/me/availability", json={"windows": [[0, "08:00", "12:00"]]})
     api("POST", "wang", "/api/me/availability/exceptions", json={
         "starts": f"{monday}T00:00:00", "ends": f"{monday}T23:59:00", "available": False, "note": "休假"})

@@ -231,3 +231,93 @@ def test_viewer_of_another_institution_is_a_friendly_404(live, browser):
         "(uid) => fetch(`/dicom-web/studies/${uid}/series`).then(r => r.json()).then(j => j.length)", live.study) == 0
     page.screenshot(path="/tmp/lancang-viewer-404.png")
     context.close()
+
+
+def _overlay(v: Viewer) -> str:
+    return v.page.locator("[data-role=ov-br]").inner_text()
+
+
+SAMPLE_JS = """
+(points) => { const c = document.querySelector('[data-role=canvas]'); const r = c.getBoundingClientRect();
+  const k = c.width / r.width, g = c.getContext('2d');
+  return points.map(([x, y]) => { const p = window.lancangViewer.imageToClient(x, y);
+    return g.getImageData(Math.round((p.x - r.left) * k), Math.round((p.y - r.top) * k), 1, 1).data[0]; }); }
+"""
+POINTS = [[x, y] for x in range(8, SIZE, 16) for y in range(8, SIZE, 16)]
+
+
+def _samples(v: Viewer) -> list[int]:
+    """Grey values of the canvas at fixed image points: the same slice gives the same values
+    whatever the canvas size (a failure banner shrinks the viewport)."""
+    return v.page.evaluate(SAMPLE_JS, POINTS)
+
+
+def _same_picture(a: list[int], b: list[int]) -> bool:
+    return sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 8
+
+
+def test_the_label_always_belongs_to_the_pixels_on_the_canvas(live, browser):
+    """16.6: on a slow link the overlay said "Im 31/60" over slice 4's pixels, and after a frame
+    failed, slice 182 stood under 181's label. The frame requests are held (a link that has not
+    delivered yet), then one object is missing on the server: the label, the position, a new
+    measurement and the shared-view state stay those of the picture on the canvas, with a
+    loading or failure mark naming the slice asked for."""
+    from sqlalchemy import select
+
+    from imaging.models import Instance, Series, Study
+
+    v = Viewer(browser, live, "li", viewport={"width": 1366, "height": 768})
+    page = v.page
+    first = v.open(live.study)
+    page.wait_for_timeout(300)
+    slice0 = _samples(v)
+    held = []
+    page.route("**/frames/**", lambda route: held.append(route))
+    page.locator("[data-role=canvas]").focus()
+    page.keyboard.press("End")
+    page.wait_for_function("() => document.querySelector('[data-role=ov-br]').innerText.includes('加载中')")
+    waiting = v.page.evaluate("() => window.lancangViewer.state()")
+    overlay = _overlay(v)
+    assert waiting["index"] == 0 and waiting["target"] == SLICES - 1 and waiting["loading"], waiting
+    assert waiting["sopInstanceUid"] == first["sopInstanceUid"], waiting
+    assert f"Im 1/{SLICES}" in overlay and f"Loading Im {SLICES}/{SLICES}" in overlay, overlay
+    assert page.locator("[data-role=viewport]").get_attribute("data-loading") == "true"
+    assert _same_picture(_samples(v), slice0)  # slice 1's pixels, under slice 1's label
+    page.screenshot(path="/tmp/lancang-viewer-loading.png")
+
+    # A measurement drawn now belongs to the slice on the canvas, not to the one loading.
+    page.locator('[data-tool="measure"]').click()
+    page.mouse.move(*v.client(20, 64))
+    page.mouse.down()
+    page.mouse.move(*v.client(100, 64), steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => window.lancangViewer.state().measurements.length === 1")
+    made = v.page.evaluate("() => window.lancangViewer.state().measurements[0]")
+    assert made["index"] == 0 and made["sopInstanceUid"] == first["sopInstanceUid"], made
+
+    for route in list(held):
+        route.continue_()
+    page.unroute("**/frames/**")
+    last = v.rendered(f"s.index === {SLICES - 1} && !s.loading")
+    page.wait_for_timeout(200)
+    slice_last = _samples(v)
+    assert not _same_picture(slice_last, slice0) and f"Im {SLICES}/{SLICES}" in _overlay(v) and "加载中" not in _overlay(v)
+    assert page.locator("[data-role=viewport]").get_attribute("data-loading") == "false"
+
+    # An object missing on the server: the picture and its label stay those of the last slice.
+    runtime = live.app.state.runtime
+    with runtime.db.scope(readonly=True) as session:
+        key = session.scalar(select(Instance.object_key).join(Series, Series.id == Instance.series_pk)
+                             .join(Study, Study.id == Series.study_pk)
+                             .where(Study.study_instance_uid == live.study, Instance.instance_number == 11))
+    runtime.store.delete(key)
+    page.locator("[data-role=slider]").fill("10")
+    page.wait_for_function("() => document.querySelector('[data-role=ov-br]').innerText.includes('加载失败')")
+    broken = v.page.evaluate("() => window.lancangViewer.state()")
+    overlay = _overlay(v)
+    assert broken["index"] == SLICES - 1 and broken["target"] == 10 and broken["loading"], broken
+    assert broken["sopInstanceUid"] == last["sopInstanceUid"], broken
+    assert f"Im {SLICES}/{SLICES}" in overlay and "Im 11 failed to load" in overlay, overlay
+    page.screenshot(path="/tmp/lancang-viewer-failed.png")
+    assert _same_picture(_samples(v), slice_last)
+    v.context.close()

@@ -20,7 +20,12 @@ import traceback
 from pathlib import Path
 
 import pytest
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+# Spelled here, not imported from tests/browser.py: this file also runs as a script (--inner,
+# in its own network namespace) where the `tests` package is not importable.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -374,6 +379,8 @@ def desktop(s: Session):
     page.wait_for_function("() => window.lancangViewer.state().index >= 5", timeout=5000)
     played = time.monotonic() - t0
     page.locator('[data-action="play"]').click()
+    # state() reports the frame on the canvas: let the one asked for at the pause arrive.
+    page.wait_for_function("() => !window.lancangViewer.state().loading", timeout=5000)
     i1 = s.state()["index"]
     page.wait_for_timeout(300)
     i2 = s.state()

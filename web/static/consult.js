@@ -59,7 +59,7 @@ if (editor) {
   const save = async () => {
     try {
       await api("PUT", editor.dataset.api, formBody(editor));
-      state.textContent = "已自动保存 Saved " + new Date().toLocaleTimeString("zh-CN", { timeZone: "Asia/Shanghai" });
+      state.textContent = "已自动保存 Saved " + new Date().toLocaleTimeString("zh-CN", { timeZone: localZone() });
     } catch (error) {
       state.textContent = "保存失败 Not saved: " + error.message;
     }
@@ -71,4 +71,10 @@ if (editor) {
   });
   const chooser = document.getElementById("template-chooser");
   if (chooser) chooser.addEventListener("change", () => { location.search = "?template=" + chooser.value; });
+}
+
+/** The deployment's zone for times on the page (LANCANG_TIMEZONE, in base.html's meta). */
+function localZone() {
+  const meta = document.querySelector('meta[name="lancang-timezone"]');
+  return (meta && meta.content) || "Asia/Shanghai";
 }

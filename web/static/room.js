@@ -295,7 +295,7 @@
 
   function showChat(message) {
     const item = document.createElement("li");
-    const time = new Date(message.at).toLocaleTimeString("zh-CN", { hour: "2-digit", minute: "2-digit", timeZone: "Asia/Shanghai" });
+    const time = new Date(message.at).toLocaleTimeString("zh-CN", { hour: "2-digit", minute: "2-digit", timeZone: localZone() });
     item.textContent = `${time} ${message.name}: ${message.text}`;
     $("room-chat-log").append(item);
     item.scrollIntoView({ block: "nearest" });
@@ -384,3 +384,9 @@
 
   main().catch((err) => { console.error("room", err); status("出错 Error: " + err.message); });
 })();
+
+/** The deployment's zone for times on the page (LANCANG_TIMEZONE, in base.html's meta). */
+function localZone() {
+  const meta = document.querySelector('meta[name="lancang-timezone"]');
+  return (meta && meta.content) || "Asia/Shanghai";
+}

@@ -69,11 +69,26 @@ const S = {
   measurements: [], // {seriesUid, sopInstanceUid, frame, index, points:[[x,y],[x,y]], mm, px, unit}
   tool: coarse ? "scroll" : "wl",
   cine: { playing: false, fps: 10 },
-  drawn: null, // what the canvas shows: {key, img}
+  drawn: null, // what the canvas shows: {key, img, series, index, entry}
+  failed: null, // {series, index} of a frame that could not be loaded
+  announceAfterDraw: false, // a user move to announce again once its frame is on the canvas
 };
 
+/** The entry the user asked for (slider, keys, wheel): it may still be loading. */
 function currentEntry() {
   return S.cur && S.cur.stack ? S.cur.stack[S.index] : null;
+}
+
+/** What the canvas shows, when it belongs to the current series: labels, measurements and
+ * the shared view are drawn from this, never from the entry still loading (a slow link
+ * showed slice 4's pixels under slice 31's label). */
+function shown() {
+  return S.drawn && S.drawn.series === S.cur ? S.drawn : null;
+}
+
+function shownEntry() {
+  const d = shown();
+  return d ? d.entry : null;
 }
 
 function isColor() {
@@ -88,14 +103,17 @@ function round(v, digits = 2) {
 
 /** The whole view as plain JSON: what tests read and what a presenter would send. */
 function state() {
-  const e = currentEntry();
+  const d = shown();
+  const e = d ? d.entry : null;
   const color = isColor();
   return {
     studyUid: study,
     seriesUid: S.cur ? S.cur.uid : null,
     sopInstanceUid: e ? e.sop : null,
     frame: e ? e.frame : null,
-    index: S.index,
+    index: d ? d.index : S.index, // the slice on the canvas
+    loading: !d || d.index !== S.index, // the requested slice (`target`) is not on the canvas yet
+    target: S.index,
     count: S.cur && S.cur.stack ? S.cur.stack.length : 0,
     windowCenter: color || S.wc === null ? null : round(S.wc),
     windowWidth: color || S.ww === null ? null : round(S.ww),
@@ -309,6 +327,8 @@ function ensureCurrent() {
         if (err && err.name === "AbortError") return;
         if (want()) {
           setStatus("");
+          S.failed = { series: s, index: S.index };
+          updateOverlays();
           showError("无法加载图像。", "Could not load the image.", err);
         }
       }
@@ -619,25 +639,48 @@ function draw() {
   const picked = pickImage();
   if (!picked) {
     setStatus("加载中… Loading…");
+    // Keep this series' previous picture, labelled as what it is, until this one arrives
+    // (painted again: a resize clears the canvas); another series' picture must not stand
+    // under this series' labels.
+    if (shown()) paint(shown());
+    else clearCanvas();
     ensureCurrent();
-    return; // keep the previous picture until this one arrives
+    return;
   }
   setStatus("");
-  S.drawn = picked;
-  const { img } = picked;
-  if (img.kind === "gray" && (S.wc === null || S.ww === null)) {
-    const w = defaultWindow(entry.info, img);
+  S.drawn = { ...picked, series: s, index: S.index, entry };
+  if (S.failed && S.failed.series === s && S.failed.index === S.index) S.failed = null;
+  if (picked.img.kind === "gray" && (S.wc === null || S.ww === null)) {
+    const w = defaultWindow(entry.info, picked.img);
     [S.wc, S.ww] = [w.center, w.width];
     syncControls();
   }
-  const dpr = window.devicePixelRatio || 1;
-  ctx.setTransform(1, 0, 0, 1, 0, 0);
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, ui.canvas.width, ui.canvas.height);
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  paint(S.drawn);
+  updateOverlays();
+  if (S.announceAfterDraw) {
+    // The move was announced while its frame was loading (with the slice then on the canvas):
+    // announce again now that the requested slice is what the canvas shows.
+    S.announceAfterDraw = false;
+    userChanged();
+  }
+  const detail = state();
+  document.dispatchEvent(new CustomEvent("viewer:rendered", { detail }));
+  const waiters = renderWaiters;
+  renderWaiters = [];
+  for (const w of waiters) w(detail);
+  if (firstRender) {
+    firstRender(detail);
+    firstRender = null;
+  }
+}
+
+/** Draw one displayed record ({key, img, entry}) with its measurements. */
+function paint(displayed) {
+  const { img, entry } = displayed;
+  clearCanvas();
   let source;
   if (img.kind === "gray") {
-    const k = `${picked.key}|${S.wc}|${S.ww}|${S.invert}`;
+    const k = `${displayed.key}|${S.wc}|${S.ww}|${S.invert}`;
     if (offKey !== k) {
       if (off.width !== img.cols || off.height !== img.rows) {
         off.width = img.cols;
@@ -661,16 +704,14 @@ function draw() {
   ctx.drawImage(source, x0, y0, img.cols * k, img.rows * k);
   ctx.filter = "none";
   drawMeasurements();
-  updateOverlays();
-  const detail = state();
-  document.dispatchEvent(new CustomEvent("viewer:rendered", { detail }));
-  const waiters = renderWaiters;
-  renderWaiters = [];
-  for (const w of waiters) w(detail);
-  if (firstRender) {
-    firstRender(detail);
-    firstRender = null;
-  }
+}
+
+function clearCanvas() {
+  const dpr = window.devicePixelRatio || 1;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, ui.canvas.width, ui.canvas.height);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
 }
 
 function nextRender() {
@@ -683,7 +724,8 @@ function measurementLabel(m) {
 }
 
 function drawMeasurements() {
-  const e = currentEntry();
+  const e = shownEntry();
+  if (!e) return;
   const list = S.measurements.filter((m) => m.seriesUid === S.cur.uid && m.sopInstanceUid === e.sop && m.frame === e.frame);
   if (pending) list.push(pending);
   ctx.save();
@@ -716,7 +758,8 @@ function drawMeasurements() {
 
 function updateOverlays() {
   const s = S.cur;
-  const e = currentEntry();
+  const d = shown();
+  const e = d ? d.entry : null;
   const n = s && s.stack ? s.stack.length : 0;
   ui.counter.textContent = n ? `${S.index + 1}/${n}` : "0/0";
   if (document.activeElement !== ui.slider) ui.slider.value = String(S.index);
@@ -734,7 +777,12 @@ function updateOverlays() {
   if (S.drawn && S.drawn.img && S.drawn.img.kind === "bitmap" && e && !e.info.color) lines.push("服务器渲染 server-rendered");
   lines.push(`缩放 Zoom ${(S.zoom * 100).toFixed(0)}%`);
   ui.ov.bl.textContent = lines.join("\n");
-  const br = [`图像 Im ${S.index + 1}/${n}`];
+  const br = [];
+  const failed = S.failed && S.failed.series === s && S.failed.index === S.index;
+  if (failed) br.push(`⚠ 图像 ${S.index + 1} 加载失败 Im ${S.index + 1} failed to load`);
+  else if (!d || d.index !== S.index) br.push(`→ 加载中 Loading Im ${S.index + 1}/${n}`);
+  ui.viewport.dataset.loading = String(Boolean(n) && (!d || d.index !== S.index));
+  if (d) br.push(`图像 Im ${d.index + 1}/${n}`);
   if (e && e.frames > 1) br.push(`帧 Fr ${e.frame}/${e.frames}`);
   if (e && Number.isFinite(e.info.sliceLocation)) br.push(`位置 Loc ${e.info.sliceLocation.toFixed(1)} mm`);
   if (e && Number.isFinite(e.info.sliceThickness)) br.push(`层厚 Thk ${e.info.sliceThickness} mm`);
@@ -773,7 +821,10 @@ function go(index, { user = true } = {}) {
   ensureCurrent();
   prefetch();
   requestDraw();
-  if (user) userChanged();
+  if (user) {
+    S.announceAfterDraw = true;
+    userChanged();
+  }
 }
 
 function step(delta) {
@@ -882,10 +933,9 @@ function startGesture(e) {
     gesture.wc = w.center;
     gesture.ww = w.width;
   }
-  if (gesture.tool === "measure") {
-    const e0 = currentEntry();
+  if (gesture.tool === "measure" && shown()) {
     const ip = toImage(p[0], p[1]);
-    pending = makeMeasurement(e0, ip, ip);
+    pending = makeMeasurement(shown(), ip, ip); // on the slice the user sees, loaded or not
   }
 }
 
@@ -933,7 +983,7 @@ function moveGesture(e) {
     case "measure": {
       if (!pending) break; // cancelled with Escape
       const ip = toImage(p[0], p[1]);
-      pending = makeMeasurement(currentEntry(), pending.points[0], ip);
+      pending = makeMeasurement(shown(), pending.points[0], ip);
       requestDraw();
       break;
     }
@@ -953,7 +1003,8 @@ function endGesture() {
   gesture = null;
 }
 
-function makeMeasurement(entry, a, b) {
+function makeMeasurement(displayed, a, b) {
+  const entry = displayed.entry;
   const dx = b[0] - a[0];
   const dy = b[1] - a[1];
   const sp = entry.info.spacing; // [row spacing: vertical, column spacing: horizontal]
@@ -962,7 +1013,7 @@ function makeMeasurement(entry, a, b) {
     seriesUid: S.cur.uid,
     sopInstanceUid: entry.sop,
     frame: entry.frame,
-    index: S.index,
+    index: displayed.index,
     points: [[a[0], a[1]], [b[0], b[1]]],
     mm,
     px: Math.hypot(dx, dy),
@@ -1188,9 +1239,9 @@ async function apply(st) {
       if (!entry || !pts) continue;
       const prev = S.cur;
       S.cur = s; // makeMeasurement reads the series uid
-      const made = makeMeasurement(entry, pts[0], pts[1]);
+      const index = Number.isFinite(m.index) ? m.index : s.stack.indexOf(entry);
+      const made = makeMeasurement({ entry, index }, pts[0], pts[1]);
       S.cur = prev;
-      made.index = Number.isFinite(m.index) ? m.index : made.index;
       S.measurements.push(made);
     }
   }
