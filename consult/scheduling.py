@@ -181,7 +181,9 @@ def ical_feed(*, session: Session, user: User, base_url: str) -> bytes:
         event.add("dtend", booking.ends_at)
         event.add("dtstamp", utcnow())
         event.add("url", f"{base_url}/consults/{consult.id}")
-        event.add("description", consult.clinical_question[:500])
+        # No clinical question, no patient: feeds are synced to phone and cloud calendars,
+        # outside the audited platform (and often outside China). The link opens the case.
+        event.add("description", "请登录澜沧查看会诊详情 Open the consult in Lancang for the case")
         calendar.add_component(event)
     return calendar.to_ical()
 

@@ -205,6 +205,12 @@ def test_live_consult_scheduling_and_double_booking(api, world, runtime):
     ok(api("POST", "zhou", f"/api/consults/{ids[1]}/schedule", json={**slot, "start": f"{monday}T09:00:00"}))
     ics = api("GET", "wang", "/api/me/calendar.ics")
     assert ics.status_code == 200 and ics.text.count("BEGIN:VEVENT") == 2 and "远程会诊" in ics.text
+    # 16.15: calendar text leaves the platform; it carries no clinical question.
+    from icalendar import Calendar
+
+    events = [c for c in Calendar.from_ical(ics.content).walk() if c.name == "VEVENT"]
+    texts = [str(e.get("summary", "")) + str(e.get("description", "")) for e in events]
+    assert not [t for t in texts if "孕32周" in t or "孕28周" in t], texts
     board = ok(api("GET", "zhou", "/api/dashboard"))
     assert board["queue_by_colour"]["orange"] == 2 and sum(board["queue_by_priority"].values()) == 2
 
