@@ -55,11 +55,8 @@ class Limits:
 
 
 def limits_of(request: Request) -> Limits:
-    """This app's limiters, made on first use (one set per app, as the login limiter)."""
-    state = request.app.state
-    if getattr(state, "film_limits", None) is None:
-        state.film_limits = Limits()
-    return state.film_limits
+    """This app's limiters (web/app.py makes one set per app, as the login limiter)."""
+    return request.app.state.film_limits
 
 
 def _agent(request: Request) -> str:

@@ -26,7 +26,7 @@ from film import policy
 from film import service as shares
 from film.models import Share
 from imaging.models import Study
-from storage import audit, jobs
+from storage import audit, jobs, localtime
 from storage.access import Principal
 from storage.errors import Gone, NotFound
 from storage.models import Institution
@@ -168,8 +168,8 @@ def _manage_page(request: Request, session: Session, principal: Principal, study
                            institution=SimpleNamespace(name_zh=institution.name_zh if institution else ""))
     qr = Markup(segno.make(created.url, error="m").svg_inline(scale=4)) if created else None
     rows = [{"share": s, "state": shares.share_state(s), "state_zh": STATE_ZH[shares.share_state(s)],
-             "film_zh": FILM_ZH.get(s.film_state, s.film_state), "created": shares.local_time(s.created_at),
-             "expires": shares.local_time(s.expires_at)} for s in listing]
+             "film_zh": FILM_ZH.get(s.film_state, s.film_state), "created": localtime.display(s.created_at),
+             "expires": localtime.display(s.expires_at)} for s in listing]
     return render_page(request, "film/manage.html", status=status, user=user, study=study,
                    patient=shares.display_name(study.patient.name) if study else "",
                    date=shares.chinese_date(study.study_date) if study else "",

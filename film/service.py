@@ -440,8 +440,3 @@ def study_instances(session: Session, share: Share) -> list[tuple[Series, Instan
                            .where(Series.study_pk == share.study_pk)).all()
     return sorted(rows, key=lambda row: ((row[0].series_number is None, row[0].series_number or 0, row[0].id),
                                          viewing_order(row[1])))
-
-
-def local_time(value: datetime) -> str:
-    """A timestamp as Beijing time, for people."""
-    return value.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")

@@ -24,7 +24,7 @@ from film import service as shares
 from film.models import Share
 from imaging import derive, pixels
 from imaging.models import Instance, Series, Study
-from storage import fonts, keys
+from storage import fonts, keys, localtime
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
 from storage.settings import get_settings
@@ -250,7 +250,7 @@ def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_k
                                                            Instance.rows.is_not(None))).all()
             grouped.append((s, sorted(items, key=shares.viewing_order)))
         url = shares.share_url(public_url, shares.link_token(secret_key, share.token_nonce))
-        expires = shares.local_time(share.expires_at)[:10]
+        expires = localtime.display(share.expires_at)[:10]
         accession = study.accession_number
     picks = _pick_key_images(grouped, KEY_IMAGES)
     images = []

@@ -90,11 +90,10 @@ def _has_reason(lines: list[str], lineno: int, word: str) -> bool:
 
 def imports_of(modules: dict[str, str]) -> list[Import]:
     found = []
+    packages = {m.rpartition(".")[0] for m in modules}
     for module, source in modules.items():
-        tree = ast.parse(source)
-        lines = source.splitlines()
-        is_package = source is not None and module in {m.rpartition(".")[0] for m in modules}
-        _walk(tree, module, is_package, modules, lines, found, in_function=False, type_only=False)
+        _walk(ast.parse(source), module, module in packages, modules, source.splitlines(), found,
+              in_function=False, type_only=False)
     return found
 
 

@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # served below from local assets
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.login_limiter = pages.login_limiter()
+    app.state.film_limits = film_pages.Limits()
     app.state.templates.env.filters.update(pn=display_name, da=display_date,
                                            bj=lambda value: localtime.display(value, name=settings.timezone))
     app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone)
