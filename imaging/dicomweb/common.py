@@ -194,6 +194,47 @@ def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
 
 one_hop = in_one_hop(principal_of)  # read routes: session and principal supplied by one_hop
 
+# The three WADO-RS levels a resource is named at, and the path parameters of each.
+LEVEL_PATHS = (("/studies/{study}", ("study",)),
+               ("/studies/{study}/series/{series}", ("study", "series")),
+               ("/studies/{study}/series/{series}/instances/{sop}", ("study", "series", "sop")))
+
+
+def add_read_route(router, path: str, uids: tuple, name: str, doc: str,
+                   call: Callable[..., Response]) -> None:
+    """Route GET `path` to `call(request, session, principal, **uids)` in one hop.
+
+    For resources whose route functions would differ only in their path parameters: the
+    endpoint's signature is made here from `uids`, so FastAPI validates and documents them;
+    `name` keeps the OpenAPI operation id a separate route function of that name would have."""
+
+    def endpoint(request: Request, session: Session, principal: Principal, **path_uids: str) -> Response:
+        return call(request, session, principal, **path_uids)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [inspect.Parameter(uid, keyword, annotation=str) for uid in uids]
+    parameters += [inspect.Parameter(arg, keyword, annotation=annotation)
+                   for arg, annotation in (("request", Request), ("session", Session), ("principal", Principal))]
+    endpoint.__signature__ = inspect.Signature(parameters)
+    endpoint.__name__ = endpoint.__qualname__ = name
+    endpoint.__doc__ = doc
+    router.add_api_route(path, one_hop(endpoint), methods=["GET"], name=name)
+
+
+def route_each_level(router, suffix: str, work: Callable[..., Response], make_target: Callable[..., Any],
+                     endpoints: tuple[tuple[str, str], ...]) -> None:
+    """Route GET `<study|series|instance path><suffix>` to `work(request, session, principal, target)`.
+
+    WADO-RS names most resources at all three levels with the same meaning; one call here
+    replaces three route functions that differ only in their path parameters. `endpoints`
+    gives each level's operation name and description, in LEVEL_PATHS order."""
+
+    def call(request: Request, session: Session, principal: Principal, **uids: str) -> Response:
+        return work(request, session, principal, make_target(**uids))
+
+    for (path, uids), (name, doc) in zip(LEVEL_PATHS, endpoints, strict=True):
+        add_read_route(router, path + suffix, uids, name, doc, call)
+
 
 def runtime(request: Request):
     return request.app.state.runtime

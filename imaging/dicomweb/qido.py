@@ -1,5 +1,6 @@
 """QIDO-RS (PS3.18 10.6): searches for studies, series and instances, answered from the index."""
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from imaging import query
 from imaging.dicomweb.common import (
-    audit_request, AVAILABLE_TRANSFER_SYNTAX, base_url, check_uid, choose, instance_url,
-    JSON_OFFERS, json_response, MAX_RESULTS, number_param, one_hop, RETRIEVE_URL, series_url,
+    add_read_route, audit_request, AVAILABLE_TRANSFER_SYNTAX, base_url, check_uid, choose, instance_url,
+    JSON_OFFERS, json_response, MAX_RESULTS, number_param, RETRIEVE_URL, series_url,
     study_url
 )
 from imaging.dataset import INSTANCE_PREFIX
@@ -295,45 +296,19 @@ def qido(request: Request, session: Session, principal: Principal, level: str,
     return json_response(results, offer, headers=_warning_header(base, search.warnings))
 
 
-@router.get("/studies")
-@one_hop
-def search_studies(request: Request, session: Session, principal: Principal) -> Response:
-    """QIDO-RS Search for Studies."""
-    return qido(request, session, principal, "STUDY")
+# QIDO-RS resources (PS3.18 10.6): path, path UIDs, level searched, operation name, description.
+SEARCH_RESOURCES = (
+    ("/studies", (), "STUDY", "search_studies", "QIDO-RS Search for Studies."),
+    ("/series", (), "SERIES", "search_all_series",
+     "QIDO-RS Search for Series in all studies (study attributes included)."),
+    ("/instances", (), "IMAGE", "search_all_instances", "QIDO-RS Search for Instances in all studies."),
+    ("/studies/{study}/series", ("study",), "SERIES", "search_series", "QIDO-RS Search for Series of one study."),
+    ("/studies/{study}/instances", ("study",), "IMAGE", "search_study_instances",
+     "QIDO-RS Search for Instances of one study."),
+    ("/studies/{study}/series/{series}/instances", ("study", "series"), "IMAGE", "search_instances",
+     "QIDO-RS Search for Instances of one series."),
+)
 
-
-@router.get("/series")
-@one_hop
-def search_all_series(request: Request, session: Session, principal: Principal) -> Response:
-    """QIDO-RS Search for Series in all studies (study attributes included)."""
-    return qido(request, session, principal, "SERIES")
-
-
-@router.get("/instances")
-@one_hop
-def search_all_instances(request: Request, session: Session, principal: Principal) -> Response:
-    """QIDO-RS Search for Instances in all studies."""
-    return qido(request, session, principal, "IMAGE")
-
-
-@router.get("/studies/{study}/series")
-@one_hop
-def search_series(study: str, request: Request, session: Session, principal: Principal) -> Response:
-    """QIDO-RS Search for Series of one study."""
-    return qido(request, session, principal, "SERIES", study)
-
-
-@router.get("/studies/{study}/instances")
-@one_hop
-def search_study_instances(study: str, request: Request, session: Session,
-                           principal: Principal) -> Response:
-    """QIDO-RS Search for Instances of one study."""
-    return qido(request, session, principal, "IMAGE", study)
-
-
-@router.get("/studies/{study}/series/{series}/instances")
-@one_hop
-def search_instances(study: str, series: str, request: Request, session: Session,
-                     principal: Principal) -> Response:
-    """QIDO-RS Search for Instances of one series."""
-    return qido(request, session, principal, "IMAGE", study, series)
+for path, uids, level, name, doc in SEARCH_RESOURCES:
+    add_read_route(router, path, uids, name, doc, functools.partial(qido, level=level))
+del path, uids, level, name, doc

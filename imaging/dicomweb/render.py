@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from imaging import pixels
 from imaging.dicomweb import multipart
 from imaging.dicomweb.common import (
-    audit_request, choose, decimal, one_hop, parse_frame_numbers, RENDERED, runtime, THUMBNAIL_SIZE
+    audit_request, choose, decimal, one_hop, parse_frame_numbers, RENDERED, route_each_level, runtime,
+    THUMBNAIL_SIZE
 )
 from imaging.dicomweb.index import instances_or_404, representative, Target, target
 from imaging.dicomweb.negotiation import Offer
@@ -102,27 +103,15 @@ def render_one(request: Request, session: Session, principal: Principal, where: 
     return Response(rendered_image(ds, index, offer.media_type, options), media_type=offer.media_type)
 
 
-@router.get("/studies/{study}/rendered")
-@one_hop
-def study_rendered(study: str, request: Request, session: Session, principal: Principal):
-    """WADO-RS Retrieve Rendered Study: one image of its representative instance."""
-    return render_one(request, session, principal, target(study), None)
+def rendered(request: Request, session: Session, principal: Principal, where: Target) -> Response:
+    """A study's or series' representative frame; an instance's first frame."""
+    return render_one(request, session, principal, where, 0 if where.sop else None)
 
 
-@router.get("/studies/{study}/series/{series}/rendered")
-@one_hop
-def series_rendered(study: str, series: str, request: Request, session: Session,
-                    principal: Principal):
-    """WADO-RS Retrieve Rendered Series: one image of its middle instance."""
-    return render_one(request, session, principal, target(study, series), None)
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
-@one_hop
-def instance_rendered(study: str, series: str, sop: str, request: Request, session: Session,
-                      principal: Principal):
-    """WADO-RS Retrieve Rendered Instance: its first frame."""
-    return render_one(request, session, principal, target(study, series, sop), 0)
+route_each_level(router, "/rendered", rendered, target, (
+    ("study_rendered", "WADO-RS Retrieve Rendered Study: one image of its representative instance."),
+    ("series_rendered", "WADO-RS Retrieve Rendered Series: one image of its middle instance."),
+    ("instance_rendered", "WADO-RS Retrieve Rendered Instance: its first frame.")))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
@@ -155,24 +144,7 @@ def thumbnail(request: Request, session: Session, principal: Principal, where: T
     return Response(thumbnail_image(ds, offer.media_type, viewport), media_type=offer.media_type)
 
 
-@router.get("/studies/{study}/thumbnail")
-@one_hop
-def study_thumbnail(study: str, request: Request, session: Session, principal: Principal):
-    """WADO-RS Retrieve Study Thumbnail (viewport=vw,vh; default 128x128)."""
-    return thumbnail(request, session, principal, target(study))
-
-
-@router.get("/studies/{study}/series/{series}/thumbnail")
-@one_hop
-def series_thumbnail(study: str, series: str, request: Request, session: Session,
-                     principal: Principal):
-    """WADO-RS Retrieve Series Thumbnail."""
-    return thumbnail(request, session, principal, target(study, series))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
-@one_hop
-def instance_thumbnail(study: str, series: str, sop: str, request: Request, session: Session,
-                       principal: Principal):
-    """WADO-RS Retrieve Instance Thumbnail (its representative frame)."""
-    return thumbnail(request, session, principal, target(study, series, sop))
+route_each_level(router, "/thumbnail", thumbnail, target, (
+    ("study_thumbnail", "WADO-RS Retrieve Study Thumbnail (viewport=vw,vh; default 128x128)."),
+    ("series_thumbnail", "WADO-RS Retrieve Series Thumbnail."),
+    ("instance_thumbnail", "WADO-RS Retrieve Instance Thumbnail (its representative frame).")))

@@ -10,7 +10,7 @@ from imaging import pixels
 from imaging.dicomweb import multipart
 from imaging.dicomweb.common import (
     audit_request, base_url, choose, JSON_OFFERS, not_found, one_hop, parse_frame_numbers,
-    PIXEL_TAGS, runtime, TAG
+    PIXEL_TAGS, route_each_level, runtime, TAG
 )
 from imaging.dicomweb.index import instances_or_404, metadata_body, metadata_rows, Target, target
 from imaging.dicomweb.negotiation import Offer
@@ -42,27 +42,10 @@ def retrieve(request: Request, session: Session, principal: Principal, where: Ta
     return StreamingResponse(multipart.stream(parts, boundary), media_type=offer.content_type(boundary))
 
 
-@router.get("/studies/{study}")
-@one_hop
-def retrieve_study(study: str, request: Request, session: Session, principal: Principal):
-    """WADO-RS Retrieve Study: every instance, multipart/related; type="application/dicom"."""
-    return retrieve(request, session, principal, target(study))
-
-
-@router.get("/studies/{study}/series/{series}")
-@one_hop
-def retrieve_series(study: str, series: str, request: Request, session: Session,
-                    principal: Principal):
-    """WADO-RS Retrieve Series."""
-    return retrieve(request, session, principal, target(study, series))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}")
-@one_hop
-def retrieve_instance(study: str, series: str, sop: str, request: Request, session: Session,
-                      principal: Principal):
-    """WADO-RS Retrieve Instance."""
-    return retrieve(request, session, principal, target(study, series, sop))
+route_each_level(router, "", retrieve, target, (
+    ("retrieve_study", 'WADO-RS Retrieve Study: every instance, multipart/related; type="application/dicom".'),
+    ("retrieve_series", "WADO-RS Retrieve Series."),
+    ("retrieve_instance", "WADO-RS Retrieve Instance.")))
 
 # ---- WADO-RS: metadata ----
 
@@ -76,27 +59,10 @@ def metadata(request: Request, session: Session, principal: Principal, where: Ta
     return Response(metadata_body(rows, base_url(request)), media_type=offer.media_type)
 
 
-@router.get("/studies/{study}/metadata")
-@one_hop
-def study_metadata(study: str, request: Request, session: Session, principal: Principal):
-    """WADO-RS Retrieve Study Metadata (DICOM JSON of every instance, from the index)."""
-    return metadata(request, session, principal, target(study))
-
-
-@router.get("/studies/{study}/series/{series}/metadata")
-@one_hop
-def series_metadata(study: str, series: str, request: Request, session: Session,
-                    principal: Principal):
-    """WADO-RS Retrieve Series Metadata."""
-    return metadata(request, session, principal, target(study, series))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
-@one_hop
-def instance_metadata(study: str, series: str, sop: str, request: Request, session: Session,
-                      principal: Principal):
-    """WADO-RS Retrieve Instance Metadata (a JSON array of one dataset)."""
-    return metadata(request, session, principal, target(study, series, sop))
+route_each_level(router, "/metadata", metadata, target, (
+    ("study_metadata", "WADO-RS Retrieve Study Metadata (DICOM JSON of every instance, from the index)."),
+    ("series_metadata", "WADO-RS Retrieve Series Metadata."),
+    ("instance_metadata", "WADO-RS Retrieve Instance Metadata (a JSON array of one dataset).")))
 
 # ---- WADO-RS: frames and bulk data ----
 
