@@ -116,6 +116,8 @@ class Booking(Base):
 
 
 class Notification(Base):
+    """An in-app message to one user (the bell); read_at is set when they open it."""
+
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(primary_key=True)

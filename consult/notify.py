@@ -39,3 +39,9 @@ def notify(session: Session, user_ids: set[int] | list[int], *, kind: str, title
     for user_id in sorted(set(user_ids)):
         session.add(Notification(user_id=user_id, kind=kind, title=title, body=body, link=link))
         after_commit(session, lambda uid=user_id: _sender.send(user_id=uid, title=title, body=body, link=link))
+
+
+def notify_consult(session: Session, consult, user_ids: set[int] | list[int], *, kind: str, title: str,
+                   body: str = "") -> None:
+    """A notification about a consult: it links to the consult's page."""
+    notify(session, user_ids, kind=kind, title=title, body=body, link=f"/consults/{consult.id}")

@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from consult import signing, templates
 from consult.models import ConsultRequest, ConsultStudy, Report, ReportVersion, SignerCredential, SigningAuthority
-from consult.notify import notify
+from consult.notify import notify_consult
 from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build_report_pdf
 from consult import policy
-from consult.service import get, users_with_roles
+from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
@@ -282,22 +282,18 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
     transition(session, consult, user, "reported", f"version {version.number}")
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "preliminary"})
-    notify(session, {consult.reviewer_id}, kind="report.review",
-           title=f"待审核报告 Report of consult #{consult.id} awaits your review", link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {consult.reviewer_id}, kind="report.review",
+                   title=f"待审核报告 Report of consult #{consult.id} awaits your review")
     return version
 
 
 def return_for_revision(*, session: Session, consult_id: int, user: User, comments: str) -> Report:
     """The senior sends the preliminary back with comments; it stays on record."""
-    consult = get(session=session, consult_id=consult_id, user=user)
-    policy.require("review", consult, user)
-    if not comments.strip():
-        raise Invalid("write what should change / 请填写修改意见")
+    consult = step_with_reason(session=session, consult_id=consult_id, user=user, step="return", reason=comments)
     report = get_report(session=session, consult=consult)
-    transition(session, consult, user, "in_progress", comments)
     report.status, report.review_comment = "draft", comments.strip()
-    notify(session, {consult.reader_id}, kind="report.returned",
-           title=f"报告被退回修改 Report of consult #{consult.id} returned", body=comments, link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {consult.reader_id}, kind="report.returned",
+                   title=f"报告被退回修改 Report of consult #{consult.id} returned", body=comments)
     return report
 
 
@@ -336,8 +332,8 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "final"})
     recipients = users_with_roles(session, consult.requesting_institution_id, ("radiographer", "coordinator", "admin"))
-    notify(session, recipients | {consult.requested_by_id}, kind="report.final",
-           title=f"报告已回传 Final report of consult #{consult.id}", link=f"/consults/{consult.id}")
+    notify_consult(session, consult, recipients | {consult.requested_by_id}, kind="report.final",
+                   title=f"报告已回传 Final report of consult #{consult.id}")
     return version
 
 
@@ -364,8 +360,8 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
     version = _store_version(session, store, report, "addendum", content, signed, [signature], public_id)
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "addendum"})
-    notify(session, {consult.requested_by_id}, kind="report.addendum",
-           title=f"报告补充 Addendum to consult #{consult.id}", link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {consult.requested_by_id}, kind="report.addendum",
+                   title=f"报告补充 Addendum to consult #{consult.id}")
     return version
 
 

@@ -177,9 +177,14 @@ def save_draft(consult_id: int, body: Draft, session: WriteSession, user: Curren
 @router.post("/consults/{consult_id}/report/sign", response_model=ConsultDetail)
 def sign(consult_id: int, body: Password, request: Request, session: WriteSession, user: CurrentUser):
     """The reader signs the preliminary report (PAdES + CMS)."""
+    return _signed_by(reports.sign_preliminary, consult_id, body, request, session, user)
+
+
+def _signed_by(sign_version, consult_id: int, body: Password, request: Request, session, user) -> ConsultDetail:
+    """Sign a report version with `sign_version` (preliminary or final) and answer the consult."""
     me = me_in(session, user)
-    reports.sign_preliminary(session=session, store=store(request), consult_id=consult_id, user=me,
-                             password=body.password, base_url=base_url(request))
+    sign_version(session=session, store=store(request), consult_id=consult_id, user=me,
+                 password=body.password, base_url=base_url(request))
     return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
 
@@ -193,10 +198,7 @@ def return_report(consult_id: int, body: Comments, session: WriteSession, user: 
 @router.post("/consults/{consult_id}/report/cosign", response_model=ConsultDetail)
 def cosign(consult_id: int, body: Password, request: Request, session: WriteSession, user: CurrentUser):
     """The senior co-signs: final, returned to the requesting institution."""
-    me = me_in(session, user)
-    reports.co_sign_final(session=session, store=store(request), consult_id=consult_id, user=me,
-                          password=body.password, base_url=base_url(request))
-    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+    return _signed_by(reports.co_sign_final, consult_id, body, request, session, user)
 
 
 @router.post("/consults/{consult_id}/report/addendum", response_model=ConsultDetail)

@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from consult.models import Availability, AvailabilityException, Booking, ConsultRequest
-from consult.notify import notify
+from consult.notify import notify, notify_consult
 from consult import policy
 from consult.service import get, grant
 from consult.state import transition
@@ -141,9 +141,9 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
         consult.reader_id = specialist.id
         grant(session=session, consult=consult, user_ids={specialist.id}, granted_by=coordinator.username)
     local = starts.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")
-    notify(session, set(people.values()), kind="consult.scheduled",
-           title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: {local} ({localtime.label_zh()})",
-           link=f"/consults/{consult.id}")
+    notify_consult(session, consult, set(people.values()), kind="consult.scheduled",
+                   title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: "
+                         f"{local} ({localtime.label_zh()})")
     session.flush()
     return bookings
 

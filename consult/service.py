@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from consult import policy, state
 from consult.models import KINDS, PRIORITIES, RISK_COLOURS, Booking, ConsultRequest, ConsultStudy
-from consult.notify import notify
+from consult.notify import notify_consult
 from imaging.models import Study
 from storage import access, audit
 from storage.errors import Invalid, NotFound
@@ -97,9 +97,9 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
     session.add(consult)
     session.flush()
     state.opened(session, consult, requester)
-    notify(session, users_with_roles(session, target.id, ("coordinator", "admin")), kind="consult.requested",
-           title=f"新会诊申请 New consult request #{consult.id}", body=consult.clinical_question[:200],
-           link=f"/consults/{consult.id}")
+    coordinators = users_with_roles(session, target.id, ("coordinator", "admin"))
+    notify_consult(session, consult, coordinators, kind="consult.requested",
+                   title=f"新会诊申请 New consult request #{consult.id}", body=consult.clinical_question[:200])
     return consult
 
 
@@ -116,29 +116,42 @@ def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     policy.require("accept", consult, user)
     state.transition(session, consult, user, "accepted")
     consult.coordinator_id = user.id
-    notify(session, {consult.requested_by_id}, kind="consult.accepted",
-           title=f"会诊已受理 Consult #{consult.id} accepted", link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {consult.requested_by_id}, kind="consult.accepted",
+                   title=f"会诊已受理 Consult #{consult.id} accepted")
     return consult
 
 
 def decline(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
-    consult = get(session=session, consult_id=consult_id, user=user)
-    policy.require("decline", consult, user)
-    if not reason.strip():
-        raise Invalid("give a reason for declining / 请填写退回原因")
-    state.transition(session, consult, user, "declined", reason)
+    consult = step_with_reason(session=session, consult_id=consult_id, user=user, step="decline", reason=reason)
     consult.reason = reason.strip()
-    notify(session, {consult.requested_by_id}, kind="consult.declined",
-           title=f"会诊被退回 Consult #{consult.id} declined", body=reason, link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {consult.requested_by_id}, kind="consult.declined",
+                   title=f"会诊被退回 Consult #{consult.id} declined", body=reason)
+    return consult
+
+
+# The steps that need a written reason: the policy action that allows each, the state it
+# leads to, and what to say when the reason is missing.
+REASONED_STEPS = {
+    "decline": ("decline", "declined", "give a reason for declining / 请填写退回原因"),
+    "cancel": ("cancel", "cancelled", "give a reason for cancelling / 请填写取消原因"),
+    "return": ("review", "in_progress", "write what should change / 请填写修改意见"),
+}
+
+
+def step_with_reason(*, session: Session, consult_id: int, user: User, step: str, reason: str) -> ConsultRequest:
+    """Decline or cancel a consult, or send its report back: the consult, if `user` may take
+    the step, moved on with the reason on record."""
+    action, to, missing = REASONED_STEPS[step]
+    consult = get(session=session, consult_id=consult_id, user=user)
+    policy.require(action, consult, user)
+    if not reason.strip():
+        raise Invalid(missing)
+    state.transition(session, consult, user, to, reason)
     return consult
 
 
 def cancel(*, session: Session, consult_id: int, user: User, reason: str) -> ConsultRequest:
-    consult = get(session=session, consult_id=consult_id, user=user)
-    policy.require("cancel", consult, user)
-    if not reason.strip():
-        raise Invalid("give a reason for cancelling / 请填写取消原因")
-    state.transition(session, consult, user, "cancelled", reason)
+    consult = step_with_reason(session=session, consult_id=consult_id, user=user, step="cancel", reason=reason)
     consult.reason = reason.strip()
     revoke_grants(session=session, consult=consult)
     _cancel_bookings(session, consult)
@@ -160,9 +173,9 @@ def assign(*, session: Session, consult_id: int, user: User, reader_username: st
     revoke_grants(session=session, consult=consult, keep={reader.id, reviewer.id})
     consult.reader_id, consult.reviewer_id = reader.id, reviewer.id
     grant(session=session, consult=consult, user_ids={reader.id, reviewer.id}, granted_by=user.username)
-    notify(session, {reader.id, reviewer.id}, kind="consult.assigned",
-           title=f"新的阅片任务 Consult #{consult.id} assigned to you", body=consult.clinical_question[:200],
-           link=f"/consults/{consult.id}")
+    notify_consult(session, consult, {reader.id, reviewer.id}, kind="consult.assigned",
+                   title=f"新的阅片任务 Consult #{consult.id} assigned to you",
+                   body=consult.clinical_question[:200])
     return consult
 
 

@@ -177,6 +177,8 @@ def _patient_share(request: Request, session: Session, token: str, action: str):
 
 
 def _image_access(request: Request, session: Session, token: str) -> Share | Response:
+    """The unlocked share for an image request (rate-limited), or the answer to give instead."""
+    _limit(limits_of(request).images, request)
     try:
         return _unlocked(request, session, token)
     except NotAuthenticated:
@@ -269,7 +271,6 @@ def film_view(token: str, request: Request, session: WriteSession):
 @router.get("/f/{token}/img/{instance_id}/{frame}.jpg", include_in_schema=False)
 def film_image(token: str, instance_id: int, frame: int, request: Request, session: DbSession,
                w: int | None = None):
-    _limit(limits_of(request).images, request)
     share = _image_access(request, session, token)
     if isinstance(share, Response):
         return share
@@ -298,7 +299,6 @@ def film_image(token: str, instance_id: int, frame: int, request: Request, sessi
 
 @router.get("/f/{token}/th/{series_uid}.jpg", include_in_schema=False)
 def film_thumbnail(token: str, series_uid: str, request: Request, session: DbSession):
-    _limit(limits_of(request).images, request)
     share = _image_access(request, session, token)
     if isinstance(share, Response):
         return share
@@ -306,28 +306,28 @@ def film_thumbnail(token: str, series_uid: str, request: Request, session: DbSes
                                                  Series.study_pk == share.study_pk))
     if series is None or not series.thumbnail_key:
         raise NotFound("no thumbnail / 无缩略图")
-    key = series.thumbnail_key
+    return _stored_jpeg(request, session, share, "film.thumbnail", series_uid, series.thumbnail_key,
+                        cache="private, no-store")
+
+
+def _stored_jpeg(request: Request, session: Session, share: Share, action: str, uid: str, key: str, *,
+                 cache: str) -> Response:
+    """A derived JPEG from the store, its read audited (after the request's connection is freed)."""
     session.close()
-    shares.record_image_read(get_runtime(request).db, share, "film.thumbnail", instance_uid=series_uid,
-                             source=client_address(request))
-    return Response(get_runtime(request).store.get(key), media_type="image/jpeg",
-                    headers={"Cache-Control": "private, no-store"})
+    shares.record_image_read(get_runtime(request).db, share, action, instance_uid=uid, source=client_address(request))
+    return Response(get_runtime(request).store.get(key), media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 @router.get("/f/{token}/pv/{instance_id}.jpg", include_in_schema=False)
 def film_preview(token: str, instance_id: int, request: Request, session: DbSession):
-    _limit(limits_of(request).images, request)
     share = _image_access(request, session, token)
     if isinstance(share, Response):
         return share
     instance = shares.instance_in_share(session, share, instance_id)
     if not instance.preview_key:
         raise NotFound("no preview yet / 预览图尚未生成")
-    session.close()
-    shares.record_image_read(get_runtime(request).db, share, "film.preview", instance_uid=instance.sop_instance_uid,
-                             source=client_address(request))
-    jpeg = get_runtime(request).store.get(instance.preview_key)
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return _stored_jpeg(request, session, share, "film.preview", instance.sop_instance_uid, instance.preview_key,
+                        cache="private, max-age=3600")
 
 
 @router.get("/f/{token}/report.pdf", include_in_schema=False)

@@ -204,8 +204,12 @@ def manage_create(study_uid: str, request: Request, session: WriteSession, princ
 @router.post("/studies/{study_uid}/film/{share_id}/unlock", include_in_schema=False)
 def manage_unlock(study_uid: str, share_id: RowId, request: Request, session: WriteSession,
                   principal: CurrentPrincipal):
-    share = shares.unlock_by_staff(session=session, principal=principal, share_id=share_id,
-                                   source=client_address(request))
+    return _changed(shares.unlock_by_staff, share_id, request, session, principal)
+
+
+def _changed(change, share_id: int, request: Request, session, principal) -> RedirectResponse:
+    """Unlock or revoke a share as staff, then back to the study's film list."""
+    share = change(session=session, principal=principal, share_id=share_id, source=client_address(request))
     return RedirectResponse(f"/studies/{share.study_instance_uid}/film", status_code=303)
 
 
@@ -220,7 +224,5 @@ def manage_new_pin(study_uid: str, share_id: RowId, request: Request, session: W
 @router.post("/studies/{study_uid}/film/{share_id}/revoke", include_in_schema=False)
 def manage_revoke(study_uid: str, share_id: int, request: Request, session: WriteSession,
                   principal: CurrentPrincipal):
-    share = shares.revoke_share(session=session, principal=principal, share_id=share_id,
-                                source=client_address(request))
-    return RedirectResponse(f"/studies/{share.study_instance_uid}/film", status_code=303)
+    return _changed(shares.revoke_share, share_id, request, session, principal)
 

@@ -69,6 +69,8 @@ class Study(Base):
 
 
 class Series(Base):
+    """One series of a study, with the state of its derived images (thumbnail, previews)."""
+
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -96,6 +98,8 @@ class Series(Base):
 
 
 class Instance(Base):
+    """One stored SOP instance: where its Part 10 object is, and what the viewer needs to show it."""
+
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)

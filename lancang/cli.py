@@ -61,10 +61,18 @@ def cmd_institution_list(args) -> None:
 
 
 def cmd_institution_disable(args) -> None:
+    _switch(args, "institution", "institution", args.code,
+            lambda session, on: service.set_institution_active(session=session, code=args.code, active=on))
+
+
+def _switch(args, kind: str, label: str, name: str, change) -> None:
+    """Enable or disable one institution, AE or user (`args.enable` says which), audited as
+    `admin.<kind>.enable|disable`; said on the terminal once committed."""
+    verb = "enable" if args.enable else "disable"
     with _runtime().db.scope() as session:
-        service.set_institution_active(session=session, code=args.code, active=args.enable)
-        _audit(session, "admin.institution." + ("enable" if args.enable else "disable"), "institution", args.code)
-        print(f"institution {args.code} {'enabled' if args.enable else 'disabled'}")
+        change(session, args.enable)
+        _audit(session, f"admin.{kind}.{verb}", kind, name)
+    print(f"{label} {name} {verb}d")
 
 
 # --- DICOM nodes -----------------------------------------------------------------------
@@ -108,10 +116,8 @@ def cmd_ae_list(args) -> None:
 
 
 def cmd_ae_disable(args) -> None:
-    with _runtime().db.scope() as session:
-        service.set_node_enabled(session=session, ae_title=args.aet, enabled=args.enable)
-        _audit(session, "admin.ae." + ("enable" if args.enable else "disable"), "ae", args.aet)
-        print(f"AE {args.aet} {'enabled' if args.enable else 'disabled'}")
+    _switch(args, "ae", "AE", args.aet,
+            lambda session, on: service.set_node_enabled(session=session, ae_title=args.aet, enabled=on))
 
 
 # --- users and tokens ------------------------------------------------------------------
@@ -134,10 +140,8 @@ def cmd_user_list(args) -> None:
 
 
 def cmd_user_disable(args) -> None:
-    with _runtime().db.scope() as session:
-        identity.set_user_active(session=session, username=args.username, active=args.enable)
-        _audit(session, "admin.user." + ("enable" if args.enable else "disable"), "user", args.username)
-        print(f"user {args.username} {'enabled' if args.enable else 'disabled'}")
+    _switch(args, "user", "user", args.username,
+            lambda session, on: identity.set_user_active(session=session, username=args.username, active=on))
 
 
 def cmd_user_passwd(args) -> None:
