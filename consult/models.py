@@ -106,7 +106,7 @@ class Booking(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    role: Mapped[str] = mapped_column(String(16))  # specialist | presenter | coordinator
+    role: Mapped[str] = mapped_column(String(16))  # specialist | presenter | reviewer | coordinator
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,8 +7,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import dashboard, policy, reports, scheduling, service, templates
-from consult.models import PRIORITIES, RISK_COLOURS, Report
+from consult import dashboard, policy, reports, rooms, scheduling, service, templates
+from consult.models import ConsultRequest, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging.models import Study
 from storage import access, identity, localtime
@@ -23,6 +23,8 @@ STATUS_LABELS = {
     "reported": "待审核 Reported", "final": "已签发 Final", "returned": "已回传 Returned",
     "acknowledged": "已确认 Acknowledged", "cancelled": "已取消 Cancelled",
 }
+ROLE_LABELS = {"presenter": "汇报 Presenter", "specialist": "专家 Specialist", "reviewer": "审核 Reviewer",
+               "coordinator": "协调 Coordinator"}
 PRIORITY_LABELS = {"routine": "常规 Routine", "urgent": "加急 Urgent", "critical": "危急 Critical"}
 COLOUR_LABELS = {"green": "绿 Green", "yellow": "黄 Yellow", "orange": "橙 Orange", "red": "红 Red",
                  "purple": "紫 Purple"}
@@ -33,7 +35,8 @@ router = APIRouter(include_in_schema=False)
 
 
 def render(request: Request, name: str, **context):
-    context.update(status_labels=STATUS_LABELS, priority_labels=PRIORITY_LABELS, colour_labels=COLOUR_LABELS)
+    context.update(status_labels=STATUS_LABELS, priority_labels=PRIORITY_LABELS, colour_labels=COLOUR_LABELS,
+                   role_labels=ROLE_LABELS)
     return request.app.state.templates.TemplateResponse(request, name, context)
 
 
@@ -53,8 +56,9 @@ def consult_list(request: Request, session: DbSession, user: OptionalUser, statu
     outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
     service.audit_list(request.app.state.runtime.db, user=user, consult_ids=[c.id for c in [*items, *outgoing]],
                        action="consult.list", source=request.client.host if request.client else "")
+    doors = {c.id: rooms.door(session, c, user) for c in items if c.kind == "live"}
     return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
-                  now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
+                  doors=doors, now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
                                                                      "colour": colour},
                   priorities=PRIORITIES, colours=RISK_COLOURS)
 
@@ -92,6 +96,7 @@ def consult_page(consult_id: int, request: Request, session: DbSession, user: Op
                    templates.for_study(first.modalities.split("\\")[0] if first else "", "",
                                        first.description if first else ""))
     return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
+                  door=rooms.door(session, consult, user),
                   studies=[s for s in studies if s], specialists=specialists,
                   templates=templates.TEMPLATES, template_id=template_id,
                   can_read_images=[access.can_see_study(session, identity.principal_for(user),
@@ -123,7 +128,9 @@ def calendar_page(request: Request, session: DbSession, user: OptionalUser):
         return login_first(request)
     user = session.get(User, user.id)
     bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
-    return render(request, "consult/calendar.html", user=user, bookings=bookings, local=localtime.zone(request.app.state.runtime.settings.timezone))
+    doors = {b.consult_id: rooms.door(session, session.get(ConsultRequest, b.consult_id), user) for b in bookings}
+    return render(request, "consult/calendar.html", user=user, bookings=bookings, doors=doors,
+                  local=localtime.zone(request.app.state.runtime.settings.timezone))
 
 
 @router.get("/verify", response_class=HTMLResponse)

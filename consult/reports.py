@@ -227,6 +227,10 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
         verify_url=verify_url, requesting_institution=consult.requesting_institution.name_zh, **extra)
 
 
+# Chinese first for the refusals a signer meets (the English reason follows).
+SIGNING_REFUSALS_ZH = {"wrong signing password": "签名密码错误", "a non-empty password is required": "请输入签名密码"}
+
+
 def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, reason: str,
           content: dict, at: datetime | None = None) -> tuple[bytes, dict]:
     credential, authority = _credential(session, user)
@@ -237,7 +241,7 @@ def _sign(session: Session, user: User, password: str, pdf: bytes, field: str, r
     except signing.SigningError as exc:
         audit.append(session, principal=None, actor=user.username, action="report.sign", outcome="denied",
                      detail={"reason": str(exc)})
-        raise SignatureRefused(f"{exc} / 签名失败") from None
+        raise SignatureRefused(f"{SIGNING_REFUSALS_ZH.get(str(exc), '签名失败')} / {exc}") from None
     return signed, {"user": user.username, "name": user.display_name, "title": user.title or "", "field": field,
                     "signed_at": (at or utcnow()).isoformat(), "cms_b64": base64.b64encode(cms).decode()}
 

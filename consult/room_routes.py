@@ -15,10 +15,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from consult import rooms
 from consult.models import ConsultRequest
+from consult.pages import STATUS_LABELS
 from consult.room_models import Recording
 from storage import audit, identity
 from storage.deps import CurrentUser, DbSession, RuntimeDep, room_user
-from storage.errors import DomainError, Invalid, NotAuthenticated, NotFound
+from storage.errors import Conflict, DomainError, Invalid, NotAuthenticated, NotFound
 from storage.models import User
 from storage.types import RowId
 
@@ -113,7 +114,10 @@ def room_page(consult_id: int, request: Request, session: DbSession):
     user = room_user(request, session)
     if user is None:
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-    seat = rooms.seat_for(session=session, consult_id=consult_id, user=user)
+    try:
+        seat = rooms.seat_for(session=session, consult_id=consult_id, user=user)
+    except Conflict:
+        return _room_closed(request, session.get(ConsultRequest, consult_id), user)
     consult = session.get(ConsultRequest, consult_id)
     studies = [s.study_instance_uid for s in consult.studies]
     _audit_read(request, user, "room.page", consult_id)
@@ -134,7 +138,15 @@ def room_viewer(consult_id: int, request: Request, session: DbSession, study: st
     if study not in uids:
         study = uids[0] if uids else ""
     return request.app.state.templates.TemplateResponse(request, "viewer.html", {
-        "user": user, "study_uid": study, "dicomweb_base": "/dicom-web"})
+        "user": user, "study_uid": study, "dicomweb_base": "/dicom-web", "embedded": True})
+
+
+def _room_closed(request: Request, consult: ConsultRequest, user) -> HTMLResponse:
+    """A participant at a room that is not open (not booked yet, or the consult has ended):
+    a page that says so and leads back to the consult, with the 409 kept for clients."""
+    return request.app.state.templates.TemplateResponse(
+        request, "consult/room_closed.html", {"user": user, "consult": consult, "status_labels": STATUS_LABELS},
+        status_code=409)
 
 
 @router.get("/api/rooms/{consult_id}/ice")

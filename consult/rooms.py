@@ -51,7 +51,8 @@ log = logging.getLogger("lancang.consult.rooms")
 
 MAX_REMOTE = 5  # slots per participant: a room holds at most MAX_REMOTE + 1 people with media
 LIVE_STATUSES = ("scheduled", "in_progress")
-ROLES = ("presenter", "specialist", "coordinator")
+ROLES = ("presenter", "specialist", "reviewer", "coordinator")  # also who leads first, in order
+JOIN_EARLY = timedelta(minutes=15)  # the join button is active this long before the slot
 LOW_SIZE = (320, 240)  # what a participant in low-bandwidth mode receives
 MODES = ("normal", "low", "audio")
 MAX_SDP = 200_000
@@ -80,6 +81,39 @@ def room_role(session: Session, consult: ConsultRequest, user: User) -> str | No
     if user.id == consult.coordinator_id:
         return "coordinator"
     return None
+
+
+@dataclass(frozen=True)
+class Door:
+    """The way into a consult's room as one participant sees it on a page.
+
+    state: "open" (join now), "soon" (opens at `opens_at`), "unscheduled" (a live consult
+    not booked yet) or "ended" (the consult is past its live part)."""
+
+    consult_id: int
+    state: str
+    opens_at: datetime | None = None
+    starts_at: datetime | None = None
+
+    @property
+    def url(self) -> str:
+        return f"/consults/{self.consult_id}/room"
+
+
+def door(session: Session, consult: ConsultRequest, user: User, now: datetime | None = None) -> Door | None:
+    """Whether and when `user` may go into the room; None when it is not their room at all
+    (a read, or not a participant)."""
+    if consult.kind != "live" or room_role(session, consult, user) is None:
+        return None
+    if consult.status not in LIVE_STATUSES:
+        return Door(consult.id, "unscheduled" if consult.status in ("accepted", "assigned") else "ended")
+    slot = session.scalar(select(Booking).where(Booking.consult_id == consult.id, Booking.cancelled_at.is_(None))
+                          .order_by(Booking.starts_at))
+    if slot is None:
+        return Door(consult.id, "open")  # started without a booking: the coordinator opened it
+    opens = slot.starts_at - JOIN_EARLY
+    state = "open" if (now or utcnow()) >= opens else "soon"
+    return Door(consult.id, state, opens_at=opens, starts_at=slot.starts_at)
 
 
 def seat_for(*, session: Session, consult_id: int, user: User) -> Seat:

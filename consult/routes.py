@@ -161,7 +161,7 @@ def schedule(consult_id: int, body: Slot, session: WriteSession, user: CurrentUs
     """Book a live consult (one hour or less); 409 on a double booking or outside availability."""
     me = me_in(session, user)
     scheduling.book(session=session, consult_id=consult_id, coordinator=me, specialist_username=body.specialist,
-                    starts_local=body.start, minutes=body.minutes)
+                    starts_local=body.start, minutes=body.minutes, invite_reviewer=body.invite_reviewer)
     return consult_detail(session, session.get(ConsultRequest, consult_id), me)
 
 

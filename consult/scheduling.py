@@ -104,8 +104,9 @@ def conflicts(session: Session, user_id: int, starts: datetime, ends: datetime,
 
 
 def book(*, session: Session, consult_id: int, coordinator: User, specialist_username: str,
-         starts_local: datetime, minutes: int = 30) -> list[Booking]:
-    """Book a live consult: the specialist, the presenter (requester) and the coordinator.
+         starts_local: datetime, minutes: int = 30, invite_reviewer: bool = False) -> list[Booking]:
+    """Book a live consult: the specialist, the presenter (requester) and the coordinator, and
+    the senior reviewer when invited (they then have a seat in the room).
 
     Refused (409) when anyone is already booked then, or the specialist is not available."""
     consult = get(session=session, consult_id=consult_id, user=coordinator)
@@ -122,6 +123,11 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
     if starts < utcnow():
         raise Invalid("the slot is in the past")
     people = {"specialist": specialist.id, "presenter": consult.requested_by_id, "coordinator": coordinator.id}
+    if invite_reviewer:
+        if consult.reviewer_id is None:
+            raise Invalid("assign a senior reviewer before inviting one / 请先分配审核医生")
+        if consult.reviewer_id not in people.values():
+            people["reviewer"] = consult.reviewer_id
     _lock_people(session, list(people.values()))
     if not is_available(session, specialist.id, starts, ends):
         raise Conflict(f"{specialist.display_name} is not available then / 该专家此时段不在班")
@@ -136,11 +142,12 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
                 for role, user_id in people.items()]
     session.add_all(bookings)
     rescheduled = consult.status == "scheduled"
-    transition(session, consult, coordinator, "scheduled", f"{starts.isoformat()} {minutes}min {specialist.username}")
+    local = starts.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")
+    transition(session, consult, coordinator, "scheduled",
+               f"{local}（{localtime.label_zh()}）{minutes} 分钟 min · {specialist.display_name or specialist.username}")
     if consult.reader_id is None:
         consult.reader_id = specialist.id
         grant(session=session, consult=consult, user_ids={specialist.id}, granted_by=coordinator.username)
-    local = starts.astimezone(localtime.zone()).strftime("%Y-%m-%d %H:%M")
     notify_consult(session, consult, set(people.values()), kind="consult.scheduled",
                    title=f"{'会诊改期' if rescheduled else '会诊已预约'} Consult #{consult.id}: "
                          f"{local} ({localtime.label_zh()})")
@@ -196,8 +203,10 @@ def due_reminders(*, session: Session, within: timedelta = timedelta(minutes=30)
     for booking in due:
         booking.reminded_at = now
         local = booking.starts_at.astimezone(localtime.zone()).strftime("%H:%M")
+        # The reminder opens the room itself: its join button is active by then (rooms.JOIN_EARLY).
         notify(session, {booking.user_id}, kind="consult.reminder",
-               title=f"会诊提醒 Consult #{booking.consult_id} starts at {local}", link=f"/consults/{booking.consult_id}")
+               title=f"会诊提醒 Consult #{booking.consult_id} starts at {local}（{localtime.label_zh()}）",
+               link=f"/consults/{booking.consult_id}/room")
     audit_count = len(due)
     if audit_count:
         audit.append(session, principal=None, actor="system", action="consult.reminders", detail={"sent": audit_count})

@@ -30,6 +30,7 @@ class Slot(BaseModel):
     specialist: str
     start: datetime = Field(description="local Asia/Shanghai time unless an offset is given")
     minutes: int = 30
+    invite_reviewer: bool = Field(False, description="give the assigned senior reviewer a seat in the room")
 
 
 class Draft(BaseModel):

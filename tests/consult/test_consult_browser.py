@@ -60,7 +60,7 @@ def live(tmp_path_factory):
     ingestor.close()
     runtime.db.dispose()
     with LiveApp(settings) as app:
-        app.study = study
+        app.study, app.settings = study, settings
         yield app
 
 
@@ -75,7 +75,7 @@ def browser():
 
 
 def person(browser, live, username, errors, **context):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **context)
+    ctx = browser.new_context(**{"viewport": {"width": 1280, "height": 900}, **context})
     page = ctx.new_page()
     page.set_default_timeout(15000)
     page.on("pageerror", lambda e: errors.append(f"{username}: {e}"))
@@ -89,9 +89,9 @@ def submit(page, form_selector: str) -> None:
         with page.expect_navigation(timeout=10000):
             page.locator(f"{form_selector} button[type=submit]").click()
     except Exception:
-        flash = page.locator("#flash")
-        raise AssertionError(f"{form_selector}: no reload; the page says "
-                             f"{flash.inner_text() if flash.is_visible() else '(nothing)'}") from None
+        said = page.locator(f"{form_selector} .form-error")
+        raise AssertionError(f"{form_selector}: no reload; the form says "
+                             f"{said.inner_text() if said.is_visible() else '(nothing)'}") from None
 
 
 def test_request_triage_assign_report_sign(live, browser):
@@ -150,7 +150,13 @@ def test_request_triage_assign_report_sign(live, browser):
     assert "抗感染治疗后复查" in wang.locator('#report-editor textarea[name="recommendation"]').input_value()
     wang.fill(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]', "wrong-password")
     wang.locator(f'form[data-api="/api/consults/{consult}/report/sign"] button[type=submit]').click()
-    wang.wait_for_selector("#flash.error")
+    # The refusal stands beside the password field that caused it (16.13), not at the page top.
+    said = wang.locator(f'form[data-api="/api/consults/{consult}/report/sign"] .form-error')
+    said.wait_for()
+    assert "密码" in said.inner_text() or "password" in said.inner_text().lower(), said.inner_text()
+    field = wang.locator(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]')
+    assert abs(said.bounding_box()["y"] - field.bounding_box()["y"]) < 120
+    assert wang.locator("#flash").is_hidden()
     wang.fill(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]', "sign-wang")
     submit(wang, f'form[data-api="/api/consults/{consult}/report/sign"]')
     text = wang.locator("main").inner_text()
@@ -159,4 +165,92 @@ def test_request_triage_assign_report_sign(live, browser):
     assert versions.count() == 1 and "王医生" in versions.inner_text() and "初步 Preliminary" in versions.inner_text()
     wang.screenshot(path="/tmp/lancang-consult-reported.png", full_page=True)
     wang.context.close()
+    assert not errors, errors
+
+
+def _live_consult(live, *, minutes_ahead: int, invite_reviewer: bool = False) -> int:
+    """A live consult from the township, assigned (reader wang, reviewer chen) and booked
+    `minutes_ahead` from now, through the services (the page flow is tested above)."""
+    from datetime import datetime, timedelta
+
+    from consult import scheduling, service
+    from storage import identity, localtime
+    from storage.runtime import bootstrap
+
+    runtime = bootstrap(live.settings, component="test")
+    try:
+        with runtime.db.scope() as session:
+            get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
+            consult = service.create(session=session, requester=get("li"), kind="live", target_code="COUNTY",
+                                     study_uids=[live.study], clinical_question="孕28周，超声示胎盘低置，请会诊")
+            service.accept(session=session, consult_id=consult.id, user=get("zhou"))
+            service.assign(session=session, consult_id=consult.id, user=get("zhou"), reader_username="wang",
+                           reviewer_username="chen")
+            now = datetime.now(localtime.zone()).replace(tzinfo=None, second=0, microsecond=0)
+            scheduling.add_exception(session=session, user=get("wang"), starts_local=now - timedelta(hours=1),
+                                     ends_local=now + timedelta(days=1), available=True, note="test")
+            scheduling.book(session=session, consult_id=consult.id, coordinator=get("zhou"),
+                            specialist_username="wang", starts_local=now + timedelta(minutes=minutes_ahead),
+                            minutes=30, invite_reviewer=invite_reviewer)
+            return consult.id
+    finally:
+        runtime.db.dispose()
+
+
+def test_join_button_leads_into_the_room_with_the_images_on_most_of_the_screen(live, browser):
+    """16.8: a Join button on the consult page, the worklist and the calendar, active from
+    15 minutes before the slot; the invited senior reviewer has a seat; the room's viewer has
+    no app header of its own and most of a 1366x768 screen; an ended consult's room says so."""
+    errors: list[str] = []
+    later = _live_consult(live, minutes_ahead=120)
+    soon = _live_consult(live, minutes_ahead=5, invite_reviewer=True)
+
+    wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
+    wang.goto(f"{live.url}/consults/{later}")
+    button = wang.locator(".join-row a.join")
+    assert button.get_attribute("aria-disabled") == "true"
+    opens = wang.locator(".join-row .join-when").inner_text()
+    assert "开放" in opens and "UTC" not in opens, opens
+    button.click(force=True)  # inactive: nothing happens
+    assert wang.url.endswith(f"/consults/{later}")
+
+    wang.goto(f"{live.url}/calendar")
+    for consult in (later, soon):
+        assert wang.locator("tr", has=wang.locator(f'a[href="/consults/{consult}"]')).locator("a.join").count() == 1
+    wang.goto(f"{live.url}/consults")
+    row = wang.locator("table.worklist tbody tr", has=wang.locator(f'a[href="/consults/{soon}"]'))
+    assert row.locator("a.join").get_attribute("aria-disabled") is None
+    row.locator("a.join").click()
+    wang.wait_for_url(f"{live.url}/consults/{soon}/room")
+    frame = wang.frame_locator("#room-frame")
+    frame.locator("canvas[data-role=canvas]").wait_for()
+    assert frame.locator("header.top").count() == 0  # the viewer in the room has no app header
+    canvas = wang.locator("#room-frame").bounding_box()
+    image = frame.locator("[data-role=viewport]").bounding_box()
+    assert canvas["height"] >= 0.75 * 768 and canvas["y"] + canvas["height"] <= 768, canvas  # all on screen
+    assert image["height"] >= 0.55 * 768 and image["width"] >= 0.5 * 1366, image
+    wang.screenshot(path="/tmp/lancang-room-1366.png")
+    wang.context.close()
+
+    chen = person(browser, live, "chen", errors)  # the invited senior reviewer, of the city hospital
+    chen.goto(f"{live.url}/consults/{soon}")
+    chen.locator(".join-row a.join").click()
+    chen.wait_for_url(f"{live.url}/consults/{soon}/room", wait_until="commit")
+    chen.locator("#room").wait_for()
+    assert chen.locator("#room").get_attribute("data-role") == "reviewer"
+    chen.goto(f"{live.url}/consults/{later}/room")  # not invited to that one
+    assert "仅会诊参与者" in chen.locator("body").inner_text()
+    chen.context.close()
+
+    zhou = person(browser, live, "zhou", errors)
+    zhou.goto(f"{live.url}/consults/{later}")
+    zhou.locator("summary", has_text="取消会诊").click()
+    zhou.fill("#cancel-form input[name=reason]", "家属要求转上级医院")
+    submit(zhou, "#cancel-form")
+    answer = zhou.goto(f"{live.url}/consults/{later}/room")
+    assert answer.status == 409
+    text = zhou.locator("main").inner_text()
+    assert "已结束" in text and "返回会诊" in text and "请求有误" not in text, text
+    zhou.screenshot(path="/tmp/lancang-room-ended.png")
+    zhou.context.close()
     assert not errors, errors

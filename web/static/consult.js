@@ -33,10 +33,26 @@ function formBody(form) {
   return body;
 }
 
+/** A refusal next to the control that caused it (after the form's button), not at the page top. */
+function showFormError(form, button, message) {
+  let box = form.querySelector(".form-error");
+  if (!box) {
+    box = document.createElement("p");
+    box.className = "form-error error";
+    box.setAttribute("role", "alert");
+    if (button) button.after(box); else form.append(box);
+  }
+  box.textContent = message;
+  box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
+}
+
 document.addEventListener("submit", async (event) => {
   const form = event.target;
   if (!form.dataset.api) return;
   event.preventDefault();
+  const shown = form.querySelector(".form-error");
+  if (shown) shown.hidden = true;
   const button = form.querySelector("button[type=submit]");
   if (button) button.disabled = true;
   try {
@@ -45,7 +61,7 @@ document.addEventListener("submit", async (event) => {
     const next = form.dataset.next === "created" && data.id ? `/consults/${data.id}` : form.dataset.next;
     setTimeout(() => { location.href = next || location.href; }, 400);
   } catch (error) {
-    flash(error.message, false);
+    showFormError(form, button, error.message);
   } finally {
     if (button) button.disabled = false;
   }
@@ -77,4 +93,15 @@ if (editor) {
 function localZone() {
   const meta = document.querySelector('meta[name="lancang-timezone"]');
   return (meta && meta.content) || "Asia/Shanghai";
+}
+
+// Join buttons (consult/_join.html): inactive until the room opens, then live without a reload.
+for (const link of document.querySelectorAll("a.join[data-opens]")) {
+  const opens = Date.parse(link.dataset.opens);
+  const activate = () => { link.removeAttribute("aria-disabled"); link.classList.add("primary-link"); };
+  if (Date.now() >= opens) activate();
+  else setTimeout(activate, Math.min(opens - Date.now(), 2 ** 31 - 1));
+  link.addEventListener("click", (event) => {
+    if (link.getAttribute("aria-disabled") === "true") event.preventDefault();
+  });
 }

@@ -170,7 +170,8 @@
   function slotOf(mid) { return R.slots.find((s) => s.video_mid === mid) || {}; }
 
   function roleLabel(role) {
-    return { presenter: "汇报 Presenter", specialist: "专家 Specialist", coordinator: "协调 Coordinator" }[role] || "";
+    return { presenter: "汇报 Presenter", specialist: "专家 Specialist", reviewer: "审核 Reviewer",
+             coordinator: "协调 Coordinator" }[role] || "";
   }
 
   function countFrames(video, who) {
