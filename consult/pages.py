@@ -7,9 +7,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import dashboard, policy, reports, rooms, scheduling, service, templates
+from consult import dashboard, policy, reports, rooms, scheduling, service, state, templates
 from consult.models import ConsultRequest, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
+from imaging import summary
 from imaging.models import Study
 from storage import access, identity, localtime
 from storage.deps import DbSession, OptionalUser
@@ -44,22 +45,35 @@ def login_first(request: Request):
     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
+# The two tabs of every consult list: work still to do, and what has ended.
+TABS = {"open": state.OPEN, "done": (*state.DONE, "declined", "cancelled")}
+
+
 @router.get("/consults", response_class=HTMLResponse)
 def consult_list(request: Request, session: DbSession, user: OptionalUser, status: str = "", priority: str = "",
-                 colour: str = ""):
+                 colour: str = "", tab: str = "open"):
+    """The board (coordinators), the worklist (specialists) or the inbox (townships): open work
+    first by urgency then waiting time; ended consults on the "done" tab, newest first."""
     if user is None:
         return login_first(request)
     user = session.get(User, user.id)
+    tab = tab if tab in TABS else "open"
     scope = {"radiographer": "outgoing", "coordinator": "incoming", "admin": "incoming"}.get(user.role, "mine")
-    items = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
-                             priority=priority or None, colour=colour or None)
+    everything = service.worklist(session=session, user=user, scope=scope, statuses=[status] if status else None,
+                                  priority=priority or None, colour=colour or None)
+    counts = {name: sum(c.status in statuses for c in everything) for name, statuses in TABS.items()}
+    items = [c for c in everything if c.status in TABS[tab]]
+    if tab == "done":
+        items.sort(key=lambda c: c.status_changed_at, reverse=True)
     outgoing = service.worklist(session=session, user=user, scope="outgoing") if scope != "outgoing" else []
+    outgoing = [c for c in outgoing if c.status in TABS[tab]]
     service.audit_list(request.app.state.runtime.db, user=user, consult_ids=[c.id for c in [*items, *outgoing]],
                        action="consult.list", source=request.client.host if request.client else "")
     doors = {c.id: rooms.door(session, c, user) for c in items if c.kind == "live"}
+    studies = summary.summarize(session, [s.study_instance_uid for c in [*items, *outgoing] for s in c.studies])
     return render(request, "consult/list.html", user=user, scope=scope, items=items, outgoing=outgoing,
-                  doors=doors, now=utcnow(), overdue=service.is_overdue, filters={"status": status, "priority": priority,
-                                                                     "colour": colour},
+                  tab=tab, counts=counts, doors=doors, studies=studies, now=utcnow(), overdue=service.is_overdue,
+                  filters={"status": status, "priority": priority, "colour": colour},
                   priorities=PRIORITIES, colours=RISK_COLOURS)
 
 

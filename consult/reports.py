@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import base64
 import hashlib
 import secrets
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build
 from consult import policy
 from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
+from imaging.summary import age_at
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
 from storage import audit, keys, localtime
@@ -149,16 +150,6 @@ def _studies(session: Session, consult: ConsultRequest, template) -> list[tuple[
     return rows
 
 
-def _age(birth: str, on: str) -> str:
-    try:
-        born = date(int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
-        seen = date(int(on[:4]), int(on[4:6]), int(on[6:8])) if on else date.today()
-    except (ValueError, IndexError):
-        return ""
-    years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
-    return f"{years}岁"
-
-
 # DICOM Body Part Examined (PS3.16 CID 4031) as a report prints it, Chinese first.
 BODY_PARTS_ZH = {
     "HEAD": "头部", "BRAIN": "颅脑", "SKULL": "颅骨", "NECK": "颈部", "CHEST": "胸部", "LUNG": "肺部",
@@ -216,7 +207,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
     return ReportContent(
         institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
         patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,
-        patient_sex=study.patient.sex, patient_age=_age(study.patient.birth_date, study.study_date),
+        patient_sex=study.patient.sex, patient_age=age_at(study.patient.birth_date, study.study_date),
         patient_id=shown_patient_id(study.patient.patient_id), modality=(series.modality if series else "") or template.modality,
         body_part=body_part_zh((series.body_part if series else "") or template.body_part),
         exam_date=chinese_date(study.study_date),

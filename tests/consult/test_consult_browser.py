@@ -254,3 +254,59 @@ def test_join_button_leads_into_the_room_with_the_images_on_most_of_the_screen(l
     zhou.screenshot(path="/tmp/lancang-room-ended.png")
     zhou.context.close()
     assert not errors, errors
+
+
+def test_board_shows_open_work_by_urgency_with_the_patient_and_ended_work_on_its_own_tab(live, browser):
+    """16.12 and 16.14: the coordinator's board lists open consults by urgency, then waiting
+    time, with patient (name, sex, age, ID), exam, requesting institution and reader; ended
+    consults are on the "done" tab, without waiting time or due date."""
+    from consult import service
+    from storage import identity
+    from storage.runtime import bootstrap
+
+    runtime = bootstrap(live.settings, component="test")
+    made = {}
+    try:
+        for priority in ("routine", "critical", "urgent", "declined"):
+            with runtime.db.scope() as session:
+                li, zhou = (identity.get_user(session=session, username=n) for n in ("li", "zhou"))
+                consult = service.create(session=session, requester=li, kind="read", target_code="COUNTY",
+                                         study_uids=[live.study], clinical_question=f"board {priority}",
+                                         priority="routine" if priority == "declined" else priority)
+                if priority == "declined":
+                    service.decline(session=session, consult_id=consult.id, user=zhou, reason="图像不全，请补传")
+                elif priority == "urgent":
+                    service.accept(session=session, consult_id=consult.id, user=zhou)
+                    service.assign(session=session, consult_id=consult.id, user=zhou, reader_username="wang",
+                                   reviewer_username="chen")
+                made[priority] = consult.id
+    finally:
+        runtime.db.dispose()
+
+    errors: list[str] = []
+    zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
+    zhou.goto(f"{live.url}/consults")
+    links = zhou.locator("table.worklist tbody tr td:first-child a").all_inner_texts()
+    order = [links.index(f"#{made[p]}") for p in ("critical", "urgent", "routine")]
+    assert order == sorted(order), links  # critical, then urgent, then routine
+    assert f"#{made['declined']}" not in links
+    row = zhou.locator("table.worklist tbody tr", has=zhou.locator(f'a[href="/consults/{made["urgent"]}"]'))
+    text = row.inner_text()
+    assert "张秀英" in text and "P001" in text and "CT" in text and "王医生" in text and "勐朗镇卫生院" in text, text
+    assert "h" in row.locator("td").nth(8).inner_text()  # waiting
+    zhou.screenshot(path="/tmp/lancang-board-1366.png")
+
+    zhou.locator(".tabs a", has_text="已完成").click()
+    zhou.wait_for_url("**/consults?tab=done")
+    headers = zhou.locator("table.worklist thead").inner_text()
+    assert "等待" not in headers and "时限" not in headers and "完成" in headers, headers
+    done = zhou.locator("table.worklist tbody tr", has=zhou.locator(f'a[href="/consults/{made["declined"]}"]'))
+    assert "已退回 Declined" in done.inner_text()
+    assert zhou.locator(".tabs a[aria-current=page]").inner_text().startswith("已完成")
+
+    zhou.set_viewport_size({"width": 390, "height": 844})
+    zhou.goto(f"{live.url}/consults")
+    assert zhou.evaluate("document.documentElement.scrollWidth") <= 392  # the table scrolls, not the page
+    zhou.screenshot(path="/tmp/lancang-board-390.png", full_page=True)
+    zhou.context.close()
+    assert not errors, errors
