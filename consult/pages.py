@@ -26,6 +26,8 @@ STATUS_LABELS = {
 }
 ROLE_LABELS = {"presenter": "汇报 Presenter", "specialist": "专家 Specialist", "reviewer": "审核 Reviewer",
                "coordinator": "协调 Coordinator"}
+LEVEL_LABELS = {"township": "乡镇卫生院 Township", "county": "县级 County", "city": "市级 City",
+                "partner": "合作医院 Partner"}
 PRIORITY_LABELS = {"routine": "常规 Routine", "urgent": "加急 Urgent", "critical": "危急 Critical"}
 COLOUR_LABELS = {"green": "绿 Green", "yellow": "黄 Yellow", "orange": "橙 Orange", "red": "红 Red",
                  "purple": "紫 Purple"}
@@ -83,11 +85,15 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
         return login_first(request)
     user = session.get(User, user.id)
     scope = access.scope_for(session, identity.principal_for(user))
-    studies = session.scalars(select(Study).where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
-                              .order_by(Study.created_at.desc()).limit(100)).all()
+    uids = session.scalars(select(Study.study_instance_uid)
+                           .where(scope.study_filter(Study.institution_id, Study.study_instance_uid))
+                           .order_by(Study.created_at.desc()).limit(100)).all()
+    found = summary.summarize(session, list(uids))
+    studies = [found[uid] for uid in uids if uid in found]
     targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
                if i.id != user.institution_id and _routable(session, user.institution, i)]
     return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
+                  level_labels=LEVEL_LABELS,
                   priorities=PRIORITIES, colours=RISK_COLOURS)
 
 
@@ -111,6 +117,7 @@ def consult_page(consult_id: int, request: Request, session: DbSession, user: Op
                                        first.description if first else ""))
     return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
                   door=rooms.door(session, consult, user),
+                  summaries=summary.summarize(session, [s.study_instance_uid for s in studies if s]),
                   studies=[s for s in studies if s], specialists=specialists,
                   templates=templates.TEMPLATES, template_id=template_id,
                   can_read_images=[access.can_see_study(session, identity.principal_for(user),

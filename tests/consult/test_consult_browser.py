@@ -101,8 +101,17 @@ def test_request_triage_assign_report_sign(live, browser):
     # The township asks the county for an urgent read, from the upload summary's link.
     li = person(browser, live, "li", errors)
     li.goto(f"{live.url}/consults/new?study={study}")
-    assert li.locator(f'select[name="study_uids[]"] option[value="{study}"]').evaluate("o => o.selected")
-    li.select_option('select[name="target"]', "COUNTY")
+    picked = li.locator(f'input[name="study_uids[]"][value="{study}"]')
+    assert picked.is_checked()  # chosen from the upload summary's link
+    row = li.locator("label.pick", has=picked)
+    assert "张秀英" in row.inner_text() and "P001" in row.inner_text() and "女 F" in row.inner_text(), row.inner_text()
+    li.fill("#study-search", "nobody-has-this-name")
+    assert row.is_visible()  # a chosen study stays in view while searching
+    li.fill("#study-search", "")
+    # The target defaults to the township's parent, the county hospital (16.14).
+    assert li.locator('select[name="target"]').input_value() == "COUNTY"
+    assert "县级 County" in li.locator('select[name="target"] option[value="COUNTY"]').inner_text()
+    li.screenshot(path="/tmp/lancang-consult-new.png", full_page=True)
     li.select_option('select[name="priority"]', "urgent")
     li.select_option('select[name="risk_colour"]', "red")
     li.fill('textarea[name="clinical_question"]', "咳嗽两周，请协助诊断")

@@ -105,3 +105,18 @@ for (const link of document.querySelectorAll("a.join[data-opens]")) {
     if (link.getAttribute("aria-disabled") === "true") event.preventDefault();
   });
 }
+
+// Study picker (new request): filter the checkbox list as one types; chosen studies stay chosen.
+const studySearch = document.getElementById("study-search");
+if (studySearch) {
+  studySearch.addEventListener("input", () => {
+    const words = studySearch.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const row of document.querySelectorAll(".study-picker label.pick")) {
+      const match = words.every((word) => row.dataset.search.includes(word)) || row.querySelector("input").checked;
+      row.hidden = !match;
+      if (match) shown += 1;
+    }
+    document.getElementById("study-none").hidden = shown > 0;
+  });
+}
