@@ -128,6 +128,9 @@ class Notification(Base):
     body: Mapped[str] = mapped_column(Text, default="")
     link: Mapped[str] = mapped_column(String(300), default="")
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Channels outside the platform it has reached ("email,wecom"), and when all had.
+    delivered: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Report(Base):

@@ -4,17 +4,17 @@ JSON API from the page (web/static/consult.js) with the browser session."""
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from consult import dashboard, policy, reports, rooms, scheduling, service, state, templates
-from consult.models import ConsultRequest, PRIORITIES, RISK_COLOURS, Report
+from consult.models import ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging import summary
 from imaging.models import Study
 from storage import access, identity, localtime
-from storage.deps import DbSession, OptionalUser
-from storage.errors import Invalid
+from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
+from storage.errors import Invalid, NotFound
 from storage.models import Institution, User
 from storage.types import utcnow
 
@@ -185,3 +185,40 @@ def _routable(session: Session, source: Institution, target: Institution) -> boo
         return True
     except Exception:
         return False
+
+
+# ---- notifications ------------------------------------------------------------------------
+
+NOTICES_PER_PAGE = 50
+
+
+@router.get("/notifications", response_class=HTMLResponse)
+def notifications_page(request: Request, session: DbSession, user: OptionalUser, before: int | None = None):
+    """The user's notifications, newest first, 50 a page (older ones by `before`, an id)."""
+    if user is None:
+        return login_first(request)
+    query = select(Notification).where(Notification.user_id == user.id)
+    if before is not None:
+        query = query.where(Notification.id < before)
+    rows = session.scalars(query.order_by(Notification.id.desc()).limit(NOTICES_PER_PAGE + 1)).all()
+    older = rows[NOTICES_PER_PAGE - 1].id if len(rows) > NOTICES_PER_PAGE else None
+    return render(request, "consult/notifications.html", user=user, notices=rows[:NOTICES_PER_PAGE],
+                  older=older, unread_here=any(n.read_at is None for n in rows))
+
+
+@router.post("/notifications/{notification_id}/open")
+def open_notification(notification_id: int, session: WriteSession, user: CurrentUser):
+    """Mark it read and go where it points."""
+    row = session.get(Notification, notification_id)
+    if row is None or row.user_id != user.id:
+        raise NotFound("no such notification / 未找到该通知")
+    row.read_at = row.read_at or utcnow()
+    local = row.link.startswith("/") and not row.link.startswith("//")  # never off the site
+    return RedirectResponse(row.link if local else "/notifications", status_code=303)
+
+
+@router.post("/notifications/read-all")
+def read_all_notifications(session: WriteSession, user: CurrentUser):
+    session.execute(update(Notification).where(Notification.user_id == user.id, Notification.read_at.is_(None))
+                    .values(read_at=utcnow()))
+    return RedirectResponse("/notifications", status_code=303)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import reports, scheduling, service, templates
+from consult import notify, reports, scheduling, service, templates
 from consult.models import Booking, ConsultEvent, ConsultRequest, Notification
 from consult.schemas import (Addendum, Assignment, Comments, ConsultCreate, ConsultDetail, ConsultOut, Draft,
                              EventOut, ExceptionIn, NotificationOut, Password, Reason, Slot, VersionOut, Windows)
@@ -266,6 +266,12 @@ def notifications(session: DbSession, user: CurrentUser, unread: bool = False):
     rows = session.scalars(query.order_by(Notification.id.desc()).limit(200))
     return [NotificationOut(id=n.id, at=n.at, kind=n.kind, title=n.title, body=n.body, link=n.link,
                             read=n.read_at is not None) for n in rows]
+
+
+@router.get("/me/notifications/count")
+def notification_count(session: DbSession, user: CurrentUser) -> dict:
+    """What the bell in every page header shows."""
+    return {"unread": notify.unread_count(session, user.id)}
 
 
 @router.post("/me/notifications/{notification_id}/read", status_code=204)

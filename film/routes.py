@@ -164,7 +164,7 @@ def _manage_page(request: Request, session: Session, principal: Principal, study
     listing = shares.list_shares(session=session, principal=principal, study_uid=study_uid)
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
     institution = session.get(Institution, principal.institution_id) if principal.institution_id else None
-    user = SimpleNamespace(display_name=principal.name,
+    user = SimpleNamespace(id=principal.user_id, display_name=principal.name,
                            institution=SimpleNamespace(name_zh=institution.name_zh if institution else ""))
     qr = Markup(segno.make(created.url, error="m").svg_inline(scale=4)) if created else None
     rows = [{"share": s, "state": shares.share_state(s), "state_zh": STATE_ZH[shares.share_state(s)],

@@ -144,6 +144,15 @@ def cmd_user_disable(args) -> None:
             lambda session, on: identity.set_user_active(session=session, username=args.username, active=on))
 
 
+def cmd_user_contact(args) -> None:
+    with _runtime().db.scope() as session:
+        user = identity.set_contact(session=session, user=identity.get_user(session=session, username=args.username),
+                                    email=args.email, mobile=args.mobile)
+        _audit(session, "admin.user.contact", "user", user.username, email=bool(user.email), mobile=bool(user.mobile))
+        email, mobile = user.email or "-", user.mobile or "-"
+    print(f"user {args.username}: e-mail {email}, mobile {mobile}")
+
+
 def cmd_user_passwd(args) -> None:
     """An admin resets a user's password (they forgot it); every session and token of the
     user ends, and the reset is audited."""
@@ -389,6 +398,9 @@ def _add_people(commands) -> None:
     _sub(user, "list", "list users", cmd_user_list)
     _sub(user, "passwd", "reset a user's password (ends their sessions)", cmd_user_passwd,
          (("username",), {}), (("--password",), {"required": True}))
+    _sub(user, "contact", "where notifications reach a user outside Lancang (\"\" clears)", cmd_user_contact,
+         (("username",), {}), (("--email",), {"help": "e-mail address (LANCANG_NOTIFY_SMTP_HOST)"}),
+         (("--mobile",), {"help": "mobile number the 企业微信 robot mentions (LANCANG_NOTIFY_WECOM_WEBHOOK)"}))
     _sub(user, "disable", "disable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=False)
     _sub(user, "enable", "re-enable a user", cmd_user_disable, (("username",), {})).set_defaults(enable=True)
 

@@ -53,6 +53,26 @@ def add_user(*, session: Session, username: str, role: str, institution_code: st
     return user
 
 
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_MOBILE = re.compile(r"^(\+86)?1[3-9][0-9]{9}$")  # a mainland mobile number, as 企业微信 mentions it
+
+
+def set_contact(*, session: Session, user: User, email: str | None = None, mobile: str | None = None) -> User:
+    """Where notifications reach the user outside the platform; "" clears one."""
+    if email is not None:
+        email = email.strip()
+        if email and (len(email) > 254 or not _EMAIL.match(email)):
+            raise Invalid(f"{email[:60]!r} is not an e-mail address / 邮箱地址格式不对")
+        user.email = email
+    if mobile is not None:
+        mobile = mobile.replace(" ", "").replace("-", "")
+        if mobile and not _MOBILE.match(mobile):
+            raise Invalid(f"{mobile[:20]!r} is not a mainland mobile number / 手机号格式不对")
+        user.mobile = mobile
+    session.flush()
+    return user
+
+
 def get_user(*, session: Session, username: str) -> User:
     """Gets a user by username or raises NotFound."""
     user = session.scalar(select(User).where(User.username == username))

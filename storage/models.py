@@ -81,6 +81,13 @@ class User(Base):
     # Login lockout with back-off (storage/identity.py): consecutive failures, and until when.
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where notifications reach the user outside the platform (consult/notify.py): e-mail,
+    # and the mobile number a 企业微信 group robot mentions. Empty: in-app only.
+    email: Mapped[str] = mapped_column(String(254), default="", server_default="")
+    mobile: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # SHA-256 of the secret in the user's calendar feed URL (consult/scheduling.py); rotating
+    # it ends every subscription made with the old URL. None: no feed URL issued.
+    calendar_feed_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
     institution: Mapped[Institution] = relationship()
 

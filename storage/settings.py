@@ -94,6 +94,18 @@ class Settings(BaseSettings):
     room_turn_ttl_s: int = 3600
     room_recording_retention_days: int = 365
 
+    # Notifications outside the platform (consult/notify.py): each channel is on when set.
+    # They carry the title and a link, never the clinical text (that stays behind the login).
+    notify_smtp_host: str = ""
+    notify_smtp_port: int = 25
+    notify_smtp_from: str = ""
+    notify_smtp_user: str = ""
+    notify_smtp_password: SecretStr = SecretStr("")
+    notify_smtp_starttls: bool = False
+    # A 企业微信 (WeChat Work) group robot: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…
+    notify_wecom_webhook: str = ""
+    notify_timeout_s: float = 10.0
+
     log_level: str = "INFO"
     # The zone pages, PDFs and messages show times in (IANA name); data stays in UTC.
     timezone: str = "Asia/Shanghai"

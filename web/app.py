@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from storage.runtime import bootstrap
 from storage.settings import Settings, get_settings
+from consult import notify
 from consult import pages as consult_pages
 from consult import room_routes
 from consult import routes as consult_routes
@@ -88,6 +89,14 @@ def install_docs(app: FastAPI) -> None:
                               redoc_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png", with_google_fonts=False)
 
 
+def _unread(app: FastAPI, user) -> int:
+    """The bell's count in every page header (its own short read: pages render after their work)."""
+    if getattr(user, "id", None) is None:  # a bearer-token principal on a staff page: no inbox
+        return 0
+    with app.state.runtime.db.scope(readonly=True) as session:
+        return notify.unread_count(session, user.id)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -115,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.film_limits = film_pages.Limits()
     app.state.templates.env.filters.update(pn=display_name, da=display_date,
                                            bj=lambda value: localtime.display(value, name=settings.timezone))
-    app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone)
+    app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone,
+                                           unread_notifications=lambda user: _unread(app, user))
     install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     install_docs(app)

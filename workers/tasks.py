@@ -8,7 +8,7 @@ from functools import lru_cache
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from consult import rooms, scheduling
+from consult import notify, rooms, scheduling
 from film import sheet as filmsheet
 from imaging import derive
 from storage import audit, jobs
@@ -93,6 +93,20 @@ def send_reminders() -> int:
     """Remind everyone whose live consult starts within the next half hour (once each)."""
     with runtime().db.scope() as session:
         return scheduling.due_reminders(session=session)
+
+
+@shared_task(name=notify.DELIVER_TASK, queue="notify", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(*_transient(), notify.DeliveryFailed), retry_backoff=5, retry_backoff_max=600,
+             retry_jitter=True, default_retry_delay=10, max_retries=8)
+def deliver_notification(notification_id: int) -> None:
+    """E-mail / 企业微信 / other channels for one notification; the channels that worked are
+    committed before a failure is raised, so the retry sends only what is missing."""
+    rt = runtime()
+    with rt.db.scope() as session:
+        failures = notify.deliver(session, int(notification_id), notify.senders_for(rt.settings),
+                                  rt.settings.effective_public_url)
+    if failures:
+        raise notify.DeliveryFailed("; ".join(failures))
 
 
 @shared_task(name="consult.purge_recordings", queue="maintenance", acks_late=True, reject_on_worker_lost=True,

@@ -319,3 +319,46 @@ def test_board_shows_open_work_by_urgency_with_the_patient_and_ended_work_on_its
     zhou.screenshot(path="/tmp/lancang-board-390.png", full_page=True)
     zhou.context.close()
     assert not errors, errors
+
+
+def test_bell_counts_new_notifications_and_opening_one_marks_it_read(live, browser):
+    """16.9: a bell with the unread count on every page, kept current while the page is open;
+    the list in local time; opening one goes to its consult and marks it read."""
+    from consult import service
+    from storage import identity
+    from storage.runtime import bootstrap
+
+    errors: list[str] = []
+    zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
+    zhou.goto(f"{live.url}/calendar")  # any page has the bell
+    zhou.locator("a.bell").wait_for()
+    before = int(zhou.locator("#bell-count").inner_text() or 0)
+
+    runtime = bootstrap(live.settings, component="test")
+    try:
+        with runtime.db.scope() as session:
+            consult = service.create(session=session, requester=identity.get_user(session=session, username="li"),
+                                     kind="read", target_code="COUNTY", study_uids=[live.study],
+                                     clinical_question="bell: 右下腹痛，请协助诊断").id
+    finally:
+        runtime.db.dispose()
+    zhou.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # as when the tab is looked at again
+    zhou.wait_for_function(f"() => Number(document.getElementById('bell-count').textContent) === {before + 1}")
+    assert zhou.locator("#bell-count").is_visible()
+    assert zhou.title().startswith(f"({before + 1}) ")
+
+    zhou.locator("a.bell").click()
+    zhou.wait_for_url(f"{live.url}/notifications")
+    item = zhou.locator("ol.notices li.unread", has_text=f"#{consult}")
+    assert "新会诊申请 New consult request" in item.inner_text()
+    assert "UTC" not in item.inner_text() and "北京时间" in item.inner_text()
+    zhou.screenshot(path="/tmp/lancang-notifications-1366.png")
+    item.locator("button").click()
+    zhou.wait_for_url(f"{live.url}/consults/{consult}")
+    assert int(zhou.locator("#bell-count").inner_text() or 0) == before
+    zhou.goto(f"{live.url}/notifications")
+    assert zhou.locator("ol.notices li.read", has_text=f"#{consult}").count() == 1
+    zhou.set_viewport_size({"width": 390, "height": 844})
+    zhou.screenshot(path="/tmp/lancang-notifications-390.png", full_page=True)
+    zhou.context.close()
+    assert not errors, errors

@@ -50,6 +50,9 @@ def test_admin_forms_work_on_a_fresh_data_dir(cli):
     assert "not an IP address" in cli("ae", "set", "LC_PACS", "--allow", "pacs.example", check=False).stderr
     assert "wang\tspecialist\tPE-CITY" in cli("user", "list").stdout
     assert "valid" in cli("token", "list", "wang").stdout
+    said = cli("user", "contact", "wang", "--email", "wang@pe-hospital.cn", "--mobile", "138 0000 1234").stdout
+    assert "wang@pe-hospital.cn" in said and "13800001234" in said
+    assert "not a mainland mobile" in cli("user", "contact", "wang", "--mobile", "12345", check=False).stderr
 
     cli("token", "revoke", token)
     assert "revoked" in cli("token", "list").stdout
