@@ -3,7 +3,7 @@ specialist worklist and report editor, the public verification page. Actions cal
 JSON API from the page (web/static/consult.js) with the browser session."""
 
 from fastapi import APIRouter, File, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -147,11 +147,36 @@ def dashboard_page(request: Request, session: DbSession, user: OptionalUser, wee
 def calendar_page(request: Request, session: DbSession, user: OptionalUser):
     if user is None:
         return login_first(request)
-    user = session.get(User, user.id)
+    return _calendar(request, session, session.get(User, user.id))
+
+
+def _calendar(request: Request, session: Session, user: User, feed_url: str = ""):
     bookings = scheduling.bookings_for(session=session, user=user, since=utcnow())
     doors = {b.consult_id: rooms.door(session, session.get(ConsultRequest, b.consult_id), user) for b in bookings}
-    return render(request, "consult/calendar.html", user=user, bookings=bookings, doors=doors,
+    return render(request, "consult/calendar.html", user=user, bookings=bookings, doors=doors, feed_url=feed_url,
+                  has_feed=user.calendar_feed_hash is not None,
                   local=localtime.zone(request.app.state.runtime.settings.timezone))
+
+
+@router.get(scheduling.FEED_PREFIX + "{secret}.ics")
+def calendar_feed(secret: str, request: Request, session: DbSession):
+    """The subscribed calendar of one user, by the secret in its URL (no login: calendar apps
+    cannot sign in). Bookings only, no clinical text; the URL is rotated from /calendar."""
+    user = scheduling.user_for_feed(session=session, secret=secret)
+    return Response(scheduling.ical_feed(session=session, user=user, base_url=_site(request)),
+                    media_type="text/calendar; charset=utf-8", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.post("/calendar/feed", response_class=HTMLResponse)
+def rotate_calendar_feed(request: Request, session: WriteSession, user: CurrentUser):
+    """Issue or replace my subscription URL and show it once."""
+    me = session.get(User, user.id)
+    secret = scheduling.issue_feed(session=session, user=me)
+    return _calendar(request, session, me, feed_url=f"{_site(request)}{scheduling.FEED_PREFIX}{secret}.ics")
+
+
+def _site(request: Request) -> str:
+    return request.app.state.runtime.settings.effective_public_url.rstrip("/")
 
 
 @router.get("/verify", response_class=HTMLResponse)

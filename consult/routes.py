@@ -282,6 +282,13 @@ def mark_read(notification_id: int, session: WriteSession, user: CurrentUser):
     row.read_at = row.read_at or utcnow()
 
 
+@router.post("/me/calendar/feed")
+def issue_calendar_feed(request: Request, session: WriteSession, user: CurrentUser) -> dict:
+    """A new subscription URL for my calendar (shown once); the previous one stops working."""
+    secret = scheduling.issue_feed(session=session, user=me_in(session, user))
+    return {"url": f"{base_url(request)}{scheduling.FEED_PREFIX}{secret}.ics"}
+
+
 @router.get("/me/calendar.ics", response_class=Response)
 def calendar(request: Request, session: DbSession, user: CurrentUser):
     """My booked consults as iCalendar."""

@@ -3,6 +3,7 @@ no double booking of a person, rescheduling, and an iCalendar feed per user."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, time, timedelta, timezone
 
 from sqlalchemy import select, text
@@ -13,7 +14,7 @@ from consult.notify import notify, notify_consult
 from consult import policy
 from consult.service import get, grant
 from consult.state import transition
-from storage import audit, localtime
+from storage import audit, identity, localtime
 from storage.errors import Conflict, Invalid, NotFound
 from storage.models import User
 from storage.types import utcnow
@@ -193,6 +194,30 @@ def ical_feed(*, session: Session, user: User, base_url: str) -> bytes:
         event.add("description", "请登录澜沧查看会诊详情 Open the consult in Lancang for the case")
         calendar.add_component(event)
     return calendar.to_ical()
+
+
+FEED_PREFIX = "/calendar/feeds/"
+
+
+def issue_feed(*, session: Session, user: User) -> str:
+    """A new secret for the user's calendar feed URL; the old URL stops working at once.
+
+    Calendar apps subscribe without a login, so the URL is the credential: only its hash is
+    kept, the secret is shown once, and the feed has no clinical text (ical_feed)."""
+    secret = secrets.token_urlsafe(32)
+    user.calendar_feed_hash = identity.hash_token(secret)
+    audit.append(session, principal=None, actor=user.username, action="consult.calendar_feed.issue",
+                 object_type="user", object_id=user.username)
+    session.flush()
+    return secret
+
+
+def user_for_feed(*, session: Session, secret: str) -> User:
+    user = session.scalar(select(User).where(User.calendar_feed_hash == identity.hash_token(secret),
+                                             User.active.is_(True)))
+    if user is None:
+        raise NotFound("unknown or replaced calendar feed / 订阅链接无效或已更换")
+    return user
 
 
 def due_reminders(*, session: Session, within: timedelta = timedelta(minutes=30)) -> int:

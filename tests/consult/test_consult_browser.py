@@ -226,6 +226,11 @@ def test_join_button_leads_into_the_room_with_the_images_on_most_of_the_screen(l
     wang.goto(f"{live.url}/calendar")
     for consult in (later, soon):
         assert wang.locator("tr", has=wang.locator(f'a[href="/consults/{consult}"]')).locator("a.join").count() == 1
+    wang.locator(".feed button[type=submit]").click()  # 16.15: a subscription URL, shown once
+    wang.wait_for_selector("#feed-url")
+    assert "/calendar/feeds/" in wang.locator("#feed-url").input_value()
+    assert "更换订阅链接" in wang.locator(".feed button[type=submit]").inner_text()
+    wang.screenshot(path="/tmp/lancang-calendar-1366.png", full_page=True)
     wang.goto(f"{live.url}/consults")
     row = wang.locator("table.worklist tbody tr", has=wang.locator(f'a[href="/consults/{soon}"]'))
     assert row.locator("a.join").get_attribute("aria-disabled") is None

@@ -211,6 +211,17 @@ def test_live_consult_scheduling_and_double_booking(api, world, runtime):
     events = [c for c in Calendar.from_ical(ics.content).walk() if c.name == "VEVENT"]
     texts = [str(e.get("summary", "")) + str(e.get("description", "")) for e in events]
     assert not [t for t in texts if "孕32周" in t or "孕28周" in t], texts
+    # 16.15: a calendar app subscribes without a login, by a secret URL that can be replaced.
+    first = ok(api("POST", "wang", "/api/me/calendar/feed"))["url"]
+    path = first.split("://", 1)[1].split("/", 1)[1]
+    subscribed = api.client.get("/" + path)  # no Authorization header
+    assert subscribed.status_code == 200 and subscribed.text.count("BEGIN:VEVENT") == 2
+    assert "孕32周" not in subscribed.text and "孕28周" not in subscribed.text
+    second = ok(api("POST", "wang", "/api/me/calendar/feed"))["url"]
+    assert second != first
+    assert api.client.get("/" + path).status_code == 404  # the replaced URL stops at once
+    assert api.client.get("/" + second.split("://", 1)[1].split("/", 1)[1]).status_code == 200
+    assert api.client.get("/calendar/feeds/not-a-secret.ics").status_code == 404
     board = ok(api("GET", "zhou", "/api/dashboard"))
     assert board["queue_by_colour"]["orange"] == 2 and sum(board["queue_by_priority"].values()) == 2
 
