@@ -127,7 +127,8 @@ def cmd_user_add(args) -> None:
     with _runtime().db.scope() as session:
         user = identity.add_user(session=session, username=args.username, role=args.role,
                                 institution_code=args.institution, password=args.password,
-                                display_name=args.display_name or "", title=args.title or "")
+                                display_name=args.display_name or "", title=args.title or "",
+                                must_change_password=args.must_change_password)
         _audit(session, "admin.user.add", "user", user.username, role=user.role, institution=args.institution)
         print(f"user {user.username} added ({user.role} at {args.institution})")
 
@@ -159,6 +160,7 @@ def cmd_user_passwd(args) -> None:
     with _runtime().db.scope() as session:
         user = identity.get_user(session=session, username=args.username)
         ended = identity.set_password(session=session, user=user, new_password=args.password)
+        user.must_change_password = True  # the admin knows it: the user chooses their own at sign-in
         _audit(session, "admin.user.passwd", "user", user.username, sessions_ended=ended)
         print(f"password of {user.username} reset; {ended} session(s)/token(s) ended")
 
@@ -394,7 +396,9 @@ def _add_people(commands) -> None:
          (("username",), {}), (("--role",), {"required": True, "choices": ROLES}),
          (("--institution",), {"required": True}), (("--password",), {"required": True}),
          (("--display-name",), {}),
-         (("--title",), {"help": "professional title printed on signed reports, e.g. 主任医师"}))
+         (("--title",), {"help": "professional title printed on signed reports, e.g. 主任医师"}),
+         (("--must-change-password",), {"action": "store_true",
+                                        "help": "ask the user to choose their own password at first sign-in"}))
     _sub(user, "list", "list users", cmd_user_list)
     _sub(user, "passwd", "reset a user's password (ends their sessions)", cmd_user_passwd,
          (("username",), {}), (("--password",), {"required": True}))

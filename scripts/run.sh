@@ -25,10 +25,11 @@ if [[ -z "$($lancang user list 2>/dev/null)" ]]; then
   $lancang institution add LC-COUNTY --name 澜沧县第一人民医院 --name-en "Lancang County No.1 Hospital" --level county --parent PE-CITY >/dev/null
   $lancang institution add LC-T01 --name 勐朗镇卫生院 --name-en "Menglang Township Health Centre" --level township --parent LC-COUNTY >/dev/null
   $lancang ae add LC_T01_CT --institution LC-T01 >/dev/null
-  $lancang user add admin --role admin --institution PE-CITY --password "$password" >/dev/null
+  $lancang user add admin --role admin --institution PE-CITY --password "$password" --must-change-password >/dev/null
   cat >&2 <<MSG
 run.sh: created a demo referral tree (PE-CITY > LC-COUNTY > LC-T01), the calling AE
         LC_T01_CT, and the user 'admin' with password: $password
+        (you will be asked to choose your own at the first sign-in)
 MSG
 fi
 echo "run.sh: web http://${LANCANG_BIND_HOST:-127.0.0.1}:${LANCANG_HTTP_PORT:-8000}  DICOM ${LANCANG_DICOM_AE_TITLE:-LANCANG}@${LANCANG_BIND_HOST:-127.0.0.1}:${LANCANG_DICOM_PORT:-11112}  (Ctrl-C stops)" >&2

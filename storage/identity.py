@@ -34,7 +34,7 @@ def hash_token(token: str) -> str:
 
 
 def add_user(*, session: Session, username: str, role: str, institution_code: str,
-             password: str, display_name: str = "", title: str = "") -> User:
+             password: str, display_name: str = "", title: str = "", must_change_password: bool = False) -> User:
     """Adds a user; the password is stored as an argon2 hash."""
     if not _USERNAME.match(username):
         raise Invalid("username must be 2-64 lower-case letters, digits, '.', '_' or '-'")
@@ -47,7 +47,7 @@ def add_user(*, session: Session, username: str, role: str, institution_code: st
     institution = get_institution(session=session, code=institution_code)
     user = User(username=username, role=role, institution_id=institution.id,
                 display_name=display_name or username, title=title.strip()[:32],
-                password_hash=_hasher.hash(password), active=True)
+                password_hash=_hasher.hash(password), active=True, must_change_password=must_change_password)
     session.add(user)
     session.flush()
     return user
@@ -118,7 +118,9 @@ def change_own_password(*, session: Session, user: User, current: str, new_passw
         raise NotPermitted("当前密码不正确 / the current password is wrong") from None
     if current == new_password:
         raise Invalid("新密码不能与当前密码相同 / the new password must differ from the current one")
-    return set_password(session=session, user=user, new_password=new_password, keep_token_hash=keep_token_hash)
+    ended = set_password(session=session, user=user, new_password=new_password, keep_token_hash=keep_token_hash)
+    user.must_change_password = False
+    return ended
 
 
 LOCKOUT_AFTER = 5          # consecutive failures before the first lockout

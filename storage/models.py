@@ -88,6 +88,9 @@ class User(Base):
     # SHA-256 of the secret in the user's calendar feed URL (consult/scheduling.py); rotating
     # it ends every subscription made with the old URL. None: no feed URL issued.
     calendar_feed_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    # Set when someone else chose the password (printed by the installer, reset by an admin):
+    # every page asks the user to choose their own until they do.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     institution: Mapped[Institution] = relationship()
 

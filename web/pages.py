@@ -60,7 +60,9 @@ def login(request: Request, session: WriteSession, runtime: RuntimeDep,
     secret, _ = identity.issue_token(session=session, user=user, kind="session",
                                     days=settings.session_max_age_s / 86400, label="browser")
     audit.append(session, principal=identity.principal_for(user), action="auth.login", source=source)
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    # A password someone else chose (printed by the installer, reset by an admin): choose one first.
+    target = "/account/password?first=1" if user.must_change_password else _safe_next(next)
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, secret, max_age=settings.session_max_age_s, httponly=True,
                         samesite="lax", secure=settings.effective_public_url.startswith("https"))
     return response
@@ -80,10 +82,10 @@ def logout(request: Request, session: WriteSession):
 
 
 @router.get("/account/password", response_class=HTMLResponse)
-def password_form(request: Request, user: OptionalUser):
+def password_form(request: Request, user: OptionalUser, first: bool = False):
     if user is None:
         return RedirectResponse("/login?next=/account/password", status_code=303)
-    return _render(request, "password.html", user=user, errors={}, done=False)
+    return _render(request, "password.html", user=user, errors={}, done=False, first=first)
 
 
 @router.post("/account/password", response_class=HTMLResponse)

@@ -47,6 +47,45 @@ def test_an_admin_resets_a_password_from_the_cli(runtime, person):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_a_password_chosen_by_someone_else_is_replaced_at_first_sign_in(runtime):
+    """16.18: the demo admin (run.sh prints its password) and a user whose password an admin
+    reset are taken to the password page at sign-in, and every page asks until they choose one."""
+    from playwright.sync_api import sync_playwright
+
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city")
+        identity.add_user(session=session, username="admin", role="admin", institution_code="CITY",
+                          password="printed-by-run-sh", must_change_password=True)
+    settings = runtime.settings.model_copy(update={"http_port": free_port()})
+    with serving(settings) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(base + "/login?next=/consults")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", "printed-by-run-sh")
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/account/password?first=1")
+        assert "别人为您设置" in page.locator("#password-first").inner_text()
+        page.goto(base + "/consults")  # any other page keeps asking
+        assert "请修改初始密码" in page.locator("main").inner_text()
+        page.goto(base + "/account/password")
+        page.fill("input[name=current]", "printed-by-run-sh")
+        page.fill("input[name=new]", "only-i-know-it-7")
+        page.fill("input[name=again]", "only-i-know-it-7")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#password-done")
+        page.goto(base + "/consults")
+        assert "请修改初始密码" not in page.locator("main").inner_text()
+        browser.close()
+    done = subprocess.run([sys.executable, "-m", "lancang.cli", "user", "passwd", "admin", "--password",
+                           "reset-by-admin-3"], env=settings_env(runtime.settings), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    with runtime.db.scope(readonly=True) as session:
+        assert identity.get_user(session=session, username="admin").must_change_password  # asked again
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person):
     from playwright.sync_api import sync_playwright
 

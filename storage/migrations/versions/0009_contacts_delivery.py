@@ -1,5 +1,6 @@
 """Contacts for notifications sent outside the platform (e-mail, 企业微信 mobile), the
-delivery state of each notification, and a rotatable secret for a user's calendar feed
+delivery state of each notification, a rotatable secret for a user's calendar feed, and
+"must change the password" for passwords someone else chose (the demo admin, a reset)
 
 Revision ID: 0009
 Revises: 0008
@@ -22,6 +23,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('email', sa.String(length=254), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('mobile', sa.String(length=32), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('calendar_feed_hash', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('must_change_password', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.create_index('ix_users_calendar_feed_hash', ['calendar_feed_hash'], unique=True)
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.add_column(sa.Column('delivered', sa.String(length=64), nullable=False, server_default=''))
@@ -34,6 +36,7 @@ def downgrade() -> None:
         batch_op.drop_column('delivered')
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_index('ix_users_calendar_feed_hash')
+        batch_op.drop_column('must_change_password')
         batch_op.drop_column('calendar_feed_hash')
         batch_op.drop_column('mobile')
         batch_op.drop_column('email')
