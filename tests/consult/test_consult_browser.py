@@ -367,3 +367,87 @@ def test_bell_counts_new_notifications_and_opening_one_marks_it_read(live, brows
     zhou.screenshot(path="/tmp/lancang-notifications-390.png", full_page=True)
     zhou.context.close()
     assert not errors, errors
+
+
+def test_the_report_editor_never_loses_a_draft(live, browser):
+    """16.11: a bad measurement stays as typed, outlined, with its message, while the rest
+    saves; 孕24+1周 is a gestational age; normal phrases insert on one click; switching
+    templates asks before dropping measurements and keeps the texts; an ended session says
+    请重新登录 and nothing typed is lost (it comes back after signing in again)."""
+    from consult import service
+    from storage import identity
+    from storage.runtime import bootstrap
+
+    runtime = bootstrap(live.settings, component="test")
+    try:
+        with runtime.db.scope() as session:
+            get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
+            consult = service.create(session=session, requester=get("li"), kind="read", target_code="COUNTY",
+                                     study_uids=[live.study], clinical_question="孕24周产检，请评估胎儿生长").id
+            service.accept(session=session, consult_id=consult, user=get("zhou"))
+            service.assign(session=session, consult_id=consult, user=get("zhou"), reader_username="wang",
+                           reviewer_username="chen")
+    finally:
+        runtime.db.dispose()
+
+    errors: list[str] = []
+    wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
+    page_url = f"{live.url}/consults/{consult}?template=obstetric_us"
+    wang.goto(page_url)
+    saved = "() => document.getElementById('autosave-state').textContent.includes('保存')"
+    wang.fill('#report-editor input[name="fields.ga_weeks"]', "24+1")
+    wang.fill('#report-editor input[name="fields.bpd_mm"]', "6o")  # a letter o for a zero
+    wang.fill('#report-editor textarea[name="findings"]', "宫内单活胎，胎心可见。")
+    wang.wait_for_function(saved)
+    bpd = wang.locator('#report-editor input[name="fields.bpd_mm"]')
+    assert bpd.get_attribute("aria-invalid") == "true" and bpd.input_value() == "6o"
+    assert "数字" in wang.locator("#err-f-bpd_mm").inner_text()
+    assert wang.locator('#report-editor input[name="fields.ga_weeks"]').get_attribute("aria-invalid") is None
+    wang.screenshot(path="/tmp/lancang-editor-field-error.png", full_page=True)
+    wang.reload()  # on the server: the findings, GA, and the bad value as typed with its message
+    assert wang.locator('#report-editor textarea[name="findings"]').input_value() == "宫内单活胎，胎心可见。"
+    assert wang.locator('#report-editor input[name="fields.ga_weeks"]').input_value() == "24+1"
+    assert bpd.input_value() == "6o" and bpd.get_attribute("aria-invalid") == "true"
+
+    # Signing a draft with a refused measurement is refused beside the button, naming it.
+    sign = wang.locator(f'form[data-api="/api/consults/{consult}/report/sign"]')
+    wang.fill('#report-editor textarea[name="impression"]', "宫内单活胎")
+    sign.locator("input[name=password]").fill("sign-wang")
+    sign.locator("button[type=submit]").click()
+    sign.locator(".form-error").wait_for()
+    assert "双顶径" in sign.locator(".form-error").inner_text() or "数字" in sign.locator(".form-error").inner_text()
+    bpd.fill("60")
+
+    # One click inserts the template's normal impression.
+    wang.locator('button.phrase[data-insert="impression"]').click()
+    assert "宫内单活胎，超声孕周与孕龄相符。" in wang.locator('#report-editor textarea[name="impression"]').input_value()
+    wang.wait_for_function(saved)
+
+    # Switching templates asks first (measurements would go), and keeps the texts.
+    wang.once("dialog", lambda dialog: dialog.dismiss())
+    wang.select_option("#template-chooser", "chest_xray")
+    assert wang.locator("#template-chooser").input_value() == "obstetric_us"
+    wang.once("dialog", lambda dialog: dialog.accept())
+    with wang.expect_navigation():
+        wang.select_option("#template-chooser", "chest_xray")
+    assert wang.locator('#report-editor textarea[name="findings"]').input_value() == "宫内单活胎，胎心可见。"
+    assert wang.locator('#report-editor input[name^="fields."]').count() == 0
+
+    # The session ends while typing: the page says so, keeps the text, and it comes back.
+    wang.context.clear_cookies()
+    wang.fill('#report-editor textarea[name="recommendation"]', "两周后复查超声")
+    wang.wait_for_function("() => document.getElementById('autosave-state').textContent.includes('请重新登录')")
+    link = wang.locator("#autosave-state a")
+    assert "/login?next=" in link.get_attribute("href")
+    again = wang.context.new_page()
+    login(again, live.url, "wang", f"/consults/{consult}")
+    again.close()
+    wang.reload()
+    assert wang.locator("#draft-restored").is_visible()
+    assert wang.locator('#report-editor textarea[name="recommendation"]').input_value() == "两周后复查超声"
+    wang.wait_for_function("() => document.getElementById('autosave-state').textContent.includes('已自动保存')")
+    wang.reload()  # now on the server, not only in this browser
+    assert wang.locator('#report-editor textarea[name="recommendation"]').input_value() == "两周后复查超声"
+    assert wang.locator("#draft-restored").is_hidden()
+    wang.context.close()
+    assert not errors, errors

@@ -9,8 +9,13 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
-  const data = text ? JSON.parse(text) : {};
-  if (!response.ok) throw new Error(data.detail || response.statusText);
+  let data = {};
+  try { data = text ? JSON.parse(text) : {}; } catch (_) { data = { detail: response.statusText }; }
+  if (!response.ok) {
+    const error = new Error(typeof data.detail === "string" ? data.detail : response.statusText);
+    error.status = response.status;
+    throw error;
+  }
   return data;
 }
 
@@ -33,8 +38,9 @@ function formBody(form) {
   return body;
 }
 
-/** A refusal next to the control that caused it (after the form's button), not at the page top. */
-function showFormError(form, button, message) {
+/** A refusal next to the control that caused it (after the form's button), not at the page top.
+ *  An ended session says so, with a way back to this page once signed in again. */
+function showFormError(form, button, message, status) {
   let box = form.querySelector(".form-error");
   if (!box) {
     box = document.createElement("p");
@@ -42,9 +48,19 @@ function showFormError(form, button, message) {
     box.setAttribute("role", "alert");
     if (button) button.after(box); else form.append(box);
   }
-  box.textContent = message;
+  if (status === 401) box.replaceChildren(...signInAgain());
+  else box.textContent = message;
   box.hidden = false;
   box.scrollIntoView({ block: "nearest" });
+}
+
+/** "请重新登录" with a link that comes back here (what was typed is kept: see the editor). */
+function signInAgain() {
+  const link = document.createElement("a");
+  link.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+  link.target = "_blank";  // sign in beside this page, so the open editor is not left
+  link.textContent = "请重新登录 Sign in again";
+  return [document.createTextNode("登录已过期，内容已保留在本机。 Your session has ended; what you typed is kept here. "), link];
 }
 
 document.addEventListener("submit", async (event) => {
@@ -56,37 +72,122 @@ document.addEventListener("submit", async (event) => {
   const button = form.querySelector("button[type=submit]");
   if (button) button.disabled = true;
   try {
+    const draft = document.getElementById("report-editor");
+    if ("flushDraft" in form.dataset && draft && draft.flush) await draft.flush();
     const data = await api(form.dataset.method || "POST", form.dataset.api, formBody(form));
     flash(form.dataset.done || "已完成 Done", true);
     const next = form.dataset.next === "created" && data.id ? `/consults/${data.id}` : form.dataset.next;
     setTimeout(() => { location.href = next || location.href; }, 400);
   } catch (error) {
-    showFormError(form, button, error.message);
+    showFormError(form, button, error.message, error.status);
   } finally {
     if (button) button.disabled = false;
   }
 });
 
-// Report editor: save the draft a second after the last keystroke.
+// Report editor: save the draft a second after the last keystroke. Until the server has it,
+// what was typed is also kept in this browser (localStorage), so an ended session, a lost
+// line or a closed tab loses nothing; it is removed once saved.
 const editor = document.getElementById("report-editor");
 if (editor) {
   let timer = null;
   const state = document.getElementById("autosave-state");
+  const backupKey = `lancang-draft-${editor.dataset.consult}`;
+  const keep = () => localStorage.setItem(backupKey, JSON.stringify(formBody(editor)));
   const save = async () => {
     try {
-      await api("PUT", editor.dataset.api, formBody(editor));
-      state.textContent = "已自动保存 Saved " + new Date().toLocaleTimeString("zh-CN", { timeZone: localZone() });
+      const data = await api("PUT", editor.dataset.api, formBody(editor));
+      localStorage.removeItem(backupKey);
+      showFieldErrors((data.draft && data.draft.errors) || {});
+      const bad = Object.keys((data.draft && data.draft.errors) || {}).length;
+      state.textContent = (bad ? `已保存，${bad} 项测量需修改 Saved; ${bad} field(s) to correct · `
+                               : "已自动保存 Saved ") + new Date().toLocaleTimeString("zh-CN", { timeZone: localZone() });
     } catch (error) {
-      state.textContent = "保存失败 Not saved: " + error.message;
+      if (error.status === 401) state.replaceChildren(...signInAgain());
+      else state.textContent = "保存失败，内容已保留在本机 Not saved (kept here): " + error.message;
     }
   };
-  editor.addEventListener("input", () => {
+  const changed = () => {
+    keep();
     state.textContent = "编辑中… Editing";
     clearTimeout(timer);
-    timer = setTimeout(save, 1000);
-  });
+    timer = setTimeout(() => { timer = null; save(); }, 1000);
+  };
+  editor.addEventListener("input", changed);
+  // Signing signs what the server has: a save still waiting for its second goes first.
+  editor.flush = async () => {
+    if (timer === null) return;
+    clearTimeout(timer);
+    timer = null;
+    await save();
+  };
+  restoreBackup(editor, backupKey, changed);
+  for (const button of editor.querySelectorAll("button.phrase")) {
+    button.addEventListener("click", () => insertPhrase(editor.elements[button.dataset.insert], button.dataset.text));
+  }
   const chooser = document.getElementById("template-chooser");
-  if (chooser) chooser.addEventListener("change", () => { location.search = "?template=" + chooser.value; });
+  if (chooser) chooser.addEventListener("change", () => switchTemplate(chooser, editor, backupKey));
+}
+
+/** Show each measurement's refusal under it; the value stays as typed. */
+function showFieldErrors(errors) {
+  for (const input of document.querySelectorAll("#report-editor input[name^='fields.']")) {
+    const name = input.name.slice(7);
+    const box = document.getElementById(`err-f-${name}`);
+    if (errors[name]) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
+    if (box) { box.textContent = errors[name] || ""; box.hidden = !errors[name]; }
+  }
+}
+
+/** What this browser kept but the server never got (the page was left before a save). */
+function restoreBackup(form, key, changed) {
+  let kept = null;
+  try { kept = JSON.parse(localStorage.getItem(key) || "null"); } catch (_) { kept = null; }
+  if (!kept) return;
+  for (const name of ["findings", "impression", "recommendation"]) {
+    if (kept[name] !== undefined && form.elements[name]) form.elements[name].value = kept[name];
+  }
+  for (const [name, value] of Object.entries(kept.fields || {})) {
+    const input = form.elements[`fields.${name}`];
+    if (input) input.value = value;
+  }
+  document.getElementById("draft-restored").hidden = false;
+  changed();
+}
+
+/** One click inserts a template's normal phrase at the cursor (or after what is there). */
+function insertPhrase(area, text) {
+  if (!area) return;
+  const start = area.selectionStart ?? area.value.length;
+  const end = area.selectionEnd ?? area.value.length;
+  const before = area.value.slice(0, start);
+  const joined = before && !before.endsWith("\n") && start === area.value.length ? "\n" : "";
+  area.value = before + joined + text + area.value.slice(end);
+  area.focus();
+  area.selectionStart = area.selectionEnd = (before + joined + text).length;
+  area.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+/** Switching templates keeps the three texts; measurements the new template has no place
+ *  for are dropped only after asking. The draft is saved with the new template first. */
+async function switchTemplate(chooser, form, backupKey) {
+  const option = chooser.selectedOptions[0];
+  const keeps = new Set((option.dataset.fields || "").split(",").filter(Boolean));
+  const lost = [...form.querySelectorAll("input[name^='fields.']")]
+    .filter((input) => input.value.trim() && !keeps.has(input.name.slice(7)));
+  if (lost.length && !confirm(`切换模板会丢弃 ${lost.length} 项测量值，继续吗？\n` +
+                              `Switching drops ${lost.length} measurement(s). Continue?`)) {
+    chooser.value = chooser.dataset.current;
+    return;
+  }
+  form.elements.template.value = chooser.value;
+  try {
+    await api("PUT", form.dataset.api, formBody(form));
+    localStorage.removeItem(backupKey);
+  } catch (error) {
+    localStorage.setItem(backupKey, JSON.stringify(formBody(form)));  // restored after the reload
+  }
+  location.search = "?template=" + chooser.value;
 }
 
 /** The deployment's zone for times on the page (LANCANG_TIMEZONE, in base.html's meta). */
