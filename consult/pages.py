@@ -2,7 +2,9 @@
 specialist worklist and report editor, the public verification page. Actions call the
 JSON API from the page (web/static/consult.js) with the browser session."""
 
-from fastapi import APIRouter, File, Request, UploadFile
+from datetime import datetime
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -177,6 +179,83 @@ def rotate_calendar_feed(request: Request, session: WriteSession, user: CurrentU
 
 def _site(request: Request) -> str:
     return request.app.state.runtime.settings.effective_public_url.rstrip("/")
+
+
+# ---- a specialist's own availability ------------------------------------------------------
+
+WEEKDAYS = ("周一 Mon", "周二 Tue", "周三 Wed", "周四 Thu", "周五 Fri", "周六 Sat", "周日 Sun")
+WINDOWS_PER_DAY = 2  # morning and afternoon clinics, as a hospital timetable has them
+
+
+@router.get("/availability", response_class=HTMLResponse)
+def availability_page(request: Request, session: DbSession, user: OptionalUser):
+    """A specialist's weekly pattern (two windows a day) and leave or extra hours."""
+    if user is None:
+        return login_first(request)
+    return _availability(request, session, session.get(User, user.id))
+
+
+@router.post("/availability/weekly", response_class=HTMLResponse)
+async def save_weekly(request: Request, session: WriteSession, user: CurrentUser):
+    """Replace the weekly pattern; a wrong row is shown beside itself and nothing is saved."""
+    form = await request.form()
+    me = session.get(User, user.id)
+    windows, errors = [], {}
+    for day in range(7):
+        for slot in range(WINDOWS_PER_DAY):
+            start, end = (str(form.get(f"d{day}s{slot}{edge}", "")).strip() for edge in ("start", "end"))
+            if not start and not end:
+                continue
+            try:
+                scheduling.check_window(day, start, end)
+                windows.append((day, start, end))
+            except Invalid as exc:
+                errors[f"d{day}s{slot}"] = exc.detail
+    if errors:
+        return _availability(request, session, me, errors=errors, typed=dict(form), status=400)
+    scheduling.set_weekly(session=session, user=me, windows=windows)
+    return _availability(request, session, me, saved="weekly")
+
+
+@router.post("/availability/exceptions", response_class=HTMLResponse)
+def add_availability_exception(request: Request, session: WriteSession, user: CurrentUser,
+                               starts: str = Form(""), ends: str = Form(""), kind: str = Form("leave"),
+                               note: str = Form("")):
+    me = session.get(User, user.id)
+    try:
+        begin, finish = datetime.fromisoformat(starts), datetime.fromisoformat(ends)
+        scheduling.add_exception(session=session, user=me, starts_local=begin, ends_local=finish,
+                                 available=kind == "extra", note=note.strip()[:200])
+    except ValueError:
+        return _availability(request, session, me, errors={"exception": "请填写开始和结束时间 / give a start and an end"},
+                             status=400)
+    except Invalid as exc:
+        return _availability(request, session, me, errors={"exception": exc.detail}, status=400)
+    return _availability(request, session, me, saved="exception")
+
+
+@router.post("/availability/exceptions/{exception_id}/delete", response_class=HTMLResponse)
+def delete_availability_exception(exception_id: int, request: Request, session: WriteSession, user: CurrentUser):
+    me = session.get(User, user.id)
+    scheduling.remove_exception(session=session, user=me, exception_id=exception_id)
+    return _availability(request, session, me, saved="deleted")
+
+
+def _availability(request: Request, session: Session, user: User, *, errors: dict | None = None,
+                  typed: dict | None = None, saved: str = "", status: int = 200):
+    shown = {}
+    counts = [0] * 7
+    for row in scheduling.weekly(session=session, user=user):
+        if counts[row.weekday] < WINDOWS_PER_DAY:
+            key = f"d{row.weekday}s{counts[row.weekday]}"
+            shown[key + "start"] = f"{row.start_minute // 60:02d}:{row.start_minute % 60:02d}"
+            shown[key + "end"] = f"{row.end_minute // 60:02d}:{row.end_minute % 60:02d}"
+            counts[row.weekday] += 1
+    response = render(request, "consult/availability.html", user=user, weekdays=WEEKDAYS, slots=WINDOWS_PER_DAY,
+                      values=typed or shown, errors=errors or {}, saved=saved,
+                      exceptions=scheduling.upcoming_exceptions(session=session, user=user))
+    response.status_code = status
+    return response
 
 
 @router.get("/verify", response_class=HTMLResponse)

@@ -33,21 +33,27 @@ def _minutes(text_value: str) -> int:
         hours, minutes = text_value.split(":")
         value = int(hours) * 60 + int(minutes)
     except ValueError:
-        raise Invalid(f"time {text_value!r} must look like 08:30") from None
+        raise Invalid(f"时间应写成 08:30 / time {text_value!r} must look like 08:30") from None
     if not 0 <= value <= 24 * 60:
         raise Invalid(f"time {text_value!r} is out of range")
     return value
+
+
+def check_window(weekday: int, start: str, end: str) -> tuple[int, int]:
+    """One weekly window as minutes after local midnight, or Invalid saying what is wrong."""
+    if not 0 <= int(weekday) <= 6:
+        raise Invalid("weekday must be 0 (Monday) to 6 (Sunday)")
+    first, last = _minutes(start), _minutes(end)
+    if last <= first:
+        raise Invalid(f"{start}-{end}: 结束须晚于开始 / the end must be after the start")
+    return first, last
 
 
 def set_weekly(*, session: Session, user: User, windows: list[tuple[int, str, str]]) -> list[Availability]:
     """Replace the user's weekly availability: (weekday 0=Mon..6, "08:00", "12:00") in local time."""
     rows = []
     for weekday, start, end in windows:
-        if not 0 <= int(weekday) <= 6:
-            raise Invalid("weekday must be 0 (Monday) to 6 (Sunday)")
-        first, last = _minutes(start), _minutes(end)
-        if last <= first:
-            raise Invalid(f"{start}-{end}: the end must be after the start")
+        first, last = check_window(weekday, start, end)
         rows.append(Availability(user_id=user.id, weekday=int(weekday), start_minute=first, end_minute=last))
     for old in session.scalars(select(Availability).where(Availability.user_id == user.id)):
         session.delete(old)
@@ -66,6 +72,25 @@ def add_exception(*, session: Session, user: User, starts_local: datetime, ends_
     session.add(row)
     session.flush()
     return row
+
+
+def weekly(*, session: Session, user: User) -> list[Availability]:
+    return list(session.scalars(select(Availability).where(Availability.user_id == user.id)
+                                .order_by(Availability.weekday, Availability.start_minute)))
+
+
+def upcoming_exceptions(*, session: Session, user: User) -> list[AvailabilityException]:
+    return list(session.scalars(select(AvailabilityException).where(
+        AvailabilityException.user_id == user.id, AvailabilityException.ends_at > utcnow())
+        .order_by(AvailabilityException.starts_at)))
+
+
+def remove_exception(*, session: Session, user: User, exception_id: int) -> None:
+    row = session.get(AvailabilityException, exception_id)
+    if row is None or row.user_id != user.id:
+        raise NotFound("no such leave or extra hours / 未找到该记录")
+    session.delete(row)
+    session.flush()
 
 
 def is_available(session: Session, user_id: int, starts: datetime, ends: datetime) -> bool:

@@ -132,7 +132,8 @@ def _menu(role: str) -> list[dict]:
     items = {
         "radiographer": [("/upload", "上传影像 Upload images"), ("/consults/new", "新建会诊申请 Request a consult"),
                          ("/consults", "申请与回传报告 My requests")],
-        "specialist": [("/consults", "我的阅片任务 My worklist"), ("/calendar", "会诊日程 Calendar")],
+        "specialist": [("/consults", "我的阅片任务 My worklist"), ("/calendar", "会诊日程 Calendar"),
+                       ("/availability", "我的出诊时间 My availability")],
         "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/dashboard", "统计 Dashboard"),
                         ("/calendar", "日程 Calendar")],
         "admin": [("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard")],

@@ -451,3 +451,69 @@ def test_the_report_editor_never_loses_a_draft(live, browser):
     assert wang.locator("#draft-restored").is_hidden()
     wang.context.close()
     assert not errors, errors
+
+
+def test_specialists_set_their_availability_and_the_booking_form_shows_who_is_free(live, browser):
+    """16.10: a specialist's weekly pattern and leave on a page (a wrong row is refused beside
+    itself, nothing saved); the coordinator's booking form marks who is free at the time."""
+    from datetime import datetime, timedelta
+
+    from consult import service
+    from storage import identity, localtime
+    from storage.runtime import bootstrap
+
+    errors: list[str] = []
+    wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
+    wang.goto(f"{live.url}/availability")
+    for day in range(7):
+        wang.fill(f'input[name="d{day}s0start"]', "08:00")
+        wang.fill(f'input[name="d{day}s0end"]', "12:00")
+    wang.fill('input[name="d2s1start"]', "17:00")
+    wang.fill('input[name="d2s1end"]', "14:00")  # the end before the start
+    wang.locator("#weekly button[type=submit]").click()
+    wang.locator("#err-d2s1").wait_for()
+    assert "结束须晚于开始" in wang.locator("#err-d2s1").inner_text()
+    assert wang.locator('input[name="d2s1start"]').input_value() == "17:00"  # kept as typed
+    wang.fill('input[name="d2s1start"]', "14:00")
+    wang.fill('input[name="d2s1end"]', "17:30")
+    wang.locator("#weekly button[type=submit]").click()
+    wang.locator("#saved").wait_for()
+    assert wang.locator('input[name="d2s1end"]').input_value() == "17:30"
+    today = datetime.now(localtime.zone()).date()
+    leave_day = today + timedelta(days=4)
+    wang.fill('#exception-form input[name="starts"]', f"{leave_day}T00:00")
+    wang.fill('#exception-form input[name="ends"]', f"{leave_day}T23:59")
+    wang.fill('#exception-form input[name="note"]', "外出培训")
+    wang.locator("#exception-form button[type=submit]").click()
+    assert "外出培训" in wang.locator("ul.exceptions").inner_text()
+    wang.screenshot(path="/tmp/lancang-availability-1366.png", full_page=True)
+    wang.set_viewport_size({"width": 390, "height": 844})
+    assert wang.evaluate("document.documentElement.scrollWidth") <= 392
+    wang.context.close()
+
+    runtime = bootstrap(live.settings, component="test")
+    try:
+        with runtime.db.scope() as session:
+            get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
+            consult = service.create(session=session, requester=get("li"), kind="live", target_code="COUNTY",
+                                     study_uids=[live.study], clinical_question="availability check").id
+            service.accept(session=session, consult_id=consult, user=get("zhou"))
+    finally:
+        runtime.db.dispose()
+    zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
+    zhou.goto(f"{live.url}/consults/{consult}")
+    form = zhou.locator("#schedule-form")
+    form.locator('select[name="specialist"]').select_option("wang")
+    day = today + timedelta(days=3)
+    form.locator('input[name="start"]').fill(f"{day}T09:00")
+    form.locator('input[name="start"]').dispatch_event("change")
+    zhou.wait_for_function("() => document.getElementById('free-hint').textContent.includes('王医生')")
+    assert form.locator('select[name="specialist"] option[value="wang"]').inner_text().startswith("✓")
+    assert form.locator('select[name="specialist"] option[value="sun"]').inner_text().startswith("✗")
+    form.locator('input[name="start"]').fill(f"{leave_day}T09:00")  # on leave
+    form.locator('input[name="start"]').dispatch_event("change")
+    zhou.wait_for_function("() => !document.getElementById('free-hint').textContent.includes('王医生')")
+    assert form.locator('select[name="specialist"] option[value="wang"]').inner_text().startswith("✗")
+    zhou.screenshot(path="/tmp/lancang-booking-free-1366.png", full_page=True)
+    zhou.context.close()
+    assert not errors, errors

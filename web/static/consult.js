@@ -221,3 +221,31 @@ if (studySearch) {
     document.getElementById("study-none").hidden = shown > 0;
   });
 }
+
+// Booking form: who of the target institution is free at the chosen time (their own
+// availability, leave and other bookings), marked in the specialist list as one types.
+const booking = document.getElementById("schedule-form");
+if (booking) {
+  const hint = document.getElementById("free-hint");
+  const select = booking.elements.specialist;
+  const check = async () => {
+    const start = booking.elements.start.value;
+    if (!start) return;
+    const minutes = booking.elements.minutes.value || "30";
+    try {
+      const free = await api("GET", `/api/specialists/free?start=${encodeURIComponent(start)}&minutes=${minutes}`);
+      const names = new Set(free.map((p) => p.username));
+      for (const option of select.options) {
+        option.textContent = option.textContent.replace(/^[✓✗] /, "");
+        option.textContent = (names.has(option.value) ? "✓ " : "✗ ") + option.textContent;
+      }
+      hint.textContent = free.length
+        ? `有空 Free: ${free.map((p) => p.display_name || p.username).join("、")}`
+        : "此时段没有专家有空 Nobody is free then";
+      hint.className = "free-hint " + (names.has(select.value) ? "ok" : "bad");
+    } catch (error) {
+      hint.textContent = error.message;
+    }
+  };
+  for (const name of ["start", "minutes", "specialist"]) booking.elements[name].addEventListener("change", check);
+}
