@@ -121,7 +121,13 @@ class ReportContent:
     reviewed_at: datetime | str | None
     verify_url: str
     department: str = ""
+    institution_address: str = ""
     requesting_institution: str = ""
+    reported_at: datetime | None = None  # printed in the header: when this version was signed
+    # Structured measurements as (label, value with unit), printed as a table (obstetric
+    # biometry: BPD, HC, AC, FL, EFW, GA...), and the maternal risk colour (妇幼五色分级).
+    measurements: list[tuple[str, str]] = field(default_factory=list)
+    risk_colour: str = ""
     title: str = "影像诊断报告  Diagnostic Imaging Report"
     footer: str = DEFAULT_FOOTER
     status: Status | None = None
@@ -159,15 +165,8 @@ def find_cjk_font() -> tuple[str, str | None, int]:
 def _fmt_when(value: date | datetime | str | None, *, pending: str) -> str:
     if value is None or value == "":
         return pending
-    if isinstance(value, datetime):
-        text = value.strftime("%Y-%m-%d %H:%M")
-        offset = value.utcoffset()
-        if offset is not None:
-            minutes = int(offset.total_seconds() // 60)
-            sign = "+" if minutes >= 0 else "-"
-            minutes = abs(minutes)
-            text += f" (UTC{sign}{minutes // 60:02d}:{minutes % 60:02d})"
-        return text
+    if isinstance(value, datetime):  # in the deployment's zone, as every time on the report
+        return f"{beijing_time(value)}（{localtime.label_zh()}）"
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
@@ -231,6 +230,8 @@ def build_report_pdf(report: ReportContent) -> bytes:
             ("检查号 Accession No.", report.accession_number),
         ])
     _section(pdf, "临床问题  Clinical question", report.clinical_question)
+    if report.measurements or report.risk_colour:
+        _measurements(pdf, report.measurements, report.risk_colour)
     _section(pdf, "影像所见  Findings", report.findings)
     _section(pdf, "诊断意见  Impression", report.impression)
     _section(pdf, "建议  Recommendation", report.recommendation)
@@ -258,9 +259,10 @@ def _header(pdf: _ReportPdf, report: ReportContent) -> None:
     pdf.set_font("cjk", "B", 16)
     pdf.cell(_CONTENT_W, 8, report.institution, align="C",
              new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    if report.department:
-        pdf.set_font("cjk", "", 10)
-        pdf.cell(_CONTENT_W, 5, report.department, align="C",
+    under = "  ".join(part for part in (report.department, report.institution_address) if part)
+    if under:
+        pdf.set_font("cjk", "", 9.5)
+        pdf.cell(_CONTENT_W, 5, under, align="C",
                  new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
     pdf.set_font("cjk", "B", 13)
@@ -273,6 +275,9 @@ def _header(pdf: _ReportPdf, report: ReportContent) -> None:
     pdf.cell(_CONTENT_W / 2, 5, left)
     pdf.cell(_CONTENT_W / 2, 5, right, align="R",
              new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if report.reported_at is not None:
+        pdf.cell(_CONTENT_W, 5, f"报告时间 Report time: {_fmt_when(report.reported_at, pending='—')}",
+                 align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_line_width(0.5)
     pdf.line(_MARGIN, pdf.get_y() + 0.5, _PAGE_W - _MARGIN, pdf.get_y() + 0.5)
     pdf.set_line_width(0.2)
@@ -325,12 +330,51 @@ def _studies_table(pdf: _ReportPdf, studies: list[tuple[str, str, str, str, str]
     pdf.ln(2)
 
 
+# 妇幼 five-colour maternal risk grading, as printed: name and the colour itself.
+RISK_PRINT = {"green": ("绿色 低风险 Green", (46, 125, 50)), "yellow": ("黄色 一般风险 Yellow", (249, 168, 37)),
+              "orange": ("橙色 较高风险 Orange", (239, 108, 0)), "red": ("红色 高风险 Red", (198, 40, 40)),
+              "purple": ("紫色 传染病 Purple", (106, 27, 154))}
+
+
+def _measurements(pdf: _ReportPdf, rows: list[tuple[str, str]], risk_colour: str) -> None:
+    """The template's measurements as a table, four label/value pairs a line, and the
+    maternal risk colour with its swatch."""
+    _section_title(pdf, "测量 Measurements")
+    if risk_colour in RISK_PRINT:
+        label, rgb = RISK_PRINT[risk_colour]
+        pdf.set_font("cjk", "", 8.5)
+        pdf.set_text_color(80, 80, 80)
+        pdf.cell(pdf.get_string_width("孕产妇风险分级 Maternal risk") + 3, 6, "孕产妇风险分级 Maternal risk")
+        pdf.set_fill_color(*rgb)
+        pdf.cell(5, 5, "", fill=True)
+        pdf.set_text_color(0, 0, 0)
+        pdf.set_font("cjk", "B", 10.5)
+        pdf.cell(0, 6, " " + label, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    width = _CONTENT_W / 4
+    pdf.set_draw_color(200, 205, 212)
+    for start in range(0, len(rows), 4):
+        for label, value in rows[start:start + 4]:
+            pdf.set_font("cjk", "", 8)
+            pdf.set_text_color(80, 80, 80)
+            x, y = pdf.get_x(), pdf.get_y()
+            pdf.cell(width, 4.5, label, border="LTR")
+            pdf.set_xy(x, y + 4.5)
+            pdf.set_text_color(0, 0, 0)
+            pdf.set_font("cjk", "B", 10.5)
+            pdf.cell(width, 6, value, border="LBR")
+            pdf.set_xy(x + width, y)
+        pdf.ln(11)
+    pdf.set_draw_color(0, 0, 0)
+    pdf.ln(2)
+
+
 def _section(pdf: _ReportPdf, title: str, text: str) -> None:
     _section_title(pdf, title)
     pdf.set_font("cjk", "", 10.5)
     body = (text or "").strip() or "无 None"
     pdf.set_x(_MARGIN + 2)
-    pdf.multi_cell(_CONTENT_W - 4, 5.8, body, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    # Left-aligned: justified CJK text with a few Latin words opens wide gaps in the line.
+    pdf.multi_cell(_CONTENT_W - 4, 5.8, body, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(3)
 
 

@@ -25,6 +25,7 @@ from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build
 from consult import policy
 from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
+from imaging.dataset import display_name
 from imaging.summary import age_at
 from imaging.models import Series, Study
 from imaging.query import shown_patient_id
@@ -199,20 +200,23 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
                  title: str | None = None, **printed) -> ReportContent:
     study, series = _exam(session, consult)
     template = templates.TEMPLATES[report.template]
-    fields = templates.fields_as_text(report.template, content.get("fields", {}))
-    findings = content["findings"] + (f"\n{fields}" if fields else "")
     extra = {"title": title} if title else {}
     extra.update(printed)  # status, signers, attachments
     extra.setdefault("studies", _studies(session, consult, template))
+    signed = [s.signed_at for s in extra.get("signers", []) if s.signed_at is not None]
+    where = consult.target_institution
     return ReportContent(
-        institution=consult.target_institution.name_zh, report_id=f"LC-{consult.id:06d}",
-        patient_name=study.patient.name.replace("^", " ").split("=")[-1].strip() or study.patient.name,
+        institution=where.name_zh, report_id=f"LC-{consult.id:06d}",
+        patient_name=display_name(study.patient.name) or study.patient.name,
         patient_sex=study.patient.sex, patient_age=age_at(study.patient.birth_date, study.study_date),
         patient_id=shown_patient_id(study.patient.patient_id), modality=(series.modality if series else "") or template.modality,
         body_part=body_part_zh((series.body_part if series else "") or template.body_part),
         exam_date=chinese_date(study.study_date),
         accession_number=study.accession_number, clinical_question=consult.clinical_question,
-        findings=findings, impression=content["impression"], recommendation=content["recommendation"],
+        findings=content["findings"], impression=content["impression"], recommendation=content["recommendation"],
+        measurements=templates.measurement_rows(report.template, content.get("fields", {})),
+        risk_colour=consult.risk_colour or "", department=where.department or "医学影像科",
+        institution_address=where.address, reported_at=max(signed) if signed else utcnow(),
         reader_name=consult.reader.display_name if consult.reader else "",
         read_at=None, reviewer_name=consult.reviewer.display_name if consult.reviewer else "", reviewed_at=None,
         verify_url=verify_url, requesting_institution=consult.requesting_institution.name_zh, **extra)

@@ -638,13 +638,15 @@ def _judge_status(report: VerifyReport, info: SignerInfo, label: str, status, pd
     info.intact = bool(status.intact and status.valid)
     info.trusted = bool(status.trusted)
     info.covers_whole_document = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
+    # One cause, said once: altered content makes every later check fail too, and "not
+    # trusted" would send the reader looking at certificates when the text was changed.
     if not status.intact:
-        report.problems.append(f"{label}: the signed content was altered (digest mismatch)")
+        report.problems.append(f"{label}: 内容已被改动 content altered (the signed bytes no longer match)")
     elif not status.valid:
-        report.problems.append(f"{label}: the signature value does not verify")
-    if not status.trusted:
+        report.problems.append(f"{label}: 签名值无效 the signature value does not verify")
+    elif not status.trusted:
         report.problems.append(
-            f"{label}: the signer certificate does not chain to a trusted CA"
+            f"{label}: 签名证书不受信任 the signer certificate does not chain to a trusted CA"
             " (or is expired, not yet valid or not usable for signing)"
         )
     if info.intact and info.trusted and not status.bottom_line:

@@ -112,13 +112,16 @@ def clean_content(template_id: str, content: dict, *, strict: bool = True) -> di
     return out
 
 
-def fields_as_text(template_id: str, fields: dict) -> str:
-    template = TEMPLATES[template_id]
-    parts = []
-    for item in template.fields:
+def measurement_rows(template_id: str, fields: dict) -> list[tuple[str, str]]:
+    """The template's measurements that have values, as (label, value with unit) for print."""
+    rows = []
+    for item in TEMPLATES[template_id].fields:
         if item.name in fields:
             value = fields[item.name]
             shown = f"{value:g}" if isinstance(value, float) else str(value)
-            unit = "周" if item.kind == "ga" else item.unit
-            parts.append(f"{item.label}: {shown} {unit}".strip())
-    return "；".join(parts)
+            if item.kind == "ga":
+                shown = f"孕{shown}周"
+            elif item.unit:
+                shown = f"{shown} {item.unit}"
+            rows.append((item.label, shown))
+    return rows

@@ -51,6 +51,15 @@ def cmd_institution_add(args) -> None:
         print(f"institution {inst.code} added ({inst.name_zh}, {inst.level})")
 
 
+def cmd_institution_set(args) -> None:
+    with _runtime().db.scope() as session:
+        inst = service.set_institution_details(session=session, code=args.code, department=args.department,
+                                               address=args.address, name_en=args.name_en)
+        _audit(session, "admin.institution.set", "institution", inst.code)
+        shown = f"{inst.name_zh} · {inst.department or '-'} · {inst.address or '-'}"
+    print(f"institution {args.code}: {shown}")
+
+
 def cmd_institution_list(args) -> None:
     with _runtime().db.scope(readonly=True) as session:
         by_id = {i.id: i for i in service.list_institutions(session=session)}
@@ -369,6 +378,9 @@ def _add_registry(commands) -> None:
     _sub(inst, "add", "add an institution", cmd_institution_add,
          (("code",), {}), (("--name",), {"required": True}), (("--name-en",), {}),
          (("--level",), {"required": True, "choices": LEVELS}), (("--parent",), {}))
+    _sub(inst, "set", "what reports print under the name", cmd_institution_set, (("code",), {}),
+         (("--department",), {"help": "the reading department, e.g. 医学影像科"}),
+         (("--address",), {"help": "postal address printed in the report header"}), (("--name-en",), {}))
     _sub(inst, "list", "list institutions", cmd_institution_list)
     _sub(inst, "disable", "disable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=False)
     _sub(inst, "enable", "re-enable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=True)

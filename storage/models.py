@@ -32,6 +32,9 @@ class Institution(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Printed under the name on the reports it signs (migration 0009).
+    department: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    address: Mapped[str] = mapped_column(String(300), default="", server_default="")
 
     parent: Mapped["Institution | None"] = relationship(remote_side=[id])
 

@@ -24,6 +24,20 @@ def get_institution(*, session: Session, code: str) -> Institution:
     return found
 
 
+def set_institution_details(*, session: Session, code: str, department: str | None = None,
+                            address: str | None = None, name_en: str | None = None) -> Institution:
+    """What the report header prints under the institution's name."""
+    institution = get_institution(session=session, code=code)
+    if department is not None:
+        institution.department = department.strip()[:100]
+    if address is not None:
+        institution.address = address.strip()[:300]
+    if name_en is not None:
+        institution.name_en = name_en.strip()[:200]
+    session.flush()
+    return institution
+
+
 def add_institution(*, session: Session, code: str, name: str, level: str,
                     name_en: str = "", parent_code: str | None = None) -> Institution:
     """Adds an institution to the referral tree."""

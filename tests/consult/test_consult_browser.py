@@ -64,6 +64,15 @@ def live(tmp_path_factory):
         yield app
 
 
+@pytest.fixture(autouse=True)
+def fresh_login_limit(live):
+    """Each test signs in a few people from 127.0.0.1; the module as a whole would pass the
+    login limit (10 a minute per address, web/pages.py), which is not what these test."""
+    from web.pages import login_limiter
+
+    live.app.state.login_limiter = login_limiter()
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright

@@ -7,6 +7,7 @@ reader's time was "—", nothing said 终审, and its QR opened the preliminary'
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_each_version_says_what_it_is_who_signed_it_and_its_qr_opens_it(runtime,
     assert "终审报告 Final report" in text and "待审核" not in text and "初步报告" not in text
     assert "王医生 主治医师" in text and "陈主任 主任医师" in text
     assert "澜沧县人民医院" in text and "普洱市人民医院" in text  # each signer's institution
-    assert text.count("北京时间") == 2 and text.count("已电子签名 Digitally signed") == 2
+    assert text.count("北京时间") == 3 and text.count("已电子签名 Digitally signed") == 2  # two signers and the report time
     assert "UTC" not in text and "2026年11月1日" in text and "头部 HEAD" in text  # exam date and body part
     final_url = _qr(final_pdf, tmp_path, "final")
     assert final_url.endswith(f"/verify/{final_v['public_id']}")
@@ -178,3 +179,38 @@ def test_a_report_lists_each_study_it_covers_with_its_own_details(runtime, world
     xr_row = next(line for line in text.splitlines() if "XR-77" in line)
     assert "CT" in ct_row and "2026年11月1日" in ct_row
     assert "DX" in xr_row and "2024年3月1日" in xr_row and "胸部 CHEST" in xr_row
+
+
+def test_an_obstetric_final_report_is_laid_out_as_a_hospital_accepts_it(runtime, world, api, tmp_path):
+    """16.4: the header names the department and address and the report time; obstetric
+    biometry is a table with GA (孕24+1周) and EFW; the maternal risk colour is printed;
+    findings are left-aligned (no justified gaps). Checked on the rendered PDF."""
+    from storage import service as tenancy
+
+    _, study = world
+    with runtime.db.scope() as session:
+        tenancy.set_institution_details(session=session, code="COUNTY", department="医学影像科",
+                                        address="云南省普洱市澜沧县勐朗镇民主路 8 号")
+    cid = ok(api("POST", "li", "/api/consults", json={
+        "kind": "read", "target": "COUNTY", "study_uids": [study], "risk_colour": "orange",
+        "clinical_question": "孕24周，胎儿生长评估"}), 201)["id"]
+    ok(api("POST", "zhou", f"/api/consults/{cid}/accept"))
+    ok(api("POST", "zhou", f"/api/consults/{cid}/assign", json={"reader": "wang", "reviewer": "chen"}))
+    ok(api("PUT", "wang", f"/api/consults/{cid}/report/draft", json={
+        "template": "obstetric_us", "findings": "宫内单活胎，胎心搏动可见，胎位头位。",
+        "impression": "宫内单活胎，超声孕周与孕龄相符。", "recommendation": "四周后复查",
+        "fields": {"bpd_mm": "60", "hc_mm": "222", "ac_mm": "196", "fl_mm": "44", "efw_g": "680",
+                   "ga_weeks": "24+1", "fhr_bpm": "146"}}))
+    ok(api("POST", "wang", f"/api/consults/{cid}/report/sign", json={"password": "sign-wang"}))
+    final = ok(api("POST", "chen", f"/api/consults/{cid}/report/cosign", json={"password": "sign-chen"}))
+    pdf = api("GET", "li", final["versions"][-1]["pdf_url"]).content
+    text = _text(pdf, tmp_path, "obstetric")
+    assert "医学影像科" in text and "勐朗镇民主路" in text
+    assert re.search(r"报告时间 Report time: \d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}", text), text
+    assert "测量 Measurements" in text and "孕24+1周" in text and "680 g" in text and "双顶径 BPD" in text
+    assert "橙色 较高风险 Orange" in text and "孕产妇风险分级" in text
+    assert "终审" in text
+    findings = next(line for line in text.splitlines() if "宫内单活胎，胎心" in line)
+    assert "  " not in findings.strip(), findings  # left-aligned, no stretched gaps
+    subprocess.run([_tool("pdftoppm"), "-r", "110", "-png", "-singlefile", str(tmp_path / "obstetric.pdf"),
+                    "/tmp/lancang-report-obstetric-final"], check=True)

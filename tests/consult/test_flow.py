@@ -173,6 +173,10 @@ def test_read_consult_end_to_end(api, world, runtime, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lancang.cli", "report", "verify", str(path)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "NOT VALID" in bad.stderr
+    # 16.4: it says what failed; a changed byte is not a certificate problem.
+    said = bad.stdout + bad.stderr
+    assert "content altered" in said or "damaged" in said, said
+    assert "trusted CA" not in said, said
 
 
 def test_live_consult_scheduling_and_double_booking(api, world, runtime):

@@ -89,7 +89,7 @@ def test_chinese_and_english_text_is_extractable(report_pdf):
         "张秀英", "女 Female", "67岁", "P0012345", "ACC20250301001", "2025-03-01",
         "临床问题", "Clinical question", "影像所见", "Findings", "支气管充气征",
         "诊断意见", "Impression", "建议", "Recommendation",
-        "王医生", "李主任", "2025-03-01 14:05", "2025-03-01 16:30",
+        "王医生", "李主任", "2025年3月1日 14:05（北京时间）", "2025年3月1日 16:30（北京时间）",
         "扫码验证", "勐朗镇卫生院", "RPT-2025-000123",
     ):
         assert expected in text, expected

@@ -12,7 +12,7 @@ from storage.errors import Invalid
 def test_gestational_age_as_obstetricians_write_it(typed, stored):
     cleaned = templates.clean_content("obstetric_us", {"fields": {"ga_weeks": typed}})
     assert cleaned["fields"]["ga_weeks"] == stored
-    assert "孕周 GA: " + stored + " 周" in templates.fields_as_text("obstetric_us", cleaned["fields"])
+    assert ("孕周 GA", f"孕{stored}周") in templates.measurement_rows("obstetric_us", cleaned["fields"])
 
 
 @pytest.mark.parametrize("typed", ["24+7", "50", "24周1天", "+1", "3"])

@@ -1,6 +1,7 @@
 """Contacts for notifications sent outside the platform (e-mail, 企业微信 mobile), the
 delivery state of each notification, a rotatable secret for a user's calendar feed, and
-"must change the password" for passwords someone else chose (the demo admin, a reset)
+"must change the password" for passwords someone else chose (the demo admin, a reset); an
+institution's reading department and address for the report header
 
 Revision ID: 0009
 Revises: 0008
@@ -19,6 +20,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('institutions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('department', sa.String(length=100), nullable=False, server_default=''))
+        batch_op.add_column(sa.Column('address', sa.String(length=300), nullable=False, server_default=''))
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('email', sa.String(length=254), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('mobile', sa.String(length=32), nullable=False, server_default=''))
@@ -40,3 +44,6 @@ def downgrade() -> None:
         batch_op.drop_column('calendar_feed_hash')
         batch_op.drop_column('mobile')
         batch_op.drop_column('email')
+    with op.batch_alter_table('institutions', schema=None) as batch_op:
+        batch_op.drop_column('address')
+        batch_op.drop_column('department')
