@@ -24,9 +24,9 @@ MAX_WEEKS = 52
 def require_viewer(user, weeks: int) -> None:
     """One rule for the dashboard page and its API: coordinators and admins, 1-52 weeks."""
     if user.role not in VIEWER_ROLES:
-        raise NotPermitted("the dashboard is for coordinators and admins / 仅协调员和管理员可见")
+        raise NotPermitted("仅协调员和管理员可见 / the dashboard is for coordinators and admins")
     if not 1 <= weeks <= MAX_WEEKS:
-        raise Invalid(f"weeks must be 1-{MAX_WEEKS} / 周数须为1至{MAX_WEEKS}")
+        raise Invalid(f"周数须为1至{MAX_WEEKS} / weeks must be 1-{MAX_WEEKS}")
 from storage.types import utcnow
 
 COLOURS = {"green": "#2e7d32", "yellow": "#f9a825", "orange": "#ef6c00", "red": "#c62828", "purple": "#6a1b9a",

@@ -23,7 +23,7 @@ from storage.types import utcnow
 STATUS_LABELS = {
     "requested": "待受理 Requested", "accepted": "已受理 Accepted", "declined": "已退回 Declined",
     "assigned": "已分配 Assigned", "scheduled": "已预约 Scheduled", "in_progress": "阅片中 In progress",
-    "reported": "待审核 Reported", "final": "已签发 Final", "returned": "已回传 Returned",
+    "reported": "待审核 Reported", "final": "已签发 Final", "returned": "已回传 Delivered",
     "acknowledged": "已确认 Acknowledged", "cancelled": "已取消 Cancelled",
 }
 ROLE_LABELS = {"presenter": "汇报 Presenter", "specialist": "专家 Specialist", "reviewer": "审核 Reviewer",
@@ -275,7 +275,7 @@ def verify_code(public_id: str, request: Request, session: DbSession, user: Opti
 async def verify_upload(request: Request, session: DbSession, user: OptionalUser, file: UploadFile = File(...)):
     pdf = await file.read(MAX_UPLOAD + 1)
     if len(pdf) > MAX_UPLOAD:
-        raise Invalid("the file is larger than 20 MB / 文件过大")
+        raise Invalid("文件过大 / the file is larger than 20 MB")
     verdict = reports.verify_upload(session=session, pdf=pdf)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(verdict)
@@ -315,7 +315,7 @@ def open_notification(notification_id: int, session: WriteSession, user: Current
     """Mark it read and go where it points."""
     row = session.get(Notification, notification_id)
     if row is None or row.user_id != user.id:
-        raise NotFound("no such notification / 未找到该通知")
+        raise NotFound("未找到该通知 / no such notification")
     row.read_at = row.read_at or utcnow()
     local = row.link.startswith("/") and not row.link.startswith("//")  # never off the site
     return RedirectResponse(row.link if local else "/notifications", status_code=303)

@@ -95,7 +95,7 @@ def _credential(session: Session, user: User) -> tuple[SignerCredential, Signing
     credential = session.scalar(select(SignerCredential).where(SignerCredential.user_id == user.id,
                                                                SignerCredential.revoked_at.is_(None)))
     if credential is None:
-        raise SignatureRefused("you have no signing certificate yet; ask the administrator / 尚未签发数字证书")
+        raise SignatureRefused("尚未签发数字证书 / you have no signing certificate yet; ask the administrator")
     return credential, session.get(SigningAuthority, credential.authority_id)
 
 
@@ -111,7 +111,7 @@ def save_draft(*, session: Session, consult_id: int, user: User, template: str, 
     consult = get(session=session, consult_id=consult_id, user=user)
     policy.require("draft", consult, user)
     if consult.status not in WRITABLE:
-        raise Conflict(f"the report cannot be edited while the consult is {consult.status}")
+        raise Conflict(f"会诊当前状态下报告不能编辑 / the report cannot be edited while the consult is {consult.status}")
     cleaned = templates.clean_content(template, content, strict=False)
     if consult.status != "in_progress":
         transition(session, consult, user, "in_progress")
@@ -266,10 +266,10 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
     policy.require("sign", consult, user)
     report = get_report(session=session, consult=consult)
     if report is None or consult.status != "in_progress":
-        raise Conflict("there is no open draft to sign")
+        raise Conflict("没有可签名的草稿 / there is no open draft to sign")
     content = templates.clean_content(report.template, report.draft)
     if not content["findings"].strip() or not content["impression"].strip():
-        raise Invalid("findings and impression are required / 请填写检查所见和诊断意见")
+        raise Invalid("请填写检查所见和诊断意见 / findings and impression are required")
     public_id, now = secrets.token_hex(8), utcnow()
     signers = [_signer(user, "报告医师 Reader", now),
                _signer(consult.reviewer, "审核医师 Reviewer", None, pending="待审核 Awaiting review")]
@@ -278,7 +278,7 @@ def sign_preliminary(*, session: Session, store, consult_id: int, user: User, pa
     signed, signature = _sign(session, user, password, pdf, "reader", "初步报告 preliminary report", content, now)
     version = _store_version(session, store, report, "preliminary", content, signed, [signature], public_id)
     report.status, report.review_comment = "preliminary", ""
-    transition(session, consult, user, "reported", f"version {version.number}")
+    transition(session, consult, user, "reported", f"第 {version.number} 版 version {version.number}")
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "preliminary"})
     notify_consult(session, consult, {consult.reviewer_id}, kind="report.review",
@@ -292,7 +292,7 @@ def return_for_revision(*, session: Session, consult_id: int, user: User, commen
     report = get_report(session=session, consult=consult)
     report.status, report.review_comment = "draft", comments.strip()
     notify_consult(session, consult, {consult.reader_id}, kind="report.returned",
-                   title=f"报告被退回修改 Report of consult #{consult.id} returned", body=comments)
+                   title=f"报告被退回修改 Report of consult #{consult.id} sent back for revision", body=comments)
     return report
 
 
@@ -306,13 +306,14 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     consult = get(session=session, consult_id=consult_id, user=user)
     policy.require("cosign", consult, user)
     if consult.status != "reported":
-        raise Conflict(f"a consult that is {consult.status} has no report to co-sign")
+        raise Conflict(f"没有待审核签发的报告 / a consult that is {consult.status} has no report to co-sign")
     report = get_report(session=session, consult=consult)
     preliminary = report.versions[-1]
     pdf = store.get(preliminary.pdf_key)
     check = signing.verify_pdf(pdf, trusted_roots(session))
     if not check.ok:
-        raise Conflict("the preliminary report does not verify; it was not co-signed: " + "; ".join(check.problems))
+        raise Conflict("初步报告验证未通过，未签发 / the preliminary report does not verify; it was not co-signed: "
+                       + "; ".join(check.problems))
     public_id, now = secrets.token_hex(8), utcnow()
     read_at = datetime.fromisoformat(preliminary.signatures[0]["signed_at"])
     signers = [_signer(consult.reader, "报告医师 Reader", read_at), _signer(user, "审核医师 Reviewer", now)]
@@ -326,8 +327,8 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     version = _store_version(session, store, report, "final", preliminary.content, signed,
                              [*preliminary.signatures, signature], public_id)
     report.status = "final"
-    transition(session, consult, user, "final", f"version {version.number}")
-    transition(session, consult, None, "returned", "report returned to the requesting institution")
+    transition(session, consult, user, "final", f"第 {version.number} 版 version {version.number}")
+    transition(session, consult, None, "returned", "报告已回传申请机构 report delivered to the requesting institution")
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
                  object_id=str(consult.id), detail={"version": version.number, "kind": "final"})
     recipients = users_with_roles(session, consult.requesting_institution_id, ("radiographer", "coordinator", "admin"))
@@ -342,9 +343,9 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
     consult = get(session=session, consult_id=consult_id, user=user)
     policy.require("addendum", consult, user)
     if consult.status not in ("final", "returned", "acknowledged"):
-        raise Conflict("addenda follow a final report")
+        raise Conflict("终审报告签发后才能补充 / addenda follow a final report")
     if not text.strip():
-        raise Invalid("the addendum is empty")
+        raise Invalid("补充内容为空 / the addendum is empty")
     report = get_report(session=session, consult=consult)
     final = next(v for v in reversed(report.versions) if v.kind == "final")
     content = {**final.content, "addendum": text.strip()[:20000], "amends_version": final.number}
@@ -407,17 +408,17 @@ def version_standing(report: Report, version: ReportVersion) -> tuple[str, bool]
         return (f"初步报告，已由上级医师审核签发为第 {final.number} 版终审报告 Preliminary; co-signed as the "
                 f"final report, version {final.number}", False)
     if later:
-        return (f"已退回修改，被第 {later[0].number} 版取代 Returned for revision; superseded by version "
+        return (f"已退回修改，被第 {later[0].number} 版取代 Sent back for revision; superseded by version "
                 f"{later[0].number}", False)
     if report.status == "draft":
-        return "已退回修改 Returned for revision", False
+        return "已退回修改 Sent back for revision", False
     return "初步报告，待上级医师审核 Preliminary, awaiting the senior's review", False
 
 
 def version_by_public_id(*, session: Session, public_id: str) -> ReportVersion:
     version = session.scalar(select(ReportVersion).where(ReportVersion.public_id == public_id))
     if version is None:
-        raise NotFound("no report with this verification code / 未找到该报告")
+        raise NotFound("未找到该报告 / no report with this verification code")
     return version
 
 

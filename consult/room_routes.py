@@ -56,7 +56,7 @@ def seat_of(runtime, connection, consult_id: int) -> rooms.Seat:
     with runtime.db.scope(readonly=True) as session:
         user = room_user(connection, session)
         if user is None:
-            raise NotAuthenticated("login required / 请先登录")
+            raise NotAuthenticated("请先登录 / login required")
         try:
             return rooms.seat_for(session=session, consult_id=consult_id, user=user)
         except DomainError as exc:
@@ -184,7 +184,7 @@ def play(consult_id: int, recording_id: int, request: Request, session: DbSessio
     rooms.require_participant(session=session, consult_id=consult_id, user=session.get(User, user.id))
     row = session.get(Recording, recording_id)
     if row is None or row.consult_id != consult_id or row.deleted_at is not None:
-        raise NotFound("no such recording / 未找到录像")
+        raise NotFound("未找到录像 / no such recording")
     runtime = request.app.state.runtime
     offset, length, status = byte_range(request.headers.get("range"), row.size)
     audit.record_read(runtime.db, principal=None, actor=user.username, action="recording.play",

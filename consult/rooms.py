@@ -120,12 +120,12 @@ def seat_for(*, session: Session, consult_id: int, user: User) -> Seat:
     """The seat of a participant of a live consult that is scheduled or running, or raise."""
     consult = session.get(ConsultRequest, consult_id)
     if consult is None:
-        raise NotFound("consult not found / 未找到该会诊")
+        raise NotFound("未找到该会诊 / consult not found")
     role = room_role(session, consult, user)
     if role is None:
-        raise NotPermitted("only the consult's participants may join / 仅会诊参与者可进入")
+        raise NotPermitted("仅会诊参与者可进入 / only the consult's participants may join")
     if consult.kind != "live" or consult.status not in LIVE_STATUSES:
-        raise Conflict(f"this consult has no open room ({consult.kind}, {consult.status}) / 会诊室未开放")
+        raise Conflict(f"会诊室未开放 / this consult has no open room ({consult.kind}, {consult.status})")
     return Seat(consult_id=consult.id, user_id=user.id, username=user.username,
                 display_name=user.display_name or user.username, role=role)
 
@@ -134,9 +134,9 @@ def require_participant(*, session: Session, consult_id: int, user: User) -> Con
     """Participants and the coordinator, whatever the consult's status (recordings, chat)."""
     consult = session.get(ConsultRequest, consult_id)
     if consult is None:
-        raise NotFound("consult not found / 未找到该会诊")
+        raise NotFound("未找到该会诊 / consult not found")
     if room_role(session, consult, user) is None:
-        raise NotPermitted("only the consult's participants / 仅会诊参与者可访问")
+        raise NotPermitted("仅会诊参与者可访问 / only the consult's participants")
     return consult
 
 

@@ -216,7 +216,7 @@ def version_pdf(consult_id: int, number: int, request: Request, session: DbSessi
     report = reports.get_report(session=session, consult=consult)
     version = next((v for v in (report.versions if report else []) if v.number == number), None)
     if version is None:
-        raise NotFound("no such report version")
+        raise NotFound("未找到该报告版本 / no such report version")
     audit.record_read(request.app.state.runtime.db, principal=None, actor=user.username, action="report.download",
                  object_type="consult", object_id=str(consult_id), detail={"version": number})
     return Response(store(request).get(version.pdf_key), media_type="application/pdf",
@@ -252,7 +252,7 @@ def free(session: DbSession, user: CurrentUser, start: str, minutes: int = Query
     try:
         starts = datetime.fromisoformat(start)
     except ValueError:
-        raise Invalid("start must be an ISO date-time like 2026-11-23T09:00") from None
+        raise Invalid("开始时间应写成 2026-11-23T09:00 / start must be an ISO date-time like 2026-11-23T09:00") from None
     people = scheduling.free_specialists(session=session, institution_id=user.institution_id,
                                          starts_local=starts, minutes=minutes)
     return [{"username": p.username, "display_name": p.display_name} for p in people]
@@ -278,7 +278,7 @@ def notification_count(session: DbSession, user: CurrentUser) -> dict:
 def mark_read(notification_id: int, session: WriteSession, user: CurrentUser):
     row = session.get(Notification, notification_id)
     if row is None or row.user_id != user.id:
-        raise NotFound("no such notification")
+        raise NotFound("未找到该通知 / no such notification")
     row.read_at = row.read_at or utcnow()
 
 

@@ -35,14 +35,14 @@ def _minutes(text_value: str) -> int:
     except ValueError:
         raise Invalid(f"时间应写成 08:30 / time {text_value!r} must look like 08:30") from None
     if not 0 <= value <= 24 * 60:
-        raise Invalid(f"time {text_value!r} is out of range")
+        raise Invalid(f"时间超出范围 / time {text_value!r} is out of range")
     return value
 
 
 def check_window(weekday: int, start: str, end: str) -> tuple[int, int]:
     """One weekly window as minutes after local midnight, or Invalid saying what is wrong."""
     if not 0 <= int(weekday) <= 6:
-        raise Invalid("weekday must be 0 (Monday) to 6 (Sunday)")
+        raise Invalid("星期无效 / weekday must be 0 (Monday) to 6 (Sunday)")
     first, last = _minutes(start), _minutes(end)
     if last <= first:
         raise Invalid(f"{start}-{end}: 结束须晚于开始 / the end must be after the start")
@@ -67,7 +67,7 @@ def add_exception(*, session: Session, user: User, starts_local: datetime, ends_
     """Leave (available=False) or extra hours (available=True) between two local times."""
     starts, ends = local_to_utc(starts_local), local_to_utc(ends_local)
     if ends <= starts:
-        raise Invalid("the end must be after the start")
+        raise Invalid("结束须晚于开始 / the end must be after the start")
     row = AvailabilityException(user_id=user.id, starts_at=starts, ends_at=ends, available=available, note=note)
     session.add(row)
     session.flush()
@@ -88,7 +88,7 @@ def upcoming_exceptions(*, session: Session, user: User) -> list[AvailabilityExc
 def remove_exception(*, session: Session, user: User, exception_id: int) -> None:
     row = session.get(AvailabilityException, exception_id)
     if row is None or row.user_id != user.id:
-        raise NotFound("no such leave or extra hours / 未找到该记录")
+        raise NotFound("未找到该记录 / no such leave or extra hours")
     session.delete(row)
     session.flush()
 
@@ -138,30 +138,30 @@ def book(*, session: Session, consult_id: int, coordinator: User, specialist_use
     consult = get(session=session, consult_id=consult_id, user=coordinator)
     policy.require("book", consult, coordinator)
     if consult.kind != "live":
-        raise Invalid("only live consults are booked; reads are assigned")
+        raise Invalid("只有视频会诊需要预约，远程阅片直接分配 / only live consults are booked; reads are assigned")
     if not 5 <= minutes <= MAX_SLOT_MINUTES:
-        raise Invalid(f"a slot lasts 5 to {MAX_SLOT_MINUTES} minutes / 时段须在1小时以内")
+        raise Invalid(f"时段须在1小时以内 / a slot lasts 5 to {MAX_SLOT_MINUTES} minutes")
     specialist = session.scalar(select(User).where(User.username == specialist_username))
     if specialist is None or specialist.role != "specialist" or specialist.institution_id != consult.target_institution_id:
-        raise NotFound(f"{specialist_username} is not a specialist of the target institution")
+        raise NotFound(f"{specialist_username} 不是会诊医院的专家 / {specialist_username} is not a specialist of the target institution")
     starts = local_to_utc(starts_local)
     ends = starts + timedelta(minutes=minutes)
     if starts < utcnow():
-        raise Invalid("the slot is in the past")
+        raise Invalid("预约时间已过 / the slot is in the past")
     people = {"specialist": specialist.id, "presenter": consult.requested_by_id, "coordinator": coordinator.id}
     if invite_reviewer:
         if consult.reviewer_id is None:
-            raise Invalid("assign a senior reviewer before inviting one / 请先分配审核医生")
+            raise Invalid("请先分配审核医生 / assign a senior reviewer before inviting one")
         if consult.reviewer_id not in people.values():
             people["reviewer"] = consult.reviewer_id
     _lock_people(session, list(people.values()))
     if not is_available(session, specialist.id, starts, ends):
-        raise Conflict(f"{specialist.display_name} is not available then / 该专家此时段不在班")
+        raise Conflict(f"该专家此时段不在班 / {specialist.display_name} is not available then")
     for role, user_id in people.items():
         clash = conflicts(session, user_id, starts, ends, ignore_consult=consult.id)
         if clash:
             who = session.get(User, user_id)
-            raise Conflict(f"{who.display_name} is already booked then (consult #{clash[0].consult_id}) / 时间冲突")
+            raise Conflict(f"时间冲突 / {who.display_name} is already booked then (consult #{clash[0].consult_id})")
     for old in session.scalars(select(Booking).where(Booking.consult_id == consult.id, Booking.cancelled_at.is_(None))):
         old.cancelled_at = utcnow()
     bookings = [Booking(consult_id=consult.id, user_id=user_id, role=role, starts_at=starts, ends_at=ends)
@@ -241,7 +241,7 @@ def user_for_feed(*, session: Session, secret: str) -> User:
     user = session.scalar(select(User).where(User.calendar_feed_hash == identity.hash_token(secret),
                                              User.active.is_(True)))
     if user is None:
-        raise NotFound("unknown or replaced calendar feed / 订阅链接无效或已更换")
+        raise NotFound("订阅链接无效或已更换 / unknown or replaced calendar feed")
     return user
 
 

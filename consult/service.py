@@ -52,12 +52,12 @@ def _ancestors(session: Session, institution: Institution) -> list[int]:
 def direction_between(session: Session, source: Institution, target: Institution) -> str:
     """"up" to an ancestor or a partner hospital (上转), "down" to a descendant (下转)."""
     if target.id == source.id:
-        raise Invalid("a consult goes to another institution / 请选择其他医院")
+        raise Invalid("请选择其他医院 / a consult goes to another institution")
     if target.id in _ancestors(session, source) or target.level == "partner":
         return "up"
     if source.id in _ancestors(session, target):
         return "down"
-    raise Invalid(f"{target.code} is neither above nor below {source.code} in the referral tree")
+    raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below {source.code} in the referral tree")
 
 
 def create(*, session: Session, requester: User, kind: str, target_code: str, study_uids: list[str],
@@ -65,25 +65,25 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
            risk_colour: str | None = None) -> ConsultRequest:
     """A township (or any member) asks another institution for a read or a live consult."""
     if kind not in KINDS:
-        raise Invalid(f"kind must be one of {', '.join(KINDS)}")
+        raise Invalid(f"会诊方式只能是远程阅片或视频会诊 / kind must be one of {', '.join(KINDS)}")
     if priority not in PRIORITIES:
-        raise Invalid(f"priority must be one of {', '.join(PRIORITIES)}")
+        raise Invalid(f"优先级无效 / priority must be one of {', '.join(PRIORITIES)}")
     if risk_colour not in (None, "", *RISK_COLOURS):
-        raise Invalid(f"risk colour must be one of {', '.join(RISK_COLOURS)}")
+        raise Invalid(f"风险色无效 / risk colour must be one of {', '.join(RISK_COLOURS)}")
     if not clinical_question.strip():
-        raise Invalid("please state the clinical question / 请填写会诊目的")
+        raise Invalid("请填写会诊目的 / please state the clinical question")
     uids = list(dict.fromkeys(u.strip() for u in study_uids if u.strip()))
     if not uids:
-        raise Invalid("choose at least one study / 请至少选择一个检查")
+        raise Invalid("请至少选择一个检查 / choose at least one study")
     principal = principal_for(requester)
     for uid in uids:
         study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
         if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
                                                      study_uid=uid):
-            raise NotFound(f"study {uid} not found / 未找到该检查")
+            raise NotFound(f"未找到该检查 / study {uid} not found")
     target = session.scalar(select(Institution).where(Institution.code == target_code))
     if target is None:
-        raise NotFound(f"unknown institution {target_code!r}")
+        raise NotFound(f"未找到该机构 / unknown institution {target_code!r}")
     now = utcnow()
     consult = ConsultRequest(
         kind=kind, status="requested", requesting_institution_id=requester.institution_id,
@@ -107,7 +107,7 @@ def get(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     """A consult the user takes part in: requesting or target institution, or assigned to them."""
     consult = session.get(ConsultRequest, consult_id)
     if consult is None or not policy.can_view(session, consult, user):
-        raise NotFound("consult not found / 未找到该会诊")
+        raise NotFound("未找到该会诊 / consult not found")
     return consult
 
 
@@ -167,9 +167,10 @@ def assign(*, session: Session, consult_id: int, user: User, reader_username: st
     reader = _specialist(session, consult, reader_username)
     reviewer = _specialist(session, consult, reviewer_username, senior=True)
     if reader.id == reviewer.id:
-        raise Invalid("the reviewer must be another specialist / 审核医生须为另一位专家")
+        raise Invalid("审核医生须为另一位专家 / the reviewer must be another specialist")
     target = "scheduled" if consult.status == "scheduled" else "assigned"
-    state.transition(session, consult, user, target, f"reader={reader.username} reviewer={reviewer.username}")
+    state.transition(session, consult, user, target, f"阅片 {reader.display_name or reader.username} · 审核 "
+                     f"{reviewer.display_name or reviewer.username} / reader {reader.username}, reviewer {reviewer.username}")
     revoke_grants(session=session, consult=consult, keep={reader.id, reviewer.id})
     consult.reader_id, consult.reviewer_id = reader.id, reviewer.id
     grant(session=session, consult=consult, user_ids={reader.id, reviewer.id}, granted_by=user.username)
@@ -184,13 +185,13 @@ def _specialist(session: Session, consult: ConsultRequest, username: str, senior
     tree (the county reads, the city signs)."""
     user = session.scalar(select(User).where(User.username == username))
     if user is None or not user.active:
-        raise NotFound(f"unknown user {username!r}")
+        raise NotFound(f"未找到该用户 / unknown user {username!r}")
     allowed = {consult.target_institution_id}
     if senior:
         allowed.update(_ancestors(session, consult.target_institution))
     if user.role != "specialist" or user.institution_id not in allowed:
         where = "the target institution or above it" if senior else "the target institution"
-        raise Invalid(f"{username} is not a specialist of {where}")
+        raise Invalid(f"{username} 不是{where}的专家 / {username} is not a specialist of {where}")
     return user
 
 

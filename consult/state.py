@@ -36,7 +36,7 @@ TRANSITIONS = {
 def transition(session: Session, consult: ConsultRequest, actor: User | None, to: str, note: str = "") -> None:
     """Move along the state machine (or raise Conflict), recording event and audit."""
     if to not in TRANSITIONS[consult.status]:
-        raise Conflict(f"a consult that is {consult.status} cannot become {to}")
+        raise Conflict(f"会诊当前状态不允许此操作 / a consult that is {consult.status} cannot become {to}")
     before = consult.status
     consult.status = to
     consult.status_changed_at = utcnow()

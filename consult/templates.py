@@ -92,7 +92,7 @@ def clean_content(template_id: str, content: dict, *, strict: bool = True) -> di
     the rest of the draft saves; the editor shows each message beside its field."""
     template = TEMPLATES.get(template_id)
     if template is None:
-        raise Invalid(f"unknown template {template_id!r}")
+        raise Invalid(f"未知的报告模板 / unknown template {template_id!r}")
     out = {key: str(content.get(key, "") or "")[:20000] for key in ("findings", "impression", "recommendation")}
     fields, typed, errors = {}, {}, {}
     given = {**(content.get("typed") or {}), **(content.get("fields") or {})}

@@ -160,7 +160,7 @@ def _unlocked(request: Request, session: Session, token: str) -> Share:
     shares.require_usable(share)
     if not shares.cookie_valid(get_runtime(request).settings.effective_secret_key, share,
                                request.cookies.get(COOKIE)):
-        raise NotAuthenticated("enter the PIN first / 请先输入提取码")
+        raise NotAuthenticated("请先输入提取码 / enter the PIN first")
     return share
 
 
@@ -264,7 +264,7 @@ def film_view(token: str, request: Request, session: WriteSession):
     first = study.series[0].items[0] if study.series else None
     return render_page(request, "film/view.html", token=token, study=study, thumbs=thumbs, report=report,
                    data=Markup(json.dumps(data, separators=(",", ":")).replace("</", "<\\/")),
-                   first=first, first_width=FIRST_IMAGE_WIDTH,
+                   first=first, first_width=FIRST_IMAGE_WIDTH, save_width=SCREEN_WIDTHS[-1],
                    download_mb=max(1, round(download_bytes / 1e6)) if download_bytes else 0)
 
 
@@ -277,7 +277,7 @@ def film_image(token: str, instance_id: int, frame: int, request: Request, sessi
     instance = shares.instance_in_share(session, share, instance_id)
     series = session.get(Series, instance.series_pk)
     if not 0 <= frame < max(1, instance.number_of_frames or 1):
-        raise NotFound("image not found / 未找到该图像")
+        raise NotFound("未找到该图像 / image not found")
     # Never wider than the image itself (the phone scales up), so sizes share one render.
     width = min(_snap_width(w), max(instance.columns or 0, instance.rows or 0) or SCREEN_WIDTHS[-1])
     store = get_runtime(request).store
@@ -305,7 +305,7 @@ def film_thumbnail(token: str, series_uid: str, request: Request, session: DbSes
     series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid,
                                                  Series.study_pk == share.study_pk))
     if series is None or not series.thumbnail_key:
-        raise NotFound("no thumbnail / 无缩略图")
+        raise NotFound("无缩略图 / no thumbnail")
     return _stored_jpeg(request, session, share, "film.thumbnail", series_uid, series.thumbnail_key,
                         cache="private, no-store")
 
@@ -325,7 +325,7 @@ def film_preview(token: str, instance_id: int, request: Request, session: DbSess
         return share
     instance = shares.instance_in_share(session, share, instance_id)
     if not instance.preview_key:
-        raise NotFound("no preview yet / 预览图尚未生成")
+        raise NotFound("预览图尚未生成 / no preview yet")
     return _stored_jpeg(request, session, share, "film.preview", instance.sop_instance_uid, instance.preview_key,
                         cache="private, max-age=3600")
 
@@ -338,7 +338,7 @@ def film_report(token: str, request: Request, session: WriteSession):
         return answer
     report = shares.report_for_study(session, share.study_instance_uid)
     if report is None or not report.pdf_key:
-        return _film_error(request, NotFound("the report is not ready yet / 报告尚未出具"))
+        return _film_error(request, NotFound("报告尚未出具 / the report is not ready yet"))
     shares.record_access(session, share, "film.report", source=client_address(request), user_agent=_agent(request))
     return Response(get_runtime(request).store.get(report.pdf_key), media_type="application/pdf",
                     headers={"Content-Disposition": 'inline; filename="report.pdf"', "Cache-Control": "no-store"})
@@ -372,7 +372,7 @@ def _render_screen(store, object_key: str, frame: int, width: int) -> bytes:
         return pixels.encode(pixels.fit(image, width, width * 2), "image/jpeg", SCREEN_QUALITY)
     except (pixels.PixelDataError, IndexError, ValueError) as exc:
         log.warning("imaging.film_image.failed key=%s reason=%s", object_key, exc)
-        raise NotFound("this image cannot be shown / 该图像无法显示") from None
+        raise NotFound("该图像无法显示 / this image cannot be shown") from None
 
 
 def _study_bytes(session: Session, share: Share) -> int:

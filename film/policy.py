@@ -22,11 +22,11 @@ def require_sharer(session: Session, principal: Principal, study_uid: str) -> St
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
     if study is None or not access.can_see_study(session, principal, institution_id=study.institution_id,
                                                  study_uid=study_uid):
-        raise NotFound("study not found / 未找到该检查")
+        raise NotFound("未找到该检查 / study not found")
     if principal.kind == "system":
         return study
     if principal.kind != "user" or principal.role not in SHARER_ROLES:
-        raise NotPermitted("only radiographers share studies with patients / 仅技师可创建云胶片")
+        raise NotPermitted("仅技师可创建云胶片 / only radiographers share studies with patients")
     if not principal.is_admin and principal.institution_id != study.institution_id:
-        raise NotPermitted("only the performing institution shares a study / 仅检查医院可创建云胶片")
+        raise NotPermitted("仅检查医院可创建云胶片 / only the performing institution shares a study")
     return study

@@ -118,7 +118,7 @@ def _audit_staff_read(request: Request, principal: Principal, action: str, study
 def _film_response(request: Request, session: Session, principal: Principal, share: Share):
     rt = get_runtime(request)
     if shares.share_state(share) in ("revoked", "expired"):  # its QR code opens nothing any more
-        raise Gone("this link is no longer active; create a new one / 该链接已失效，请新建")
+        raise Gone("该链接已失效，请新建 / this link is no longer active; create a new one")
     if share.film_state == "ready" and share.film_key:
         try:
             size = rt.store.size(share.film_key)
@@ -153,7 +153,7 @@ def study_film(study_uid: str, request: Request, session: WriteSession, principa
     active = [s for s in shares.list_shares(session=session, principal=principal, study_uid=study_uid)
               if shares.share_state(s) == "active"]
     if not active:
-        raise NotFound("no active cloud-film link for this study: create one first / 该检查尚无有效云胶片链接")
+        raise NotFound("该检查尚无有效云胶片链接 / no active cloud-film link for this study: create one first")
     return _film_response(request, session, principal, active[0])
 
 # ------------------------------------------------------------------ radiographer page

@@ -110,7 +110,7 @@ def create_share(*, session: Session, principal: Principal, study_uid: str, secr
                  public_url: str, days: float = DEFAULT_DAYS, source: str = "") -> CreatedShare:
     """Creates a link + PIN for one study, audits it, and asks a worker for the film sheet."""
     if not (0 < days <= MAX_DAYS):
-        raise Invalid(f"days must be more than 0 and at most {MAX_DAYS} / 有效期须为1至{MAX_DAYS}天")
+        raise Invalid(f"有效期须为1至{MAX_DAYS}天 / days must be more than 0 and at most {MAX_DAYS}")
     study = policy.require_sharer(session, principal, study_uid)
     nonce = secrets.token_hex(16)
     token = link_token(secret_key, nonce)
@@ -146,11 +146,11 @@ def get_share_for(*, session: Session, principal: Principal, share_id: int | Non
     else:
         share = session.get(Share, share_id) if share_id is not None else None
     if share is None:
-        raise NotFound("share not found / 未找到该云胶片链接")
+        raise NotFound("未找到该云胶片链接 / share not found")
     try:
         policy.require_sharer(session, principal, share.study_instance_uid)
     except NotFound:
-        raise NotFound("share not found / 未找到该云胶片链接") from None
+        raise NotFound("未找到该云胶片链接 / share not found") from None
     return share
 
 
@@ -212,7 +212,7 @@ def new_pin(*, session: Session, principal: Principal, share_id: int, secret_key
     unlocked with it stop working; the lockout is lifted. Audited; the PIN is shown once."""
     share = get_share_for(session=session, principal=principal, share_id=share_id)
     if share_state(share) in ("revoked", "expired"):
-        raise Gone("this link is no longer active; create a new one / 该链接已失效，请新建")
+        raise Gone("该链接已失效，请新建 / this link is no longer active; create a new one")
     pin = f"{secrets.randbelow(10**6):06d}"
     share.pin_salt = secrets.token_hex(16)
     share.pin_hash = _pin_digest(secret_key, share.pin_salt, pin)
@@ -232,13 +232,13 @@ def patient_principal(share: Share) -> Principal:
 def find_share(session: Session, token: str, *, for_update: bool = False) -> Share:
     """The share a link token names, whatever its state; NotFound otherwise."""
     if not isinstance(token, str) or not _TOKEN.match(token):
-        raise NotFound("no such link / 链接不存在")
+        raise NotFound("链接不存在 / no such link")
     statement = select(Share).where(Share.token_hash == hash_token(token))
     if for_update:
         statement = statement.with_for_update()
     share = session.scalar(statement)
     if share is None:
-        raise NotFound("no such link / 链接不存在")
+        raise NotFound("链接不存在 / no such link")
     return share
 
 
@@ -246,9 +246,9 @@ def require_usable(share: Share) -> None:
     """Raise Gone (revoked or expired) or Locked (too many wrong PINs)."""
     state = share_state(share)
     if state == "revoked":
-        raise Gone("this link was withdrawn by the hospital / 该链接已被医院撤销")
+        raise Gone("该链接已被医院撤销 / this link was withdrawn by the hospital")
     if state == "expired":
-        raise Gone("this link has expired / 该链接已过期")
+        raise Gone("该链接已过期 / this link has expired")
     if state == "locked":
         raise Locked(locked_message(share))
 
@@ -425,7 +425,7 @@ def instance_in_share(session: Session, share: Share, instance_id: int) -> Insta
     instance = session.scalar(select(Instance).join(Series, Series.id == Instance.series_pk)
                               .where(Instance.id == instance_id, Series.study_pk == share.study_pk))
     if instance is None:
-        raise NotFound("image not found / 未找到该图像")
+        raise NotFound("未找到该图像 / image not found")
     return instance
 
 

@@ -33,7 +33,7 @@ def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: Op
     audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
                  source=client_address(request), outcome="ok" if visible else "denied")
     if not visible:
-        raise NotFound("study not found / 未找到该检查")
+        raise NotFound("未找到该检查 / study not found")
     return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web")
 
 

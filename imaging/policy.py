@@ -17,6 +17,6 @@ UPLOAD_ROLES = ("radiographer", "admin")
 
 def require_uploader(principal: Principal) -> None:
     if principal.kind != "user" or principal.institution_id is None:
-        raise NotPermitted("only users of an institution can store instances / 无权上传")
+        raise NotPermitted("无权上传 / only users of an institution can store instances")
     if principal.role not in UPLOAD_ROLES:
-        raise NotPermitted("only radiographers and admins may upload images / 仅技师和管理员可上传影像")
+        raise NotPermitted("仅技师和管理员可上传影像 / only radiographers and admins may upload images")

@@ -46,7 +46,7 @@ def get_study(study_uid: str, request: Request, session: DbSession, principal: C
         audit.record_read(runtime_db, principal=principal, action="study.read", object_type="study",
                      object_id=study_uid, source=_source(request), outcome="denied")
         # Same answer for "absent" and "not yours": existence is itself patient data.
-        raise NotFound("study not found / 未找到该检查")
+        raise NotFound("未找到该检查 / study not found")
     audit.record_read(runtime_db, principal=principal, action="study.read", object_type="study",
                  object_id=study_uid, source=_source(request))
     series = session.scalars(select(Series).where(Series.study_pk == study.id)

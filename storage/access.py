@@ -176,4 +176,4 @@ def can_see_study(session: Session, principal: Principal, *, institution_id: int
 
 def require_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> None:
     if not can_see_study(session, principal, institution_id=institution_id, study_uid=study_uid):
-        raise NotPermitted("this study is not shared with you / 无权查看该检查")
+        raise NotPermitted("无权查看该检查 / this study is not shared with you")

@@ -83,7 +83,7 @@ def optional_user(request: Request, session: DbSession) -> User | None:
 # handing each to the thread pool (a hop that costs more than the function).
 async def require_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
     if user is None:
-        raise NotAuthenticated("login required / 请先登录")
+        raise NotAuthenticated("请先登录 / login required")
     return user
 
 
@@ -101,7 +101,7 @@ def principal_of(request: Request, session: Session) -> Principal:
     """current_principal as a plain function, for code that already holds a session."""
     found = credentials(request)
     if found is None:
-        raise NotAuthenticated("login required / 请先登录")
+        raise NotAuthenticated("请先登录 / login required")
     kind, token = found
     return identity.principal_for_token(session=session, secret=token, kind=kind)
 

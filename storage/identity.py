@@ -62,12 +62,12 @@ def set_contact(*, session: Session, user: User, email: str | None = None, mobil
     if email is not None:
         email = email.strip()
         if email and (len(email) > 254 or not _EMAIL.match(email)):
-            raise Invalid(f"{email[:60]!r} is not an e-mail address / 邮箱地址格式不对")
+            raise Invalid(f"邮箱地址格式不对 / {email[:60]!r} is not an e-mail address")
         user.email = email
     if mobile is not None:
         mobile = mobile.replace(" ", "").replace("-", "")
         if mobile and not _MOBILE.match(mobile):
-            raise Invalid(f"{mobile[:20]!r} is not a mainland mobile number / 手机号格式不对")
+            raise Invalid(f"手机号格式不对 / {mobile[:20]!r} is not a mainland mobile number")
         user.mobile = mobile
     session.flush()
     return user
@@ -141,7 +141,7 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
     except (VerificationError, InvalidHashError):
         user = None
     if user is None or not user.active or not user.institution.active:
-        raise NotAuthenticated("wrong username or password / 用户名或密码错误")
+        raise NotAuthenticated("用户名或密码错误 / wrong username or password")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     user.failed_logins, user.locked_until = 0, None
@@ -230,13 +230,13 @@ class _TokenState(NamedTuple):
 
 def _refuse_invalid(state: _TokenState | None, kind: str | None) -> None:
     if state is None or (kind and state.kind != kind):
-        raise NotAuthenticated("invalid credentials / 登录凭据无效")
+        raise NotAuthenticated("登录凭据无效 / invalid credentials")
     if state.revoked_at is not None:
-        raise NotAuthenticated("this token has been revoked / 凭据已撤销")
+        raise NotAuthenticated("凭据已撤销 / this token has been revoked")
     if state.expires_at <= utcnow():
-        raise NotAuthenticated("this token has expired / 凭据已过期，请重新登录")
+        raise NotAuthenticated("凭据已过期，请重新登录 / this token has expired")
     if not state.user_active or not state.institution_active:
-        raise NotAuthenticated("this account is disabled / 账户已停用")
+        raise NotAuthenticated("账户已停用 / this account is disabled")
 
 
 _PRINCIPAL_BY_TOKEN = (

@@ -28,7 +28,7 @@ class RateLimiter:
             while hits and now - hits[0] > self.per_seconds:
                 hits.popleft()
             if len(hits) >= self.limit:
-                raise TooManyRequests("too many attempts, wait a minute / 操作太频繁，请一分钟后再试")
+                raise TooManyRequests("操作太频繁，请一分钟后再试 / too many attempts, wait a minute")
             hits.append(now)
             if len(self._hits) > 100_000:  # bound memory under a spray of addresses
                 self._hits.clear()

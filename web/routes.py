@@ -62,9 +62,9 @@ def signed_object(key: str, runtime: RuntimeDep, request: Request,
         raise NotPermitted("object links are served by the object store")
     verdict = check_url_signature(store.secret, key, expires, signature, filename or "")
     if verdict == "invalid":
-        raise NotPermitted("this link is not valid / 链接无效")
+        raise NotPermitted("链接无效 / this link is not valid")
     if verdict == "expired":
-        raise Gone("this link has expired / 链接已过期")
+        raise Gone("链接已过期 / this link has expired")
     size = store.size(key)
     # A link is a bearer credential to patient data: every download is a read to audit.
     audit.record_read(runtime.db, principal=None, actor="link", action="object.read", object_type="object",

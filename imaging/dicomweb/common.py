@@ -131,7 +131,7 @@ def audit_request(request: Request, principal: Principal, action: str, *, object
 def not_found(request: Request, principal: Principal, action: str, object_type: str, object_id: str):
     """Audit the denial and raise the same 404 an absent object gets: existence is patient data."""
     audit_request(request, principal, action, object_type=object_type, object_id=object_id, outcome="denied")
-    return NotFound(f"{object_type} not found / 未找到")
+    return NotFound(f"未找到 / {object_type} not found")
 
 
 def number_param(text: str | None, name: str, *, minimum: int) -> int | None:

@@ -247,4 +247,15 @@ def test_routing_and_refusals(api, world):
     assert ok(api("POST", "zhou", f"/api/consults/{declined['id']}/decline",
                   json={"reason": "图像质量不足，请重新拍摄"}))["status"] == "declined"
     assert api("POST", "zhou", f"/api/consults/{declined['id']}/accept").status_code == 409
+    # 16.20: refusals people read are Chinese first, English beside.
+    refusals = [bad_target, api("POST", "zhou", f"/api/consults/{declined['id']}/accept"),
+                api("POST", "zhou", f"/api/consults/{declined['id']}/decline", json={"reason": ""}),
+                api("POST", "li", "/api/consults", json={"kind": "phone", "target": "COUNTY", "study_uids": [study],
+                                                         "clinical_question": "x"}),
+                api("GET", "li", "/api/consults/999999")]
+    for answer in refusals:
+        detail = answer.json()["detail"]
+        assert "\u4e00" <= detail[0] <= "\u9fff" and " / " in detail, detail
+    history = ok(api("GET", "li", f"/api/consults/{declined['id']}"))["events"]
+    assert all("reader=" not in (e["note"] or "") for e in history)
     assert api("GET", "chen", f"/api/consults/{declined['id']}").status_code == 404

@@ -147,6 +147,29 @@ def _swipe(page, dx: float) -> None:
     cdp.detach()
 
 
+def _pinch(page, start: float, end: float) -> None:
+    """Two fingers moving apart (start < end) or together, centred on the image."""
+    box = page.locator("#film-stage").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+
+    def fingers(gap: float) -> list[dict]:
+        return [{"x": x - gap / 2, "y": y, "id": 1}, {"x": x + gap / 2, "y": y, "id": 2}]
+
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": fingers(start)})
+    for step in range(1, 7):
+        page.wait_for_timeout(30)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                              "touchPoints": fingers(start + (end - start) * step / 6)})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def _scale(page) -> float:
+    return page.evaluate("(() => { const m = /scale\\(([0-9.]+)\\)/.exec("
+                         "document.getElementById('film-image').style.transform); return m ? Number(m[1]) : 1; })()")
+
+
 def test_the_images_open_on_a_phone_only_after_the_pin(site, phone):
     share = site.share()
     assert share["url"].startswith(site.url + "/f/") and len(share["pin"]) == 6
@@ -202,6 +225,20 @@ def test_the_images_open_on_a_phone_only_after_the_pin(site, phone):
     _swipe(phone, -220)
     shows(4)
     assert phone.evaluate("document.getElementById('film-image').naturalWidth") == 256
+
+    # 16.17: two fingers zoom the image (not the page); a swipe then moves it, not the page on.
+    _pinch(phone, 60, 200)
+    assert _scale(phone) > 2.5, phone.evaluate("document.getElementById('film-image').style.transform")
+    _swipe(phone, -120)
+    assert phone.inner_text("#film-counter") == f"4 / {SLICES}" and _scale(phone) > 2.5
+    phone.tap("#film-next")  # the next image starts at its full view
+    shows(5)
+    assert _scale(phone) == 1
+    # ...and the patient can save the image shown, at the largest screen size.
+    save = phone.locator("#film-save")
+    assert save.get_attribute("download").endswith("-5.jpg") and "w=1440" in save.get_attribute("href")
+    saved = phone.context.request.get(site.url + save.get_attribute("href"))
+    assert saved.status == 200 and saved.headers["content-type"] == "image/jpeg"
 
 
 def test_five_wrong_pins_lock_the_link(site, phone):

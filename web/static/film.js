@@ -12,6 +12,7 @@
   var counter = document.getElementById("film-counter");
   var scrub = document.getElementById("film-scrub");
   var seriesButtons = document.querySelectorAll(".film-series-item");
+  var saveLink = document.getElementById("film-save");
   var prefetched = {};          // url -> Image, so prefetches are not garbage-collected early
   var seriesIndex = 0, pos = 0, frames = expand(0), pending = null;
 
@@ -62,6 +63,11 @@
     if (!frames.length) return;
     pos = Math.max(0, Math.min(frames.length - 1, index));
     var item = frames[pos];
+    resetZoom();
+    if (saveLink) {
+      saveLink.href = data.base + "/img/" + item[0] + "/" + item[1] + ".jpg?w=" + data.widths[data.widths.length - 1];
+      saveLink.setAttribute("download", "影像-" + (seriesIndex + 1) + "-" + (pos + 1) + ".jpg");
+    }
     counter.textContent = (pos + 1) + " / " + frames.length;
     if (scrub) scrub.value = pos + 1;
     stage.style.backgroundImage = "url(" + previewUrl(item) + ")";
@@ -105,14 +111,55 @@
     if (e.key === "ArrowLeft") show(pos - 1, true);
   });
 
+  // Zoom: two fingers pinch (1x to 5x), one finger then moves the enlarged image, a double
+  // tap toggles 2x. Swiping to the next image works only at 1x, so zooming never turns a page.
+  var zoom = { scale: 1, x: 0, y: 0 }, pinch = null, drag = null, lastTap = 0;
+  function applyZoom() {
+    img.style.transform = zoom.scale === 1 ? "" :
+      "translate(" + zoom.x + "px," + zoom.y + "px) scale(" + zoom.scale + ")";
+    stage.classList.toggle("zoomed", zoom.scale > 1);
+  }
+  function resetZoom() { zoom = { scale: 1, x: 0, y: 0 }; applyZoom(); }
+  function spread(touches) {
+    return Math.hypot(touches[0].clientX - touches[1].clientX, touches[0].clientY - touches[1].clientY);
+  }
+
   // Swipe: a mostly horizontal move of 40 px or more; vertical moves scroll the page.
   var startX = null, startY = null;
   stage.addEventListener("touchstart", function (e) {
+    if (e.touches.length === 2) {
+      pinch = { distance: spread(e.touches), scale: zoom.scale };
+      startX = null;
+      return;
+    }
     if (e.touches.length !== 1) { startX = null; return; }
+    var now = Date.now();
+    if (now - lastTap < 300) { zoom.scale === 1 ? (zoom.scale = 2) : resetZoom(); applyZoom(); lastTap = 0; }
+    else lastTap = now;
+    if (zoom.scale > 1) {
+      drag = { x: e.touches[0].clientX - zoom.x, y: e.touches[0].clientY - zoom.y };
+      startX = null;
+      return;
+    }
     startX = e.touches[0].clientX;
     startY = e.touches[0].clientY;
   }, { passive: true });
+  stage.addEventListener("touchmove", function (e) {
+    if (pinch && e.touches.length === 2) {
+      e.preventDefault();  // the page itself does not zoom: the image does
+      zoom.scale = Math.max(1, Math.min(5, pinch.scale * spread(e.touches) / pinch.distance));
+      if (zoom.scale === 1) zoom.x = zoom.y = 0;
+      applyZoom();
+    } else if (drag && e.touches.length === 1) {
+      e.preventDefault();
+      zoom.x = e.touches[0].clientX - drag.x;
+      zoom.y = e.touches[0].clientY - drag.y;
+      applyZoom();
+    }
+  }, { passive: false });
   stage.addEventListener("touchend", function (e) {
+    if (e.touches.length < 2) pinch = null;
+    if (e.touches.length === 0) drag = null;
     if (startX === null) return;
     var t = e.changedTouches[0];
     var dx = t.clientX - startX, dy = t.clientY - startY;
