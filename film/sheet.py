@@ -23,7 +23,8 @@ from sqlalchemy import select
 from film import service as shares
 from film.models import Share
 from imaging import derive, pixels
-from imaging.models import Instance, Series, Study
+from imaging.models import Instance, Patient, Series, Study
+from imaging.summary import SEX_LABELS, age_at
 from storage import fonts, keys, localtime
 from storage.db import Database
 from storage.objects import ObjectStore, StoreUnavailable
@@ -35,6 +36,9 @@ log = logging.getLogger("lancang.film")
 KEY_IMAGES = 12              # a 3 x 4 grid
 GRID_COLUMNS = 3
 KEY_IMAGE_PIXELS = 640       # ~200 dpi across a 64 mm cell: sharp in print, small in the PDF
+SINGLE_IMAGE_PIXELS = 1600   # one DR or ultrasound image across the page (~200 dpi over 186 mm)
+# A chest CT is read in two windows; its sheet prints each picked slice in both.
+CHEST_CT_WINDOWS = (("肺窗 Lung", (-600.0, 1500.0)), ("纵隔窗 Mediastinum", (40.0, 350.0)))
 KEY_IMAGE_QUALITY = 88
 
 
@@ -65,6 +69,11 @@ class FilmSheetContent:
     url: str
     expires: str
     images: list[KeyImage] = field(default_factory=list)
+    sex: str = ""
+    age: str = ""
+    patient_id: str = ""
+    impression: str = ""  # the final report's, once there is one
+    columns: int = 0  # 0: by the number of images (grid_columns); a chest CT keeps window pairs on a row
 
 
 def _draw_qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:
@@ -127,8 +136,10 @@ def _title(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
 
 def _facts(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
     pdf.set_font("cjk", size=10)
-    facts = [("姓名 Name", content.patient_name or "—"), ("检查 Exam", content.exam),
-             ("日期 Date", content.date), ("检查号 Accession", content.accession or "—")]
+    who = " ".join(part for part in (content.sex, content.age) if part) or "—"
+    facts = [("姓名 Name", content.patient_name or "—"), ("性别/年龄 Sex/Age", who),
+             ("患者编号 Patient ID", content.patient_id or "—"), ("检查号 Accession", content.accession or "—"),
+             ("检查 Exam", content.exam), ("日期 Date", content.date)]
     column = width / 2
     for i, (label, value) in enumerate(facts):
         pdf.set_text_color(90, 100, 110)
@@ -136,20 +147,26 @@ def _facts(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
         pdf.set_text_color(0, 0, 0)
         pdf.cell(column - 34, 6, value[:40], new_x="LMARGIN" if i % 2 else "RIGHT",
                  new_y="NEXT" if i % 2 else "TOP")
+    if content.impression:
+        pdf.set_text_color(90, 100, 110)
+        pdf.cell(34, 6, "诊断意见 Impression")
+        pdf.set_text_color(0, 0, 0)
+        pdf.multi_cell(width - 34, 6, content.impression[:300], align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
 
 
 def _key_images(pdf: FPDF, content: FilmSheetContent, width: float) -> None:
     """Key images: black cells like a film, captions under each."""
     top = pdf.get_y()
-    rows = max(1, -(-max(1, len(content.images)) // GRID_COLUMNS))
+    columns = content.columns or grid_columns(len(content.images))
+    rows = max(1, -(-max(1, len(content.images)) // columns))
     gap = 3
-    cell_w = (width - gap * (GRID_COLUMNS - 1)) / GRID_COLUMNS
+    cell_w = (width - gap * (columns - 1)) / columns
     caption_h = 4.5
     cell_h = min(cell_w, (pdf.h - 10 - FOOTER_HEIGHT_MM - top - rows * (caption_h + gap)) / rows)
     pdf.set_font("cjk", size=7.5)
     for index, image in enumerate(content.images):
-        r, c = divmod(index, GRID_COLUMNS)
+        r, c = divmod(index, columns)
         x = 12 + c * (cell_w + gap)
         y = top + r * (cell_h + caption_h + gap)
         pdf.set_fill_color(0, 0, 0)
@@ -200,6 +217,17 @@ def _footer(pdf: FPDF, content: FilmSheetContent) -> None:
 # --------------------------------------------------------------------------- the worker's job
 
 
+def grid_columns(count: int) -> int:
+    """One image fills the page (a DR or ultrasound study), up to four go two a row."""
+    return 1 if count <= 1 else 2 if count <= 4 else GRID_COLUMNS
+
+
+def is_chest_ct(study: Study, series: list[Series]) -> bool:
+    text = " ".join([study.description or ""] + [f"{s.body_part} {s.description}" for s in series]).upper()
+    return "CT" in (study.modalities or "").upper().split("\\") and any(
+        word in text for word in ("CHEST", "LUNG", "THORAX", "胸", "肺"))
+
+
 def film_key(study_uid: str, share_id: int) -> str:
     return keys.film_sheet(study_uid, share_id)
 
@@ -222,6 +250,34 @@ def _pick_key_images(series: list[tuple[Series, list[Instance]]], count: int) ->
             positions = sorted({min(len(items) - 1, (k + 1) * len(items) // (n + 1)) for k in range(n)})
         picks.extend((s, items[p], p) for p in positions)
     return picks[:count]
+
+
+def _patient_facts(session, study: Study) -> dict:
+    """Sex, age at the exam and ID from the index; the impression once the report is final."""
+    person = session.get(Patient, study.patient_pk)
+    report = shares.report_for_study(session, study.study_instance_uid)
+    return {"sex": SEX_LABELS.get(person.sex.upper(), person.sex), "age": age_at(person.birth_date, study.study_date),
+            "patient_id": person.patient_id, "impression": report.impression if report else ""}
+
+
+def _key_image_renders(store: ObjectStore, share_id: int, instance: Instance, size: int, windows, caption: str):
+    """The instance's representative frame in each window (its own VOI for None); an
+    instance that cannot be decoded leaves a gap, not a failed sheet."""
+    try:
+        ds = derive.load_dataset(store, instance.object_key)
+        frame = derive.representative_frame(ds)
+        out = []
+        for name, window in windows:
+            picture = pixels.fit(pixels.render_frame(ds, frame, window), size, size)
+            out.append(KeyImage(pixels.encode(picture, "image/jpeg", KEY_IMAGE_QUALITY),
+                                f"{name} · {caption}" if name else caption))
+        return out
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure
+        log.warning("imaging.film_sheet.image_failed share_id=%s sop=%s reason=%s",
+                    share_id, instance.sop_instance_uid, exc)
+        return []
 
 
 def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_key: str,
@@ -252,25 +308,21 @@ def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_k
         url = shares.share_url(public_url, shares.link_token(secret_key, share.token_nonce))
         expires = localtime.display(share.expires_at)[:10]
         accession = study.accession_number
-    picks = _pick_key_images(grouped, KEY_IMAGES)
+        chest_ct = is_chest_ct(study, list(series_rows))
+        patient = _patient_facts(session, study)
+    windows = CHEST_CT_WINDOWS if chest_ct else ((None, None),)
+    picks = _pick_key_images(grouped, KEY_IMAGES // len(windows))
+    size = SINGLE_IMAGE_PIXELS if len(picks) * len(windows) == 1 else KEY_IMAGE_PIXELS
     images = []
     for series, instance, position in picks:
-        try:
-            ds = derive.load_dataset(store, instance.object_key)
-            frame = derive.representative_frame(ds)
-            picture = pixels.fit(pixels.render_frame(ds, frame), KEY_IMAGE_PIXELS, KEY_IMAGE_PIXELS)
-            jpeg = pixels.encode(picture, "image/jpeg", KEY_IMAGE_QUALITY)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # a corrupt instance leaves a gap, not a failed sheet
-            log.warning("imaging.film_sheet.image_failed share_id=%s sop=%s reason=%s",
-                        share_id, instance.sop_instance_uid, exc)
-            continue
         label = series.description or shares.MODALITY_ZH.get(series.modality, series.modality)
-        images.append(KeyImage(jpeg, f"{label} · 第 {instance.instance_number or position + 1} 幅"))
+        number = f"第 {instance.instance_number or position + 1} 幅"
+        images += _key_image_renders(store, share_id, instance, size, windows,
+                                     number if chest_ct else f"{label} · {number}")
     pdf = build_film_sheet(FilmSheetContent(
         institution=summary.institution, patient_name=summary.patient_name, exam=summary.exam,
-        date=summary.date, accession=accession, url=url, expires=expires, images=images))
+        date=summary.date, accession=accession, url=url, expires=expires, images=images,
+        columns=(4 if len(images) > 4 else 2) if chest_ct else 0, **patient))
     store.put(key, pdf, content_type="application/pdf")
     with db.scope() as session:
         share = session.get(Share, share_id)

@@ -91,7 +91,11 @@ def test_sheet_shows_header_key_images_and_a_qr_code_that_scans(runtime, tmp_pat
         assert words in text, words
     assert created.pin not in text                  # the PIN is never printed
     images = [line for line in _run("pdfimages", "-list", str(pdf)).splitlines()[2:] if line.strip()]
-    assert len(images) == 7                          # 5 + 2 slices: every image of a small study
+    # 16.16: a chest CT prints each picked slice in the lung and the mediastinal window
+    # (12 cells: 3 + 2 slices of the two series, twice), and the sheet names the patient fully.
+    assert len(images) == 10
+    assert "肺窗 Lung" in text and "纵隔窗 Mediastinum" in text
+    assert "女 F" in text and "41岁" in text and "P001" in text
 
     _run("pdftoppm", "-r", "150", "-png", "-singlefile", str(pdf), str(tmp_path / "page"))
     decoded = subprocess.run(["zbarimg", "--quiet", "--raw", str(tmp_path / "page.png")], capture_output=True,
@@ -183,3 +187,43 @@ def test_a_missing_font_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(filmsheet, "get_settings", lambda: Settings(film_font="", report_font=""))
     with pytest.raises(filmsheet.FilmFontError, match="fonts-noto-cjk"):
         filmsheet.find_font()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_a_single_radiograph_fills_the_page(runtime, tmp_path):
+    """16.16: one DR image is printed across the page, not in a 64 mm cell of a 3-column grid."""
+    with runtime.db.scope() as session:
+        town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township").id
+    study_uid = generate_uid()
+    ingestor = Ingestor(runtime.db, runtime.store)
+    done = ingestor.ingest(ct_instance(study_uid=study_uid, modality="DX", size=256,
+                                       sop_class="1.2.840.10008.5.1.4.1.1.1.1"), institution_id=town, source="test")
+    ingestor.close()
+    derive.derive_series(runtime.db, runtime.store, done.series_pk)
+    created = _share(runtime, study_uid)
+    key = filmsheet.make_film_sheet(runtime.db, runtime.store, created.share.id,
+                                    secret_key=runtime.settings.effective_secret_key,
+                                    public_url=runtime.settings.effective_public_url)
+    pdf = tmp_path / "dr.pdf"
+    pdf.write_bytes(runtime.store.get(key))
+    placed = _run("pdfimages", "-list", str(pdf)).splitlines()[2:]
+    assert len([line for line in placed if line.strip()]) == 1
+    # pdfimages prints each placement's resolution: 256 pixels over a 64 mm grid cell would be
+    # ~100 ppi; over the page width (~186 mm) ~35 ppi.
+    header = placed[0].split() if placed else []
+    row = _run("pdfimages", "-list", str(pdf)).splitlines()[2].split()
+    x_ppi = float(row[12])
+    assert x_ppi < 45, (header, row)
+    assert filmsheet.grid_columns(1) == 1 and filmsheet.grid_columns(4) == 2 and filmsheet.grid_columns(9) == 3
+
+
+def test_the_sheet_prints_the_final_impression(tmp_path):
+    """16.16: once the report is final the sheet carries its impression (the content comes from
+    consult's patient_report, the same the patient page shows)."""
+    pdf = tmp_path / "final.pdf"
+    pdf.write_bytes(filmsheet.build_film_sheet(filmsheet.FilmSheetContent(
+        institution="勐朗镇卫生院", patient_name="张秀英", exam="胸部X线", date="2026年11月1日", accession="A1",
+        url="https://yxy.example.cn/f/x", expires="2027-01-01", sex="女 F", age="41岁", patient_id="P001",
+        impression="右下肺炎，建议抗感染治疗后复查")))
+    text = _run("pdftotext", "-layout", str(pdf), "-")
+    assert "诊断意见 Impression" in text and "右下肺炎" in text and "41岁" in text
