@@ -132,9 +132,9 @@ def decline(*, session: Session, consult_id: int, user: User, reason: str) -> Co
 # The steps that need a written reason: the policy action that allows each, the state it
 # leads to, and what to say when the reason is missing.
 REASONED_STEPS = {
-    "decline": ("decline", "declined", "give a reason for declining / 请填写退回原因"),
-    "cancel": ("cancel", "cancelled", "give a reason for cancelling / 请填写取消原因"),
-    "return": ("review", "in_progress", "write what should change / 请填写修改意见"),
+    "decline": ("decline", "declined", "请填写退回原因 / give a reason for declining"),
+    "cancel": ("cancel", "cancelled", "请填写取消原因 / give a reason for cancelling"),
+    "return": ("review", "in_progress", "请填写修改意见 / write what should change"),
 }
 
 

@@ -185,7 +185,7 @@ def _image_access(request: Request, session: Session, token: str) -> Share | Res
         # The PIN page or a plain 401, never the staff login page the error handler picks.
         if "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(f"/f/{token}", status_code=303)
-        return JSONResponse({"error": "not_authenticated", "detail": "enter the PIN first / 请先输入提取码"},
+        return JSONResponse({"error": "not_authenticated", "detail": "请先输入提取码 / enter the PIN first"},
                             status_code=401)
 
 

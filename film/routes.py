@@ -136,7 +136,7 @@ def _film_response(request: Request, session: Session, principal: Principal, sha
     jobs.send_after_commit(session, shares.FILM_TASK, share.id, queue="render")
     if "text/html" in request.headers.get("accept", ""):
         return render_page(request, "film/pending.html", status=202, share=share)
-    return JSONResponse({"status": "pending", "detail": "the film sheet is being made / 胶片页生成中"},
+    return JSONResponse({"status": "pending", "detail": "胶片页生成中 / the film sheet is being made"},
                         status_code=202, headers={"Retry-After": "3"})
 
 

@@ -114,7 +114,7 @@ class CsrfMiddleware:
         # "null": pages that keep their URL out of Referer (the patient's film page) post
         # with an opaque origin. Nothing to compare then; the token below still decides.
         if origin and origin != "null" and origin.lower() not in self._allowed_origins(scope, headers):
-            return f"cross-origin request from {origin} refused / 拒绝跨站请求", receive
+            return f"拒绝跨站请求 / cross-origin request from {origin} refused", receive
         session = _cookie(headers, SESSION_COOKIE)
         if not session:
             return "", receive
@@ -124,7 +124,7 @@ class CsrfMiddleware:
             body, receive = await _buffered(receive)
             given = (parse_qs(body.decode("latin-1")).get(FIELD) or [""])[0]
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            return "missing or wrong CSRF token: reload the page and try again / 页面已过期，请刷新后重试", receive
+            return "页面已过期，请刷新后重试 / missing or wrong CSRF token: reload the page and try again", receive
         return "", receive
 
 

@@ -76,17 +76,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OverflowError)
     async def _overflow(request: Request, exc: OverflowError):
-        return render_error(request, 400, "out_of_range", "a number is out of range / 数值超出范围")
+        return render_error(request, 400, "out_of_range", "数值超出范围 / a number is out of range")
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError):
         # A value the database cannot hold (an id above 2^63 on PostgreSQL, "integer out of
         # range") is the caller's mistake; anything else is ours.
         if isinstance(exc.orig, OverflowError) or "out of range" in str(exc.orig):
-            return render_error(request, 400, "out_of_range", "a number is out of range / 数值超出范围")
+            return render_error(request, 400, "out_of_range", "数值超出范围 / a number is out of range")
         log.exception("web.request.db_error path=%s", request.url.path)
         return render_error(request, 503 if isinstance(exc, OperationalError) else 500, "database_error",
-                            "the database could not answer; please try again / 数据库暂时无法响应")
+                            "数据库暂时无法响应 / the database could not answer; please try again")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

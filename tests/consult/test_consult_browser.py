@@ -9,6 +9,7 @@ password: "待审核 Reported". Screenshots: /tmp/lancang-consult-*.png.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,39 @@ def test_request_triage_assign_report_sign(live, browser):
     assert versions.count() == 1 and "王医生" in versions.inner_text() and "初步 Preliminary" in versions.inner_text()
     wang.screenshot(path="/tmp/lancang-consult-reported.png", full_page=True)
     wang.context.close()
+
+    # The senior of the city hospital reviews and co-signs: final, returned to the township.
+    chen = person(browser, live, "chen", errors)
+    chen.goto(f"{live.url}/consults/{consult}")
+    chen.fill(f'form[data-api="/api/consults/{consult}/report/cosign"] input[name="password"]', "sign-chen")
+    submit(chen, f'form[data-api="/api/consults/{consult}/report/cosign"]')
+    assert "已回传 Delivered" in chen.locator("main").inner_text()
+    chen.context.close()
+
+    # The township sees the notification arrive, opens it, and gets the final PDF: its text
+    # and its QR (decoded with zbar) say it is the final version, signed by both.
+    li = person(browser, live, "li", errors)
+    li.goto(f"{live.url}/notifications")
+    notice = li.locator("ol.notices li.unread", has_text=f"Final report of consult #{consult}")
+    assert "报告已回传" in notice.inner_text()
+    notice.locator("button").click()
+    li.wait_for_url(f"{live.url}/consults/{consult}")
+    final_row = li.locator("table tr", has_text="终审 Final")
+    pdf_url = final_row.locator("a", has_text="PDF").get_attribute("href")
+    verify_url = final_row.locator("a", has_text="验证").get_attribute("href")
+    pdf = li.context.request.get(live.url + pdf_url)
+    assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+    path = Path("/tmp/lancang-browser-final.pdf")
+    path.write_bytes(pdf.body())
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    assert "终审报告 Final report" in text and "王医生" in text and "陈主任" in text and "北京时间" in text, text
+    assert "待审核" not in text and "UTC" not in text
+    subprocess.run(["pdftoppm", "-r", "200", "-png", "-singlefile", str(path), "/tmp/lancang-browser-final"], check=True)
+    qr = subprocess.run(["zbarimg", "--raw", "-q", "/tmp/lancang-browser-final.png"], capture_output=True, text=True)
+    assert qr.stdout.strip().endswith(verify_url), (qr.stdout, verify_url)
+    li.goto(qr.stdout.strip().replace("http://127.0.0.1:8000", live.url))  # the printed QR's page
+    assert "终审" in li.locator("main").inner_text()
+    li.context.close()
     assert not errors, errors
 
 
