@@ -220,9 +220,11 @@ def test_request_triage_assign_report_sign(live, browser):
     assert not errors, errors
 
 
-def _live_consult(live, *, minutes_ahead: int, invite_reviewer: bool = False) -> int:
-    """A live consult from the township, assigned (reader wang, reviewer chen) and booked
-    `minutes_ahead` from now, through the services (the page flow is tested above)."""
+def _consult(live, question: str, *, kind: str = "read", priority: str = "routine", steps: tuple = (),
+             book_in: int | None = None, invite_reviewer: bool = False) -> int:
+    """A consult from the township to the county made through the services (the page flow is
+    tested above), then taken through `steps`: "decline", "accept", "assign" (reader wang,
+    reviewer chen); `book_in` books wang `book_in` minutes from now for a live one."""
     from datetime import datetime, timedelta
 
     from consult import scheduling, service
@@ -233,18 +235,23 @@ def _live_consult(live, *, minutes_ahead: int, invite_reviewer: bool = False) ->
     try:
         with runtime.db.scope() as session:
             get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
-            consult = service.create(session=session, requester=get("li"), kind="live", target_code="COUNTY",
-                                     study_uids=[live.study], clinical_question="孕28周，超声示胎盘低置，请会诊")
-            service.accept(session=session, consult_id=consult.id, user=get("zhou"))
-            service.assign(session=session, consult_id=consult.id, user=get("zhou"), reader_username="wang",
-                           reviewer_username="chen")
-            now = datetime.now(localtime.zone()).replace(tzinfo=None, second=0, microsecond=0)
-            scheduling.add_exception(session=session, user=get("wang"), starts_local=now - timedelta(hours=1),
-                                     ends_local=now + timedelta(days=1), available=True, note="test")
-            scheduling.book(session=session, consult_id=consult.id, coordinator=get("zhou"),
-                            specialist_username="wang", starts_local=now + timedelta(minutes=minutes_ahead),
-                            minutes=30, invite_reviewer=invite_reviewer)
-            return consult.id
+            consult = service.create(session=session, requester=get("li"), kind=kind, target_code="COUNTY",
+                                     study_uids=[live.study], clinical_question=question, priority=priority).id
+            if "decline" in steps:
+                service.decline(session=session, consult_id=consult, user=get("zhou"), reason="图像不全，请补传")
+            if "accept" in steps:
+                service.accept(session=session, consult_id=consult, user=get("zhou"))
+            if "assign" in steps:
+                service.assign(session=session, consult_id=consult, user=get("zhou"), reader_username="wang",
+                               reviewer_username="chen")
+            if book_in is not None:
+                now = datetime.now(localtime.zone()).replace(tzinfo=None, second=0, microsecond=0)
+                scheduling.add_exception(session=session, user=get("wang"), starts_local=now - timedelta(hours=1),
+                                         ends_local=now + timedelta(days=1), available=True, note="test")
+                scheduling.book(session=session, consult_id=consult, coordinator=get("zhou"),
+                                specialist_username="wang", starts_local=now + timedelta(minutes=book_in),
+                                minutes=30, invite_reviewer=invite_reviewer)
+            return consult
     finally:
         runtime.db.dispose()
 
@@ -254,8 +261,9 @@ def test_join_button_leads_into_the_room_with_the_images_on_most_of_the_screen(l
     15 minutes before the slot; the invited senior reviewer has a seat; the room's viewer has
     no app header of its own and most of a 1366x768 screen; an ended consult's room says so."""
     errors: list[str] = []
-    later = _live_consult(live, minutes_ahead=120)
-    soon = _live_consult(live, minutes_ahead=5, invite_reviewer=True)
+    booked = {"kind": "live", "steps": ("accept", "assign")}
+    later = _consult(live, "孕28周，超声示胎盘低置，请会诊", book_in=120, **booked)
+    soon = _consult(live, "孕28周，超声示胎盘低置，请会诊", book_in=5, invite_reviewer=True, **booked)
 
     wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
     wang.goto(f"{live.url}/consults/{later}")
@@ -317,28 +325,9 @@ def test_board_shows_open_work_by_urgency_with_the_patient_and_ended_work_on_its
     """16.12 and 16.14: the coordinator's board lists open consults by urgency, then waiting
     time, with patient (name, sex, age, ID), exam, requesting institution and reader; ended
     consults are on the "done" tab, without waiting time or due date."""
-    from consult import service
-    from storage import identity
-    from storage.runtime import bootstrap
-
-    runtime = bootstrap(live.settings, component="test")
-    made = {}
-    try:
-        for priority in ("routine", "critical", "urgent", "declined"):
-            with runtime.db.scope() as session:
-                li, zhou = (identity.get_user(session=session, username=n) for n in ("li", "zhou"))
-                consult = service.create(session=session, requester=li, kind="read", target_code="COUNTY",
-                                         study_uids=[live.study], clinical_question=f"board {priority}",
-                                         priority="routine" if priority == "declined" else priority)
-                if priority == "declined":
-                    service.decline(session=session, consult_id=consult.id, user=zhou, reason="图像不全，请补传")
-                elif priority == "urgent":
-                    service.accept(session=session, consult_id=consult.id, user=zhou)
-                    service.assign(session=session, consult_id=consult.id, user=zhou, reader_username="wang",
-                                   reviewer_username="chen")
-                made[priority] = consult.id
-    finally:
-        runtime.db.dispose()
+    made = {"routine": _consult(live, "board routine"), "critical": _consult(live, "board critical", priority="critical"),
+            "urgent": _consult(live, "board urgent", priority="urgent", steps=("accept", "assign")),
+            "declined": _consult(live, "board declined", steps=("decline",))}
 
     errors: list[str] = []
     zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
@@ -372,24 +361,13 @@ def test_board_shows_open_work_by_urgency_with_the_patient_and_ended_work_on_its
 def test_bell_counts_new_notifications_and_opening_one_marks_it_read(live, browser):
     """16.9: a bell with the unread count on every page, kept current while the page is open;
     the list in local time; opening one goes to its consult and marks it read."""
-    from consult import service
-    from storage import identity
-    from storage.runtime import bootstrap
-
     errors: list[str] = []
     zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
     zhou.goto(f"{live.url}/calendar")  # any page has the bell
     zhou.locator("a.bell").wait_for()
     before = int(zhou.locator("#bell-count").inner_text() or 0)
 
-    runtime = bootstrap(live.settings, component="test")
-    try:
-        with runtime.db.scope() as session:
-            consult = service.create(session=session, requester=identity.get_user(session=session, username="li"),
-                                     kind="read", target_code="COUNTY", study_uids=[live.study],
-                                     clinical_question="bell: 右下腹痛，请协助诊断").id
-    finally:
-        runtime.db.dispose()
+    consult = _consult(live, "bell: 右下腹痛，请协助诊断")
     zhou.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # as when the tab is looked at again
     zhou.wait_for_function(f"() => Number(document.getElementById('bell-count').textContent) === {before + 1}")
     assert zhou.locator("#bell-count").is_visible()
@@ -417,21 +395,7 @@ def test_the_report_editor_never_loses_a_draft(live, browser):
     saves; 孕24+1周 is a gestational age; normal phrases insert on one click; switching
     templates asks before dropping measurements and keeps the texts; an ended session says
     请重新登录 and nothing typed is lost (it comes back after signing in again)."""
-    from consult import service
-    from storage import identity
-    from storage.runtime import bootstrap
-
-    runtime = bootstrap(live.settings, component="test")
-    try:
-        with runtime.db.scope() as session:
-            get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
-            consult = service.create(session=session, requester=get("li"), kind="read", target_code="COUNTY",
-                                     study_uids=[live.study], clinical_question="孕24周产检，请评估胎儿生长").id
-            service.accept(session=session, consult_id=consult, user=get("zhou"))
-            service.assign(session=session, consult_id=consult, user=get("zhou"), reader_username="wang",
-                           reviewer_username="chen")
-    finally:
-        runtime.db.dispose()
+    consult = _consult(live, "孕24周产检，请评估胎儿生长", steps=("accept", "assign"))
 
     errors: list[str] = []
     wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
@@ -501,9 +465,7 @@ def test_specialists_set_their_availability_and_the_booking_form_shows_who_is_fr
     itself, nothing saved); the coordinator's booking form marks who is free at the time."""
     from datetime import datetime, timedelta
 
-    from consult import service
-    from storage import identity, localtime
-    from storage.runtime import bootstrap
+    from storage import localtime
 
     errors: list[str] = []
     wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
@@ -534,15 +496,7 @@ def test_specialists_set_their_availability_and_the_booking_form_shows_who_is_fr
     assert wang.evaluate("document.documentElement.scrollWidth") <= 392
     wang.context.close()
 
-    runtime = bootstrap(live.settings, component="test")
-    try:
-        with runtime.db.scope() as session:
-            get = lambda name: identity.get_user(session=session, username=name)  # noqa: E731
-            consult = service.create(session=session, requester=get("li"), kind="live", target_code="COUNTY",
-                                     study_uids=[live.study], clinical_question="availability check").id
-            service.accept(session=session, consult_id=consult, user=get("zhou"))
-    finally:
-        runtime.db.dispose()
+    consult = _consult(live, "availability check", kind="live", steps=("accept",))
     zhou = person(browser, live, "zhou", errors, viewport={"width": 1366, "height": 768})
     zhou.goto(f"{live.url}/consults/{consult}")
     form = zhou.locator("#schedule-form")

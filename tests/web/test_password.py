@@ -31,6 +31,13 @@ def person(runtime):
         return identity.issue_token(session=session, user=user)[0]
 
 
+def _sign_in(page, base: str, username: str, password: str, next_path: str) -> None:
+    page.goto(f"{base}/login?next={next_path}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
 def _login(client, password: str) -> int:
     return client.post("/login", data={"username": "li", "password": password}, follow_redirects=False).status_code
 
@@ -60,10 +67,7 @@ def test_a_password_chosen_by_someone_else_is_replaced_at_first_sign_in(runtime)
     with serving(settings) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.goto(base + "/login?next=/consults")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", "printed-by-run-sh")
-        page.click("button[type=submit]")
+        _sign_in(page, base, "admin", "printed-by-run-sh", "/consults")
         page.wait_for_url(base + "/account/password?first=1")
         assert "别人为您设置" in page.locator("#password-first").inner_text()
         page.goto(base + "/consults")  # any other page keeps asking
@@ -94,10 +98,7 @@ def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.goto(base + "/login?next=/account/password")
-            page.fill("input[name=username]", "li")
-            page.fill("input[name=password]", "old-password-1")
-            page.click("button[type=submit]")
+            _sign_in(page, base, "li", "old-password-1", "/account/password")
             page.wait_for_url(base + "/account/password")
             page.fill("input[name=current]", "wrong-password")
             page.fill("input[name=new]", "new-password-9")
