@@ -108,6 +108,15 @@ def set_password(*, session: Session, user: User, new_password: str, keep_token_
     return ended
 
 
+def reset_password(*, session: Session, user: User) -> tuple[str, int]:
+    """An admin resets a user's password to a temporary one the user must replace at sign-in;
+    every session and token of the user ends. Returns (temporary password, ended)."""
+    temporary = secrets.token_urlsafe(9)
+    ended = set_password(session=session, user=user, new_password=temporary)
+    user.must_change_password = True
+    return temporary, ended
+
+
 def change_own_password(*, session: Session, user: User, current: str, new_password: str,
                         keep_token_hash: str | None) -> int:
     """A user changes their own password: the current one must be right (NotPermitted, said

@@ -33,6 +33,7 @@ NO_PATIENT_DATA = {
     "/api/me": "the caller's own account", "/api/report-templates": "report templates",
     "/api/specialists/free": "colleagues' free slots (no patient)", "/api/me/notifications/count": "a number",
     "/availability": "the caller's own working hours and leave",
+    "/admin/users": "accounts of the admin's institutions (no patient data)",
     "/calendar/feeds/{secret}.ics": "the bookings of the URL's user (consult numbers, roles, times; no clinical text)",
     "/notifications": "the caller's notices (as /api/me/notifications)", "/api/me/notifications": "the caller's notices "
     "(links to consults, which audit their own reads)", "/api/me/calendar.ics": "the caller's bookings (no "

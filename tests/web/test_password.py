@@ -19,7 +19,9 @@ from tests.services import free_port
 from tests.web.live import serving
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from storage import identity
+from storage.deps import SESSION_COOKIE
 from web.app import create_app
+from web.csrf import token_for
 
 
 @pytest.fixture
@@ -126,3 +128,48 @@ def test_a_user_changes_their_own_password_in_chromium(tmp_path, runtime, person
         outcomes = session.scalars(select(AuditRecord.outcome).where(AuditRecord.action == "auth.password.change")
                                    .order_by(AuditRecord.id)).all()
     assert outcomes == ["denied", "ok"]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_an_admin_resets_a_password_on_a_page(runtime):
+    """16.18: an admin resets a forgotten password on /admin/users (users of their subtree only);
+    the temporary password is shown once and must be replaced at the user's next sign-in."""
+    from playwright.sync_api import sync_playwright
+
+    with runtime.db.scope() as session:
+        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city")
+        tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township", parent_code="CITY")
+        tenancy.add_institution(session=session, code="SH", name="上海合作医院", level="partner")
+        identity.add_user(session=session, username="admin", role="admin", institution_code="CITY",
+                          password="admin-password-1")
+        identity.add_user(session=session, username="li", role="radiographer", institution_code="TOWN",
+                          password="forgotten-pass-1", display_name="李技师")
+        identity.add_user(session=session, username="xu", role="specialist", institution_code="SH",
+                          password="not-yours-pass-1")
+    settings = runtime.settings.model_copy(update={"http_port": free_port()})
+    with serving(settings) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        _sign_in(page, base, "admin", "admin-password-1", "/admin/users")
+        page.wait_for_url(base + "/admin/users")
+        assert page.locator("tr[data-user=li]").count() == 1 and page.locator("tr[data-user=xu]").count() == 0
+        page.locator("tr[data-user=li] button").click()
+        page.locator("#reset-done").wait_for()
+        temporary = page.locator("#temporary-password").inner_text()
+        assert len(temporary) >= 12
+        assert "待改密码" in page.locator("tr[data-user=li]").inner_text()
+        page.screenshot(path="/tmp/lancang-admin-users-1366.png", full_page=True)
+        other = browser.new_page()
+        _sign_in(other, base, "li", temporary, "/consults")
+        other.wait_for_url(base + "/account/password?first=1")  # choose a password of her own first
+        browser.close()
+    with TestClient(create_app(runtime.settings)) as client:
+        assert _login(client, "forgotten-pass-1") == 401
+        client.post("/login", data={"username": "admin", "password": "admin-password-1"})
+        token = token_for(runtime.settings.effective_secret_key, client.cookies.get(SESSION_COOKIE))
+        outside = client.post("/admin/users/xu/password", headers={"X-CSRF-Token": token})
+        assert outside.status_code == 404  # outside the admin's subtree: as if unknown
+        assert client.post("/admin/users/li/password", headers={"X-CSRF-Token": token}).status_code == 200
+    with runtime.db.scope(readonly=True) as session:
+        records = session.scalars(select(AuditRecord).where(AuditRecord.action == "admin.user.passwd")).all()
+        assert [r.object_id for r in records] == ["li", "li"]
