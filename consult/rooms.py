@@ -568,7 +568,7 @@ class Room:
                 await self._record(participant, message.get("on"))
             elif kind == "ping":
                 await self._send(participant, {"type": "pong", "t": message.get("t")})
-            elif kind in ("view", "pointer", "chat", "lead"):
+            elif kind in ("view", "pointer", "chat", "lead", "shown"):
                 await self.handle_room_message(participant, message)
             else:
                 await self._error(participant, "unknown-type", f"unknown message type {kind[:40]!r}")
@@ -765,6 +765,8 @@ class Room:
             await self._hand_over(participant, message.get("to"))
         elif kind == "chat":
             await self._chat(participant, message.get("text"))
+        elif kind == "shown":
+            self._shown(participant, message)
         elif kind == "ping":
             self._reply(participant, {"type": "pong", "t": message.get("t")})
         else:
@@ -785,6 +787,19 @@ class Room:
         for other in self.participants.values():
             if other is not participant and other.media is not None:
                 self._channel_send(other.media, out)
+
+    def _shown(self, participant: Participant, message: dict) -> None:
+        """A follower says what its viewer shows of the shared view (still loading, or the
+        slice on its canvas): told to the lead only, so the presenter does not talk about an
+        image the specialist does not see yet. Never kept."""
+        lead = self.participants.get(self.lead or "")
+        loading, label = message.get("loading"), message.get("label", "")
+        if lead is None or lead is participant or lead.media is None or not isinstance(loading, bool):
+            return
+        self._channel_send(lead.media, {"type": "shown", "from": participant.username,
+                                        "name": participant.seat.display_name, "loading": loading,
+                                        "seq": message.get("seq") if isinstance(message.get("seq"), int) else None,
+                                        "label": str(label)[:80]})
 
     def _pointer(self, participant: Participant, message: dict) -> None:
         """The lead's pointer in image pixels: fanned out, never kept (it changes every few ms)."""

@@ -121,6 +121,10 @@ async def scenario(base: str, api: dict, sessions: dict, consult_id: int) -> dic
         await until(wang, f"{viewer}.state().index === {presenter['index']} && "
                           f"{viewer}.state().windowWidth === {presenter['windowWidth']}")
         follower = await wang.evaluate(f"{viewer}.state()")
+        # 16.6: the presenter is told what the specialist sees (loading, then the same slice).
+        await until(li, "document.getElementById('room-followers').textContent.includes("
+                        f"'✓ Im {presenter['index'] + 1}/5')")
+        verdict["presenter_sees"] = await li.evaluate("document.getElementById('room-followers').textContent")
         verdict["view"] = {"presenter": [presenter["index"], presenter["windowCenter"], presenter["windowWidth"]],
                            "follower": [follower["index"], follower["windowCenter"], follower["windowWidth"]],
                            "applied": len(await wang.evaluate("window.lancangRoom.applied"))}

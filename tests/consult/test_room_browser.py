@@ -36,6 +36,9 @@ def test_chromium_and_aiortc_share_a_room(tmp_path):
     # The specialist's viewer shows what the presenter scrolled to, with the lung window.
     assert verdict["view"]["presenter"] == verdict["view"]["follower"], verdict["view"]
     assert verdict["view"]["presenter"][0] == 3 and verdict["view"]["presenter"][2] == 1500
+    # The presenter's page says what the specialist's viewer shows (16.6).
+    assert "WANG ✓ Im 4/5" in verdict["presenter_sees"], verdict
+
     # The consented recording is in the object store and decodes.
     assert verdict["recordings"] and verdict["stored"] and verdict["stored_bytes_ok"], verdict
     # A camera whose first frame arrives while recording starts the next file (MP4 streams are

@@ -137,6 +137,17 @@ def test_two_then_three_parties_media_view_chat_drop_and_rejoin(server):
         for follower in (wang, zhou):
             await follower.wait_for(lambda f=follower: any(m.get("type") == "view" and m["state"] == state
                                                            for m in f.channel_messages))
+        # A follower tells the lead what its viewer shows (16.6); nobody else hears it.
+        wang.say({"type": "shown", "seq": 1, "loading": True, "label": "加载中 Loading Im 8/20"})
+        await li.wait_for(lambda: any(m.get("type") == "shown" and m["from"] == "wang" and m["loading"]
+                                      and m["label"] == "加载中 Loading Im 8/20" for m in li.channel_messages))
+        li.say({"type": "shown", "seq": 1, "loading": False, "label": "Im 8/20"})  # the lead's own: dropped
+        zhou.say({"type": "shown", "loading": "yes"})  # malformed: dropped
+        for c in (li, zhou):  # a ping after each: its pong means the message before was handled
+            c.say({"type": "ping", "t": 1})
+            await c.wait_for(lambda c=c: any(m.get("type") == "pong" for m in c.channel_messages))
+        assert not any(m.get("type") == "shown" for m in zhou.channel_messages + wang.channel_messages)
+        assert sum(m.get("type") == "shown" for m in li.channel_messages) == 1
         # A follower cannot steer until the lead is handed over.
         wang.say({"type": "view", "state": {**state, "index": 9}})
         await wang.wait_for(lambda: any(m.get("code") == "not-lead" for m in wang.channel_messages))

@@ -165,6 +165,17 @@ def _pinch(page, start: float, end: float) -> None:
     cdp.detach()
 
 
+def _tap_twice(page) -> None:
+    box = page.locator("#film-stage").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    for _ in range(2):
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.wait_for_timeout(80)
+    cdp.detach()
+
+
 def _scale(page) -> float:
     return page.evaluate("(() => { const m = /scale\\(([0-9.]+)\\)/.exec("
                          "document.getElementById('film-image').style.transform); return m ? Number(m[1]) : 1; })()")
@@ -231,6 +242,8 @@ def test_the_images_open_on_a_phone_only_after_the_pin(site, phone):
     assert _scale(phone) > 2.5, phone.evaluate("document.getElementById('film-image').style.transform")
     _swipe(phone, -120)
     assert phone.inner_text("#film-counter") == f"4 / {SLICES}" and _scale(phone) > 2.5
+    _tap_twice(phone)  # a double tap goes back to the whole image
+    assert _scale(phone) == 1
     phone.tap("#film-next")  # the next image starts at its full view
     shows(5)
     assert _scale(phone) == 1

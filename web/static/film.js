@@ -113,7 +113,7 @@
 
   // Zoom: two fingers pinch (1x to 5x), one finger then moves the enlarged image, a double
   // tap toggles 2x. Swiping to the next image works only at 1x, so zooming never turns a page.
-  var zoom = { scale: 1, x: 0, y: 0 }, pinch = null, drag = null, lastTap = 0;
+  var zoom = { scale: 1, x: 0, y: 0 }, pinch = null, drag = null, tap = null, lastTap = 0;
   function applyZoom() {
     img.style.transform = zoom.scale === 1 ? "" :
       "translate(" + zoom.x + "px," + zoom.y + "px) scale(" + zoom.scale + ")";
@@ -133,9 +133,7 @@
       return;
     }
     if (e.touches.length !== 1) { startX = null; return; }
-    var now = Date.now();
-    if (now - lastTap < 300) { zoom.scale === 1 ? (zoom.scale = 2) : resetZoom(); applyZoom(); lastTap = 0; }
-    else lastTap = now;
+    tap = { x: e.touches[0].clientX, y: e.touches[0].clientY, t: Date.now() };
     if (zoom.scale > 1) {
       drag = { x: e.touches[0].clientX - zoom.x, y: e.touches[0].clientY - zoom.y };
       startX = null;
@@ -160,6 +158,16 @@
   stage.addEventListener("touchend", function (e) {
     if (e.touches.length < 2) pinch = null;
     if (e.touches.length === 0) drag = null;
+    // A double tap is two short touches that did not move, close together: never a swipe.
+    var end = e.changedTouches[0];
+    if (tap && e.touches.length === 0 && Date.now() - tap.t < 250 &&
+        Math.hypot(end.clientX - tap.x, end.clientY - tap.y) < 10) {
+      if (Date.now() - lastTap < 300) {
+        if (zoom.scale === 1) { zoom.scale = 2; applyZoom(); } else resetZoom();
+        lastTap = 0;
+      } else lastTap = Date.now();
+    }
+    tap = null;
     if (startX === null) return;
     var t = e.changedTouches[0];
     var dx = t.clientX - startX, dy = t.clientY - startY;

@@ -21,6 +21,7 @@
     videoTx: null, audioTx: null, mode: "normal", lead: null, slots: [], participants: [],
     viewer: null, frameDoc: null, pending: null, applying: false, applied: [], closed: false,
     frames: {}, // participant -> decoded frame count (requestVideoFrameCallback)
+    shown: {}, // follower -> what their viewer shows of the shared view (seen by the lead)
   };
 
   function status(text) { $("room-status").textContent = text; }
@@ -255,8 +256,9 @@
         if (message.view && R.lead !== me) follow(message);
         break;
       case "view": if (R.lead !== me) follow(message); break;
+      case "shown": R.shown[message.from] = message; showFollowers(); break;
       case "pointer": showPointer(message); break;
-      case "lead": R.lead = message.lead; showParticipants(R.participants); break;
+      case "lead": R.lead = message.lead; R.shown = {}; showFollowers(); showParticipants(R.participants); break;
       case "chat": showChat(message); break;
       case "error": console.warn("room", message); break;
       default: break;
@@ -273,11 +275,31 @@
         const next = R.pending; R.pending = null;
         try {
           await R.viewer.apply(next.view || next.state);
+          R.seq = next.seq;
+          reportShown();
           R.applied.push({ seq: next.seq, t: next.t, rendered: Date.now() });
           if (R.applied.length > 1000) R.applied.shift();
         } catch (err) { console.warn("room apply", err); }
       }
     } finally { R.applying = false; }
+  }
+
+  /** A follower tells the lead what its viewer shows (once per change): loading, or the slice. */
+  function reportShown() {
+    if (!R.viewer || R.lead === me) return;
+    const st = R.viewer.state();
+    const label = st.loading ? `加载中 Loading Im ${st.target + 1}/${st.count}` : `Im ${st.index + 1}/${st.count}`;
+    if (label === R.lastShown) return;
+    R.lastShown = label;
+    say({ type: "shown", seq: R.seq ?? null, loading: !!st.loading, label });
+  }
+
+  /** The lead sees, per follower, whether they see the same image yet. */
+  function showFollowers() {
+    const box = $("room-followers");
+    if (!box) return;
+    const parts = Object.values(R.shown).map((s) => `${s.name || s.from} ${s.loading ? "⏳" : "✓"} ${s.label}`);
+    box.textContent = R.lead === me && parts.length ? `对方看到 They see: ${parts.join(" · ")}` : "";
   }
 
   function showPointer(message) {
@@ -312,7 +334,9 @@
       for (const selector of ["header.top", "footer"]) { const el = doc.querySelector(selector); if (el) el.hidden = true; }
       doc.addEventListener("viewer:statechange", (event) => {
         if (R.lead === me) say({ type: "view", state: event.detail, t: Date.now() });
+        else reportShown();
       });
+      doc.addEventListener("viewer:rendered", reportShown);  // e.g. the followed slice has now arrived
       let last = 0;
       doc.addEventListener("pointermove", (event) => {
         const now = performance.now();
