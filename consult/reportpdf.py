@@ -124,6 +124,7 @@ class ReportContent:
     institution_address: str = ""
     requesting_institution: str = ""
     reported_at: datetime | None = None  # printed in the header: when this version was signed
+    visit_number: str = ""  # 门诊/住院号: the images' Admission ID, printed when present
     # Structured measurements as (label, value with unit), printed as a table (obstetric
     # biometry: BPD, HC, AC, FL, EFW, GA...), and the maternal risk colour (妇幼五色分级).
     measurements: list[tuple[str, str]] = field(default_factory=list)
@@ -219,6 +220,7 @@ def build_report_pdf(report: ReportContent) -> bytes:
         ("性别 Sex", _SEX.get(report.patient_sex.strip().upper(), report.patient_sex)),
         ("年龄 Age", report.patient_age),
         ("患者编号 Patient ID", report.patient_id),
+        *([("门诊/住院号 Visit No.", report.visit_number)] if report.visit_number else []),
     ])
     if report.studies:
         _studies_table(pdf, report.studies)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import base64
 import hashlib
+import json
 import secrets
 from datetime import datetime
 
@@ -27,7 +28,7 @@ from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
 from imaging.dataset import display_name
 from imaging.summary import age_at
-from imaging.models import Series, Study
+from imaging.models import Instance, Series, Study
 from imaging.query import shown_patient_id
 from storage import audit, keys, localtime
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
@@ -128,6 +129,17 @@ def save_draft(*, session: Session, consult_id: int, user: User, template: str, 
 # -- signing ----------------------------------------------------------------------------
 
 
+def _visit_number(session: Session, study: Study) -> str:
+    """The 门诊/住院号 the modality wrote (Admission ID, 0038,0010) in the study's first instance."""
+    text = session.scalar(select(Instance.dicom_json).join(Series, Series.id == Instance.series_pk)
+                          .where(Series.study_pk == study.id).order_by(Instance.id).limit(1))
+    try:
+        element = json.loads(text or "{}").get("00380010") or {}
+        return str((element.get("Value") or [""])[0])[:64]
+    except (ValueError, AttributeError):
+        return ""
+
+
 def _exam(session: Session, consult: ConsultRequest) -> tuple[Study, Series | None]:
     study = session.scalar(select(Study).where(Study.study_instance_uid == consult.studies[0].study_instance_uid))
     series = session.scalar(select(Series).where(Series.study_pk == study.id).order_by(Series.id))
@@ -217,6 +229,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
         measurements=templates.measurement_rows(report.template, content.get("fields", {})),
         risk_colour=consult.risk_colour or "", department=where.department or "医学影像科",
         institution_address=where.address, reported_at=max(signed) if signed else utcnow(),
+        visit_number=_visit_number(session, study),
         reader_name=consult.reader.display_name if consult.reader else "",
         read_at=None, reviewer_name=consult.reviewer.display_name if consult.reviewer else "", reviewed_at=None,
         verify_url=verify_url, requesting_institution=consult.requesting_institution.name_zh, **extra)

@@ -185,12 +185,30 @@ def test_an_obstetric_final_report_is_laid_out_as_a_hospital_accepts_it(runtime,
     """16.4: the header names the department and address and the report time; obstetric
     biometry is a table with GA (孕24+1周) and EFW; the maternal risk colour is printed;
     findings are left-aligned (no justified gaps). Checked on the rendered PDF."""
-    from storage import service as tenancy
+    import io
 
-    _, study = world
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from imaging.service import Ingestor
+    from storage import service as tenancy
+    from storage.models import Institution
+    from tests.dicomdata import ct_instance
+
+    study = generate_uid()  # an ultrasound with the 住院号 the modality wrote (Admission ID)
+    ds = dcmread(io.BytesIO(ct_instance(study_uid=study, modality="US", patient_id="P001",
+                                        sop_class="1.2.840.10008.5.1.4.1.1.6.1")))
+    ds.AdmissionID = "ZY2026-0815"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
     with runtime.db.scope() as session:
         tenancy.set_institution_details(session=session, code="COUNTY", department="医学影像科",
                                         address="云南省普洱市澜沧县勐朗镇民主路 8 号")
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(runtime.db, runtime.store)
+    ingestor.ingest(out.getvalue(), institution_id=town, source="test")
+    ingestor.close()
     cid = ok(api("POST", "li", "/api/consults", json={
         "kind": "read", "target": "COUNTY", "study_uids": [study], "risk_colour": "orange",
         "clinical_question": "孕24周，胎儿生长评估"}), 201)["id"]
@@ -206,6 +224,7 @@ def test_an_obstetric_final_report_is_laid_out_as_a_hospital_accepts_it(runtime,
     pdf = api("GET", "li", final["versions"][-1]["pdf_url"]).content
     text = _text(pdf, tmp_path, "obstetric")
     assert "医学影像科" in text and "勐朗镇民主路" in text
+    assert "门诊/住院号 Visit No." in text and "ZY2026-0815" in text
     assert re.search(r"报告时间 Report time: \d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}", text), text
     assert "测量 Measurements" in text and "孕24+1周" in text and "680 g" in text and "双顶径 BPD" in text
     assert "橙色 较高风险 Orange" in text and "孕产妇风险分级" in text
