@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from consult.models import Notification
 from storage import jobs
+from storage.errors import NotFound
 from storage.models import User
 from storage.settings import Settings
 from storage.types import utcnow
@@ -39,8 +40,9 @@ class DeliveryFailed(Exception):
 class Sender(Protocol):
     channel: str  # a short name recorded in Notification.delivered
 
-    def send(self, *, user: User, title: str, link: str) -> bool:
-        """Deliver to `user`; False when the user cannot be reached this way (no address)."""
+    def send(self, *, user: User, title: str, link: str) -> None:
+        """Deliver to `user` (nothing to do when they have no address for this channel); raise
+        DeliveryFailed when the channel refuses or cannot be reached."""
 
 
 class LogSender:
@@ -48,9 +50,8 @@ class LogSender:
 
     channel = "log"
 
-    def send(self, *, user: User, title: str, link: str) -> bool:
+    def send(self, *, user: User, title: str, link: str) -> None:
         log.info("consult.notify.sent user=%s title=%s link=%s", user.username, title, link)
-        return True
 
 
 class SmtpSender:
@@ -64,9 +65,9 @@ class SmtpSender:
         self.login = (settings.notify_smtp_user, settings.notify_smtp_password.get_secret_value())
         self.starttls, self.timeout = settings.notify_smtp_starttls, settings.notify_timeout_s
 
-    def send(self, *, user: User, title: str, link: str) -> bool:
+    def send(self, *, user: User, title: str, link: str) -> None:
         if not user.email:
-            return False
+            return
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = self.sender, user.email, title
         message.set_content(f"{user.display_name or user.username}：\n\n{title}\n\n请登录澜沧影像云查看 "
@@ -80,7 +81,6 @@ class SmtpSender:
                 smtp.send_message(message)
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"e-mail to {user.username}: {exc}") from exc
-        return True
 
 
 class WeComSender:
@@ -91,7 +91,7 @@ class WeComSender:
     def __init__(self, settings: Settings):
         self.url, self.timeout = settings.notify_wecom_webhook, settings.notify_timeout_s
 
-    def send(self, *, user: User, title: str, link: str) -> bool:
+    def send(self, *, user: User, title: str, link: str) -> None:
         who = user.display_name or user.username
         payload = {"msgtype": "text", "text": {"content": f"{who}：{title}\n{link}",
                                                "mentioned_mobile_list": [user.mobile] if user.mobile else []}}
@@ -104,7 +104,6 @@ class WeComSender:
             raise DeliveryFailed(f"企业微信 webhook: {exc}") from exc
         if answer.get("errcode", 0) != 0:  # the robot answers 200 with an error code
             raise DeliveryFailed(f"企业微信 webhook refused: {answer.get('errcode')} {answer.get('errmsg', '')}")
-        return True
 
 
 _extra: list[Sender] = []
@@ -166,6 +165,15 @@ def deliver(session: Session, notification_id: int, senders: list[Sender], publi
     if not failures:
         row.delivered_at = utcnow()
     return failures
+
+
+def mark_read(session: Session, user_id: int, notification_id: int) -> Notification:
+    """The user's own notification, marked read (NotFound for anyone else's: ids are guessable)."""
+    row = session.get(Notification, notification_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound("未找到该通知 / no such notification")
+    row.read_at = row.read_at or utcnow()
+    return row
 
 
 def unread_count(session: Session, user_id: int) -> int:

@@ -9,14 +9,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from consult import dashboard, policy, reports, rooms, scheduling, service, state, templates
+from consult import dashboard, notify, policy, reports, rooms, scheduling, service, state, templates
 from consult.models import ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging import summary
 from imaging.models import Study
 from storage import access, identity, localtime
 from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
-from storage.errors import Invalid, NotFound
+from storage.errors import Invalid
 from storage.models import Institution, User
 from storage.types import utcnow
 
@@ -313,10 +313,7 @@ def notifications_page(request: Request, session: DbSession, user: OptionalUser,
 @router.post("/notifications/{notification_id}/open")
 def open_notification(notification_id: int, session: WriteSession, user: CurrentUser):
     """Mark it read and go where it points."""
-    row = session.get(Notification, notification_id)
-    if row is None or row.user_id != user.id:
-        raise NotFound("未找到该通知 / no such notification")
-    row.read_at = row.read_at or utcnow()
+    row = notify.mark_read(session, user.id, notification_id)
     local = row.link.startswith("/") and not row.link.startswith("//")  # never off the site
     return RedirectResponse(row.link if local else "/notifications", status_code=303)
 

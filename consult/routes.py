@@ -15,7 +15,6 @@ from storage import audit
 from storage.deps import CurrentUser, DbSession, WriteSession
 from storage.errors import Invalid, NotFound
 from storage.models import User
-from storage.types import utcnow
 
 
 def consult_out(consult: ConsultRequest) -> ConsultOut:
@@ -276,10 +275,7 @@ def notification_count(session: DbSession, user: CurrentUser) -> dict:
 
 @router.post("/me/notifications/{notification_id}/read", status_code=204)
 def mark_read(notification_id: int, session: WriteSession, user: CurrentUser):
-    row = session.get(Notification, notification_id)
-    if row is None or row.user_id != user.id:
-        raise NotFound("未找到该通知 / no such notification")
-    row.read_at = row.read_at or utcnow()
+    notify.mark_read(session, user.id, notification_id)
 
 
 @router.post("/me/calendar/feed")

@@ -168,8 +168,7 @@ def cmd_user_passwd(args) -> None:
     user ends, and the reset is audited."""
     with _runtime().db.scope() as session:
         user = identity.get_user(session=session, username=args.username)
-        ended = identity.set_password(session=session, user=user, new_password=args.password)
-        user.must_change_password = True  # the admin knows it: the user chooses their own at sign-in
+        _, ended = identity.reset_password(session=session, user=user, temporary=args.password)
         _audit(session, "admin.user.passwd", "user", user.username, sessions_ended=ended)
         print(f"password of {user.username} reset; {ended} session(s)/token(s) ended")
 

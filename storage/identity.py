@@ -108,10 +108,10 @@ def set_password(*, session: Session, user: User, new_password: str, keep_token_
     return ended
 
 
-def reset_password(*, session: Session, user: User) -> tuple[str, int]:
-    """An admin resets a user's password to a temporary one the user must replace at sign-in;
-    every session and token of the user ends. Returns (temporary password, ended)."""
-    temporary = secrets.token_urlsafe(9)
+def reset_password(*, session: Session, user: User, temporary: str | None = None) -> tuple[str, int]:
+    """An admin resets a user's password (given, or made here) to a temporary one the user must
+    replace at sign-in; every session and token of the user ends. Returns (password, ended)."""
+    temporary = temporary or secrets.token_urlsafe(9)
     ended = set_password(session=session, user=user, new_password=temporary)
     user.must_change_password = True
     return temporary, ended
