@@ -79,6 +79,9 @@ class IndexRecord:
     columns: int | None
     number_of_frames: int
     uid_warnings: tuple[str, ...] = ()
+    # (IssuerOfPatientID, PatientID) of each OtherPatientIDsSequence item: where a 居民身份证号
+    # or 电子健康卡 number travels (imaging/persons.py).
+    other_ids: tuple[tuple[str, str], ...] = ()
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
@@ -221,7 +224,16 @@ def extract(ds: Dataset) -> IndexRecord:
         columns=_int(ds, "Columns"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         uid_warnings=tuple(w for k, v in uids.items() if (w := uid_warning(k, v))),
+        other_ids=_other_ids(ds),
     )
+
+
+def _other_ids(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    try:
+        items = ds.get("OtherPatientIDsSequence") or []
+        return tuple((_text(item, "IssuerOfPatientID", 64), _text(item, "PatientID", 64)) for item in items[:16])
+    except Exception:  # a malformed sequence must not stop the instance being stored
+        return ()
 
 
 def _bulk_uri(element) -> str:

@@ -15,6 +15,18 @@ from storage.db import Base
 from storage.types import UTCDateTime, utcnow
 
 
+class Person(Base):
+    """One person above the per-institution patient records (imaging/persons.py): joined only
+    by a trusted identifier or by an admin, never by name."""
+
+    __tablename__ = "persons"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resident_id: Mapped[str | None] = mapped_column(String(18), unique=True)  # 居民身份证号
+    health_card: Mapped[str | None] = mapped_column(String(64), unique=True)  # 电子健康卡
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Patient(Base):
     """A patient as known to one institution: PatientID is only unique within its issuer."""
 
@@ -27,6 +39,8 @@ class Patient(Base):
         *(Index(f"ix_patients_{column}_pattern", column, postgresql_ops={column: "varchar_pattern_ops"},
                 info={"only_on": "postgresql"}).ddl_if(dialect="postgresql")
           for column in ("name_alphabetic", "name_ideographic", "patient_id")),
+        *(Index(f"ix_patients_{column}", column, postgresql_ops={column: "varchar_pattern_ops"})
+          for column in ("name_pinyin", "name_initials")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -41,11 +55,22 @@ class Patient(Base):
     birth_date: Mapped[str] = mapped_column(String(8), default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Pinyin of the name (imaging/pinyin.py), for "zhangxiuying" and "zxy" (migration 0010).
+    name_pinyin: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    name_initials: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # The person this record belongs to, and how it was joined: resident_id | health_card | manual.
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
+    link_source: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    resident_id: Mapped[str] = mapped_column(String(18), default="", server_default="")
+    health_card: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Study(Base):
     __tablename__ = "studies"
-    __table_args__ = (Index("ix_studies_institution_date", "institution_id", "study_date"),)
+    __table_args__ = (Index("ix_studies_institution_date", "institution_id", "study_date"),
+                      # The study list's order and cursor (workspace/service.py), migration 0010.
+                      Index("ix_studies_newest", "study_date", "id"),
+                      Index("ix_studies_institution_newest", "institution_id", "study_date", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
@@ -146,3 +171,39 @@ class SupersededInstance(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     replaced_by: Mapped[str] = mapped_column(Text, default="")
+
+
+RECOGNITION_REASONS = {
+    # 不互认 reasons, in the order of 国卫医发〔2022〕6号 (医疗机构检查检验结果互认管理办法), art. 15.
+    "condition_changed": "病情变化 Condition changed",
+    "fast_changing": "检查结果随时间变化快 Result changes quickly with time",
+    "before_procedure": "手术、输血等重大诊疗前 Before surgery, transfusion or a major procedure",
+    "emergency": "急诊、急救 Emergency",
+    "forensic": "司法鉴定、伤残评定等 Forensic or disability assessment",
+    "patient_request": "患者或其家属要求 Patient or family request",
+    "quality_failed": "检查未通过质量控制 The exam failed quality control",
+    "too_old": "检查时间过久 Too long ago",
+    "clinician_judges": "医师判断需复查 Clinician judges a repeat necessary",
+    "other": "其他 Other",
+}
+
+
+class RecognitionDecision(Base):
+    """互认: a clinician of one institution recognises another institution's study (no repeat
+    exam) or does not, with a reason from the national list. Never edited: a new decision
+    is a new row."""
+
+    __tablename__ = "recognition_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
+    # The study's institution (whose result it is) and the deciding clinician's.
+    performing_institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    deciding_institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    modality: Mapped[str] = mapped_column(String(100), default="")
+    recognised: Mapped[bool] = mapped_column()
+    reason: Mapped[str] = mapped_column(String(32), default="")
+    reason_text: Mapped[str] = mapped_column(String(200), default="")
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -40,7 +40,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from imaging import compat_pynetdicom, handlers, query, transcode
+from imaging import compat_pynetdicom, handlers, persons, query, transcode
 from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
@@ -126,7 +126,8 @@ class Receiver:
         self.db = runtime.db
         self.objects = runtime.store
         self.limits = Limits.of(self.settings)
-        self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed, limits=self.limits)
+        self.ingestor = Ingestor(self.db, self.objects, on_committed=on_committed, limits=self.limits,
+                                 identity=persons.IdentityRules.of(self.settings))
         self._nodes: dict[str, tuple[float, Principal | None]] = {}
         self._titles: tuple[float, list[_NodeRule]] = (0.0, [])
         self._rejections: dict[tuple[str, str], list] = {}

@@ -35,12 +35,15 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from imaging import persons, pinyin
 from imaging.dataset import IndexRecord, InvalidInstance, dicom_json, extract
 from imaging.limits import Limits, check_instance
 from imaging.models import Instance, Patient, Series, Study, SupersededInstance
 from storage import keys
 from storage import audit
 from storage.db import Database
+from storage.models import Institution
+from storage.settings import Settings
 from storage.objects import ObjectStore
 from storage.types import utcnow
 
@@ -125,10 +128,12 @@ TOUCH_SERIES = (Series.__table__.update().where(Series.__table__.c.id == bindpar
 class Ingestor:
     """Stores instances durably and indexes them; safe to call from many threads."""
 
-    def __init__(self, db: Database, store: ObjectStore, *, on_committed=None, limits: Limits | None = None):
+    def __init__(self, db: Database, store: ObjectStore, *, on_committed=None, limits: Limits | None = None,
+                 identity: persons.IdentityRules | None = None):
         self.db = db
         self.store = store
         self.limits = limits or Limits()
+        self.identity = identity or persons.IdentityRules.of(Settings.model_construct())
         self.on_committed = on_committed  # called with IngestResult after each commit
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-write")
         self._cache_lock = threading.Lock()
@@ -306,19 +311,33 @@ class Ingestor:
         # Without a PatientID nothing says two studies are the same person: one per study.
         patient_id = record.patient_id or f"~{record.study_uid}"[:64]
         name = record.patient_name
+        full, initials = pinyin.keys(name.ideographic, name.alphabetic)
+        naming = dict(name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
+                      name_phonetic=name.phonetic, name_pinyin=full, name_initials=initials)
         values = dict(institution_id=institution_id, issuer=record.issuer, patient_id=patient_id,
-                      name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
-                      name_phonetic=name.phonetic, birth_date=record.birth_date, sex=record.sex,
-                      created_at=utcnow())
+                      birth_date=record.birth_date, sex=record.sex, created_at=utcnow(), **naming)
         _insert_ignore(conn, Patient, values, ["institution_id", "issuer", "patient_id"])
         row = conn.execute(select(Patient.id, Patient.name).where(
             Patient.institution_id == institution_id, Patient.issuer == record.issuer,
             Patient.patient_id == patient_id)).one()
         if name.full and row.name != name.full:  # the newest demographics win
-            conn.execute(update(Patient.__table__).where(Patient.id == row.id).values(
-                name=name.full, name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
-                name_phonetic=name.phonetic))
+            conn.execute(update(Patient.__table__).where(Patient.id == row.id).values(**naming))
+        self._link_person(conn, row.id, record, institution_id)
         return row.id
+
+    def _link_person(self, conn, patient_pk: int, record: IndexRecord, institution_id: int) -> None:
+        """Join the record to its person when a trusted identifier names one (once per new study)."""
+        declared = bool(record.patient_id) and conn.execute(
+            select(Institution.patient_ids_are_resident_ids).where(Institution.id == institution_id)).scalar()
+        if not (declared or record.other_ids):
+            return
+        ids = persons.identifiers_of(
+            patient_id=record.patient_id, other_ids=record.other_ids, birth_date=record.birth_date, sex=record.sex,
+            resident_issuers=self.identity.resident_issuers, health_card_issuers=self.identity.health_card_issuers,
+            patient_ids_are_resident_ids=bool(declared))
+        if ids.problem:
+            log.warning("dicom.patient.resident_id_refused patient=%s problem=%s", patient_pk, ids.problem)
+        persons.link_by_identifiers(conn, patient_pk, ids)
 
     def _study_pk(self, conn, record: IndexRecord, institution_id: int, learned: dict) -> int:
         with self._cache_lock:

@@ -205,6 +205,7 @@ def cmd_token_revoke(args) -> None:
 def cmd_import(args) -> int:
     # lazy: the imaging import path (pydicom, pylibjpeg, the index) costs ~0.4 s more than
     # the admin commands need; see LAZY_IMPORTS below.
+    from imaging import persons
     from imaging.announce import TASK
     from imaging.importer import run_import
     from imaging.limits import Limits
@@ -213,7 +214,8 @@ def cmd_import(args) -> int:
     with runtime.db.scope(readonly=True) as session:
         institution = service.get_institution(session=session, code=args.institution)
         institution_id = institution.id
-    ingestor = Ingestor(runtime.db, runtime.store, limits=Limits.of(runtime.settings))
+    ingestor = Ingestor(runtime.db, runtime.store, limits=Limits.of(runtime.settings),
+                        identity=persons.IdentityRules.of(runtime.settings))
     try:
         with tqdm(unit="file", desc="import", disable=args.quiet, file=sys.stderr) as bar:
             summary = run_import(ingestor, [Path(p) for p in args.paths], institution_id=institution_id,

@@ -35,6 +35,8 @@ class Institution(Base):
     # Printed under the name on the reports it signs (migration 0009).
     department: Mapped[str] = mapped_column(String(100), default="", server_default="")
     address: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    # The institution declares that its PatientIDs are resident ID numbers (imaging/persons.py).
+    patient_ids_are_resident_ids: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     parent: Mapped["Institution | None"] = relationship(remote_side=[id])
 

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     notify_wecom_webhook: str = ""
     notify_timeout_s: float = 10.0
 
+    # One patient across institutions (imaging/persons.py): the IssuerOfPatientID values in
+    # OtherPatientIDsSequence that name a 居民身份证号 and an 电子健康卡 number, comma-separated.
+    resident_id_issuers: str = "RESIDENT_ID_CN,CN_RESIDENT_ID,居民身份证"
+    health_card_issuers: str = "EHC_CN,电子健康卡"
+
     log_level: str = "INFO"
     # The zone pages, PDFs and messages show times in (IANA name); data stays in UTC.
     timezone: str = "Asia/Shanghai"

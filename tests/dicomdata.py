@@ -16,8 +16,11 @@ def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, 
                 patient_name: str = "张^秀英", patient_id: str = "P001", charset: str = "GB18030",
                 study_date: str = "20261101", accession: str = "A001", instance_number: int = 1,
                 modality: str = "CT", size: int = 32, sop_class: str = CTImageStorage, seed: int = 0,
-                patient_name_bytes: bytes | None = None) -> bytes:
-    """patient_name_bytes writes the PN value exactly as given (e.g. ISO 2022 escape sequences)."""
+                patient_name_bytes: bytes | None = None, birth_date: str = "19850312", sex: str = "F",
+                other_ids: tuple[tuple[str, str], ...] = (), body_part: str = "",
+                position: tuple[float, float, float] | None = None) -> bytes:
+    """patient_name_bytes writes the PN value exactly as given (e.g. ISO 2022 escape sequences);
+    other_ids become OtherPatientIDsSequence items of (issuer, id)."""
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     ds.SOPClassUID = sop_class
@@ -30,8 +33,21 @@ def ct_instance(*, study_uid: str | None = None, series_uid: str | None = None, 
 
         ds[0x00100010] = DataElement(0x00100010, "PN", patient_name_bytes)
     ds.PatientID = patient_id
-    ds.PatientBirthDate = "19850312"
-    ds.PatientSex = "F"
+    ds.PatientBirthDate = birth_date
+    ds.PatientSex = sex
+    if other_ids:
+        items = []
+        for issuer, value in other_ids:
+            item = Dataset()
+            item.PatientID, item.IssuerOfPatientID = value, issuer
+            items.append(item)
+        ds.OtherPatientIDsSequence = items
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if position is not None:
+        ds.ImagePositionPatient = list(position)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceThickness = 5
     ds.StudyDate = study_date
     ds.StudyTime = "093000"
     ds.AccessionNumber = accession

@@ -29,7 +29,7 @@ from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance
 from imaging.models import Study
 from imaging.service import Ingestor, parse_part10
-from imaging import policy
+from imaging import persons, policy
 from storage.access import Principal
 from storage.deps import CurrentPrincipal
 from storage.errors import BadRequest, DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType
@@ -62,7 +62,8 @@ def ingestor_for(app) -> Ingestor:
             runtime = app.state.runtime
             announcer = SeriesAnnouncer(runtime.db)
             found = Ingestor(runtime.db, runtime.store, on_committed=announcer.note,
-                             limits=Limits.of(runtime.settings))
+                             limits=Limits.of(runtime.settings),
+                             identity=persons.IdentityRules.of(runtime.settings))
             app.state.dicomweb_announcer = announcer
             app.state.dicomweb_ingestor = found
     return found
