@@ -2,7 +2,7 @@
 specialist worklist and report editor, the public verification page. Actions call the
 JSON API from the page (web/static/consult.js) with the browser session."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from consult import dashboard, notify, policy, reports, rooms, scheduling, service, state, templates
 from consult.models import ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
-from imaging import summary
+from imaging import recognition, summary
 from imaging.models import Study
 from storage import access, identity, localtime
 from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
@@ -142,7 +142,13 @@ def dashboard_page(request: Request, session: DbSession, user: OptionalUser, wee
         "colour": dashboard.bar_chart("待办（按风险色） Open by risk colour", data["queue_by_colour"],
                                       labels={**COLOUR_LABELS, "none": "未分级 None"}),
     }
-    return render(request, "consult/dashboard.html", user=user, data=data, charts=charts)
+    mutual = recognition.stats(session, institution_ids=access.subtree_ids(session, user.institution_id),
+                               since=utcnow() - timedelta(weeks=weeks))
+    if mutual.reasons:
+        charts["recognition_reasons"] = dashboard.bar_chart("不互认原因 Reasons for not recognising",
+                                                            mutual.reasons, width=560)
+    return render(request, "consult/dashboard.html", user=user, data=data, charts=charts, mutual=mutual,
+                  weeks=weeks)
 
 
 @router.get("/calendar", response_class=HTMLResponse)

@@ -11,12 +11,8 @@ per address; every open, unlock, image and download audited).
     GET    /f/{token}/download                every DICOM file of the study as one streamed zip
 """
 
-import io
 import json
 import logging
-import time
-import zipfile
-from typing import Iterator
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -24,8 +20,9 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from film import archive
 from film import service as shares
-from imaging import compat_zipfile, derive, pixels
+from imaging import derive, pixels
 from storage import keys
 from film.models import Share
 from imaging.models import Instance, Series, Study
@@ -81,68 +78,6 @@ def _snap_width(requested: int | None) -> int:
     if not requested or requested <= 0:
         return 640
     return next((w for w in SCREEN_WIDTHS if w >= requested), SCREEN_WIDTHS[-1])
-
-
-# --------------------------------------------------------------------------- zip streaming
-
-
-class _Pipe(io.RawIOBase):
-    """A write-only, non-seekable sink: zipfile then writes data descriptors and never seeks."""
-
-    def __init__(self):
-        self._chunks: list[bytes] = []
-        self._written = 0
-        self.buffered = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._chunks.append(bytes(data))
-        self._written += len(data)
-        self.buffered += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._written
-
-    def drain(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self.buffered = 0
-        return data
-
-
-README_TXT = (
-    "本压缩包内是您的检查影像原始文件（DICOM 格式），可用医院或电脑上的 DICOM 阅片软件打开，"
-    "也可交给其他医院的医生。请妥善保管，勿随意转发。\r\n"
-    "These are the original images of your examination in DICOM format. Any DICOM viewer opens them; "
-    "you may give them to another hospital. Keep them private.\r\n"
-)
-
-
-ZIP_FLUSH = 256 * 1024
-
-
-def _zip_stream(store, entries: list[tuple[str, str, int]]) -> Iterator[bytes]:
-    """Stream a zip of (name, object key, size) without holding a file in memory.
-
-    Deflate level 1: DICOM often halves, for little CPU, and the patient is on mobile data.
-    """
-    pipe = _Pipe()
-    today = time.localtime()[:6]
-    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        archive.writestr("README.txt", README_TXT.encode("utf-8"))
-        for name, key, size in entries:
-            info = zipfile.ZipInfo(name, date_time=today)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            compat_zipfile.set_compress_level(info, 1)  # what ZipFile.open(name) would set (default 6)
-            with archive.open(info, "w", force_zip64=size > 2**31 - 2**24) as member:
-                for chunk in store.stream(key):
-                    member.write(chunk)
-                    if pipe.buffered >= ZIP_FLUSH:
-                        yield pipe.drain()
-    yield pipe.drain()
 
 
 router = APIRouter(tags=["cloud film"])
@@ -349,18 +284,12 @@ def film_download(token: str, request: Request, session: WriteSession):
     share, answer = _patient_share(request, session, token, "film.download")
     if answer is not None:
         return answer
-    rows = shares.study_instances(session, share)
-    entries, numbers = [], {}
-    for series, instance in rows:
-        folder = f"S{(series.series_number if series.series_number is not None else 0):03d}_" \
-                 f"{''.join(c for c in series.modality if c.isalnum()) or 'OT'}_{series.id}"
-        numbers[folder] = numbers.get(folder, 0) + 1
-        entries.append((f"{folder}/IM{numbers[folder]:04d}.dcm", instance.object_key, instance.size))
+    entries = archive.entries(shares.study_instances(session, share))
     study = session.get(Study, share.study_pk)
     shares.record_access(session, share, "film.download", source=client_address(request), user_agent=_agent(request),
                          files=len(entries), bytes=sum(e[2] for e in entries))
     name = f"images-{study.study_date or 'study'}.zip"
-    return StreamingResponse(_zip_stream(get_runtime(request).store, entries), media_type="application/zip",
+    return StreamingResponse(archive.zip_stream(get_runtime(request).store, entries), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{name}"',
                                       "Cache-Control": "no-store"})
 

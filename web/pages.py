@@ -120,10 +120,11 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
     return _render(request, "password.html", user=user, errors={}, done=True)
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/menu", response_class=HTMLResponse)
 def home(request: Request, user: OptionalUser):
+    """Everything the role can open (the landing page "/" is the role's daily list)."""
     if user is None:
-        return RedirectResponse("/login", status_code=303)
+        return RedirectResponse("/login?next=/menu", status_code=303)
     return _render(request, "home.html", user=user, menu=_menu(user.role))
 
 
@@ -160,13 +161,15 @@ def _people_of(session, user) -> list[User]:
 def _menu(role: str) -> list[dict]:
     """What each role starts from."""
     items = {
-        "radiographer": [("/upload", "上传影像 Upload images"), ("/consults/new", "新建会诊申请 Request a consult"),
+        "radiographer": [("/studies?today=1", "今日检查 Today's studies"), ("/studies", "全部检查 All studies"),
+                         ("/upload", "上传影像 Upload images"), ("/consults/new", "新建会诊申请 Request a consult"),
                          ("/consults", "申请与回传报告 My requests")],
-        "specialist": [("/consults", "我的阅片任务 My worklist"), ("/calendar", "会诊日程 Calendar"),
+        "specialist": [("/consults", "我的阅片任务 My worklist"), ("/studies", "可查看的检查 Studies I may see"), ("/calendar", "会诊日程 Calendar"),
                        ("/availability", "我的出诊时间 My availability")],
-        "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/dashboard", "统计 Dashboard"),
+        "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/studies", "检查 Studies"), ("/dashboard", "统计 Dashboard"),
                         ("/calendar", "日程 Calendar")],
-        "admin": [("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard"), ("/admin/users", "用户 Users")],
+        "admin": [("/studies", "检查 Studies"), ("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard"),
+                  ("/admin", "管理控制台 Admin console")],
     }[role]
     return [{"href": href, "label": label} for href, label in items + [("/verify", "报告验证 Verify a report"),
                                                                         ("/account/password", "修改密码 Change password")]]

@@ -28,7 +28,7 @@ def test_pages_for_every_role(runtime, world, api):
     for username in PEOPLE:
         with TestClient(create_app(runtime.settings)) as client:
             _login(client, username)
-            home = client.get("/")
+            home = client.get("/menu")
             assert home.status_code == 200 and "/verify" in home.text
             listing = client.get("/consults")
             assert listing.status_code == 200, listing.text
