@@ -92,6 +92,22 @@ def issue_credential(*, session: Session, user: User, ca_password: str, signing_
     return credential
 
 
+def revoke_credential(*, session: Session, credential_id: int) -> SignerCredential:
+    """Revoke a signing certificate (a lost card, a departed doctor): it signs nothing more;
+    reports it signed before stay valid, as signed then."""
+    credential = session.get(SignerCredential, credential_id)
+    if credential is None:
+        raise NotFound("未找到该证书 / unknown certificate")
+    if credential.revoked_at is None:
+        credential.revoked_at = utcnow()
+    return credential
+
+
+def certificate_expiry(credential: SignerCredential):
+    """When the certificate stops being valid (its notAfter), as an aware datetime."""
+    return signing.not_after(credential.cert_pem)
+
+
 def _credential(session: Session, user: User) -> tuple[SignerCredential, SigningAuthority]:
     credential = session.scalar(select(SignerCredential).where(SignerCredential.user_id == user.id,
                                                                SignerCredential.revoked_at.is_(None)))

@@ -242,6 +242,11 @@ def _load_cert(pem: bytes, what: str) -> x509.Certificate:
         raise SigningError(f"unreadable {what} certificate: {exc}") from exc
 
 
+def not_after(cert_pem: bytes) -> datetime:
+    """The last moment a certificate is valid (UTC)."""
+    return _load_cert(cert_pem, "certificate").not_valid_after_utc
+
+
 def _same_public_key(cert: x509.Certificate, key) -> bool:
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)

@@ -37,13 +37,14 @@ def add_user(*, session: Session, username: str, role: str, institution_code: st
              password: str, display_name: str = "", title: str = "", must_change_password: bool = False) -> User:
     """Adds a user; the password is stored as an argon2 hash."""
     if not _USERNAME.match(username):
-        raise Invalid("username must be 2-64 lower-case letters, digits, '.', '_' or '-'")
+        raise Invalid("用户名须为2-64位小写字母、数字或 . _ - / username must be 2-64 lower-case letters, "
+                      "digits, '.', '_' or '-'")
     if role not in ROLES:
-        raise Invalid(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise Invalid(f"角色无效 / role must be one of {', '.join(ROLES)}, not {role!r}")
     if len(password) < MIN_PASSWORD:
-        raise Invalid(f"password must have at least {MIN_PASSWORD} characters")
+        raise Invalid(f"密码至少{MIN_PASSWORD}位 / password must have at least {MIN_PASSWORD} characters")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise Conflict(f"user {username!r} already exists")
+        raise Conflict(f"用户名已存在 / user {username!r} already exists")
     institution = get_institution(session=session, code=institution_code)
     user = User(username=username, role=role, institution_id=institution.id,
                 display_name=display_name or username, title=title.strip()[:32],
@@ -86,6 +87,32 @@ def list_users(*, session: Session) -> list[User]:
     return list(session.scalars(select(User).join(Institution).order_by(Institution.code, User.username)))
 
 
+def update_user(*, session: Session, user: User, role: str | None = None, title: str | None = None,
+                display_name: str | None = None, institution_code: str | None = None) -> dict:
+    """An admin changes a user's role, title, name or institution. Returns {field: [old, new]}
+    for the audit record. A changed role or institution ends the user's sessions: what they may
+    see changed under them."""
+    changes: dict = {}
+    if role is not None and role != user.role:
+        if role not in ROLES:
+            raise Invalid(f"角色无效 / role must be one of {', '.join(ROLES)}, not {role!r}")
+        changes["role"], user.role = [user.role, role], role
+    if title is not None and title.strip()[:32] != user.title:
+        changes["title"], user.title = [user.title, title.strip()[:32]], title.strip()[:32]
+    if display_name is not None and display_name.strip() and display_name.strip()[:200] != user.display_name:
+        changes["display_name"], user.display_name = [user.display_name, display_name.strip()[:200]], \
+            display_name.strip()[:200]
+    if institution_code is not None and institution_code != user.institution.code:
+        institution = get_institution(session=session, code=institution_code)
+        changes["institution"] = [user.institution.code, institution.code]
+        user.institution_id, user.institution = institution.id, institution
+    if "role" in changes or "institution" in changes:
+        for row in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))):
+            row.revoked_at = utcnow()
+    session.flush()
+    return changes
+
+
 def set_user_active(*, session: Session, username: str, active: bool) -> User:
     """Disables a user; their sessions and tokens stop working at once."""
     user = get_user(session=session, username=username)
@@ -108,10 +135,15 @@ def set_password(*, session: Session, user: User, new_password: str, keep_token_
     return ended
 
 
+def temporary_password() -> str:
+    """A password someone else chose (a new account, a reset): 12 URL-safe characters."""
+    return secrets.token_urlsafe(9)
+
+
 def reset_password(*, session: Session, user: User, temporary: str | None = None) -> tuple[str, int]:
     """An admin resets a user's password (given, or made here) to a temporary one the user must
     replace at sign-in; every session and token of the user ends. Returns (password, ended)."""
-    temporary = temporary or secrets.token_urlsafe(9)
+    temporary = temporary or temporary_password()
     ended = set_password(session=session, user=user, new_password=temporary)
     user.must_change_password = True
     return temporary, ended

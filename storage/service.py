@@ -42,13 +42,14 @@ def add_institution(*, session: Session, code: str, name: str, level: str,
                     name_en: str = "", parent_code: str | None = None) -> Institution:
     """Adds an institution to the referral tree."""
     if not _CODE.match(code):
-        raise Invalid(f"institution code {code!r} must be 1-32 letters, digits, '.', '_' or '-'")
+        raise Invalid(f"机构代码须为1-32位字母、数字或 . _ - / institution code {code!r} must be 1-32 letters, "
+                      "digits, '.', '_' or '-'")
     if level not in LEVELS:
-        raise Invalid(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+        raise Invalid(f"级别无效 / level must be one of {', '.join(LEVELS)}, not {level!r}")
     if not name.strip():
-        raise Invalid("an institution needs a name")
+        raise Invalid("请填写机构名称 / an institution needs a name")
     if session.scalar(select(Institution.id).where(Institution.code == code)) is not None:
-        raise Conflict(f"institution {code!r} already exists")
+        raise Conflict(f"机构代码已存在 / institution {code!r} already exists")
     parent = get_institution(session=session, code=parent_code) if parent_code else None
     institution = Institution(code=code, name_zh=name.strip(), name_en=name_en.strip(), level=level,
                               parent_id=parent.id if parent else None, active=True)
@@ -72,7 +73,8 @@ def set_institution_active(*, session: Session, code: str, active: bool) -> Inst
 def normalise_ae_title(ae_title: str) -> str:
     title = ae_title.strip()
     if not _AE.match(title):
-        raise Invalid(f"AE title {ae_title!r} must be 1-16 printable characters without '\\'")
+        raise Invalid(f"AE 名称须为1-16个可打印字符 / AE title {ae_title!r} must be 1-16 printable characters "
+                      "without '\\'")
     return title
 
 
@@ -87,7 +89,7 @@ def parse_permissions(values) -> str:
         raise Invalid(f"unknown AE permission(s) {', '.join(unknown)}: use {', '.join(AE_PERMISSIONS)}")
     chosen = [p for p in AE_PERMISSIONS if p in words]
     if not chosen:
-        raise Invalid("an AE needs at least one permission (store, query, retrieve)")
+        raise Invalid("至少选择一项权限 / an AE needs at least one permission (store, query, retrieve)")
     return ",".join(chosen)
 
 
@@ -98,7 +100,7 @@ def parse_networks(values) -> str:
         try:
             networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
         except ValueError:
-            raise Invalid(f"{value!r} is not an IP address or CIDR network (e.g. 10.1.2.0/24)") from None
+            raise Invalid(f"不是IP地址或网段 / {value!r} is not an IP address or CIDR network (e.g. 10.1.2.0/24)") from None
     return ",".join(dict.fromkeys(networks))
 
 
@@ -121,11 +123,11 @@ def add_node(*, session: Session, ae_title: str, institution_code: str,
     It may only store unless `can` says more; `allow` binds it to networks."""
     title = normalise_ae_title(ae_title)
     if (host is None) != (port is None):
-        raise Invalid("give both --host and --port, or neither")
+        raise Invalid("主机和端口须同时填写或都不填 / give both --host and --port, or neither")
     if port is not None and not 0 < port < 65536:
-        raise Invalid(f"port {port} is out of range")
+        raise Invalid(f"端口超出范围 / port {port} is out of range")
     if session.scalar(select(DicomNode.id).where(DicomNode.ae_title == title)) is not None:
-        raise Conflict(f"AE title {title!r} is already registered")
+        raise Conflict(f"该 AE 名称已登记 / AE title {title!r} is already registered")
     institution = get_institution(session=session, code=institution_code)
     node = DicomNode(ae_title=title, institution_id=institution.id, host=host, port=port, enabled=True,
                      permissions=parse_permissions(can), allowed_networks=parse_networks(allow))

@@ -29,6 +29,7 @@ from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
 from storage import localtime
 from web import csrf, errors, pages, routes
+from workspace import admin as workspace_admin
 from workspace import pages as workspace_pages
 
 HERE = Path(__file__).parent
@@ -143,4 +144,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(consult_pages.router)
     app.include_router(room_routes.router)
     app.include_router(workspace_pages.router)
+    app.include_router(workspace_admin.router)
     return app

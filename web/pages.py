@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from storage import access, audit
-from storage.errors import Invalid, Locked, NotAuthenticated, NotFound, NotPermitted
+from storage import audit
+from storage.errors import Invalid, Locked, NotAuthenticated, NotPermitted
 from storage.models import User
 from storage import identity
-from storage.deps import SESSION_COOKIE, CurrentUser, DbSession, OptionalUser, RuntimeDep, WriteSession, client_address
+from storage.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
 from storage.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
@@ -126,36 +126,6 @@ def home(request: Request, user: OptionalUser):
     if user is None:
         return RedirectResponse("/login?next=/menu", status_code=303)
     return _render(request, "home.html", user=user, menu=_menu(user.role))
-
-
-@router.get("/admin/users", response_class=HTMLResponse)
-def admin_users(request: Request, session: DbSession, user: OptionalUser):
-    """An admin's users: those of their institution and the institutions below it."""
-    if user is None:
-        return RedirectResponse("/login?next=/admin/users", status_code=303)
-    return _render(request, "admin_users.html", user=user, people=_people_of(session, user), reset=None)
-
-
-@router.post("/admin/users/{username}/password", response_class=HTMLResponse)
-def admin_reset_password(username: str, request: Request, session: WriteSession, user: CurrentUser):
-    """Reset a forgotten password: a temporary one, shown once, that the user replaces at sign-in."""
-    people = {person.username: person for person in _people_of(session, user)}
-    if username not in people:
-        raise NotFound("未找到该用户 / unknown user")
-    temporary, ended = identity.reset_password(session=session, user=people[username])
-    audit.append(session, principal=identity.principal_for(session.get(User, user.id)), action="admin.user.passwd",
-                 object_type="user", object_id=username, source=client_address(request),
-                 detail={"sessions_ended": ended, "from": "page"})
-    return _render(request, "admin_users.html", user=user, people=list(people.values()),
-                   reset=(people[username], temporary))
-
-
-def _people_of(session, user) -> list[User]:
-    """The users an admin looks after (NotPermitted for anyone else)."""
-    if user.role != "admin":
-        raise NotPermitted("仅管理员可管理用户 / only admins manage users")
-    below = access.subtree_ids(session, user.institution_id)
-    return [person for person in identity.list_users(session=session) if person.institution_id in below]
 
 
 def _menu(role: str) -> list[dict]:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from film import service as shares
 from imaging import derive
-from imaging.models import Instance
+from imaging.models import Instance, Patient
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.access import SYSTEM
@@ -29,11 +29,13 @@ from web.app import create_app
 NO_PATIENT_DATA = {
     "/openapi.json": "the API description", "/docs": "Swagger UI", "/docs/oauth2-redirect": "Swagger UI",
     "/redoc": "ReDoc", "/static": "static files", "/healthz": "health of the platform",
-    "/login": "the sign-in form", "/account/password": "the password form", "/": "the role's menu", "/upload": "the upload form (no study data)",
+    "/login": "the sign-in form", "/account/password": "the password form", "/": "a redirect to the role's daily list", "/menu": "the role's menu", "/upload": "the upload form (no study data)",
     "/api/me": "the caller's own account", "/api/report-templates": "report templates",
     "/api/specialists/free": "colleagues' free slots (no patient)", "/api/me/notifications/count": "a number",
     "/availability": "the caller's own working hours and leave",
     "/admin/users": "accounts of the admin's institutions (no patient data)",
+    "/admin": "the referral tree and counts", "/admin/institutions": "the referral tree",
+    "/admin/nodes": "registered AEs", "/admin/certificates": "specialists' signing certificates",
     "/calendar/feeds/{secret}.ics": "the bookings of the URL's user (consult numbers, roles, times; no clinical text)",
     "/notifications": "the caller's notices (as /api/me/notifications)", "/api/me/notifications": "the caller's notices "
     "(links to consults, which audit their own reads)", "/api/me/calendar.ics": "the caller's bookings (no "
@@ -70,6 +72,9 @@ AUDITED = {
     "/consults", "/consults/{consult_id}", "/ws/rooms/{consult_id}",
     "/consults/{consult_id}/room", "/consults/{consult_id}/room/viewer", "/api/rooms/{consult_id}/chat",
     "/api/rooms/{consult_id}/recordings", "/api/rooms/{consult_id}/recordings/{recording_id}",
+    "/studies", "/studies/{study_uid}", "/studies/{study_uid}/thumbnail.jpg",
+    "/studies/{study_uid}/series/{series_uid}/thumbnail.jpg", "/studies/{study_uid}/download",
+    "/patients/{patient_pk}", "/admin/shares", "/admin/audit",
 }
 CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or p == "/f/{token}/report.pdf"}
 
@@ -106,6 +111,9 @@ def world(runtime):
         user = identity.add_user(session=session, username="rad", role="radiographer", institution_code="TOWN",
                                  password="password-1")
         token = identity.issue_token(session=session, user=user)[0]
+        admin = identity.add_user(session=session, username="boss", role="admin", institution_code="TOWN",
+                                  password="password-1")
+        admin_token = identity.issue_token(session=session, user=admin)[0]
         town = user.institution_id
     ingestor = Ingestor(runtime.db, runtime.store)
     study, series = generate_uid(), generate_uid()
@@ -119,7 +127,8 @@ def world(runtime):
                                       public_url=runtime.settings.effective_public_url)
         link = created.as_json()
         instance_id = session.scalar(select(Instance.id))
-    values = {"study": study, "series": series, "sop": result.sop_instance_uid, "frames": "1", "tag": "7FE00010",
+        patient_pk = session.scalar(select(Patient.id))
+    values = {"patient_pk": str(patient_pk), "admin_token": admin_token, "study": study, "series": series, "sop": result.sop_instance_uid, "frames": "1", "tag": "7FE00010",
               "study_uid": study, "series_uid": series, "instance_id": str(instance_id), "frame": "0",
               "share_id": str(link["id"]), "token": link["url"].rsplit("/f/", 1)[1],
               "key:path": result.object_key}
@@ -149,6 +158,8 @@ def test_each_patient_data_route_writes_an_audit_record(runtime, world, backend)
                          f"&objectUID={values['sop']}&contentType=application/dicom")
             before = _records(runtime)
             headers = {} if template.startswith(("/f/", "/objects/")) else bearer
+            if template.startswith("/admin/"):
+                headers = {"Authorization": f"Bearer {values['admin_token']}"}
             answer = client.get(path, headers={**headers, "Accept": "*/*"})
             assert answer.status_code < 400, (template, answer.status_code, answer.text[:200])
             if answer.status_code == 202:  # the film sheet is still being made: nothing served yet

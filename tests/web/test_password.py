@@ -153,7 +153,7 @@ def test_an_admin_resets_a_password_on_a_page(runtime):
         _sign_in(page, base, "admin", "admin-password-1", "/admin/users")
         page.wait_for_url(base + "/admin/users")
         assert page.locator("tr[data-user=li]").count() == 1 and page.locator("tr[data-user=xu]").count() == 0
-        page.locator("tr[data-user=li] button").click()
+        page.locator("tr[data-user=li] form[action$=password] button").click()
         page.locator("#reset-done").wait_for()
         temporary = page.locator("#temporary-password").inner_text()
         assert len(temporary) >= 12

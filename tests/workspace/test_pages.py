@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from imaging import derive
-from imaging.models import Patient, Series
+from imaging.models import Patient
 from imaging.service import Ingestor
 from storage import identity
 from storage import service as tenancy
