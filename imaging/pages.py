@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from imaging import policy
+from imaging import persons, policy
 from imaging.models import Study
 from storage import access, audit, identity
 from storage.deps import OptionalUser, RuntimeDep, client_address
@@ -21,8 +21,10 @@ def _render(request: Request, template: str, **context) -> HTMLResponse:
 
 
 @router.get("/studies/{study_uid}/view", response_class=HTMLResponse)
-def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: OptionalUser):
-    """The diagnostic viewer over our DICOMweb service (404 for a study the user may not see)."""
+def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: OptionalUser, embedded: bool = False):
+    """The diagnostic viewer over our DICOMweb service (404 for a study the user may not see),
+    with the person's other studies the user may see, to open one beside it. `embedded`: one
+    pane of the side-by-side comparison (no page header)."""
     if user is None:
         return RedirectResponse(f"/login?next=/studies/{study_uid}/view", status_code=303)
     principal = identity.principal_for(user)
@@ -30,11 +32,16 @@ def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: Op
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         visible = study is not None and access.can_see_study(
             session, principal, institution_id=study.institution_id, study_uid=study_uid)
+        priors = [] if not visible or embedded else [
+            {"uid": other.study_instance_uid, "date": other.study_date, "modality": other.modalities.replace("\\", "/"),
+             "description": other.description, "institution": name, "body_part": part}
+            for other, name, part in persons.priors(session, principal, study)]
     audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,
                  source=client_address(request), outcome="ok" if visible else "denied")
     if not visible:
         raise NotFound("未找到该检查 / study not found")
-    return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web")
+    return _render(request, "viewer.html", user=user, study_uid=study_uid, dicomweb_base="/dicom-web",
+                   priors=priors, embedded=embedded)
 
 
 @router.get("/upload", response_class=HTMLResponse)

@@ -16,10 +16,11 @@ from datetime import date
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from imaging.models import Patient, Person
+from imaging.models import Patient, Person, Series, Study
 from storage import audit
-from storage.access import Principal
+from storage.access import Principal, scope_for
 from storage.errors import Invalid, NotFound, NotPermitted
+from storage.models import Institution
 
 # ISO 7064 MOD 11-2 weights for the 17 body digits: 2^(17-i) mod 11.
 WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))
@@ -208,3 +209,32 @@ def suggestions(session: Session, institution_ids: set[int] | None, limit: int =
         if len(members) > 1:
             found.append(members)
     return found
+
+
+def priors(session: Session, principal: Principal, study, limit: int = 20) -> list[tuple]:
+    """The person's other studies the principal may see, most relevant first (the hanging
+    rule's order): same modality and body part, then same modality, then the rest; newest
+    first within each. Returns [(Study, institution name, body parts)]. Visibility is the
+    principal's own scope: a link never shows a study."""
+    records = [p.id for p in records_of(session, study.patient_pk)]
+    scope = scope_for(session, principal)
+    rows = session.execute(select(Study, Institution.name_zh)
+                           .join(Institution, Institution.id == Study.institution_id)
+                           .where(Study.patient_pk.in_(records), Study.id != study.id,
+                                  scope.study_filter(Study.institution_id, Study.study_instance_uid))
+                           .order_by(Study.study_date.desc(), Study.id.desc()).limit(200)).all()
+    parts: dict[int, set[str]] = {}
+    wanted = [study.id, *(s.id for s, _ in rows)]
+    for pk, part in session.execute(select(Series.study_pk, Series.body_part).where(Series.study_pk.in_(wanted))):
+        if part:
+            parts.setdefault(pk, set()).add(part.upper())
+    mine_modalities = set(filter(None, study.modalities.split("\\")))
+    mine_parts = parts.get(study.id, set())
+
+    def relevance(row) -> int:
+        other, _ = row
+        same_modality = bool(mine_modalities & set(filter(None, other.modalities.split("\\"))))
+        same_part = bool(mine_parts & parts.get(other.id, set()))
+        return 0 if same_modality and same_part else 1 if same_modality else 2
+    ordered = sorted(rows, key=relevance)  # stable: newest first within each group
+    return [(other, name, "/".join(sorted(parts.get(other.id, set())))) for other, name in ordered[:limit]]

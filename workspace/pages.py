@@ -277,3 +277,31 @@ def _require_records_in_subtree(session: Session, principal: Principal, records:
     owners = set(session.scalars(select(Patient.institution_id).where(Patient.id.in_(records))))
     if not owners or not owners <= below:
         raise NotFound("未找到该患者记录 / patient record not found")
+
+
+@router.get("/studies/{study_uid}/compare", response_class=HTMLResponse)
+def compare(study_uid: str, request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser,
+            prior: str = ""):
+    """The current study left and a prior right, scrolling together by slice position. Without
+    `prior`, the most relevant one (same modality and body part, newest) is hung."""
+    if user is None:
+        return _login(request)
+    principal = identity.principal_for(user)
+    try:
+        study = _visible_study(session, principal, study_uid)
+    except NotFound:
+        _read(runtime, request, principal, "study.compare", study_uid, False)
+        raise
+    candidates = persons.priors(session, principal, study)
+    if not prior:
+        if not candidates:
+            return RedirectResponse(f"/studies/{study_uid}/view", status_code=303)
+        prior = candidates[0][0].study_instance_uid
+    try:
+        other = _visible_study(session, principal, prior)
+    except NotFound:
+        _read(runtime, request, principal, "study.compare", prior, False)
+        raise
+    _read(runtime, request, principal, "study.compare", study_uid, True, prior=prior)
+    return _render(request, "workspace/compare.html", user=user, current=service.study_row(session, principal, study),
+                   prior=service.study_row(session, principal, other), candidates=candidates)

@@ -30,6 +30,16 @@
     else if ((event.key === "v" || event.key === "V") && row) { window.location.href = row.dataset.view; }
   });
 
+  // Empty filters stay out of the address: a link to a search reads like the search.
+  const form = document.querySelector("form.study-filters");
+  if (form) {
+    form.addEventListener("submit", function () {
+      form.querySelectorAll("input, select").forEach(function (field) {
+        if (!field.value) field.disabled = true;
+      });
+    });
+  }
+
   rows.forEach(function (row) {
     row.addEventListener("click", function (event) {
       if (event.target.closest("a")) return;

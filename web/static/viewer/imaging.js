@@ -111,7 +111,7 @@ export function cineRate(meta) {
   return ft > 0 ? Math.min(60, Math.round(1000 / ft)) : null;
 }
 
-function normalOf(o) {
+export function normalOf(o) {
   if (o.length !== 6) return null;
   const n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
   return Math.hypot(...n) > 0.5 ? n : null;
@@ -157,6 +157,17 @@ export function buildStack(metadata) {
     }
   }
   return stack;
+}
+
+/**
+ * Where each stack entry lies along the slice normal (mm), or null when the series has no
+ * geometry (projection images, ultrasound): what synchronised scrolling of two studies uses.
+ */
+export function slicePositions(stack) {
+  if (!stack.length) return null;
+  const normal = normalOf(stack[0].info.orientation || []);
+  if (!normal || !stack.every((e) => e.info.position && e.info.position.length === 3)) return null;
+  return stack.map((e) => e.info.position.reduce((s, v, i) => s + v * normal[i], 0));
 }
 
 /**

@@ -16,7 +16,7 @@
 // `viewer:statechange` after each user change, both with state() (plain JSON) as detail.
 
 import { DicomWebClient, HttpError, value, num, personName } from "./dicomweb.js";
-import { buildStack, cineRate, decodeGray, defaultWindow, renderGray, LruCache } from "./imaging.js";
+import { buildStack, cineRate, decodeGray, defaultWindow, renderGray, slicePositions, LruCache } from "./imaging.js";
 
 const PRESETS = {
   lung: [1500, -600],
@@ -114,6 +114,8 @@ function state() {
     index: d ? d.index : S.index, // the slice on the canvas
     loading: !d || d.index !== S.index, // the requested slice (`target`) is not on the canvas yet
     target: S.index,
+    // Where the requested slice lies along the slice normal (mm): what a linked prior follows.
+    position: positionAt(S.index),
     count: S.cur && S.cur.stack ? S.cur.stack.length : 0,
     windowCenter: color || S.wc === null ? null : round(S.wc),
     windowWidth: color || S.ww === null ? null : round(S.ww),
@@ -133,6 +135,24 @@ function state() {
       unit: m.unit,
     })),
   };
+}
+
+function positionAt(index) {
+  if (!S.cur || !S.cur.stack) return null;
+  if (S.cur.positions === undefined) S.cur.positions = slicePositions(S.cur.stack);
+  const p = S.cur.positions ? S.cur.positions[index] : undefined;
+  return p === undefined ? null : round(p);
+}
+
+/** The slice nearest to `position` (mm along the normal), or -1 without geometry. */
+function indexNearest(position) {
+  if (!S.cur || !S.cur.stack) return -1;
+  if (S.cur.positions === undefined) S.cur.positions = slicePositions(S.cur.stack);
+  const all = S.cur.positions;
+  if (!all) return -1;
+  let best = 0;
+  for (let i = 1; i < all.length; i++) if (Math.abs(all[i] - position) < Math.abs(all[best] - position)) best = i;
+  return best;
 }
 
 let changeTimer = null;
@@ -785,6 +805,7 @@ function updateOverlays() {
   if (d) br.push(`图像 Im ${d.index + 1}/${n}`);
   if (e && e.frames > 1) br.push(`帧 Fr ${e.frame}/${e.frames}`);
   if (e && Number.isFinite(e.info.sliceLocation)) br.push(`位置 Loc ${e.info.sliceLocation.toFixed(1)} mm`);
+  else if (d && positionAt(d.index) !== null) br.push(`位置 Pos ${positionAt(d.index).toFixed(1)} mm`);
   if (e && Number.isFinite(e.info.sliceThickness)) br.push(`层厚 Thk ${e.info.sliceThickness} mm`);
   if (e) br.push(e.info.spacing ? (e.info.spacingSource === "PixelSpacing" ? "" : "≈ 探测器间距 detector spacing") : "无像素间距 no pixel spacing (px)");
   ui.ov.br.textContent = br.filter(Boolean).join("\n");
@@ -1223,6 +1244,10 @@ async function apply(st) {
   if (Number.isFinite(st.index) && n) {
     S.index = Math.max(0, Math.min(n - 1, Math.round(st.index)));
   }
+  if (Number.isFinite(st.position) && n) {
+    const nearest = indexNearest(st.position);
+    if (nearest >= 0) S.index = nearest;
+  }
   if (Number.isFinite(st.windowCenter) && Number.isFinite(st.windowWidth) && !isColor()) {
     S.wc = st.windowCenter;
     S.ww = Math.max(1, st.windowWidth);
@@ -1282,6 +1307,12 @@ window.lancangViewer = {
     const r = ui.canvas.getBoundingClientRect();
     const [ix, iy] = toImage(x - r.left, y - r.top);
     return { x: ix, y: iy };
+  },
+  /** Slice positions of the current series (mm along its normal; null without geometry). */
+  positions() {
+    if (!S.cur || !S.cur.stack) return null;
+    if (S.cur.positions === undefined) S.cur.positions = slicePositions(S.cur.stack);
+    return S.cur.positions ? S.cur.positions.map((p) => round(p)) : null;
   },
   series() {
     return S.series.map((s) => ({ uid: s.uid, number: s.number, modality: s.modality, description: s.description, count: s.stack ? s.stack.length : s.count }));
