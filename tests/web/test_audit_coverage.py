@@ -74,7 +74,7 @@ AUDITED = {
     "/api/rooms/{consult_id}/recordings", "/api/rooms/{consult_id}/recordings/{recording_id}",
     "/studies", "/studies/{study_uid}", "/studies/{study_uid}/thumbnail.jpg",
     "/studies/{study_uid}/series/{series_uid}/thumbnail.jpg", "/studies/{study_uid}/download",
-    "/patients/{patient_pk}", "/admin/shares", "/admin/audit",
+    "/patients/{patient_pk}", "/admin/shares", "/admin/audit", "/studies/{study_uid}/compare",
 }
 CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or p == "/f/{token}/report.pdf"}
 
