@@ -124,7 +124,8 @@ class LancangSite:
         self.env.update(LANCANG_DATA_DIR=str(workdir / "var"), LANCANG_BIND_HOST="127.0.0.1",
                         LANCANG_LOG_LEVEL="WARNING")
         if database_url:
-            self.env.update(LANCANG_DATABASE_URL=database_url, LANCANG_SECRET_KEY=secrets.token_hex(32))
+            self.env.update(LANCANG_DATABASE_URL=database_url, LANCANG_SECRET_KEY=secrets.token_hex(32),
+                            LANCANG_AUDIT_KEY=secrets.token_hex(32))
         self.webs: list[subprocess.Popen] = []
         self.token = ""
 
@@ -557,7 +558,8 @@ def synthesise(conn, *, instances: int, institutions: dict[str, int]) -> dict:
       6.7 % each; a patient's studies belong to its institution;
     - patients: PatientID <code>-<7 digits>; names from 33 surnames weighted by their
       frequency in China (王 7.1 %, 李 7.0 %, ...) + 1-2 given-name characters out of 40,
-      stored as Lancang stores a PN ("Wang^Xiuying=王^秀英", groups upper-cased);
+      stored as Lancang stores a PN ("Wang^Xiuying=王^秀英", groups upper-cased), with the
+      pinyin keys the study list searches ("wangxiuying", "wxy");
       birth dates 1935-2017, sex 50/50;
     - studies: ids in arrival order, StudyDate rising linearly from 2019-01-01 to
       2025-12-31 (~39 a day), StudyTime 07:30-18:00; odd ids give every patient a study,
@@ -602,14 +604,17 @@ def synthesise(conn, *, instances: int, institutions: dict[str, int]) -> dict:
     conn.execute("SELECT setseed(0.42)")
     step("patients", f"""
         INSERT INTO patients (id, institution_id, issuer, patient_id, name, name_alphabetic,
-                              name_ideographic, name_phonetic, birth_date, sex, created_at)
+                              name_ideographic, name_phonetic, birth_date, sex, created_at,
+                              name_pinyin, name_initials)
         SELECT p, inst, '', code || '-' || lpad(p::text, 7, '0'),
                sp || '^' || gp || '=' || sh || '^' || gh, upper(sp || '^' || gp), sh || '^' || gh, '',
-               to_char(date '1935-01-01' + bd, 'YYYYMMDD'), sex, now()
+               to_char(date '1935-01-01' + bd, 'YYYYMMDD'), sex, now(),
+               lower(sp || gp), lower(left(sp, 1) || initials)
         FROM (SELECT p, inst, code,
                      ({sur_h})[si] AS sh, ({sur_p})[si] AS sp,
                      ({giv_h})[g1] || coalesce(({giv_h})[g2], '') AS gh,
-                     ({giv_p})[g1] || lower(coalesce(({giv_p})[g2], '')) AS gp, bd, sex
+                     ({giv_p})[g1] || lower(coalesce(({giv_p})[g2], '')) AS gp,
+                     left(({giv_p})[g1], 1) || coalesce(left(({giv_p})[g2], 1), '') AS initials, bd, sex
               FROM (SELECT p,
                            CASE WHEN p % 5 < 2 THEN {county} ELSE ({inst_ids})[1 + p % 9] END AS inst,
                            CASE WHEN p % 5 < 2 THEN '{INSTITUTION}' ELSE ({town_codes})[1 + p % 9] END AS code,

@@ -61,7 +61,7 @@ class Patient(Base):
     # The person this record belongs to, and how it was joined: resident_id | health_card | manual.
     person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
     link_source: Mapped[str] = mapped_column(String(16), default="", server_default="")
-    resident_id: Mapped[str] = mapped_column(String(18), default="", server_default="")
+    resident_id: Mapped[str] = mapped_column(String(18), default="", server_default="", index=True)
     health_card: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 

@@ -191,12 +191,15 @@ def records_of(session: Session, patient_pk: int) -> list[Patient]:
                                 .order_by(Patient.id)))
 
 
-def suggestions(session: Session, institution_ids: set[int] | None, limit: int = 50) -> list[list[Patient]]:
+def suggestions(session: Session, institution_ids: set[int] | None, limit: int = 50,
+                like: Patient | None = None) -> list[list[Patient]]:
     """Look-alike records (same name, birth date and sex) in different institutions that no
-    trusted identifier joined: for an admin to check, never merged automatically."""
+    trusted identifier joined: for an admin to check, never merged automatically. `like`:
+    only the look-alikes of that record (what its timeline shows; an indexed lookup)."""
     key = (Patient.name_ideographic, Patient.name_alphabetic, Patient.birth_date, Patient.sex)
     groups = (select(*key).where(Patient.birth_date != "", (Patient.name_ideographic != "") |
-                                 (Patient.name_alphabetic != ""))
+                                 (Patient.name_alphabetic != ""),
+                                 *([c == getattr(like, c.key) for c in key] if like is not None else []))
               .group_by(*key).having(func.count(func.distinct(Patient.institution_id)) > 1)
               .having(func.count(func.distinct(func.coalesce(Patient.person_id, -Patient.id))) > 1)
               .limit(limit))

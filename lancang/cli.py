@@ -54,6 +54,7 @@ def cmd_institution_add(args) -> None:
 def cmd_institution_set(args) -> None:
     with _runtime().db.scope() as session:
         inst = service.set_institution_details(session=session, code=args.code, department=args.department,
+                                               patient_ids_are_resident_ids=args.patient_ids_are_resident_ids,
                                                address=args.address, name_en=args.name_en)
         _audit(session, "admin.institution.set", "institution", inst.code)
         shown = f"{inst.name_zh} · {inst.department or '-'} · {inst.address or '-'}"
@@ -381,7 +382,9 @@ def _add_registry(commands) -> None:
          (("--level",), {"required": True, "choices": LEVELS}), (("--parent",), {}))
     _sub(inst, "set", "what reports print under the name", cmd_institution_set, (("code",), {}),
          (("--department",), {"help": "the reading department, e.g. 医学影像科"}),
-         (("--address",), {"help": "postal address printed in the report header"}), (("--name-en",), {}))
+         (("--address",), {"help": "postal address printed in the report header"}), (("--name-en",), {}),
+         (("--patient-ids-are-resident-ids",), {"action": argparse.BooleanOptionalAction, "default": None,
+                                                "help": "its PatientIDs are 居民身份证号: valid ones join persons"}))
     _sub(inst, "list", "list institutions", cmd_institution_list)
     _sub(inst, "disable", "disable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=False)
     _sub(inst, "enable", "re-enable an institution", cmd_institution_disable, (("code",), {})).set_defaults(enable=True)

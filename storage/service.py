@@ -25,9 +25,13 @@ def get_institution(*, session: Session, code: str) -> Institution:
 
 
 def set_institution_details(*, session: Session, code: str, department: str | None = None,
-                            address: str | None = None, name_en: str | None = None) -> Institution:
-    """What the report header prints under the institution's name."""
+                            address: str | None = None, name_en: str | None = None,
+                            patient_ids_are_resident_ids: bool | None = None) -> Institution:
+    """What the report header prints under the institution's name, and whether the
+    institution's PatientIDs are 居民身份证号 (then they join its patients to persons)."""
     institution = get_institution(session=session, code=code)
+    if patient_ids_are_resident_ids is not None:
+        institution.patient_ids_are_resident_ids = patient_ids_are_resident_ids
     if department is not None:
         institution.department = department.strip()[:100]
     if address is not None:

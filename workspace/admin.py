@@ -163,12 +163,13 @@ def add_institution(request: Request, session: WriteSession, user: CurrentUser, 
 
 @router.post("/institutions/{code}/details", response_class=HTMLResponse)
 def institution_details(code: str, request: Request, session: WriteSession, user: CurrentUser,
-                        department: str = Form(""), address: str = Form(""), name_en: str = Form("")):
+                        department: str = Form(""), address: str = Form(""), name_en: str = Form(""),
+                        resident_ids: str = Form("")):
     realm = realm_of(session, user)
     realm.institution(session, code)
     try:
         tenancy.set_institution_details(session=session, code=code, department=department, address=address,
-                                        name_en=name_en)
+                                        name_en=name_en, patient_ids_are_resident_ids=resident_ids == "1")
     except DomainError as exc:
         return _refused(request, session, realm, institutions_page, f"details-{code}", exc, {})
     _audit(session, request, realm, "admin.institution.set", "institution", code)

@@ -241,7 +241,8 @@ def patient_timeline(patient_pk: int, request: Request, session: DbSession, runt
     if not timeline.rows:
         raise NotFound("未找到该患者 / patient not found")
     return _render(request, "workspace/patient.html", user=user, timeline=timeline,
-                   suggestions=persons.suggestions(session, access.subtree_ids(session, principal.institution_id))
+                   suggestions=persons.suggestions(session, access.subtree_ids(session, principal.institution_id),
+                                                   like=session.get(Patient, patient_pk))
                    if principal.is_admin else [])
 
 

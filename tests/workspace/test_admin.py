@@ -186,3 +186,40 @@ def test_audit_search_export_and_verify(runtime, world):
     verified = admin.post("/admin/audit/verify")
     assert verified.status_code == 200 and "哈希链完整" in verified.text
     assert {"admin.audit.export", "admin.audit.verify"} <= {a[0] for a in _actions(runtime)}
+
+
+def test_an_institution_declares_its_patient_ids_are_resident_ids(runtime, world):
+    from storage.models import Institution
+    admin = _client(runtime, "admin")
+    assert admin.post("/admin/institutions/TOWN/details", data={"department": "放射科", "address": "勐朗镇",
+                                                               "name_en": "", "resident_ids": "1"},
+                      follow_redirects=False).status_code == 303
+    with runtime.db.scope(readonly=True) as session:
+        town = session.scalar(select(Institution).where(Institution.code == "TOWN"))
+        assert town.patient_ids_are_resident_ids and town.department == "放射科"
+    assert "checked" in admin.get("/admin/institutions").text.split('action="/admin/institutions/TOWN/details"')[1][:900]
+
+
+def test_shares_page_lists_and_revokes(runtime, world):
+    from pydicom.uid import generate_uid
+
+    from film import service as shares
+    from imaging.service import Ingestor
+    from storage.access import SYSTEM
+    from storage.models import Institution
+    from tests.dicomdata import ct_instance
+
+    with runtime.db.scope(readonly=True) as session:
+        town = session.scalar(select(Institution.id).where(Institution.code == "TOWN"))
+    ingestor = Ingestor(runtime.db, runtime.store)
+    study = ingestor.ingest(ct_instance(study_uid=generate_uid()), institution_id=town, source="t").study_instance_uid
+    ingestor.close()
+    with runtime.db.scope() as session:
+        share_id = shares.create_share(session=session, principal=SYSTEM, study_uid=study,
+                                       secret_key=runtime.settings.effective_secret_key,
+                                       public_url=runtime.settings.effective_public_url).share.id
+    admin = _client(runtime, "admin")
+    assert f"/admin/shares/{share_id}/revoke" in admin.get("/admin/shares").text
+    assert admin.post(f"/admin/shares/{share_id}/revoke", follow_redirects=False).status_code == 303
+    assert "已撤销 Revoked" in admin.get("/admin/shares", params={"state": "revoked"}).text
+    assert ("film.share.revoke", str(share_id), "admin") in _actions(runtime, "film.")

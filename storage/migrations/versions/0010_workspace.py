@@ -38,6 +38,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('resident_id', sa.String(length=18), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('health_card', sa.String(length=64), nullable=False, server_default=''))
         batch_op.create_index('ix_patients_person_id', ['person_id'], unique=False)
+        batch_op.create_index('ix_patients_resident_id', ['resident_id'], unique=False)
         batch_op.create_foreign_key('fk_patients_person_id', 'persons', ['person_id'], ['id'])
     # Prefix search on the pinyin keys; PostgreSQL needs the pattern operator class for LIKE.
     for column in ('name_pinyin', 'name_initials'):
@@ -100,6 +101,7 @@ def downgrade() -> None:
         op.drop_index(f'ix_patients_{column}', table_name='patients')
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.drop_constraint('fk_patients_person_id', type_='foreignkey')
+        batch_op.drop_index('ix_patients_resident_id')
         batch_op.drop_index('ix_patients_person_id')
         batch_op.drop_column('health_card')
         batch_op.drop_column('resident_id')
