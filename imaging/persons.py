@@ -108,10 +108,10 @@ def identifiers_of(*, patient_id: str, other_ids: tuple[tuple[str, str], ...], b
     return Identifiers(resident_id=resident, health_card=card[:64], problem="" if resident else problem)
 
 
-def link_by_identifiers(conn, patient_pk: int, ids: Identifiers) -> int | None:
+def link_by_identifiers(conn, patient_pk: int, ids: Identifiers, *, source: str = "") -> int | None:
     """Join the patient record to the person its trusted identifier names, creating the person
-    on first sight. Returns the person's id (None: no trusted identifier). Core statements: it
-    runs inside ingest's transaction."""
+    on first sight; a new link is audited (patient.link, by the sender). Returns the person's id
+    (None: no trusted identifier). Core statements: it runs inside ingest's transaction."""
     if not (ids.resident_id or ids.health_card):
         return None
     conn.execute(update(Patient.__table__).where(Patient.id == patient_pk)
@@ -125,9 +125,12 @@ def link_by_identifiers(conn, patient_pk: int, ids: Identifiers) -> int | None:
             resident_id=ids.resident_id or None, health_card=ids.health_card or None)
             .returning(Person.id)).scalar_one()
     current = conn.execute(select(Patient.person_id, Patient.link_source).where(Patient.id == patient_pk)).one()
-    if current.link_source != "manual":  # an admin's decision outlives what later images say
+    if current.link_source != "manual" and current.person_id != person_id:  # an admin's decision outlives images
+        how = "resident_id" if ids.resident_id else "health_card"
         conn.execute(update(Patient.__table__).where(Patient.id == patient_pk)
-                     .values(person_id=person_id, link_source="resident_id" if ids.resident_id else "health_card"))
+                     .values(person_id=person_id, link_source=how))
+        audit.append(conn, principal=None, actor=source or "system", action="patient.link", object_type="patient",
+                     object_id=str(patient_pk), detail={"person": person_id, "was": current.person_id, "by": how})
     return person_id
 
 

@@ -213,7 +213,7 @@ class Ingestor:
     def _upsert(self, session: Session, record: IndexRecord, *, learned: dict, metadata: str, sha256: str, key: str,
                 size: int, institution_id: int, source: str, transfer_syntax: str) -> IngestResult:
         conn = session.connection()  # Core statements: the ORM execute path costs more than the SQL
-        study_pk = self._study_pk(conn, record, institution_id, learned)
+        study_pk = self._study_pk(conn, record, institution_id, learned, source)
         series_pk, new_series = self._series_pk(conn, record, study_pk, institution_id, learned)
         now = utcnow()
         existing = conn.execute(
@@ -242,7 +242,7 @@ class Ingestor:
                                            sha256=existing.sha256, size=existing.size, replaced_by=source[:200]))
             conn.execute(update(Instance.__table__).where(Instance.id == existing.id).values(**values))
             conn.execute(TOUCH_SERIES, {"pk": series_pk, "now": now})
-            changes = self._correct_index(conn, record, study_pk, series_pk, institution_id)
+            changes = self._correct_index(conn, record, study_pk, series_pk, institution_id, source)
             audit.append(session, principal=None, actor=source or "system", action="dicom.instance.replaced",
                          object_type="instance", object_id=record.sop_uid,
                          detail={"old_sha256": existing.sha256, "new_sha256": sha256, "old_key": existing.object_key,
@@ -263,14 +263,14 @@ class Ingestor:
     }
 
     def _correct_index(self, conn, record: IndexRecord, study_pk: int, series_pk: int,
-                       institution_id: int) -> dict:
+                       institution_id: int, source: str = "") -> dict:
         """A replaced instance carries the newest values: every index level it feeds takes
         them (newest wins, also for the patient identity of its study). Returns
         {field: [old, new]} for the audit record and the uploader."""
         changes: dict = {}
         study = conn.execute(select(Study.__table__).where(Study.id == study_pk)).one()
         patient = conn.execute(select(Patient.__table__).where(Patient.id == study.patient_pk)).one()
-        newest_patient = self._patient_pk(conn, record, institution_id)
+        newest_patient = self._patient_pk(conn, record, institution_id, source)
         if newest_patient != study.patient_pk:
             conn.execute(update(Study.__table__).where(Study.id == study_pk).values(patient_pk=newest_patient))
         for name, new in (("patient_id", record.patient_id), ("patient_name", record.patient_name.full),
@@ -307,7 +307,7 @@ class Ingestor:
             status, {"owner_institution_id": owner.institution_id, "owner_study_uid": owner.study_instance_uid,
                      "owner_series_uid": owner.series_instance_uid})
 
-    def _patient_pk(self, conn, record: IndexRecord, institution_id: int) -> int:
+    def _patient_pk(self, conn, record: IndexRecord, institution_id: int, source: str = "") -> int:
         # Without a PatientID nothing says two studies are the same person: one per study.
         patient_id = record.patient_id or f"~{record.study_uid}"[:64]
         name = record.patient_name
@@ -322,10 +322,10 @@ class Ingestor:
             Patient.patient_id == patient_id)).one()
         if name.full and row.name != name.full:  # the newest demographics win
             conn.execute(update(Patient.__table__).where(Patient.id == row.id).values(**naming))
-        self._link_person(conn, row.id, record, institution_id)
+        self._link_person(conn, row.id, record, institution_id, source)
         return row.id
 
-    def _link_person(self, conn, patient_pk: int, record: IndexRecord, institution_id: int) -> None:
+    def _link_person(self, conn, patient_pk: int, record: IndexRecord, institution_id: int, source: str) -> None:
         """Join the record to its person when a trusted identifier names one (once per new study)."""
         declared = bool(record.patient_id) and conn.execute(
             select(Institution.patient_ids_are_resident_ids).where(Institution.id == institution_id)).scalar()
@@ -337,16 +337,16 @@ class Ingestor:
             patient_ids_are_resident_ids=bool(declared))
         if ids.problem:
             log.warning("dicom.patient.resident_id_refused patient=%s problem=%s", patient_pk, ids.problem)
-        persons.link_by_identifiers(conn, patient_pk, ids)
+        persons.link_by_identifiers(conn, patient_pk, ids, source=source)
 
-    def _study_pk(self, conn, record: IndexRecord, institution_id: int, learned: dict) -> int:
+    def _study_pk(self, conn, record: IndexRecord, institution_id: int, learned: dict, source: str = "") -> int:
         with self._cache_lock:
             cached = self._studies.get(record.study_uid)
         if cached is None:
             found = conn.execute(select(Study.id, Study.institution_id)
                                  .where(Study.study_instance_uid == record.study_uid)).first()
             if found is None:
-                patient_pk = self._patient_pk(conn, record, institution_id)
+                patient_pk = self._patient_pk(conn, record, institution_id, source)
                 now = utcnow()
                 _insert_ignore(conn, Study, dict(
                     study_instance_uid=record.study_uid, patient_pk=patient_pk, institution_id=institution_id,

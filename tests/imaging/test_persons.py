@@ -92,6 +92,12 @@ def test_two_townships_records_join_one_person_by_resident_id(runtime):
     assert first.person_id is not None and first.person_id == second.person_id
     assert first.link_source == "resident_id" and first.resident_id == VALID
     assert first.name_pinyin == "zhangxiuying" and first.name_initials == "zxy"
+    with runtime.db.scope(readonly=True) as session:  # each automatic link is audited, once
+        links = session.scalars(select(AuditRecord).where(AuditRecord.action == "patient.link")).all()
+    assert [(r.actor, r.detail["by"]) for r in links] == [("test", "resident_id")] * 2
+    _ingest(runtime, b, patient_id="B-99", other_ids=(("RESIDENT_ID_CN", VALID),))  # another study: no new link
+    with runtime.db.scope(readonly=True) as session:
+        assert len(session.scalars(select(AuditRecord).where(AuditRecord.action == "patient.link")).all()) == 2
 
 
 @pytest.mark.parametrize("number, born", [("110105194912310021", BORN),   # wrong check digit
