@@ -145,8 +145,10 @@ def dashboard_page(request: Request, session: DbSession, user: OptionalUser, wee
     mutual = recognition.stats(session, institution_ids=access.subtree_ids(session, user.institution_id),
                                since=utcnow() - timedelta(weeks=weeks))
     if mutual.reasons:
-        charts["recognition_reasons"] = dashboard.bar_chart("不互认原因 Reasons for not recognising",
-                                                            mutual.reasons, width=560)
+        # The bars carry the Chinese name (the label column is narrow); the hover title the full one.
+        charts["recognition_reasons"] = dashboard.bar_chart(
+            "不互认原因 Reasons for not recognising", mutual.reasons, width=560,
+            labels={label: label.split(" ")[0][:10] for label in mutual.reasons})
     return render(request, "consult/dashboard.html", user=user, data=data, charts=charts, mutual=mutual,
                   weeks=weeks)
 
