@@ -13,6 +13,7 @@ at ``derived/{study}/film/share-{id}.pdf``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -232,11 +233,49 @@ def film_key(study_uid: str, share_id: int) -> str:
     return keys.film_sheet(study_uid, share_id)
 
 
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+_CONTENT, _EVIDENCE = "0040A730", "0040A375"
+_REF_SERIES, _REF_SOP, _REF_SOP_UID = "00081115", "00081199", "00081155"
+
+
+def _items(element: dict | None) -> list[dict]:
+    return [item for item in (element or {}).get("Value", []) if isinstance(item, dict)]
+
+
+def flagged_uids(dicom_json: str) -> list[str]:
+    """The images a Key Object Selection document flags, in its content order (the order the
+    reader chose), then any only in its evidence list. Malformed content flags nothing."""
+    try:
+        document = json.loads(dicom_json)
+    except ValueError:
+        return []
+    found: list[str] = []
+    references = [ref for item in _items(document.get(_CONTENT)) for ref in _items(item.get(_REF_SOP))]
+    references += [ref for study in _items(document.get(_EVIDENCE)) for series in _items(study.get(_REF_SERIES))
+                   for ref in _items(series.get(_REF_SOP))]
+    for ref in references:
+        uid = (ref.get(_REF_SOP_UID) or {}).get("Value", [None])[0]
+        if isinstance(uid, str) and uid not in found:
+            found.append(uid)
+    return found
+
+
+def _key_first(grouped: list[tuple[Series, list[Instance]]], flagged: list[str],
+               count: int) -> list[tuple[Series, Instance, int, bool]]:
+    """Flagged key images first (in the document's order), then the spread picks of the rest."""
+    where = {instance.sop_instance_uid: (s, instance, position)
+             for s, items in grouped for position, instance in enumerate(items)}
+    keyed = [(*where[uid], True) for uid in flagged if uid in where][:count]
+    taken = {pick[1].sop_instance_uid for pick in keyed}
+    rest = [(s, [i for i in items if i.sop_instance_uid not in taken]) for s, items in grouped]
+    return keyed + [(*pick, False) for pick in _pick_key_images(rest, count - len(keyed))]
+
+
 def _pick_key_images(series: list[tuple[Series, list[Instance]]], count: int) -> list[tuple[Series, Instance, int]]:
     """Up to `count` (series, instance, position) picks: every series gets its middle image,
     the rest are spread evenly through the larger series."""
     series = [(s, items) for s, items in series if items][:count]
-    if not series:
+    if not series or count <= 0:
         return []
     share_each = max(1, count // len(series))
     picks: list[tuple[Series, Instance, int]] = []
@@ -300,6 +339,10 @@ def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_k
         summary = shares.film_study(session, share)
         series_rows = session.scalars(select(Series).where(Series.study_pk == study.id)
                                       .order_by(Series.series_number.asc().nullslast(), Series.id)).all()
+        flagged = [uid for document in session.scalars(
+            select(Instance.dicom_json).join(Series, Series.id == Instance.series_pk)
+            .where(Series.study_pk == study.id, Instance.sop_class_uid == KEY_OBJECT_SELECTION)
+            .order_by(Instance.id)) for uid in flagged_uids(document)]
         grouped = []
         for s in series_rows:
             items = session.scalars(select(Instance).where(Instance.series_pk == s.id,
@@ -311,14 +354,15 @@ def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_k
         chest_ct = is_chest_ct(study, list(series_rows))
         patient = _patient_facts(session, study)
     windows = CHEST_CT_WINDOWS if chest_ct else ((None, None),)
-    picks = _pick_key_images(grouped, KEY_IMAGES // len(windows))
+    picks = _key_first(grouped, flagged, KEY_IMAGES // len(windows))
     size = SINGLE_IMAGE_PIXELS if len(picks) * len(windows) == 1 else KEY_IMAGE_PIXELS
     images = []
-    for series, instance, position in picks:
+    for series, instance, position, key_image in picks:
         label = series.description or shares.MODALITY_ZH.get(series.modality, series.modality)
         number = f"第 {instance.instance_number or position + 1} 幅"
+        caption = number if chest_ct else f"{label} · {number}"
         images += _key_image_renders(store, share_id, instance, size, windows,
-                                     number if chest_ct else f"{label} · {number}")
+                                     f"关键图像 Key · {caption}" if key_image else caption)
     pdf = build_film_sheet(FilmSheetContent(
         institution=summary.institution, patient_name=summary.patient_name, exam=summary.exam,
         date=summary.date, accession=accession, url=url, expires=expires, images=images,

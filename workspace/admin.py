@@ -28,6 +28,7 @@ from consult import reports
 from consult.models import SignerCredential
 from film import service as shares
 from film.models import Share
+from imaging.models import Patient, Study
 from storage import access, audit, identity, localtime
 from storage import service as tenancy
 from storage.access import Principal
@@ -437,7 +438,7 @@ def search_audit(session: Session, realm: Realm, wanted: AuditQuery, limit: int 
     if wanted.actor:
         statement = statement.where(AuditRecord.actor.startswith(wanted.actor.strip(), autoescape=True))
     if wanted.subject:
-        statement = statement.where(AuditRecord.object_id.contains(wanted.subject.strip(), autoescape=True))
+        statement = statement.where(_about(session, realm, wanted.subject.strip()))
     if wanted.action:
         statement = statement.where(AuditRecord.action.startswith(wanted.action.strip(), autoescape=True))
     if (start := _day(wanted.date_from)) is not None:
@@ -446,6 +447,18 @@ def search_audit(session: Session, realm: Realm, wanted: AuditQuery, limit: int 
         statement = statement.where(AuditRecord.at < end)
     statement = statement.order_by(AuditRecord.id.desc())
     return list(session.scalars(statement.limit(limit) if limit else statement))
+
+
+def _about(session: Session, realm: Realm, subject: str):
+    """Records whose object is `subject` (a study UID, share, user...) or, when it is a patient
+    ID of the admin's subtree, any of that patient's studies or the patient record itself."""
+    condition = AuditRecord.object_id.contains(subject, autoescape=True)
+    patients = list(session.scalars(select(Patient.id).where(Patient.patient_id == subject,
+                                                             Patient.institution_id.in_(realm.ids))))
+    if not patients:
+        return condition
+    studies = list(session.scalars(select(Study.study_instance_uid).where(Study.patient_pk.in_(patients))))
+    return or_(condition, AuditRecord.object_id.in_(studies + [str(pk) for pk in patients]))
 
 
 @router.get("/audit")

@@ -227,3 +227,67 @@ def test_the_sheet_prints_the_final_impression(tmp_path):
         impression="右下肺炎，建议抗感染治疗后复查")))
     text = _run("pdftotext", "-layout", str(pdf), "-")
     assert "诊断意见 Impression" in text and "右下肺炎" in text and "41岁" in text
+
+
+def _key_object(study_uid: str, series_uid: str, flagged: list[str]) -> bytes:
+    """A Key Object Selection document (what a PACS or a reader's workstation sends) flagging
+    `flagged` CT instances, in that order."""
+    import io as _io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ko = Dataset()
+    ko.SpecificCharacterSet = "ISO_IR 192"
+    ko.SOPClassUID, ko.SOPInstanceUID = filmsheet.KEY_OBJECT_SELECTION, generate_uid()
+    ko.StudyInstanceUID, ko.SeriesInstanceUID = study_uid, generate_uid()
+    ko.Modality, ko.SeriesNumber, ko.InstanceNumber = "KO", 99, 1
+    ko.PatientName, ko.PatientID = "张^秀英", "P001"
+    ko.ValueType = "CONTAINER"
+    content = []
+    for uid in flagged:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", uid
+        item = Dataset()
+        item.RelationshipType, item.ValueType, item.ReferencedSOPSequence = "CONTAINS", "IMAGE", [ref]
+        content.append(item)
+    ko.ContentSequence = content
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = series_uid, [i.ReferencedSOPSequence[0] for i in content]
+    evidence = Dataset()
+    evidence.StudyInstanceUID, evidence.ReferencedSeriesSequence = study_uid, [series]
+    ko.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    ko.file_meta = FileMetaDataset()
+    ko.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ko.file_meta.MediaStorageSOPClassUID, ko.file_meta.MediaStorageSOPInstanceUID = ko.SOPClassUID, ko.SOPInstanceUID
+    buffer = _io.BytesIO()
+    ko.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_key_images_flagged_by_a_key_object_come_first(runtime, tmp_path):
+    """16.16: when a Key Object Selection document flags images, the sheet prints them first, in
+    the document's order, marked as key images; the rest of the grid is filled as before."""
+    with runtime.db.scope() as session:
+        town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township").id
+    study_uid, series_uid = generate_uid(), generate_uid()
+    ingestor = Ingestor(runtime.db, runtime.store)
+    sops = [ingestor.ingest(ct_instance(study_uid=study_uid, series_uid=series_uid, size=64, instance_number=n,
+                                        modality="MR", sop_class="1.2.840.10008.5.1.4.1.1.4"),
+                            institution_id=town, source="test").sop_instance_uid for n in range(1, 21)]
+    ingestor.ingest(_key_object(study_uid, series_uid, [sops[16], sops[2]]), institution_id=town, source="test")
+    ingestor.close()
+    created = _share(runtime, study_uid)
+    key = filmsheet.make_film_sheet(runtime.db, runtime.store, created.share.id,
+                                    secret_key=runtime.settings.effective_secret_key,
+                                    public_url=runtime.settings.effective_public_url)
+    pdf = tmp_path / "ko.pdf"
+    pdf.write_bytes(runtime.store.get(key))
+    text = _run("pdftotext", "-layout", str(pdf), "-")
+    captions = [line for line in text.splitlines() if "幅" in line]
+    first_row = captions[0]
+    assert first_row.index("关键图像 Key") < first_row.index("第 17 幅") < first_row.index("第 3 幅"), first_row
+    assert text.count("关键图像 Key") == 2
+    assert len(_run("pdfimages", "-list", str(pdf)).splitlines()[2:]) == filmsheet.KEY_IMAGES  # the QR is vector
+    assert filmsheet.flagged_uids("not json") == [] and filmsheet.flagged_uids("{}") == []
