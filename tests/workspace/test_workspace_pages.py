@@ -1,6 +1,6 @@
 """The study list, the study page, the person's timeline and 互认, server side (TestClient with
 a signed-in cookie): scope, pinyin search, cursor paging, filters, masking, downloads,
-decisions counted on the dashboard, admin linking. The browser walk is test_workspace_browser."""
+decisions counted on the dashboard, admin linking. The browser walk is test_workspace_browser.py."""
 
 from __future__ import annotations
 
