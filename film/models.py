@@ -1,10 +1,10 @@
-"""Cloud film (云胶片): the link and PIN that let one patient see one study on a phone."""
+"""Cloud film (云胶片): the link and PIN that let one patient see their shared studies on a phone."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from imaging.models import Study
@@ -48,3 +48,16 @@ class Share(Base):
     film_state: Mapped[str] = mapped_column(String(16), default="")  # "" pending ready failed
 
     study: Mapped[Study] = relationship()
+
+
+class ShareStudy(Base):
+    """Another study of the same patient shared through the same link ("shared together"):
+    the patient sees it after the same PIN; nothing else of the patient."""
+
+    __tablename__ = "share_studies"
+    __table_args__ = (UniqueConstraint("share_id", "study_pk"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    share_id: Mapped[int] = mapped_column(ForeignKey("shares.id"), index=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    study_instance_uid: Mapped[str] = mapped_column(String(128))

@@ -178,15 +178,27 @@ def film_unlock(token: str, request: Request, session: WriteSession, pin: str = 
     return response
 
 
+def _chosen(session: Session, share: Share, s: int) -> tuple[int, str]:
+    """The link's s-th study (0: the first), or NotFound."""
+    studies = shares.shared_studies(session, share)
+    if not 0 <= s < len(studies):
+        raise NotFound("未找到该检查 / study not found")
+    return studies[s]
+
+
 @router.get("/f/{token}/view", response_class=HTMLResponse, include_in_schema=False)
-def film_view(token: str, request: Request, session: WriteSession):
+def film_view(token: str, request: Request, session: WriteSession, s: int = 0):
+    """The study in plain Chinese; `s` picks another study shared through the same link."""
     share, answer = _patient_share(request, session, token, "film.view")
     if answer is not None:
         return answer
-    study = shares.film_study(session, share)
-    report = shares.report_for_study(session, share.study_instance_uid)
+    study_pk, study_uid = _chosen(session, share, s)
+    study = shares.film_study(session, share, study_pk)
+    others = [(k, shares.film_study(session, share, pk))
+              for k, (pk, _) in enumerate(shares.shared_studies(session, share)) if k != s]
+    report = shares.report_for_study(session, study_uid)
     if report is not None and report.pdf_key:
-        report.pdf_url = f"/f/{token}/report.pdf"
+        report.pdf_url = f"/f/{token}/report.pdf" + (f"?s={s}" if s else "")
     shares.record_access(session, share, "film.view", source=client_address(request), user_agent=_agent(request),
                          images=study.images)
     # Through /f/ (share and unlock checked on every request), never a signed object
@@ -194,10 +206,11 @@ def film_view(token: str, request: Request, session: WriteSession):
     thumbs = {s.series_uid: (f"/f/{token}/th/{s.series_uid}.jpg" if s.thumbnail_key else None)
               for s in study.series}
     data = {"base": f"/f/{token}", "widths": list(SCREEN_WIDTHS),
-            "series": [{"label": s.label, "items": s.items} for s in study.series]}
-    download_bytes = _study_bytes(session, share)
+            "series": [{"label": x.label, "items": x.items} for x in study.series]}
+    download_bytes = _study_bytes(session, study_pk)
     first = study.series[0].items[0] if study.series else None
     return render_page(request, "film/view.html", token=token, study=study, thumbs=thumbs, report=report,
+                   others=others, chosen=s,
                    data=Markup(json.dumps(data, separators=(",", ":")).replace("</", "<\\/")),
                    first=first, first_width=FIRST_IMAGE_WIDTH, save_width=SCREEN_WIDTHS[-1],
                    download_mb=max(1, round(download_bytes / 1e6)) if download_bytes else 0)
@@ -216,7 +229,7 @@ def film_image(token: str, instance_id: int, frame: int, request: Request, sessi
     # Never wider than the image itself (the phone scales up), so sizes share one render.
     width = min(_snap_width(w), max(instance.columns or 0, instance.rows or 0) or SCREEN_WIDTHS[-1])
     store = get_runtime(request).store
-    key = keys.screen_frame(share.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+    key = keys.screen_frame(series.study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
                             frame, width, instance.sha256)
     session.close()  # release the connection before seconds of decoding
     shares.record_image_read(get_runtime(request).db, share, "film.image", instance_uid=instance.sop_instance_uid,
@@ -237,8 +250,9 @@ def film_thumbnail(token: str, series_uid: str, request: Request, session: DbSes
     share = _image_access(request, session, token)
     if isinstance(share, Response):
         return share
+    pks = [pk for pk, _ in shares.shared_studies(session, share)]
     series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid,
-                                                 Series.study_pk == share.study_pk))
+                                                 Series.study_pk.in_(pks)))
     if series is None or not series.thumbnail_key:
         raise NotFound("无缩略图 / no thumbnail")
     return _stored_jpeg(request, session, share, "film.thumbnail", series_uid, series.thumbnail_key,
@@ -266,12 +280,12 @@ def film_preview(token: str, instance_id: int, request: Request, session: DbSess
 
 
 @router.get("/f/{token}/report.pdf", include_in_schema=False)
-def film_report(token: str, request: Request, session: WriteSession):
-    """The signed report PDF, for the patient who unlocked the link."""
+def film_report(token: str, request: Request, session: WriteSession, s: int = 0):
+    """The signed report PDF of one shared study, for the patient who unlocked the link."""
     share, answer = _patient_share(request, session, token, "film.report")
     if answer is not None:
         return answer
-    report = shares.report_for_study(session, share.study_instance_uid)
+    report = shares.report_for_study(session, _chosen(session, share, s)[1])
     if report is None or not report.pdf_key:
         return _film_error(request, NotFound("报告尚未出具 / the report is not ready yet"))
     shares.record_access(session, share, "film.report", source=client_address(request), user_agent=_agent(request))
@@ -280,12 +294,13 @@ def film_report(token: str, request: Request, session: WriteSession):
 
 
 @router.get("/f/{token}/download", include_in_schema=False)
-def film_download(token: str, request: Request, session: WriteSession):
+def film_download(token: str, request: Request, session: WriteSession, s: int = 0):
     share, answer = _patient_share(request, session, token, "film.download")
     if answer is not None:
         return answer
-    entries = archive.entries(shares.study_instances(session, share))
-    study = session.get(Study, share.study_pk)
+    study_pk, _ = _chosen(session, share, s)
+    entries = archive.entries(shares.study_instances(session, share, study_pk))
+    study = session.get(Study, study_pk)
     shares.record_access(session, share, "film.download", source=client_address(request), user_agent=_agent(request),
                          files=len(entries), bytes=sum(e[2] for e in entries))
     name = f"images-{study.study_date or 'study'}.zip"
@@ -304,8 +319,8 @@ def _render_screen(store, object_key: str, frame: int, width: int) -> bytes:
         raise NotFound("该图像无法显示 / this image cannot be shown") from None
 
 
-def _study_bytes(session: Session, share: Share) -> int:
+def _study_bytes(session: Session, study_pk: int) -> int:
     total = session.scalar(select(func.coalesce(func.sum(Instance.size), 0))
                            .join(Series, Series.id == Instance.series_pk)
-                           .where(Series.study_pk == share.study_pk))
+                           .where(Series.study_pk == study_pk))
     return int(total or 0)  # PostgreSQL sums BIGINT as NUMERIC

@@ -72,7 +72,8 @@ def create_share(study_uid: str, request: Request, session: WriteSession, princi
     created = shares.create_share(session=session, principal=principal, study_uid=study_uid,
                                   secret_key=settings.effective_secret_key,
                                   public_url=settings.effective_public_url,
-                                  days=(body or ShareIn()).days, source=client_address(request))
+                                  days=(body or ShareIn()).days, source=client_address(request),
+                                  together=(body or ShareIn()).together)
     return JSONResponse(created.as_json(), status_code=201, headers={"Cache-Control": "no-store"})
 
 
@@ -170,7 +171,8 @@ def _manage_page(request: Request, session: Session, principal: Principal, study
     rows = [{"share": s, "state": shares.share_state(s), "state_zh": STATE_ZH[shares.share_state(s)],
              "film_zh": FILM_ZH.get(s.film_state, s.film_state), "created": localtime.display(s.created_at),
              "expires": localtime.display(s.expires_at)} for s in listing]
-    return render_page(request, "film/manage.html", status=status, user=user, study=study,
+    together = shares.shareable_with(session, principal, study) if study else []
+    return render_page(request, "film/manage.html", status=status, user=user, study=study, together=together,
                    patient=shares.display_name(study.patient.name) if study else "",
                    date=shares.chinese_date(study.study_date) if study else "",
                    rows=rows, created=created, qr=qr, default_days=int(shares.DEFAULT_DAYS), new_pin=new_pin,
@@ -188,7 +190,7 @@ def manage_page(study_uid: str, request: Request, session: DbSession, principal:
 
 @router.post("/studies/{study_uid}/film", response_class=HTMLResponse, include_in_schema=False)
 def manage_create(study_uid: str, request: Request, session: WriteSession, principal: CurrentPrincipal,
-                  days: str = Form(str(shares.DEFAULT_DAYS))):
+                  days: str = Form(str(shares.DEFAULT_DAYS)), together: list[str] = Form([])):
     try:
         number = float(days)
     except ValueError:
@@ -197,7 +199,7 @@ def manage_create(study_uid: str, request: Request, session: WriteSession, princ
     created = shares.create_share(session=session, principal=principal, study_uid=study_uid,
                                   secret_key=settings.effective_secret_key,
                                   public_url=settings.effective_public_url, days=number,
-                                  source=client_address(request))
+                                  source=client_address(request), together=together)
     return _manage_page(request, session, principal, study_uid, created=created, status=201)
 
 

@@ -7,6 +7,8 @@ from film import service
 
 class ShareIn(BaseModel):
     days: float = Field(service.DEFAULT_DAYS, gt=0, le=service.MAX_DAYS, description="days until the link expires")
+    together: list[str] = Field(default_factory=list, max_length=service.MAX_TOGETHER,
+                                description="the same patient's other StudyInstanceUIDs, shared through the same link")
 
 
 class ShareCreatedOut(BaseModel):
@@ -15,6 +17,7 @@ class ShareCreatedOut(BaseModel):
     pin: str
     expires_at: str
     study_instance_uid: str
+    together: list[str] = []
 
 
 class ShareOut(BaseModel):

@@ -35,12 +35,12 @@ from sqlalchemy.orm import Session
 
 from consult.reports import PatientReport, patient_report
 from film import policy
-from film.models import Share
+from film.models import Share, ShareStudy
 from imaging.dataset import display_name
 from imaging.models import Instance, Patient, Series, Study
 from storage import audit, jobs, localtime
 from storage.access import Principal
-from storage.errors import Gone, Invalid, Locked, NotFound
+from storage.errors import DomainError, Gone, Invalid, Locked, NotFound
 from storage.models import Institution
 from storage.types import utcnow
 
@@ -99,19 +99,26 @@ class CreatedShare:
     token: str
     pin: str
     url: str
+    together: tuple[str, ...] = ()
 
     def as_json(self) -> dict:
         return {"id": self.share.id, "url": self.url, "pin": self.pin,
                 "expires_at": self.share.expires_at.isoformat(timespec="seconds"),
-                "study_instance_uid": self.share.study_instance_uid}
+                "study_instance_uid": self.share.study_instance_uid, "together": list(self.together)}
+
+
+MAX_TOGETHER = 10
 
 
 def create_share(*, session: Session, principal: Principal, study_uid: str, secret_key: str,
-                 public_url: str, days: float = DEFAULT_DAYS, source: str = "") -> CreatedShare:
-    """Creates a link + PIN for one study, audits it, and asks a worker for the film sheet."""
+                 public_url: str, days: float = DEFAULT_DAYS, source: str = "",
+                 together: list[str] | tuple[str, ...] = ()) -> CreatedShare:
+    """Creates a link + PIN for one study (and, `together`, the same patient's other studies the
+    principal may share), audits it, and asks a worker for the film sheet of the first."""
     if not (0 < days <= MAX_DAYS):
         raise Invalid(f"有效期须为1至{MAX_DAYS}天 / days must be more than 0 and at most {MAX_DAYS}")
     study = policy.require_sharer(session, principal, study_uid)
+    others = _together(session, principal, study, together)
     nonce = secrets.token_hex(16)
     token = link_token(secret_key, nonce)
     pin = f"{secrets.randbelow(10**6):06d}"
@@ -124,11 +131,59 @@ def create_share(*, session: Session, principal: Principal, study_uid: str, secr
                   failed_attempts=0, opened_count=0, film_state="pending")
     session.add(share)
     session.flush()
+    session.add_all(ShareStudy(share_id=share.id, study_pk=other.id, study_instance_uid=other.study_instance_uid)
+                    for other in others)
     audit.append(session, principal=principal, action="film.share.create", object_type="share",
                  object_id=str(share.id), source=source,
-                 detail={"study": study.study_instance_uid, "expires_at": share.expires_at.isoformat()})
+                 detail={"study": study.study_instance_uid, "expires_at": share.expires_at.isoformat(),
+                         "together": [other.study_instance_uid for other in others]})
     jobs.send_after_commit(session, FILM_TASK, share.id, queue="render")
-    return CreatedShare(share, token, pin, share_url(public_url, token))
+    return CreatedShare(share, token, pin, share_url(public_url, token),
+                        tuple(other.study_instance_uid for other in others))
+
+
+def same_patient(session: Session, one: Study, other: Study) -> bool:
+    """The same patient record, or records a trusted identifier (or an admin) joined."""
+    if one.patient_pk == other.patient_pk:
+        return True
+    people = {session.get(Patient, pk).person_id for pk in (one.patient_pk, other.patient_pk)}
+    return len(people) == 1 and None not in people
+
+
+def _together(session: Session, principal: Principal, study: Study, uids) -> list[Study]:
+    """The other studies to share with `study`: each one the principal may share, of the same
+    patient; refused whole otherwise (a link never mixes two patients)."""
+    wanted = [uid for uid in dict.fromkeys(uids) if uid and uid != study.study_instance_uid]
+    if len(wanted) > MAX_TOGETHER:
+        raise Invalid(f"一次最多共享{MAX_TOGETHER + 1}个检查 / at most {MAX_TOGETHER + 1} studies per link")
+    others = [policy.require_sharer(session, principal, uid) for uid in wanted]
+    for other in others:
+        if not same_patient(session, study, other):
+            raise Invalid("只能共享同一患者的检查 / only the same patient's studies are shared together")
+    return others
+
+
+def shareable_with(session: Session, principal: Principal, study: Study) -> list[Study]:
+    """The patient's other studies this principal could share together with `study`, newest first."""
+    records = [study.patient_pk]
+    person = session.get(Patient, study.patient_pk).person_id
+    if person is not None:
+        records = list(session.scalars(select(Patient.id).where(Patient.person_id == person)))
+    found = []
+    for other in session.scalars(select(Study).where(Study.patient_pk.in_(records), Study.id != study.id)
+                                 .order_by(Study.study_date.desc(), Study.id.desc()).limit(30)):
+        try:
+            found.append(policy.require_sharer(session, principal, other.study_instance_uid))
+        except DomainError:
+            continue
+    return found
+
+
+def shared_studies(session: Session, share: Share) -> list[tuple[int, str]]:
+    """(study pk, uid) of every study the link shows: the first one, then those shared with it."""
+    extra = session.execute(select(ShareStudy.study_pk, ShareStudy.study_instance_uid)
+                            .where(ShareStudy.share_id == share.id).order_by(ShareStudy.id)).all()
+    return [(share.study_pk, share.study_instance_uid), *((pk, uid) for pk, uid in extra)]
 
 
 def list_shares(*, session: Session, principal: Principal, study_uid: str) -> list[Share]:
@@ -385,9 +440,10 @@ def exam_name(study: Study, modalities: list[str]) -> str:
     return "、".join(dict.fromkeys(names)) or "影像检查"
 
 
-def film_study(session: Session, share: Share) -> FilmStudy:
-    """The study behind a share, with its series and images in viewing order."""
-    study = session.get(Study, share.study_pk)
+def film_study(session: Session, share: Share, study_pk: int | None = None) -> FilmStudy:
+    """One study of a share (the first unless `study_pk`), with its series and images in
+    viewing order; the caller picked `study_pk` from shared_studies()."""
+    study = session.get(Study, study_pk or share.study_pk)
     institution = session.get(Institution, study.institution_id)
     patient = session.get(Patient, study.patient_pk)
     series_rows = session.scalars(select(Series).where(Series.study_pk == study.id)
@@ -421,9 +477,10 @@ def film_study(session: Session, share: Share) -> FilmStudy:
 
 
 def instance_in_share(session: Session, share: Share, instance_id: int) -> Instance:
-    """An instance of the shared study, or NotFound (never another study's)."""
+    """An instance of a study the link shares, or NotFound (never another study's)."""
+    pks = [pk for pk, _ in shared_studies(session, share)]
     instance = session.scalar(select(Instance).join(Series, Series.id == Instance.series_pk)
-                              .where(Instance.id == instance_id, Series.study_pk == share.study_pk))
+                              .where(Instance.id == instance_id, Series.study_pk.in_(pks)))
     if instance is None:
         raise NotFound("未找到该图像 / image not found")
     return instance
@@ -434,9 +491,9 @@ def viewing_order(instance: Instance):
     return (instance.instance_number is None, instance.instance_number or 0, instance.sop_instance_uid)
 
 
-def study_instances(session: Session, share: Share) -> list[tuple[Series, Instance]]:
-    """Every instance of the shared study, series by series in viewing order (for download)."""
+def study_instances(session: Session, share: Share, study_pk: int | None = None) -> list[tuple[Series, Instance]]:
+    """Every instance of one shared study, series by series in viewing order (for download)."""
     rows = session.execute(select(Series, Instance).join(Instance, Instance.series_pk == Series.id)
-                           .where(Series.study_pk == share.study_pk)).all()
+                           .where(Series.study_pk == (study_pk or share.study_pk))).all()
     return sorted(rows, key=lambda row: ((row[0].series_number is None, row[0].series_number or 0, row[0].id),
                                          viewing_order(row[1])))
