@@ -33,7 +33,8 @@ def study_viewer(study_uid: str, request: Request, runtime: RuntimeDep, user: Op
         visible = study is not None and access.can_see_study(
             session, principal, institution_id=study.institution_id, study_uid=study_uid)
         priors = [] if not visible or embedded else [
-            {"uid": other.study_instance_uid, "date": other.study_date, "modality": other.modalities.replace("\\", "/"),
+            {"uid": other.study_instance_uid, "modality": other.modalities.replace("\\", "/"),
+             "date": f"{other.study_date[:4]}-{other.study_date[4:6]}-{other.study_date[6:]}" if other.study_date else "—",
              "description": other.description, "institution": name, "body_part": part}
             for other, name, part in persons.priors(session, principal, study)]
     audit.record_read(runtime.db, principal=principal, action="study.view", object_type="study", object_id=study_uid,

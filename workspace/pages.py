@@ -103,6 +103,16 @@ def _visible_study(session: Session, principal: Principal, study_uid: str) -> St
     return study
 
 
+def _visible_or_denied(session: Session, runtime, request: Request, principal: Principal, study_uid: str,
+                       action: str) -> Study:
+    """The study if the principal may see it; otherwise the refusal is audited and NotFound raised."""
+    try:
+        return _visible_study(session, principal, study_uid)
+    except NotFound:
+        _read(runtime, request, principal, action, study_uid, False)
+        raise
+
+
 def _read(runtime, request: Request, principal: Principal, action: str, study_uid: str, ok: bool, **detail):
     audit.record_read(runtime.db, principal=principal, action=action, object_type="study", object_id=study_uid,
                       source=client_address(request), outcome="ok" if ok else "denied", detail=detail or None)
@@ -113,11 +123,7 @@ def study_page(study_uid: str, request: Request, session: DbSession, runtime: Ru
     if user is None:
         return _login(request)
     principal = identity.principal_for(user)
-    try:
-        study = _visible_study(session, principal, study_uid)
-    except NotFound:
-        _read(runtime, request, principal, "study.page", study_uid, False)
-        raise
+    study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.page")
     _read(runtime, request, principal, "study.page", study_uid, True)
     row = service.study_row(session, principal, study)
     series = session.scalars(select(Series).where(Series.study_pk == study.id)
@@ -208,11 +214,7 @@ def study_download(study_uid: str, request: Request, session: DbSession, runtime
     if user is None:
         return _login(request)
     principal = identity.principal_for(user)
-    try:
-        study = _visible_study(session, principal, study_uid)
-    except NotFound:
-        _read(runtime, request, principal, "study.download", study_uid, False)
-        raise
+    study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.download")
     rows = session.execute(select(Series, Instance).join(Instance, Instance.series_pk == Series.id)
                            .where(Series.study_pk == study.id)
                            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)).all()
@@ -288,21 +290,13 @@ def compare(study_uid: str, request: Request, session: DbSession, runtime: Runti
     if user is None:
         return _login(request)
     principal = identity.principal_for(user)
-    try:
-        study = _visible_study(session, principal, study_uid)
-    except NotFound:
-        _read(runtime, request, principal, "study.compare", study_uid, False)
-        raise
+    study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.compare")
     candidates = persons.priors(session, principal, study)
     if not prior:
         if not candidates:
             return RedirectResponse(f"/studies/{study_uid}/view", status_code=303)
         prior = candidates[0][0].study_instance_uid
-    try:
-        other = _visible_study(session, principal, prior)
-    except NotFound:
-        _read(runtime, request, principal, "study.compare", prior, False)
-        raise
+    other = _visible_or_denied(session, runtime, request, principal, prior, "study.compare")
     _read(runtime, request, principal, "study.compare", study_uid, True, prior=prior)
     return _render(request, "workspace/compare.html", user=user, current=service.study_row(session, principal, study),
                    prior=service.study_row(session, principal, other), candidates=candidates)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ PEOPLE = {  # username: (role, institution, display name), as in test_flow.py
     "wang": ("specialist", "COUNTY", "王医生"),
     "sun": ("specialist", "COUNTY", "孙医生"),
     "chen": ("specialist", "CITY", "陈主任"),
+    "shen": ("specialist", "SH", "沈教授"),  # the Shanghai partner hospital's senior
 }
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
@@ -41,7 +43,8 @@ def live(tmp_path_factory):
     settings = embedded_settings(tmp_path_factory.mktemp("consult"))
     runtime = bootstrap(settings, component="test")
     with runtime.db.scope() as session:
-        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city")
+        tenancy.add_institution(session=session, code="SH", name="上海市第六人民医院", level="partner")
+        tenancy.add_institution(session=session, code="CITY", name="普洱市人民医院", level="city", parent_code="SH")
         tenancy.add_institution(session=session, code="COUNTY", name="澜沧县人民医院", level="county",
                                 parent_code="CITY")
         town = tenancy.add_institution(session=session, code="TOWN", name="勐朗镇卫生院", level="township",
@@ -52,7 +55,7 @@ def live(tmp_path_factory):
                               password=PASSWORD, display_name=name)
         reports.init_authority(session=session, name="普洱市影像会诊CA", organisation="普洱市卫健委",
                                password="ca-password-123")
-        for username in ("wang", "chen"):
+        for username in ("wang", "chen", "shen"):
             reports.issue_credential(session=session, user=identity.get_user(session=session, username=username),
                                      ca_password="ca-password-123", signing_password=f"sign-{username}")
     study = generate_uid()
@@ -217,6 +220,100 @@ def test_request_triage_assign_report_sign(live, browser):
     li.goto(qr.stdout.strip().replace("http://127.0.0.1:8000", live.url))  # the printed QR's page
     assert "终审" in li.locator("main").inner_text()
     li.context.close()
+    assert not errors, errors
+
+
+def test_live_consult_from_request_to_signed_final_across_four_institutions(live, browser):
+    """16, done when: one live consult through the pages. The township (TOWN) asks the county
+    (COUNTY) for a live consult; the coordinator accepts, names the county reader and the
+    Shanghai partner's senior (SH, above the city CITY in the tree), books the slot on the
+    booking form in Beijing time and invites the senior; the bell tells each of them; all four
+    join from the button; the reader signs, the Shanghai senior co-signs, and the township's
+    final PDF says 终审 with both signers and institutions, its QR opening that version."""
+    from consult import scheduling
+    from storage import identity, localtime
+    from storage.runtime import bootstrap
+
+    errors: list[str] = []
+    runtime = bootstrap(live.settings, component="test")
+    now = datetime.now(localtime.zone()).replace(tzinfo=None, second=0, microsecond=0)
+    with runtime.db.scope() as session:  # the reader's hours (the availability page has its own test)
+        scheduling.add_exception(session=session, user=identity.get_user(session=session, username="wang"),
+                                 starts_local=now - timedelta(hours=1), ends_local=now + timedelta(days=1),
+                                 available=True, note="on call")
+    runtime.db.dispose()
+
+    li = person(browser, live, "li", errors)
+    li.goto(f"{live.url}/consults/new?study={live.study}")
+    li.select_option('select[name="kind"]', "live")
+    li.select_option('select[name="risk_colour"]', "orange")
+    li.fill('textarea[name="clinical_question"]', "孕32周，胎儿心脏超声疑室间隔缺损，请视频会诊")
+    li.locator('form[data-api="/api/consults"] button[type=submit]').click()
+    li.wait_for_url(re.compile(r".*/consults/[0-9]+$"))
+    consult = int(li.url.rsplit("/", 1)[1])
+
+    zhou = person(browser, live, "zhou", errors)
+    zhou.goto(f"{live.url}/consults/{consult}")
+    submit(zhou, f'form[data-api="/api/consults/{consult}/accept"]')
+    zhou.select_option('#assign-form select[name="reader"]', "wang")
+    zhou.select_option('#assign-form select[name="reviewer"]', "shen")
+    submit(zhou, "#assign-form")
+    zhou.select_option('#schedule-form select[name="specialist"]', "wang")
+    start = now + timedelta(minutes=5)
+    zhou.fill('#schedule-form input[name="start"]', start.strftime("%Y-%m-%dT%H:%M"))
+    zhou.check('#schedule-form input[name="invite_reviewer"]')
+    submit(zhou, "#schedule-form")
+    booked = zhou.locator("main").inner_text()
+    assert "已预约 Scheduled" in booked and start.strftime("%H:%M") in booked and "北京时间" in booked, booked
+
+    shen = person(browser, live, "shen", errors)
+    assert int(shen.locator("#bell-count").inner_text()) >= 2  # assigned, then invited
+    shen.goto(f"{live.url}/notifications")
+    shen.locator("ol.notices li.unread", has_text=f"Consult #{consult}").first.locator("button").click()
+    shen.wait_for_url(f"{live.url}/consults/{consult}")
+    joined = {}
+    for who, page in (("shen", shen), ("zhou", zhou), ("li", li)):
+        page.goto(f"{live.url}/consults/{consult}")
+        page.locator(".join-row a.join").click()
+        page.wait_for_url(f"{live.url}/consults/{consult}/room", wait_until="commit")
+        page.locator("#room").wait_for()
+        joined[who] = page.locator("#room").get_attribute("data-role")
+    wang = person(browser, live, "wang", errors)
+    wang.goto(f"{live.url}/consults")
+    wang.locator("table.worklist tbody tr", has=wang.locator(f'a[href="/consults/{consult}"]')).locator("a.join").click()
+    wang.wait_for_url(f"{live.url}/consults/{consult}/room", wait_until="commit")
+    wang.locator("#room").wait_for()
+    joined["wang"] = wang.locator("#room").get_attribute("data-role")
+    assert joined == {"shen": "reviewer", "zhou": "coordinator", "li": "presenter", "wang": "specialist"}, joined
+    for page in (shen, zhou, li):
+        page.goto(f"{live.url}/consults/{consult}")  # leave the room
+
+    wang.goto(f"{live.url}/consults/{consult}")
+    wang.fill('#report-editor textarea[name="findings"]', "胎儿心脏四腔心切面见室间隔膜部连续性中断约2mm。")
+    wang.fill('#report-editor textarea[name="impression"]', "胎儿室间隔缺损（膜周部，小）")
+    wang.fill('#report-editor textarea[name="recommendation"]', "转上级医院产前诊断中心进一步评估")
+    wang.fill(f'form[data-api="/api/consults/{consult}/report/sign"] input[name="password"]', "sign-wang")
+    submit(wang, f'form[data-api="/api/consults/{consult}/report/sign"]')
+    shen.goto(f"{live.url}/consults/{consult}")
+    shen.fill(f'form[data-api="/api/consults/{consult}/report/cosign"] input[name="password"]', "sign-shen")
+    submit(shen, f'form[data-api="/api/consults/{consult}/report/cosign"]')
+    assert "已回传 Delivered" in shen.locator("main").inner_text()
+
+    li.goto(f"{live.url}/consults/{consult}")
+    final_row = li.locator("table tr", has_text="终审 Final")
+    pdf = li.context.request.get(live.url + final_row.locator("a", has_text="PDF").get_attribute("href"))
+    verify_url = final_row.locator("a", has_text="验证").get_attribute("href")
+    path = Path("/tmp/lancang-live-final.pdf")
+    path.write_bytes(pdf.body())
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    for expected in ("终审报告 Final report", "王医生", "澜沧县人民医院", "沈教授", "上海市第六人民医院", "北京时间",
+                     "胎儿室间隔缺损"):
+        assert expected in text, (expected, text)
+    subprocess.run(["pdftoppm", "-r", "200", "-png", "-singlefile", str(path), "/tmp/lancang-live-final"], check=True)
+    qr = subprocess.run(["zbarimg", "--raw", "-q", "/tmp/lancang-live-final.png"], capture_output=True, text=True)
+    assert qr.stdout.strip().endswith(verify_url), (qr.stdout, verify_url)
+    for page in (li, zhou, wang, shen):
+        page.context.close()
     assert not errors, errors
 
 

@@ -29,12 +29,16 @@ from tests.dicomdata import ct_instance
 from tests.imaging.conftest import write_files
 from tests.imaging.scu import send_files
 from tests.services import free_port
-from tests.web.test_upload_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, LiveApp, login
+from tests.consult.test_consult_browser import browser  # noqa: F401 (the module's Chromium fixture)
+from tests.web.test_upload_browser import CHROMIUM, PASSWORD, LiveApp, login
 
 RESIDENT = "53082819900101002X"  # filled in by _resident(): a valid number for 1990-01-01, female
 PEOPLE = {"admin": ("admin", "COUNTY", "县管理员"), "ma": ("radiographer", "TB", "马技师"),
           "wang": ("specialist", "COUNTY", "王医生"), "sun": ("specialist", "COUNTY", "孙医生"),
           "zhou": ("coordinator", "COUNTY", "周协调")}
+
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 
 
 def _resident() -> str:
@@ -92,16 +96,6 @@ def live(tmp_path_factory):
         yield app
     server.shutdown()
     receiver.ingestor.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def _page(browser, errors, width=1366, height=768):
