@@ -15,7 +15,7 @@ from imaging.dicomweb.common import (
 from imaging.dicomweb.index import instances_or_404, metadata_body, metadata_rows, Target, target
 from imaging.dicomweb.negotiation import Offer
 from imaging.dicomweb.objects import (
-    accepts_any_syntax, dicom_offers, element_bytes, find_element, frame_numbers_or_404,
+    accepts_any_syntax, accepts_gzip, dicom_offers, element_bytes, find_element, frame_numbers_or_404,
     frame_offers, frames_response, load_dataset, prepared_parts
 )
 from storage import access
@@ -79,7 +79,7 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Req
     audit_request(request, principal, "dicomweb.frames", object_type="instance", object_id=sop,
                   detail={"frames": numbers[:50], "transfer_syntax": offer.transfer_syntax})
     ds = load_dataset(runtime(request).store, row.key)
-    return frames_response(row, ds, numbers, offer)
+    return frames_response(row, ds, numbers, offer, gzip_ok=accepts_gzip(request))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
@@ -103,7 +103,8 @@ def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Requ
     audit_request(request, principal, "dicomweb.bulkdata", object_type="instance", object_id=sop,
                   detail={"tag": tag.upper()})
     if pixel:
-        return frames_response(row, ds, list(range(1, pixels.number_of_frames(ds) + 1)), offer)
+        return frames_response(row, ds, list(range(1, pixels.number_of_frames(ds) + 1)), offer,
+                               gzip_ok=accepts_gzip(request))
     value = element_bytes(element)
     if not offer.multipart:
         return Response(value, media_type=offer.media_type)

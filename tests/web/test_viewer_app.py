@@ -256,6 +256,36 @@ def _same_picture(a: list[int], b: list[int]) -> bool:
     return sum(abs(x - y) for x, y in zip(a, b)) / len(a) < 8
 
 
+def test_the_whole_series_loads_by_itself_with_a_progress_bar_and_frames_come_gzipped(live, browser):
+    """18 (loading): without a scroll the viewer loads every slice, nearest to the shown one
+    first, and the strip's progress bar says so; uncompressed frames travel gzipped (the
+    browser inflates them) and decode to the same pixels as before."""
+    import time
+
+    v = Viewer(browser, live, "li")
+    encodings = []
+    v.page.on("response", lambda r: "/frames/" in r.url and encodings.append(r.headers.get("content-encoding")))
+    first = v.open(live.study)
+    assert first and first["count"] == SLICES, v.why()
+    deadline = time.monotonic() + 20
+    while v.page.evaluate("window.lancangViewer.progress().loaded") < SLICES and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert v.page.evaluate("window.lancangViewer.progress()") == {"loaded": SLICES, "total": SLICES}, v.why()
+    bar = v.page.locator(".lcv-series[aria-current=true] .lcv-progress")
+    assert bar.get_attribute("aria-valuenow") == str(SLICES) and bar.get_attribute("data-complete") == "true"
+    assert len(encodings) >= SLICES and set(encodings) == {"gzip"}, encodings
+    frames = [x["request"] for x in v.exchanges if "/frames/" in x["request"]]
+    assert len(frames) == SLICES, frames  # each slice once: moving on does not fetch it again
+    v.page.locator("[data-role=canvas]").focus()
+    v.page.keyboard.press("End")  # everything is already here: the last slice shows without a request
+    v.page.wait_for_timeout(300)
+    shown = v.page.evaluate("window.lancangViewer.state()")
+    assert shown["index"] == SLICES - 1 and not shown["loading"], shown
+    assert len([x for x in v.exchanges if "/frames/" in x["request"]]) == SLICES
+    assert not v.errors, v.errors
+    v.context.close()
+
+
 def test_the_label_always_belongs_to_the_pixels_on_the_canvas(live, browser):
     """16.6: on a slow link the overlay said "Im 31/60" over slice 4's pixels, and after a frame
     failed, slice 182 stood under 181's label. The frame requests are held (a link that has not
@@ -266,13 +296,28 @@ def test_the_label_always_belongs_to_the_pixels_on_the_canvas(live, browser):
 
     from imaging.models import Instance, Series, Study
 
+    runtime = live.app.state.runtime
+    with runtime.db.scope(readonly=True) as session:
+        eleventh = session.execute(select(Instance.sop_instance_uid, Instance.object_key)
+                                   .join(Series, Series.id == Instance.series_pk)
+                                   .join(Study, Study.id == Series.study_pk)
+                                   .where(Study.study_instance_uid == live.study, Instance.instance_number == 11)).one()
     v = Viewer(browser, live, "li", viewport={"width": 1366, "height": 768})
     page = v.page
+    # The link delivers the first slice, then nothing more for now (the viewer loads the whole
+    # series by itself: without holding, every slice would be here before anyone scrolls).
+    held, passed = [], []
+
+    def gate(route):
+        if passed:
+            held.append(route)
+        else:
+            passed.append(route.request.url)
+            route.continue_()
+    page.route("**/frames/**", gate)
     first = v.open(live.study)
     page.wait_for_timeout(300)
     slice0 = _samples(v)
-    held = []
-    page.route("**/frames/**", lambda route: held.append(route))
     page.locator("[data-role=canvas]").focus()
     page.keyboard.press("End")
     page.wait_for_function("() => document.querySelector('[data-role=ov-br]').innerText.includes('加载中')")
@@ -295,9 +340,11 @@ def test_the_label_always_belongs_to_the_pixels_on_the_canvas(live, browser):
     made = v.page.evaluate("() => window.lancangViewer.state().measurements[0]")
     assert made["index"] == 0 and made["sopInstanceUid"] == first["sopInstanceUid"], made
 
-    for route in list(held):
+    for route in [r for r in held if eleventh.sop_instance_uid not in r.request.url]:
         route.continue_()
-    page.unroute("**/frames/**")
+    kept = [r for r in held if eleventh.sop_instance_uid in r.request.url]  # still on the way
+    held.clear()
+    passed.clear()
     last = v.rendered(f"s.index === {SLICES - 1} && !s.loading")
     page.wait_for_timeout(200)
     slice_last = _samples(v)
@@ -305,12 +352,10 @@ def test_the_label_always_belongs_to_the_pixels_on_the_canvas(live, browser):
     assert page.locator("[data-role=viewport]").get_attribute("data-loading") == "false"
 
     # An object missing on the server: the picture and its label stay those of the last slice.
-    runtime = live.app.state.runtime
-    with runtime.db.scope(readonly=True) as session:
-        key = session.scalar(select(Instance.object_key).join(Series, Series.id == Instance.series_pk)
-                             .join(Study, Study.id == Series.study_pk)
-                             .where(Study.study_instance_uid == live.study, Instance.instance_number == 11))
-    runtime.store.delete(key)
+    runtime.store.delete(eleventh.object_key)
+    page.unroute("**/frames/**")
+    for route in kept:  # slice 11's request arrives at the server now: the object is gone
+        route.continue_()
     page.locator("[data-role=slider]").fill("10")
     page.wait_for_function("() => document.querySelector('[data-role=ov-br]').innerText.includes('加载失败')")
     broken = v.page.evaluate("() => window.lancangViewer.state()")

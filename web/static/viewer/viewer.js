@@ -28,8 +28,9 @@ const PRESETS = {
 const NON_IMAGE = new Set(["SR", "KO", "PR", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "FID", "AU", "ECG", "HD"]);
 const ZOOM_MIN = 0.1;
 const ZOOM_MAX = 40;
-const PREFETCH_AHEAD = 6;
-const PREFETCH_BEHIND = 3;
+// The whole series loads by itself, nearest slices first (ahead before behind at each step),
+// as far as the cache holds; the visible slice always jumps the queue.
+const LOAD_SHARE_OF_CACHE = 0.8;
 
 const root = document.getElementById("lcv");
 const $ = (role) => root.querySelector(`[data-role="${role}"]`);
@@ -294,6 +295,7 @@ function loadImage(series, i, { urgent = false } = {}) {
           const decoded = decodeGray(bytes, entry.info);
           const img = { kind: "gray", ...decoded, rows: entry.info.rows, cols: entry.info.cols };
           cache.set(key, img, decoded.bytes);
+          noteLoaded(series, i, decoded.bytes);
           return img;
         } catch (err) {
           // 406/415/400/501, an unreadable transfer syntax or a short body: the server can still
@@ -309,6 +311,7 @@ function loadImage(series, i, { urgent = false } = {}) {
       const img = await fetchBitmap(series, entry, params);
       const k = cacheKey(series, entry, mode);
       cache.set(k, img, img.rows * img.cols * 4);
+      noteLoaded(series, i, img.rows * img.cols * 4);
       if (mode === "rendered-gray") latestBitmap.set(`${series.uid}|${entry.key}`, img, img.rows * img.cols * 4);
       return img;
     },
@@ -318,18 +321,60 @@ function loadImage(series, i, { urgent = false } = {}) {
 // Grey frames drawn by the server: the last bitmap per frame, shown while a new window loads.
 const latestBitmap = new LruCache(cache.maxBytes / 4);
 
+/** Count a loaded slice for the series' progress bar (and how big slices are). */
+function noteLoaded(series, i, bytes) {
+  if (!series.loaded) series.loaded = new Set();
+  series.loaded.add(i);
+  series.sliceBytes = bytes;
+  updateProgress(series);
+}
+
+/** How many slices of the series the cache can hold (all of a typical CT). */
+function loadable(series) {
+  const per = series.sliceBytes || 512 * 512 * 2;
+  return Math.max(1, Math.floor((cache.maxBytes * LOAD_SHARE_OF_CACHE) / per));
+}
+
+/** Queue the rest of the series, nearest to the current slice first (1 ahead, 1 behind, 2
+ * ahead...). Re-run on every move: queued slices not yet started are re-ordered. */
 function prefetch() {
   const s = S.cur;
   if (!s || !s.stack) return;
   loader.dropPrefetches();
-  const order = [];
-  for (let d = 1; d <= PREFETCH_AHEAD; d++) {
-    order.push(S.index + d);
-    if (d <= PREFETCH_BEHIND) order.push(S.index - d);
+  const n = s.stack.length;
+  const limit = Math.min(n, loadable(s));
+  let queued = 0;
+  for (let d = 1; d < n && queued < limit; d++) {
+    for (const i of [S.index + d, S.index - d]) {
+      if (i < 0 || i >= n || queued >= limit) continue;
+      queued++;
+      if (!(s.loaded && s.loaded.has(i) && cache.get(cacheKey(s, s.stack[i], modeOf(s, s.stack[i]))))) {
+        swallow(loadImage(s, i));
+      }
+    }
   }
-  for (const i of order) {
-    if (i >= 0 && i < s.stack.length) swallow(loadImage(s, i));
+}
+
+/** The series' progress bar in the strip: slices displayable now out of all. */
+function updateProgress(series) {
+  if (!series.el || !series.stack) return;
+  let bar = series.el.querySelector(".lcv-progress");
+  if (!bar) {
+    bar = document.createElement("span");
+    bar.className = "lcv-progress";
+    bar.setAttribute("role", "progressbar");
+    bar.append(document.createElement("span"));
+    series.el.append(bar);
   }
+  const n = series.stack.length;
+  const done = series.loaded ? series.loaded.size : 0;
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", String(n));
+  bar.setAttribute("aria-valuenow", String(done));
+  bar.setAttribute("aria-label", `已加载 ${done}/${n} loaded`);
+  bar.title = `已加载 ${done}/${n} loaded`;
+  bar.firstChild.style.width = `${n ? (100 * done) / n : 0}%`;
+  bar.dataset.complete = String(done >= n);
 }
 
 let renderedRefetch = null;
@@ -1313,6 +1358,11 @@ window.lancangViewer = {
     if (!S.cur || !S.cur.stack) return null;
     if (S.cur.positions === undefined) S.cur.positions = slicePositions(S.cur.stack);
     return S.cur.positions ? S.cur.positions.map((p) => round(p)) : null;
+  },
+  /** Slices of the current series displayable from the cache now, out of all. */
+  progress() {
+    const s = S.cur;
+    return { loaded: s && s.loaded ? s.loaded.size : 0, total: s && s.stack ? s.stack.length : 0 };
   },
   series() {
     return S.series.map((s) => ({ uid: s.uid, number: s.number, modality: s.modality, description: s.description, count: s.stack ? s.stack.length : s.count }));

@@ -1,0 +1,244 @@
+"""Reading over a county line: Lancang's viewer in Chromium with the link throttled.
+
+    python bench/reading.py [--slices 200] [--profiles 8mbit,4g] [--repeat 2] [--json OUT.json]
+
+A 200-slice 512x512 CT (bench/ctgen.py: a body phantom with noise, 525 KB a slice) goes into
+Lancang on embedded defaults (`lancang import`); `lancang web` serves it; headless Chromium
+signs in unthrottled, then DevTools throttles the page (`Network.emulateNetworkConditions`):
+
+    8mbit   8 Mbit/s down and up, 40 ms latency (a county line)
+    4g      20 Mbit/s down, 60 ms latency
+
+and opens `/studies/{uid}/view`. Printed per profile, each beside its anchor from the same run:
+time to the first image on screen (goal <= 1.0 s at 8 Mbit/s), time until every slice of the
+series is displayable at full quality (the viewer's progress: goal <= 1.25x the floor), the
+bytes the page received; the floor is the series' pixel data compressed losslessly (gzip -9 of
+the native frames: the least a lossless transfer must carry without a smarter codec) divided
+by the link rate. The same walk with `Accept-Encoding: identity` (frames uncompressed, as before
+wire compression) is printed beside it.
+
+Everything runs in a private network namespace; processes started here are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    sys.path.insert(0, str(REPO))
+
+from bench import ctgen, peers  # noqa: E402
+from bench.dicomweb import INSTITUTION, PASSWORD, USERNAME, LancangSite  # noqa: E402
+from bench.runinfo import lancang_revision, load1, uptime  # noqa: E402
+
+PROFILES = {"8mbit": (8_000_000, 40), "4g": (20_000_000, 60)}
+TARGETS = {"gzip": "Lancang (frames gzip)", "identity": "Lancang, frames uncompressed", "ohif": "OHIF 3 + Orthanc"}
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def floor_bytes(files: list[Path]) -> tuple[int, int]:
+    """(raw pixel bytes, gzip -9 of them) over the series."""
+    from pydicom import dcmread
+
+    raw = packed = 0
+    for path in files:
+        data = dcmread(path).PixelData
+        raw += len(data)
+        packed += len(gzip.compress(data, 9, mtime=0))
+    return raw, packed
+
+
+def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool) -> dict:
+    """Open the viewer on a throttled page; times from navigation start, bytes from DevTools."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    page.goto(f"{base}/login?next=/menu")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/menu")
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": latency,
+                                                   "downloadThroughput": bits / 8, "uploadThroughput": bits / 8})
+    if identity:
+        cdp.send("Network.setExtraHTTPHeaders", {"headers": {"Accept-Encoding": "identity"}})
+    received = []
+    cdp.on("Network.loadingFinished", lambda event: received.append(event.get("encodedDataLength", 0)))
+    started = time.perf_counter()
+    page.goto(f"{base}/studies/{study}/view", wait_until="commit")
+    first = whole = None
+    deadline = started + 600
+    while time.perf_counter() < deadline:
+        state = page.evaluate("window.lancangViewer ? [window.lancangViewer.state(), "
+                              "window.lancangViewer.progress()] : null")
+        now = time.perf_counter() - started
+        if state:
+            shown, progress = state
+            if first is None and shown["count"] and not shown["loading"]:
+                first = now
+            if progress["total"] and progress["loaded"] >= progress["total"]:
+                whole = now
+                break
+        time.sleep(0.02)
+    total = sum(received)
+    context.close()
+    return {"first_s": round(first, 3) if first else None, "whole_s": round(whole, 3) if whole else None,
+            "bytes": total}
+
+
+FIRST_PIXEL_JS = """() => {
+  for (const c of document.querySelectorAll('canvas')) {
+    if (c.width < 100 || c.height < 100) continue;
+    let ctx = null;
+    try { ctx = c.getContext('2d'); } catch (e) { continue; }
+    if (!ctx) continue;
+    const d = ctx.getImageData(c.width >> 1, c.height >> 1, 1, 1).data;
+    if (d[0] + d[1] + d[2] > 0) return true;
+  }
+  return false;
+}"""
+
+
+def walk_ohif(browser, base: str, study: str, slices: int, bits: int, latency: int) -> dict:
+    """OHIF on the same throttled link: first image = a drawn viewport canvas (its centre pixel
+    not black); whole series = the last of the series' frames received (network only: a lower
+    bound for OHIF, which still decodes after that)."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": latency,
+                                                   "downloadThroughput": bits / 8, "uploadThroughput": bits / 8})
+    urls, received, frames_done = {}, [], []
+    started = time.perf_counter()
+    cdp.on("Network.requestWillBeSent", lambda e: urls.__setitem__(e["requestId"], e["request"]["url"]))
+
+    def finished(event):
+        received.append(event.get("encodedDataLength", 0))
+        url = urls.get(event["requestId"], "")
+        if "/frames/" in url or "/bulkdata" in url:
+            frames_done.append(time.perf_counter() - started)
+    cdp.on("Network.loadingFinished", finished)
+    page.goto(f"{base}/viewer?StudyInstanceUIDs={study}", wait_until="commit")
+    first = None
+    deadline = started + 900
+    while time.perf_counter() < deadline and (first is None or len(frames_done) < slices):
+        if first is None and page.evaluate(FIRST_PIXEL_JS):
+            first = time.perf_counter() - started
+        time.sleep(0.05)
+    whole = sorted(frames_done)[slices - 1] if len(frames_done) >= slices else None
+    context.close()
+    return {"first_s": round(first, 3) if first else None, "whole_s": round(whole, 3) if whole else None,
+            "bytes": sum(received), "frames": len(frames_done)}
+
+
+def start_ohif(args, stack: contextlib.ExitStack, files: list[Path], workdir: Path) -> str | None:
+    """Orthanc + DICOMweb filled by storescu, and OHIF served in front of it; None without OHIF."""
+    from bench import ohif_site
+
+    dist = Path(args.ohif)
+    if not (dist / "index.html").exists():
+        print(f"OHIF not found at {dist} (npm pack @ohif/app, see bench/ohif_site.py): skipped", flush=True)
+        return None
+    orthanc = stack.enter_context(peers.start_orthanc(workdir / "orthanc", peers.free_port(), peers.free_port(),
+                                                      aet="ORTHANC", dicomweb=True))
+    peers.time_storescu("127.0.0.1", orthanc.dicom_port, "ORTHANC", files, 4, "BENCH")
+    port = peers.free_port()
+    server = ohif_site.serve(dist, port, orthanc.http_port)
+    stack.callback(server.shutdown)
+    print(f"Orthanc pid {orthanc.pid} ({orthanc.instance_count()} instances) behind OHIF on :{port}", flush=True)
+    return f"http://127.0.0.1:{port}"
+
+
+def run(args, stack: contextlib.ExitStack) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    data = Path(args.data)
+    files = ctgen.generate(data, count=args.slices, studies=1, seed=7)
+    plan = ctgen.plan_studies(args.slices, 1, 7)
+    raw, packed = floor_bytes(files)
+    print(f"{len(files)} slices, pixel data {raw / 1e6:.1f} MB raw, {packed / 1e6:.1f} MB gzip -9 "
+          f"({packed / raw:.2f})", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-reading-"))
+    stack.callback(shutil.rmtree, workdir, True)
+    site = LancangSite(workdir / "lancang")
+    stack.callback(site.stop)
+    site.cli("institution", "add", INSTITUTION, "--name", "澜沧县第一人民医院", "--level", "county")
+    site.cli("import", str(data / plan[0].dirname), "--institution", INSTITUTION, "--quiet")
+    site.add_reader()
+    base = site.start_web()
+    print(f"lancang web pid {site.webs[-1].pid} on {base}; start {uptime()}", flush=True)
+    ohif = start_ohif(args, stack, files, workdir) if args.ohif else None
+    pw = stack.enter_context(sync_playwright())
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    stack.callback(browser.close)
+    rows = []
+    for name in args.profiles.split(","):
+        bits, latency = PROFILES[name]
+        floor_s = packed * 8 / bits
+        for round_ in range(args.repeat):
+            for wire in ("gzip", "identity", "ohif") if ohif else ("gzip", "identity"):
+                got = (walk_ohif(browser, ohif, plan[0].study_uid, len(files), bits, latency) if wire == "ohif"
+                       else walk(browser, base, plan[0].study_uid, bits, latency, wire == "identity"))
+                row = {"profile": name, "round": round_, "wire": wire,
+                       "floor_s": round(floor_s, 2), "load1": load1(), **got}
+                rows.append(row)
+                ratio = got["whole_s"] / floor_s if got["whole_s"] else float("nan")
+                print(f"  {name:<6} round {round_} {TARGETS[wire]:<30} first image {got['first_s']} s   whole series "
+                      f"{got['whole_s']} s ({ratio:.2f}x floor {floor_s:.2f} s)   received "
+                      f"{got['bytes'] / 1e6:.1f} MB   load1 {row['load1']:.2f}", flush=True)
+    print(f"end {uptime()}")
+    summary = []
+    print(f"\n{len(files)}-slice CT, Lancang embedded, Chromium throttled by DevTools; median of {args.repeat}")
+    print(f"{'profile':<7} {'target':<30} {'first s':>8} {'whole s':>8} {'floor s':>8} {'x floor':>8} {'MB':>6}")
+    for name in args.profiles.split(","):
+        for wire in ("gzip", "identity", "ohif"):
+            group = [r for r in rows if r["profile"] == name and r["wire"] == wire and r["whole_s"]]
+            if not group:
+                continue
+            first = statistics.median(r["first_s"] for r in group)
+            whole = statistics.median(r["whole_s"] for r in group)
+            floor_s = group[0]["floor_s"]
+            mb = statistics.median(r["bytes"] for r in group) / 1e6
+            summary.append({"profile": name, "wire": wire, "first_s": first, "whole_s": whole, "floor_s": floor_s,
+                            "x_floor": round(whole / floor_s, 2), "mb": round(mb, 1)})
+            print(f"{name:<7} {TARGETS[wire]:<30} {first:>8.2f} {whole:>8.2f} {floor_s:>8.2f} {whole / floor_s:>8.2f} "
+                  f"{mb:>6.1f}")
+    return {"rows": rows, "summary": summary, "raw_bytes": raw, "gzip9_bytes": packed,
+            "revision": lancang_revision()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--profiles", default="8mbit,4g")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--data", default="/tmp/ct-reading")
+    parser.add_argument("--ohif", default="/tmp/ohif/package/dist", help="prebuilt @ohif/app dist ('' to skip)")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    peers.ensure_private_netns()
+    with contextlib.ExitStack() as stack:
+        result = run(args, stack)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
