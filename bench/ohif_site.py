@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +42,7 @@ APP_CONFIG = """window.config = {
 
 class _Handler(SimpleHTTPRequestHandler):
     orthanc_port = 0
+    served: list = []  # (time.monotonic() when the last byte was handed over, path) per DICOMweb answer
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -74,12 +76,15 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
+        self.served.append((time.monotonic(), self.path))
         upstream.close()
 
 
 def serve(dist: Path, port: int, orthanc_port: int) -> ThreadingHTTPServer:
     """Start the static app + pass-through in a thread; call .shutdown() to stop it."""
-    handler = type("OhifHandler", (_Handler,), {"orthanc_port": orthanc_port})
+    handler = type("OhifHandler", (_Handler,), {"orthanc_port": orthanc_port, "served": []})
     server = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(dist)))
+    server.served = handler.served
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

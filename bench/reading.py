@@ -3,16 +3,20 @@
     python bench/reading.py [--slices 200] [--profiles 8mbit,4g] [--repeat 2] [--json OUT.json]
 
 A 200-slice 512x512 CT (bench/ctgen.py: a body phantom with noise, 525 KB a slice) goes into
-Lancang on embedded defaults (`lancang import`); `lancang web` serves it; headless Chromium
-signs in unthrottled, then DevTools throttles the page (`Network.emulateNetworkConditions`):
+Lancang on embedded defaults (`lancang import`) and into Orthanc + its DICOMweb plugin
+(storescu), which OHIF 3 (prebuilt `@ohif/app`, bench/ohif_site.py) reads. Headless Chromium
+reaches each through bench/linkproxy.py, one TCP proxy per walk that shares a rate limit
+between all connections and adds the one-way delay (DevTools throttling does not reach the
+fetches of OHIF's web workers, so it would not be the same link):
 
-    8mbit   8 Mbit/s down and up, 40 ms latency (a county line)
-    4g      20 Mbit/s down, 60 ms latency
+    8mbit   8 Mbit/s each way, 40 ms round trip (a county line)
+    4g      20 Mbit/s each way, 60 ms round trip
 
 and opens `/studies/{uid}/view`. Printed per profile, each beside its anchor from the same run:
 time to the first image on screen (goal <= 1.0 s at 8 Mbit/s), time until every slice of the
-series is displayable at full quality (the viewer's progress: goal <= 1.25x the floor), the
-bytes the page received; the floor is the series' pixel data compressed losslessly (gzip -9 of
+series is displayable at full quality (Lancang: the viewer's own progress, decoded; OHIF: its
+last frame through the link, before decoding: a lower bound for OHIF), the bytes the link
+carried to the browser (goal: whole series <= 1.25x the floor and <= 0.5x OHIF); the floor is the series' pixel data compressed losslessly (gzip -9 of
 the native frames: the least a lossless transfer must carry without a smarter codec) divided
 by the link rate. The same walk with `Accept-Encoding: identity` (frames uncompressed, as before
 wire compression) is printed beside it.
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import gzip
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -38,14 +43,17 @@ if not __package__:
     sys.path.insert(0, str(REPO))
 
 from bench import ctgen, peers  # noqa: E402
+from bench.linkproxy import LinkProxy  # noqa: E402
 from bench.dicomweb import INSTITUTION, PASSWORD, USERNAME, LancangSite  # noqa: E402
 from bench.runinfo import lancang_revision, load1, uptime  # noqa: E402
 
 PROFILES = {"8mbit": (8_000_000, 40), "4g": (20_000_000, 60)}
 TARGETS = {"gzip": "Lancang (frames gzip)", "identity": "Lancang, frames uncompressed", "ohif": "OHIF 3 + Orthanc"}
+ohif_server: list = []  # the running OHIF site (bench/ohif_site.py), for its served-frame log
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--use-gl=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
 
 
 def floor_bytes(files: list[Path]) -> tuple[int, int]:
@@ -61,8 +69,9 @@ def floor_bytes(files: list[Path]) -> tuple[int, int]:
 
 
 def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool) -> dict:
-    """Open the viewer on a throttled page; times from navigation start, bytes from DevTools."""
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    """Sign in directly, then open the viewer through the slow link; times from navigation
+    start, bytes as the link carried them towards the browser."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, service_workers="block")
     page = context.new_page()
     page.goto(f"{base}/login?next=/menu")
     page.fill("input[name=username]", USERNAME)
@@ -72,14 +81,11 @@ def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": latency,
-                                                   "downloadThroughput": bits / 8, "uploadThroughput": bits / 8})
     if identity:
         cdp.send("Network.setExtraHTTPHeaders", {"headers": {"Accept-Encoding": "identity"}})
-    received = []
-    cdp.on("Network.loadingFinished", lambda event: received.append(event.get("encodedDataLength", 0)))
+    link = LinkProxy(int(base.rsplit(":", 1)[1]), rate_bits=bits, rtt_ms=latency).__enter__()
     started = time.perf_counter()
-    page.goto(f"{base}/studies/{study}/view", wait_until="commit")
+    page.goto(f"http://127.0.0.1:{link.port}/studies/{study}/view", wait_until="commit")
     first = whole = None
     deadline = started + 600
     while time.perf_counter() < deadline:
@@ -94,8 +100,9 @@ def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool
                 whole = now
                 break
         time.sleep(0.02)
-    total = sum(received)
+    total = link.received
     context.close()
+    link.__exit__(None, None, None)
     return {"first_s": round(first, 3) if first else None, "whole_s": round(whole, 3) if whole else None,
             "bytes": total}
 
@@ -114,37 +121,55 @@ FIRST_PIXEL_JS = """() => {
 
 
 def walk_ohif(browser, base: str, study: str, slices: int, bits: int, latency: int) -> dict:
-    """OHIF on the same throttled link: first image = a drawn viewport canvas (its centre pixel
-    not black); whole series = the last of the series' frames received (network only: a lower
-    bound for OHIF, which still decodes after that)."""
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    """OHIF on the same throttled link: first image = OHIF's own "studyToFirstImage" mark (its
+    console timer), or a drawn viewport canvas, whichever comes first; whole series = the last of
+    the series' frames received (network only: a lower bound for OHIF, which still decodes
+    after that). Its service worker is blocked: DevTools throttling does not reach a worker's
+    fetches, and OHIF would then read unthrottled."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, service_workers="block")
     page = context.new_page()
+    marks, own = [], []
+
+    def console(message) -> None:
+        if "studyToFirstImage" in message.text:
+            marks.append(time.perf_counter())
+            own.extend(float(x) for x in re.findall(r"([0-9.]+) ?ms", message.text)[:1])
+    page.on("console", console)
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": latency,
-                                                   "downloadThroughput": bits / 8, "uploadThroughput": bits / 8})
-    urls, received, frames_done = {}, [], []
-    started = time.perf_counter()
-    cdp.on("Network.requestWillBeSent", lambda e: urls.__setitem__(e["requestId"], e["request"]["url"]))
-
-    def finished(event):
-        received.append(event.get("encodedDataLength", 0))
-        url = urls.get(event["requestId"], "")
-        if "/frames/" in url or "/bulkdata" in url:
-            frames_done.append(time.perf_counter() - started)
-    cdp.on("Network.loadingFinished", finished)
-    page.goto(f"{base}/viewer?StudyInstanceUIDs={study}", wait_until="commit")
+    server = ohif_server[0]
+    server.served.clear()
+    link = LinkProxy(server.server_address[1], rate_bits=bits, rtt_ms=latency).__enter__()
+    started, monotonic_start = time.perf_counter(), time.monotonic()
+    page.goto(f"http://127.0.0.1:{link.port}/viewer?StudyInstanceUIDs={study}", wait_until="commit")
+    frames_done = _FramesServed(server, monotonic_start)
     first = None
     deadline = started + 900
     while time.perf_counter() < deadline and (first is None or len(frames_done) < slices):
-        if first is None and page.evaluate(FIRST_PIXEL_JS):
-            first = time.perf_counter() - started
+        if first is None and (marks or page.evaluate(FIRST_PIXEL_JS)):
+            first = (marks[0] if marks else time.perf_counter()) - started
         time.sleep(0.05)
-    whole = sorted(frames_done)[slices - 1] if len(frames_done) >= slices else None
+    whole = sorted(frames_done.times())[slices - 1] if len(frames_done) >= slices else None
+    total = link.received
     context.close()
+    link.__exit__(None, None, None)
     return {"first_s": round(first, 3) if first else None, "whole_s": round(whole, 3) if whole else None,
-            "bytes": sum(received), "frames": len(frames_done)}
+            "bytes": total, "frames": len(frames_done), "ohif_study_to_first_image_s": own[0] / 1000 if own else None}
+
+
+class _FramesServed:
+    """The frame answers the OHIF site handed to the link (it waits for the link to take the
+    last byte: the link's buffer, 16 KB, is the error), as seconds from navigation start."""
+
+    def __init__(self, server, offset: float):
+        self.server, self.offset = server, offset
+
+    def times(self) -> list[float]:
+        return [t - self.offset for t, path in list(self.server.served) if "/frames/" in path]
+
+    def __len__(self) -> int:
+        return len(self.times())
 
 
 def start_ohif(args, stack: contextlib.ExitStack, files: list[Path], workdir: Path) -> str | None:
@@ -161,6 +186,7 @@ def start_ohif(args, stack: contextlib.ExitStack, files: list[Path], workdir: Pa
     port = peers.free_port()
     server = ohif_site.serve(dist, port, orthanc.http_port)
     stack.callback(server.shutdown)
+    ohif_server[:] = [server]
     print(f"Orthanc pid {orthanc.pid} ({orthanc.instance_count()} instances) behind OHIF on :{port}", flush=True)
     return f"http://127.0.0.1:{port}"
 
@@ -199,9 +225,11 @@ def run(args, stack: contextlib.ExitStack) -> dict:
                        "floor_s": round(floor_s, 2), "load1": load1(), **got}
                 rows.append(row)
                 ratio = got["whole_s"] / floor_s if got["whole_s"] else float("nan")
+                own = (f"   (OHIF's own studyToFirstImage {got['ohif_study_to_first_image_s']:.2f} s: after its "
+                       f"app has loaded)" if got.get("ohif_study_to_first_image_s") else "")
                 print(f"  {name:<6} round {round_} {TARGETS[wire]:<30} first image {got['first_s']} s   whole series "
                       f"{got['whole_s']} s ({ratio:.2f}x floor {floor_s:.2f} s)   received "
-                      f"{got['bytes'] / 1e6:.1f} MB   load1 {row['load1']:.2f}", flush=True)
+                      f"{got['bytes'] / 1e6:.1f} MB   load1 {row['load1']:.2f}{own}", flush=True)
     print(f"end {uptime()}")
     summary = []
     print(f"\n{len(files)}-slice CT, Lancang embedded, Chromium throttled by DevTools; median of {args.repeat}")

@@ -1,7 +1,6 @@
 """Stored objects on the way out: loading, transcoding to Explicit VR Little Endian, frames
 and bulk data, and the prepared parts of a multipart answer."""
 
-import gzip
 import io
 import logging
 import re
@@ -19,7 +18,7 @@ from pydicom.uid import UID
 
 from imaging import pixels, transcode
 from imaging.dicomweb import multipart, negotiation
-from imaging.dicomweb.common import NATIVE_LITTLE
+from imaging.dicomweb.common import NATIVE_LITTLE, maybe_gzipped
 from imaging.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE, Offer
 from imaging.dataset import native_frame_bits
 from storage.errors import NotAcceptable, NotFound
@@ -145,18 +144,6 @@ def frame_bytes(ds: Dataset, index: int, *, decode: bool) -> bytes:
     return native if native is not None else _decoded_frame(ds, index)
 
 
-# Uncompressed frames go gzipped (level 1) to a client that accepts it: a 512x512 CT slice
-# shrinks to ~0.4 of its size for ~6 ms of one core (bench/reading.py measures it against the
-# link), and every browser inflates it natively. Compressed frames are sent as they are.
-GZIP_LEVEL = 1
-GZIP_MIN_BYTES = 8192
-
-
-def accepts_gzip(request: Request) -> bool:
-    return any(part.split(";")[0].strip() == "gzip"
-               for part in request.headers.get("accept-encoding", "").lower().split(","))
-
-
 def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer, *, gzip_ok: bool = False) -> Response:
     """The frames (1-based) as a multipart body, each part with its transfer syntax."""
     decode = offer.transfer_syntax == EVRLE and row.syntax not in NATIVE_LITTLE
@@ -164,11 +151,9 @@ def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer, *, gzip_
     content_type = f"{offer.media_type}; transfer-syntax={actual}"
     pieces = [(content_type, frame_bytes(ds, n - 1, decode=decode)) for n in numbers]
     boundary = multipart.new_boundary()
-    body = multipart.encode(pieces, boundary)
-    if gzip_ok and actual in NATIVE_LITTLE and len(body) >= GZIP_MIN_BYTES:
-        return Response(gzip.compress(body, GZIP_LEVEL, mtime=0), media_type=offer.content_type(boundary),
-                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-    return Response(body, media_type=offer.content_type(boundary), headers={"Vary": "Accept-Encoding"})
+    # Frames stored compressed are sent as they are; native ones may be gzipped on the wire.
+    return maybe_gzipped(multipart.encode(pieces, boundary), offer.content_type(boundary),
+                         gzip_ok=gzip_ok and actual in NATIVE_LITTLE)
 
 
 def frame_numbers_or_404(row, numbers: list[int]) -> None:

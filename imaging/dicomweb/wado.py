@@ -9,13 +9,13 @@ from sqlalchemy.orm import Session
 from imaging import pixels
 from imaging.dicomweb import multipart
 from imaging.dicomweb.common import (
-    audit_request, base_url, choose, JSON_OFFERS, not_found, one_hop, parse_frame_numbers,
-    PIXEL_TAGS, route_each_level, runtime, TAG
+    accepts_gzip, audit_request, base_url, choose, JSON_OFFERS, maybe_gzipped, not_found, one_hop,
+    parse_frame_numbers, PIXEL_TAGS, route_each_level, runtime, TAG
 )
 from imaging.dicomweb.index import instances_or_404, metadata_body, metadata_rows, Target, target
 from imaging.dicomweb.negotiation import Offer
 from imaging.dicomweb.objects import (
-    accepts_any_syntax, accepts_gzip, dicom_offers, element_bytes, find_element, frame_numbers_or_404,
+    accepts_any_syntax, dicom_offers, element_bytes, find_element, frame_numbers_or_404,
     frame_offers, frames_response, load_dataset, prepared_parts
 )
 from storage import access
@@ -56,7 +56,7 @@ def metadata(request: Request, session: Session, principal: Principal, where: Ta
         raise not_found(request, principal, "dicomweb.metadata", where.level, where.uid)
     audit_request(request, principal, "dicomweb.metadata", object_type=where.level, object_id=where.uid,
                   detail={"instances": len(rows)})
-    return Response(metadata_body(rows, base_url(request)), media_type=offer.media_type)
+    return maybe_gzipped(metadata_body(rows, base_url(request)), offer.media_type, gzip_ok=accepts_gzip(request))
 
 
 route_each_level(router, "/metadata", metadata, target, (
