@@ -232,7 +232,8 @@ def run(args, stack: contextlib.ExitStack) -> dict:
                       f"{got['bytes'] / 1e6:.1f} MB   load1 {row['load1']:.2f}{own}", flush=True)
     print(f"end {uptime()}")
     summary = []
-    print(f"\n{len(files)}-slice CT, Lancang embedded, Chromium throttled by DevTools; median of {args.repeat}")
+    print(f"\n{len(files)}-slice CT, Chromium through bench/linkproxy.py (one shared rate, one-way delay); "
+          f"median of {args.repeat}")
     print(f"{'profile':<7} {'target':<30} {'first s':>8} {'whole s':>8} {'floor s':>8} {'x floor':>8} {'MB':>6}")
     for name in args.profiles.split(","):
         for wire in ("gzip", "identity", "ohif"):
