@@ -516,6 +516,10 @@ class S3Server(_Server):
             "webdav": "false",
             "s3.port.iceberg": 0,
             "s3.port.lance": 0,
+            # Each bucket is a collection with volumes of its own; left to itself weed allows
+            # free disk / 1 GiB of them (74 here), and a full suite makes more buckets than
+            # that: every PUT then fails with 500. Volumes are sparse files (no preallocation).
+            "volume.max": 3000,
         }
         for name in ("master", "volume", "filer", "s3", "admin"):
             flags[f"{name}.port"] = self.ports[name]
