@@ -178,9 +178,8 @@ def film_unlock(token: str, request: Request, session: WriteSession, pin: str = 
     return response
 
 
-def _chosen(session: Session, share: Share, s: int) -> tuple[int, str]:
-    """The link's s-th study (0: the first), or NotFound."""
-    studies = shares.shared_studies(session, share)
+def _chosen(studies: list[tuple[int, str]], s: int) -> tuple[int, str]:
+    """The link's s-th study (0: the first) of shares.shared_studies(), or NotFound."""
     if not 0 <= s < len(studies):
         raise NotFound("未找到该检查 / study not found")
     return studies[s]
@@ -192,10 +191,10 @@ def film_view(token: str, request: Request, session: WriteSession, s: int = 0):
     share, answer = _patient_share(request, session, token, "film.view")
     if answer is not None:
         return answer
-    study_pk, study_uid = _chosen(session, share, s)
+    studies = shares.shared_studies(session, share)
+    study_pk, study_uid = _chosen(studies, s)
     study = shares.film_study(session, share, study_pk)
-    others = [(k, shares.film_study(session, share, pk))
-              for k, (pk, _) in enumerate(shares.shared_studies(session, share)) if k != s]
+    others = [(k, shares.film_study(session, share, pk)) for k, (pk, _) in enumerate(studies) if k != s]
     report = shares.report_for_study(session, study_uid)
     if report is not None and report.pdf_key:
         report.pdf_url = f"/f/{token}/report.pdf" + (f"?s={s}" if s else "")
@@ -285,7 +284,7 @@ def film_report(token: str, request: Request, session: WriteSession, s: int = 0)
     share, answer = _patient_share(request, session, token, "film.report")
     if answer is not None:
         return answer
-    report = shares.report_for_study(session, _chosen(session, share, s)[1])
+    report = shares.report_for_study(session, _chosen(shares.shared_studies(session, share), s)[1])
     if report is None or not report.pdf_key:
         return _film_error(request, NotFound("报告尚未出具 / the report is not ready yet"))
     shares.record_access(session, share, "film.report", source=client_address(request), user_agent=_agent(request))
@@ -298,7 +297,7 @@ def film_download(token: str, request: Request, session: WriteSession, s: int = 
     share, answer = _patient_share(request, session, token, "film.download")
     if answer is not None:
         return answer
-    study_pk, _ = _chosen(session, share, s)
+    study_pk, _ = _chosen(shares.shared_studies(session, share), s)
     entries = archive.entries(shares.study_instances(session, share, study_pk))
     study = session.get(Study, study_pk)
     shares.record_access(session, share, "film.download", source=client_address(request), user_agent=_agent(request),

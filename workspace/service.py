@@ -280,7 +280,7 @@ LINK_LABELS = {"resident_id": "身份证号 Resident ID", "health_card": "电子
                "manual": "人工关联 Linked by an admin", "": "—"}
 
 
-def timeline(session: Session, principal: Principal, patient_pk: int) -> Timeline:
+def timeline(session: Session, principal: Principal, patient_pk: int, *, annotated: bool = True) -> Timeline:
     """Every study of the person the principal may see, newest first. Cross-institution
     visibility is the principal's own scope (a consult grant, the referral tree), never the link:
     records the principal sees no study of are not even named. Empty when the principal sees no
@@ -298,7 +298,8 @@ def timeline(session: Session, principal: Principal, patient_pk: int) -> Timelin
     if not any(study.patient_pk == patient_pk for study, _ in found):
         return Timeline(patient_pk, None)
     rows = [_row(principal, study, by_pk[study.patient_pk], name) for study, name in found]
-    annotate(session, principal, rows)
+    if annotated:
+        annotate(session, principal, rows)
     seen = {study.patient_pk: name for study, name in found}
     return Timeline(patient_pk, records[0].person_id, rows,
                     [LinkedRecord(pk, seen[pk], by_pk[pk].patient_id, by_pk[pk].link_source)
@@ -307,5 +308,5 @@ def timeline(session: Session, principal: Principal, patient_pk: int) -> Timelin
 
 def linked_records(session: Session, principal: Principal, patient_pk: int) -> list[LinkedRecord]:
     """The records joined with this one that the principal sees a study of (for the study page)."""
-    found = timeline(session, principal, patient_pk)
+    found = timeline(session, principal, patient_pk, annotated=False)  # the records only: no row states
     return found.records if found.person_id is not None else []
