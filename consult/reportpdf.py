@@ -137,6 +137,9 @@ class ReportContent:
     # modality/body_part/exam_date/accession above (a consult may cover several studies).
     studies: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     signers: list[Signer] = field(default_factory=list)  # when given, replaces reader/reviewer
+    # The studies' key images (the current Key Object Selection), each as the reader finds it
+    # again: "序列 Series 2 · 图像 Image 17".
+    key_images: list[str] = field(default_factory=list)
     attachments: list[tuple[str, bytes, str]] = field(default_factory=list)  # (name, bytes, description)
 
 
@@ -234,6 +237,8 @@ def build_report_pdf(report: ReportContent) -> bytes:
     _section(pdf, "临床问题  Clinical question", report.clinical_question)
     if report.measurements or report.risk_colour:
         _measurements(pdf, report.measurements, report.risk_colour)
+    if report.key_images:
+        _key_images(pdf, report.key_images)
     _section(pdf, "影像所见  Findings", report.findings)
     _section(pdf, "诊断意见  Impression", report.impression)
     _section(pdf, "建议  Recommendation", report.recommendation)
@@ -367,6 +372,19 @@ def _measurements(pdf: _ReportPdf, rows: list[tuple[str, str]], risk_colour: str
             pdf.set_xy(x + width, y)
         pdf.ln(11)
     pdf.set_draw_color(0, 0, 0)
+    pdf.ln(2)
+
+
+def _key_images(pdf: _ReportPdf, lines: list[str]) -> None:
+    """The key images, three to a line, numbered in the reader's order."""
+    _section_title(pdf, f"关键图像  Key images（{len(lines)} 幅）")
+    width = _CONTENT_W / 3
+    pdf.set_font("cjk", "", 9)
+    for start in range(0, len(lines), 3):
+        pdf.set_x(_MARGIN + 2)
+        for number, line in enumerate(lines[start:start + 3], start=start + 1):
+            pdf.cell(width - 1, 5.5, f"{number}. {line}"[:60])
+        pdf.ln(5.5)
     pdf.ln(2)
 
 

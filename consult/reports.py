@@ -26,6 +26,7 @@ from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build
 from consult import policy
 from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
+from imaging import keyimages
 from imaging.dataset import display_name
 from imaging.summary import age_at
 from imaging.models import Instance, Series, Study
@@ -171,12 +172,26 @@ def _studies(session: Session, consult: ConsultRequest, template) -> list[tuple[
         if study is None:
             continue
         series = session.scalars(select(Series).where(Series.study_pk == study.id).order_by(Series.id)).all()
-        modality = study.modalities or "/".join(dict.fromkeys(s.modality for s in series if s.modality))
+        # The exam's modalities: an SR or a KO stored beside the images is not a kind of exam.
+        modality = "/".join(keyimages.image_modalities(
+            study.modalities or "\\".join(dict.fromkeys(s.modality for s in series if s.modality))))
         body = next((s.body_part for s in series if s.body_part), "") or template.body_part
         modality = modality or template.modality
-        rows.append((modality.replace("\\", "/"), body_part_zh(body), chinese_date(study.study_date),
+        rows.append((modality, body_part_zh(body), chinese_date(study.study_date),
                      study.accession_number, study.description))
     return rows
+
+
+def key_image_lines(session: Session, consult: ConsultRequest) -> list[str]:
+    """The key images of the consult's studies (each study's current Key Object Selection), as
+    the report lists them; with several studies each line says which study."""
+    found = []
+    for link in consult.studies:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == link.study_instance_uid))
+        if study is not None:
+            found += [(study, key) for key in keyimages.key_images(session, study.id)]
+    several = len({study.id for study, _ in found}) > 1
+    return [f"{chinese_date(study.study_date)} {key.label}" if several else key.label for study, key in found]
 
 
 # DICOM Body Part Examined (PS3.16 CID 4031) as a report prints it, Chinese first.
@@ -231,6 +246,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
     extra = {"title": title} if title else {}
     extra.update(printed)  # status, signers, attachments
     extra.setdefault("studies", _studies(session, consult, template))
+    extra.setdefault("key_images", key_image_lines(session, consult))
     signed = [s.signed_at for s in extra.get("signers", []) if s.signed_at is not None]
     where = consult.target_institution
     return ReportContent(

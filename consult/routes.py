@@ -48,7 +48,8 @@ def consult_detail(session: Session, consult: ConsultRequest, user: User) -> Con
                              **dict(zip(("standing", "current"), reports.version_standing(report, v))))
                   for v in (report.versions if report else [])],
         bookings=[{"user": b.user.username, "role": b.role, "starts_at": b.starts_at.isoformat(),
-                   "ends_at": b.ends_at.isoformat()} for b in bookings])
+                   "ends_at": b.ends_at.isoformat()} for b in bookings],
+        key_images=reports.key_image_lines(session, consult))
 
 
 router = APIRouter(prefix="/api", tags=["consult"])

@@ -112,6 +112,7 @@ class ConsultDetail(ConsultOut):
     review_comment: str
     versions: list[VersionOut]
     bookings: list[dict]
+    key_images: list[str] = []  # the studies' key images, as the report lists them
 
 
 class NotificationOut(BaseModel):

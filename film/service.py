@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from consult.reports import PatientReport, patient_report
 from film import policy
 from film.models import Share, ShareStudy
+from imaging import keyimages
 from imaging.dataset import display_name
 from imaging.models import Instance, Patient, Series, Study
 from storage import audit, jobs, localtime
@@ -399,10 +400,14 @@ class FilmSeries:
     modality: str
     thumbnail_key: str | None
     items: list[tuple[int, int]] = field(default_factory=list)  # (instance id, frames)
+    key: bool = False  # the reader's key images, gathered from the series below
 
     @property
     def images(self) -> int:
         return sum(frames for _, frames in self.items)
+
+
+KEY_SERIES = "key-images"
 
 
 @dataclass
@@ -418,7 +423,12 @@ class FilmStudy:
 
     @property
     def images(self) -> int:
-        return sum(s.images for s in self.series)
+        return sum(s.images for s in self.series if not s.key)
+
+    @property
+    def groups(self) -> int:
+        """Series of the exam (the key images are a selection from them, not another series)."""
+        return sum(not s.key for s in self.series)
 
 
 def report_for_study(session: Session, study_uid: str) -> PatientReport | None:
@@ -468,12 +478,20 @@ def film_study(session: Session, share: Share, study_pk: int | None = None) -> F
             label = f"{label}（序列 {series.series_number}）"
         result.append(FilmSeries(series.series_instance_uid, label, series.modality, series.thumbnail_key,
                                  [(r.id, max(1, r.number_of_frames or 1)) for r in ordered]))
-    modalities = [s.modality for s in series_rows]
+    modalities = keyimages.image_modalities("\\".join(s.modality for s in series_rows))
     return FilmStudy(
         study_uid=study.study_instance_uid,
         institution=(institution.name_zh if institution else "") or study.institution_name or "检查医院",
         date=chinese_date(study.study_date), exam=exam_name(study, modalities),
-        patient_name=display_name(patient.name) if patient else "", series=result)
+        patient_name=display_name(patient.name) if patient else "", series=_key_series(session, study.id) + result)
+
+
+def _key_series(session: Session, study_pk: int) -> list[FilmSeries]:
+    """The reader's key images (the study's current Key Object Selection) as a first "series",
+    so the patient's page opens on them. A multi-frame key image shows all its frames: the
+    phone page pages through instances and their frames."""
+    items = list(dict.fromkeys((key.instance_id, key.frames) for key in keyimages.key_images(session, study_pk)))
+    return [FilmSeries(KEY_SERIES, "关键图像 Key images", "关键", None, items, key=True)] if items else []
 
 
 def instance_in_share(session: Session, share: Share, instance_id: int) -> Instance:

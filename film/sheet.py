@@ -13,7 +13,6 @@ at ``derived/{study}/film/share-{id}.pdf``.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from sqlalchemy import select
 
 from film import service as shares
 from film.models import Share
-from imaging import derive, pixels
+from imaging import derive, keyimages, pixels
 from imaging.models import Instance, Patient, Series, Study
 from imaging.summary import SEX_LABELS, age_at
 from storage import fonts, keys, localtime
@@ -233,33 +232,6 @@ def film_key(study_uid: str, share_id: int) -> str:
     return keys.film_sheet(study_uid, share_id)
 
 
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
-_CONTENT, _EVIDENCE = "0040A730", "0040A375"
-_REF_SERIES, _REF_SOP, _REF_SOP_UID = "00081115", "00081199", "00081155"
-
-
-def _items(element: dict | None) -> list[dict]:
-    return [item for item in (element or {}).get("Value", []) if isinstance(item, dict)]
-
-
-def flagged_uids(dicom_json: str) -> list[str]:
-    """The images a Key Object Selection document flags, in its content order (the order the
-    reader chose), then any only in its evidence list. Malformed content flags nothing."""
-    try:
-        document = json.loads(dicom_json)
-    except ValueError:
-        return []
-    found: list[str] = []
-    references = [ref for item in _items(document.get(_CONTENT)) for ref in _items(item.get(_REF_SOP))]
-    references += [ref for study in _items(document.get(_EVIDENCE)) for series in _items(study.get(_REF_SERIES))
-                   for ref in _items(series.get(_REF_SOP))]
-    for ref in references:
-        uid = (ref.get(_REF_SOP_UID) or {}).get("Value", [None])[0]
-        if isinstance(uid, str) and uid not in found:
-            found.append(uid)
-    return found
-
-
 def _key_first(grouped: list[tuple[Series, list[Instance]]], flagged: list[str],
                count: int) -> list[tuple[Series, Instance, int, bool]]:
     """Flagged key images first (in the document's order), then the spread picks of the rest."""
@@ -339,10 +311,7 @@ def make_film_sheet(db: Database, store: ObjectStore, share_id: int, *, secret_k
         summary = shares.film_study(session, share)
         series_rows = session.scalars(select(Series).where(Series.study_pk == study.id)
                                       .order_by(Series.series_number.asc().nullslast(), Series.id)).all()
-        flagged = [uid for document in session.scalars(
-            select(Instance.dicom_json).join(Series, Series.id == Instance.series_pk)
-            .where(Series.study_pk == study.id, Instance.sop_class_uid == KEY_OBJECT_SELECTION)
-            .order_by(Instance.id)) for uid in flagged_uids(document)]
+        flagged = list(dict.fromkeys(key.sop_uid for key in keyimages.key_images(session, study.id)))
         grouped = []
         for s in series_rows:
             items = session.scalars(select(Instance).where(Instance.series_pk == s.id,

@@ -20,3 +20,21 @@ def require_uploader(principal: Principal) -> None:
         raise NotPermitted("无权上传 / only users of an institution can store instances")
     if principal.role not in UPLOAD_ROLES:
         raise NotPermitted("仅技师和管理员可上传影像 / only radiographers and admins may upload images")
+
+
+# Who may save measurements and key images into a study they may see: the people who read
+# images (specialists) and who take them (radiographers). Coordinators route consults and
+# are granted no images; admins keep accounts and oversee a subtree, they do not report;
+# patient links and calling AEs only read. The document's observer is the user, so only a
+# person who could be named as the one who measured may write it.
+ANNOTATOR_ROLES = ("specialist", "radiographer")
+
+
+def require_annotator(principal: Principal) -> None:
+    """Raise NotPermitted unless this principal may save measurements and key images (the
+    caller has already checked that it may see the study: an unseen study is "not found")."""
+    if principal.kind != "user":
+        raise NotPermitted("仅医务人员可保存测量和关键图像 / only staff save measurements and key images")
+    if principal.role not in ANNOTATOR_ROLES:
+        raise NotPermitted("仅阅片医生和技师可保存测量和关键图像 / only specialists and radiographers save "
+                           "measurements and key images")

@@ -15,7 +15,7 @@ SETUP_LOG="${TMPDIR:-/tmp}/lancang-test-setup.log"
 # python3-venv: Debian's python3 cannot create a venv without it.
 APT_PACKAGES=(
   postgresql redis-server dcmtk orthanc orthanc-dicomweb coturn
-  chromium chromium-driver fonts-noto-cjk poppler-utils zbar-tools
+  chromium chromium-driver fonts-noto-cjk poppler-utils zbar-tools dicom3tools
   python3-venv
 )
 

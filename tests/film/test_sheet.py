@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from film import service as shares
 from film import sheet as filmsheet
-from imaging import derive
+from imaging import derive, keyimages
 from storage import fonts
 from storage.settings import Settings
 from film.models import Share
@@ -239,7 +239,7 @@ def _key_object(study_uid: str, series_uid: str, flagged: list[str]) -> bytes:
 
     ko = Dataset()
     ko.SpecificCharacterSet = "ISO_IR 192"
-    ko.SOPClassUID, ko.SOPInstanceUID = filmsheet.KEY_OBJECT_SELECTION, generate_uid()
+    ko.SOPClassUID, ko.SOPInstanceUID = keyimages.KEY_OBJECT_SELECTION, generate_uid()
     ko.StudyInstanceUID, ko.SeriesInstanceUID = study_uid, generate_uid()
     ko.Modality, ko.SeriesNumber, ko.InstanceNumber = "KO", 99, 1
     ko.PatientName, ko.PatientID = "张^秀英", "P001"
@@ -290,4 +290,4 @@ def test_key_images_flagged_by_a_key_object_come_first(runtime, tmp_path):
     assert first_row.index("关键图像 Key") < first_row.index("第 17 幅") < first_row.index("第 3 幅"), first_row
     assert text.count("关键图像 Key") == 2
     assert len(_run("pdfimages", "-list", str(pdf)).splitlines()[2:]) == filmsheet.KEY_IMAGES  # the QR is vector
-    assert filmsheet.flagged_uids("not json") == [] and filmsheet.flagged_uids("{}") == []
+    assert keyimages.flagged_uids("not json") == [] and keyimages.flagged_uids("{}") == []
