@@ -47,7 +47,9 @@ def security_headers(public_url: str) -> list[tuple[bytes, bytes]]:
     """Headers for every answer. Scripts only from our origin (pages load /static/*.js;
     no inline script); the room needs blob: media, WebSocket connections and the viewer in
     a same-origin frame; no other site may frame a page (clickjacking)."""
-    csp = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    # 'wasm-unsafe-eval' lets the viewer compile its vendored WebAssembly JPEG-LS decoder
+    # (static/vendor/charls); JavaScript eval and new Function stay refused.
+    csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
            "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self' ws: wss:; "
            "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'")
     headers = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"SAMEORIGIN"),

@@ -78,6 +78,9 @@ def logout(request: Request, session: WriteSession):
             pass
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
+    # Frames and metadata are privately cacheable for a few minutes (the viewer's background
+    # prefetch relies on it); on a shared township PC the next person must not find them.
+    response.headers["Clear-Site-Data"] = '"cache"'
     return response
 
 
