@@ -40,6 +40,13 @@
     });
   }
 
+  // The order of this list, for the viewer's "next study" and its background prefetch.
+  try {
+    sessionStorage.setItem("lancang.worklist", JSON.stringify(rows.map(function (row) {
+      return decodeURIComponent(row.dataset.view.split("/")[2]);
+    })));
+  } catch (_) { /* storage off: no "next study" */ }
+
   rows.forEach(function (row) {
     row.addEventListener("click", function (event) {
       if (event.target.closest("a")) return;

@@ -148,6 +148,8 @@ const enc = encodeURIComponent;
 export class DicomWebClient {
   constructor(base) {
     this.base = (base || "/dicom-web").replace(/\/+$/, "");
+    this.decoders = {}; // transfer syntax UID -> async (bytes) => native little-endian bytes
+    this.acceptLists = true; // some servers (Orthanc's plugin) answer 400 to a list
   }
 
   async _fetch(path, accept, signal) {
@@ -191,10 +193,25 @@ export class DicomWebClient {
    * Throws HttpError (e.g. 406) when the server will not give octet-streams, and Error when
    * it answers in a transfer syntax whose bytes we cannot read.
    */
+  /** Ask for frames in `syntax` (a compressed one, as `mediaType` parts) and decode them with
+   * `decode` (bytes => native little-endian bytes); native frames stay the fallback. */
+  useDecoder(syntax, mediaType, decode) {
+    if (decode) this.decoders[syntax] = { mediaType, decode };
+  }
+
   async frame(study, series, sop, frame, signal) {
     const path = `/studies/${enc(study)}/series/${enc(series)}/instances/${enc(sop)}/frames/${frame}`;
-    const accept = `multipart/related; type="application/octet-stream"; transfer-syntax=${EXPLICIT_LE}`;
-    const res = await this._fetch(path, accept, signal);
+    const native = `multipart/related; type="application/octet-stream"; transfer-syntax=${EXPLICIT_LE}`;
+    const compressed = Object.entries(this.decoders).map(([ts, d]) => `multipart/related; type="${d.mediaType}"; transfer-syntax=${ts}`);
+    const listed = compressed.length && this.acceptLists;
+    let res;
+    try {
+      res = await this._fetch(path, listed ? [...compressed, `${native}; q=0.5`].join(", ") : native, signal);
+    } catch (err) {
+      if (!listed || !(err instanceof HttpError) || ![400, 406].includes(err.status)) throw err;
+      if (err.status === 400) this.acceptLists = false; // the server reads no lists: native from now on
+      res = await this._fetch(path, native, signal);
+    }
     const ct = parseContentType(res.headers.get("Content-Type") || "");
     const bytes = new Uint8Array(await res.arrayBuffer());
     let body = bytes;
@@ -208,6 +225,7 @@ export class DicomWebClient {
     } else if (ct.type && ct.type !== "application/octet-stream") {
       throw new Error(`unexpected frame content type ${ct.type}`);
     }
+    if (this.decoders[ts]) return this.decoders[ts].decode(body);
     if (ts && !NATIVE_LE.has(ts)) throw new Error(`frame sent as ${ts}`);
     return body;
   }

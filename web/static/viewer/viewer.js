@@ -17,6 +17,10 @@
 
 import { DicomWebClient, HttpError, value, num, personName } from "./dicomweb.js";
 import { buildStack, cineRate, decodeGray, defaultWindow, renderGray, slicePositions, LruCache } from "./imaging.js";
+import { TOOL_POINTS, TYPE_OF_TOOL, edgeLetters, label, measure, scaleBarMm, valueUnit } from "./tools.js";
+import { Annotations } from "./annotations.js";
+import { IdlePrefetcher, nextOnWorklist } from "./idle.js";
+import { JPEG_LS_LOSSLESS, jpegLsDecoder } from "./jpegls.js";
 
 const PRESETS = {
   lung: [1500, -600],
@@ -48,10 +52,30 @@ const ui = {
   fps: $("fps"),
   playLabel: $("play-label"),
   ov: { tl: $("ov-tl"), tr: $("ov-tr"), bl: $("ov-bl"), br: $("ov-br") },
+  orient: { top: $("or-top"), right: $("or-right"), bottom: $("or-bottom"), left: $("or-left") },
+  help: $("help"),
+  mpr: $("mpr"),
+  next: $("next-study"),
+  mList: $("m-list"),
+  mEmpty: $("m-empty"),
+  mCount: $("m-count"),
+  mStatus: $("m-status"),
+  kList: $("k-list"),
+  kEmpty: $("k-empty"),
+  kCount: $("k-count"),
+  kStatus: $("k-status"),
 };
 const ctx = ui.canvas.getContext("2d");
 const study = root.dataset.study;
 const client = new DicomWebClient(root.dataset.base || "/dicom-web");
+// Frames travel JPEG-LS lossless where the server offers it (a third fewer bytes than gzip).
+const jlsDecode = jpegLsDecoder();
+client.useDecoder(JPEG_LS_LOSSLESS, "image/jls", jlsDecode);
+const notes = new Annotations(study, [root.dataset.author, root.dataset.username]);
+// ?compact=1: one cell of a layout (workspace/layout.html), the picture and its slider only;
+// ?series=UID: the series to open first.
+const params = new URLSearchParams(location.search);
+if (params.get("compact")) root.classList.add("lcv-compact");
 const coarse = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
 const memoryMB = navigator.deviceMemory || (coarse ? 2 : 4);
 const cache = new LruCache(Math.min(512, Math.max(64, memoryMB * 48)) * 1024 * 1024);
@@ -67,7 +91,12 @@ const S = {
   invert: false,
   zoom: 1,
   pan: { x: 0, y: 0 }, // image pixels: the image centre's offset from the viewport centre
-  measurements: [], // {seriesUid, sopInstanceUid, frame, index, points:[[x,y],[x,y]], mm, px, unit}
+  // {type, seriesUid, sopInstanceUid, frame, index, points, values, unit, valueUnit, text, author}
+  measurements: [],
+  selected: null, // the measurement chosen in the panel (drawn highlighted)
+  rotation: 0, // degrees clockwise: 0, 90, 180, 270
+  flipH: false,
+  flipV: false,
   tool: coarse ? "scroll" : "wl",
   cine: { playing: false, fps: 10 },
   drawn: null, // what the canvas shows: {key, img, series, index, entry}
@@ -113,7 +142,9 @@ function state() {
     sopInstanceUid: e ? e.sop : null,
     frame: e ? e.frame : null,
     index: d ? d.index : S.index, // the slice on the canvas
-    loading: !d || d.index !== S.index, // the requested slice (`target`) is not on the canvas yet
+    // The requested slice (`target`) is not on the canvas yet, or only its low-resolution preview.
+    loading: !d || d.index !== S.index || Boolean(d.preview),
+    preview: Boolean(d && d.preview),
     target: S.index,
     // Where the requested slice lies along the slice normal (mm): what a linked prior follows.
     position: positionAt(S.index),
@@ -125,17 +156,36 @@ function state() {
     pan: { x: round(S.pan.x), y: round(S.pan.y) },
     tool: S.tool,
     cine: { playing: S.cine.playing, fps: S.cine.fps },
-    measurements: S.measurements.map((m) => ({
-      seriesUid: m.seriesUid,
-      sopInstanceUid: m.sopInstanceUid,
-      frame: m.frame,
-      index: m.index,
-      points: m.points.map((p) => [round(p[0]), round(p[1])]),
-      mm: m.mm === null ? null : round(m.mm),
-      px: round(m.px),
-      unit: m.unit,
-    })),
+    rotation: S.rotation,
+    flipH: S.flipH,
+    flipV: S.flipV,
+    keyImage: Boolean(e && notes.isKey(S.cur.uid, e.sop, e.frame)),
+    measurements: S.measurements.map(plainMeasurement),
   };
+}
+
+/** A measurement as plain JSON (state(), the shared view, the saved report). */
+function plainMeasurement(m) {
+  const values = Object.fromEntries(Object.entries(m.values || {}).map(([k, v]) => [k, Number.isFinite(v) ? round(v, 3) : null]));
+  const out = {
+    type: m.type,
+    seriesUid: m.seriesUid,
+    sopInstanceUid: m.sopInstanceUid,
+    frame: m.frame,
+    index: m.index,
+    points: m.points.map((p) => [round(p[0], 3), round(p[1], 3)]),
+    values,
+    unit: m.unit,
+    valueUnit: m.valueUnit || "",
+    text: m.text || "",
+    author: m.author || null,
+  };
+  if (m.type === "length") {
+    // The length tool's original fields, kept for rooms and tests that read them.
+    out.mm = Number.isFinite(m.values.lengthMm) ? round(m.values.lengthMm) : null;
+    out.px = round(m.values.lengthPx);
+  }
+  return out;
 }
 
 function positionAt(index) {
@@ -321,6 +371,37 @@ function loadImage(series, i, { urgent = false } = {}) {
 // Grey frames drawn by the server: the last bitmap per frame, shown while a new window loads.
 const latestBitmap = new LruCache(cache.maxBytes / 4);
 
+// Low-resolution previews: a server-rendered 128-pixel picture of a slice (a few KB) asked for
+// beside its full frame when nothing of the slice is here yet (a series' first image, a jump).
+// On a slow line it lands long before the frame and stands in, stretched to the image's size,
+// marked "预览 Preview" and with the loading frame on, until the full frame replaces it.
+const PREVIEW_EDGE = 128;
+const previews = new LruCache(16 * 1024 * 1024);
+const previewsAsked = new Set();
+let firstPreviewAt = null;
+
+function previewKey(series, entry) {
+  return `${series.uid}|${entry.key}`;
+}
+
+function requestPreview(series, entry) {
+  const key = previewKey(series, entry);
+  if (previews.has(key) || previewsAsked.has(key)) return;
+  previewsAsked.add(key);
+  const params = { viewport: `${PREVIEW_EDGE},${PREVIEW_EDGE}`, quality: 70 };
+  if (!entry.info.color && S.wc !== null && S.ww !== null) params.window = renderedWindowParam();
+  client
+    .renderedThumbnail(study, series.uid, entry.sop, entry.frame, params)
+    .then((blob) => createImageBitmap(blob))
+    .then((bitmap) => {
+      const img = { kind: "bitmap", bitmap, rows: entry.info.rows, cols: entry.info.cols, preview: true };
+      previews.set(key, img, bitmap.width * bitmap.height * 4);
+      if (S.cur === series && currentEntry() === entry) requestDraw();
+    })
+    .catch(() => {}) // the full frame is on its way anyway
+    .finally(() => previewsAsked.delete(key));
+}
+
 /** Count a loaded slice for the series' progress bar (and how big slices are). */
 function noteLoaded(series, i, bytes) {
   if (!series.loaded) series.loaded = new Set();
@@ -400,6 +481,9 @@ function ensureCurrent() {
         }
       }
     );
+  const cached = cache.get(cacheKey(s, entry, mode));
+  const d = shown();
+  if (!cached && mode === "raw" && (!d || Math.abs(d.index - S.index) > 1)) requestPreview(s, entry);
   if (mode === "rendered-gray" && latestBitmap.has(`${s.uid}|${entry.key}`)) {
     // A server-rendered window change: keep showing the old picture, ask once the user pauses.
     clearTimeout(renderedRefetch);
@@ -509,11 +593,19 @@ async function selectSeries(series, { user = false, restore = true } = {}) {
       if (w) [S.wc, S.ww] = [w.center, w.width];
     }
   }
+  updateMprLink(series);
   syncControls();
   ensureCurrent();
   prefetch();
   requestDraw();
   if (user) userChanged();
+}
+
+/** MPR needs a volume: offered for CT and MR stacks of enough slices. */
+function updateMprLink(series) {
+  const volume = ["CT", "MR", "PT"].includes(series.modality) && series.stack.length >= 3;
+  ui.mpr.hidden = !volume;
+  ui.mpr.href = `/viewer/${encodeURIComponent(study)}/mpr?series=${encodeURIComponent(series.uid)}`;
 }
 
 // ---- series strip ------------------------------------------------------------------------
@@ -624,22 +716,48 @@ function imageSize() {
   return e ? { rows: e.info.rows || 1, cols: e.info.cols || 1 } : { rows: 1, cols: 1 };
 }
 
-function scale() {
-  const { rows, cols } = imageSize();
-  return Math.min(cssW / cols, cssH / rows) * S.zoom;
+function quarterTurned() {
+  return S.rotation === 90 || S.rotation === 270;
 }
 
-/** Image pixel coordinates -> canvas CSS pixels. */
+function scale() {
+  const { rows, cols } = imageSize();
+  const [w, h] = quarterTurned() ? [rows, cols] : [cols, rows];
+  return Math.min(cssW / w, cssH / h) * S.zoom;
+}
+
+/** The view's turn and flips as a 2x2 matrix [a, b, c, d]: screen = [[a, b], [c, d]] x image
+ * (both measured from the image centre). Flips act on the image, then it turns clockwise. */
+function viewMatrix() {
+  const t = (S.rotation * Math.PI) / 180;
+  const c = Math.round(Math.cos(t));
+  const s = Math.round(Math.sin(t));
+  const fx = S.flipH ? -1 : 1;
+  const fy = S.flipV ? -1 : 1;
+  return [c * fx, -s * fy, s * fx, c * fy];
+}
+
+/** Image direction of a screen direction: the inverse (the transpose) of viewMatrix. */
+function screenToImageDir([sx, sy]) {
+  const [a, b, c, d] = viewMatrix();
+  return [a * sx + c * sy, b * sx + d * sy];
+}
+
+/** Image pixel coordinates -> canvas CSS pixels. Pan is in image pixels along the screen. */
 function toCanvas(ix, iy) {
   const { rows, cols } = imageSize();
   const k = scale();
-  return [cssW / 2 + (ix - cols / 2 + S.pan.x) * k, cssH / 2 + (iy - rows / 2 + S.pan.y) * k];
+  const [a, b, c, d] = viewMatrix();
+  const dx = ix - cols / 2;
+  const dy = iy - rows / 2;
+  return [cssW / 2 + (a * dx + b * dy + S.pan.x) * k, cssH / 2 + (c * dx + d * dy + S.pan.y) * k];
 }
 
 function toImage(cx, cy) {
   const { rows, cols } = imageSize();
   const k = scale();
-  return [(cx - cssW / 2) / k + cols / 2 - S.pan.x, (cy - cssH / 2) / k + rows / 2 - S.pan.y];
+  const [dx, dy] = screenToImageDir([(cx - cssW / 2) / k - S.pan.x, (cy - cssH / 2) / k - S.pan.y]);
+  return [dx + cols / 2, dy + rows / 2];
 }
 
 function eventPoint(e) {
@@ -652,8 +770,11 @@ function zoomAbout(zoom, ip, cp) {
   const { rows, cols } = imageSize();
   S.zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, zoom));
   const k = scale();
-  S.pan.x = (cp[0] - cssW / 2) / k + cols / 2 - ip[0];
-  S.pan.y = (cp[1] - cssH / 2) / k + rows / 2 - ip[1];
+  const [a, b, c, d] = viewMatrix();
+  const dx = ip[0] - cols / 2;
+  const dy = ip[1] - rows / 2;
+  S.pan.x = (cp[0] - cssW / 2) / k - (a * dx + b * dy);
+  S.pan.y = (cp[1] - cssH / 2) / k - (c * dx + d * dy);
 }
 
 function resize() {
@@ -691,6 +812,8 @@ function pickImage() {
   const mode = modeOf(s, entry);
   const img = cache.get(cacheKey(s, entry, mode));
   if (img) return { key: cacheKey(s, entry, mode), img };
+  const preview = previews.get(previewKey(s, entry));
+  if (preview) return { key: "preview:" + entry.key, img: preview, preview: true };
   if (mode === "rendered-gray") {
     const stale = latestBitmap.get(`${s.uid}|${entry.key}`);
     if (stale) return { key: "stale:" + entry.key, img: stale, stale: true };
@@ -716,6 +839,16 @@ function draw() {
   }
   setStatus("");
   S.drawn = { ...picked, series: s, index: S.index, entry };
+  if (picked.preview) {
+    // A stand-in: drawn and labelled as the slice it is, still "loading"; the full frame
+    // follows (ensureCurrent asked for it) and only that counts as the first image.
+    if (firstPreviewAt === null) firstPreviewAt = performance.now();
+    paint(S.drawn);
+    updateOverlays();
+    document.dispatchEvent(new CustomEvent("viewer:rendered", { detail: state() }));
+    return;
+  }
+  refreshPixelValues(s, entry);
   if (S.failed && S.failed.series === s && S.failed.index === S.index) S.failed = null;
   if (picked.img.kind === "gray" && (S.wc === null || S.ww === null)) {
     const w = defaultWindow(entry.info, picked.img);
@@ -763,15 +896,21 @@ function paint(displayed) {
   } else {
     source = img.bitmap;
   }
-  const [x0, y0] = toCanvas(0, 0);
   const k = scale();
-  ctx.imageSmoothingEnabled = k < 3;
+  const dpr = window.devicePixelRatio || 1;
+  const [a, b, c, d] = viewMatrix();
+  ctx.imageSmoothingEnabled = k < 3 || Boolean(img.preview); // a stretched preview reads better smooth
   ctx.imageSmoothingQuality = "high";
   // Server-rendered grey pictures cannot be re-windowed here, but the invert toggle still works.
   if (img.kind === "bitmap" && S.invert) ctx.filter = "invert(1)";
-  ctx.drawImage(source, x0, y0, img.cols * k, img.rows * k);
+  // Canvas transform (x' = a x + c y + e): our matrix's rows are [a b] and [c d].
+  ctx.setTransform(dpr * k * a, dpr * k * c, dpr * k * b, dpr * k * d, dpr * (cssW / 2 + S.pan.x * k), dpr * (cssH / 2 + S.pan.y * k));
+  ctx.drawImage(source, -img.cols / 2, -img.rows / 2, img.cols, img.rows);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.filter = "none";
   drawMeasurements();
+  drawScaleBar(entry);
+  updateOrientation(entry);
 }
 
 function clearCanvas() {
@@ -786,9 +925,76 @@ function nextRender() {
   return new Promise((resolve) => renderWaiters.push(resolve));
 }
 
-function measurementLabel(m) {
-  if (m.unit === "px") return `${m.px.toFixed(1)} px`;
-  return `${m.unit === "mm*" ? "≈" : ""}${m.mm.toFixed(1)} mm`;
+const INK = "#ffd400";
+const INK_SELECTED = "#4fd1ff";
+const INK_OTHERS = "#ff9f43"; // saved by another reader
+
+function textAt(lines, x, y) {
+  const step = coarse ? 17 : 15;
+  lines.forEach((line, i) => {
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "rgba(0,0,0,.8)";
+    ctx.strokeText(line, x, y + i * step);
+    ctx.fillText(line, x, y + i * step);
+  });
+}
+
+function dot(p, r = 3.5) {
+  ctx.beginPath();
+  ctx.arc(p[0], p[1], r, 0, Math.PI * 2);
+  ctx.fill();
+}
+
+function polyline(points) {
+  ctx.beginPath();
+  points.forEach((p, i) => (i ? ctx.lineTo(p[0], p[1]) : ctx.moveTo(p[0], p[1])));
+  ctx.stroke();
+}
+
+/** One measurement's marks on the canvas, in canvas coordinates; returns where its label goes. */
+function drawShape(m, pts) {
+  const [a, b, c] = pts;
+  switch (m.type) {
+    case "length":
+      polyline([a, b]);
+      dot(a);
+      dot(b);
+      return [Math.max(a[0], b[0]) + 8, (a[1] + b[1]) / 2];
+    case "angle": {
+      polyline(c ? [a, b, c] : [a, b]);
+      pts.forEach((p) => dot(p));
+      return [b[0] + 10, b[1] - 6];
+    }
+    case "rect":
+    case "ellipse": {
+      const x0 = Math.min(a[0], b[0]);
+      const y0 = Math.min(a[1], b[1]);
+      const w = Math.abs(b[0] - a[0]);
+      const h = Math.abs(b[1] - a[1]);
+      ctx.beginPath();
+      if (m.type === "rect") ctx.rect(x0, y0, w, h);
+      else ctx.ellipse(x0 + w / 2, y0 + h / 2, w / 2, h / 2, 0, 0, Math.PI * 2);
+      ctx.stroke();
+      return [x0 + w + 8, y0 + 12];
+    }
+    case "probe":
+      polyline([[a[0] - 7, a[1]], [a[0] + 7, a[1]]]);
+      polyline([[a[0], a[1] - 7], [a[0], a[1] + 7]]);
+      return [a[0] + 9, a[1] - 8];
+    case "arrow": {
+      polyline([b, a]);
+      const t = Math.atan2(a[1] - b[1], a[0] - b[0]);
+      const head = 11;
+      ctx.beginPath();
+      ctx.moveTo(a[0], a[1]);
+      ctx.lineTo(a[0] - head * Math.cos(t - 0.45), a[1] - head * Math.sin(t - 0.45));
+      ctx.lineTo(a[0] - head * Math.cos(t + 0.45), a[1] - head * Math.sin(t + 0.45));
+      ctx.closePath();
+      ctx.fill();
+      return [b[0] + 6, b[1] + 4];
+    }
+  }
+  return a;
 }
 
 function drawMeasurements() {
@@ -797,31 +1003,56 @@ function drawMeasurements() {
   const list = S.measurements.filter((m) => m.seriesUid === S.cur.uid && m.sopInstanceUid === e.sop && m.frame === e.frame);
   if (pending) list.push(pending);
   ctx.save();
-  ctx.lineWidth = 2;
   ctx.font = `600 ${coarse ? 15 : 13}px system-ui, sans-serif`;
   for (const m of list) {
-    const [a, b] = m.points.map((p) => toCanvas(p[0], p[1]));
-    ctx.strokeStyle = "#ffd400";
-    ctx.fillStyle = "#ffd400";
-    ctx.beginPath();
-    ctx.moveTo(a[0], a[1]);
-    ctx.lineTo(b[0], b[1]);
-    ctx.stroke();
-    for (const p of [a, b]) {
-      ctx.beginPath();
-      ctx.arc(p[0], p[1], 3.5, 0, Math.PI * 2);
-      ctx.fill();
-    }
-    const text = measurementLabel(m);
-    const tx = Math.max(a[0], b[0]) + 8;
-    const ty = (a[1] + b[1]) / 2;
-    ctx.lineWidth = 3;
-    ctx.strokeStyle = "rgba(0,0,0,.8)";
-    ctx.strokeText(text, tx, ty);
-    ctx.fillText(text, tx, ty);
+    const ink = m === S.selected ? INK_SELECTED : m.author && !notes.isMine(m.author) ? INK_OTHERS : INK;
+    ctx.strokeStyle = ink;
+    ctx.fillStyle = ink;
     ctx.lineWidth = 2;
+    const at = drawShape(m, m.points.map((p) => toCanvas(p[0], p[1])));
+    const text = m === pending && m.type === "arrow" ? "" : label(m);
+    if (text) textAt(text.split("\n"), at[0], at[1]);
   }
   ctx.restore();
+}
+
+/** Millimetres per CSS pixel along the screen's x axis, or null without pixel spacing. */
+function mmPerScreenPixel(entry) {
+  const sp = entry && entry.info.spacing;
+  if (!sp) return null;
+  const [ix, iy] = screenToImageDir([1, 0]);
+  return (Math.abs(ix) * sp[1] + Math.abs(iy) * sp[0]) / scale();
+}
+
+function drawScaleBar(entry) {
+  const per = mmPerScreenPixel(entry);
+  if (!per) return;
+  const mm = scaleBarMm(per, cssW);
+  const px = mm / per;
+  // Bottom centre, above the orientation letter: the corners hold the text overlays.
+  const x0 = cssW / 2 - px / 2;
+  const x1 = cssW / 2 + px / 2;
+  const y = cssH - 26;
+  ctx.save();
+  ctx.strokeStyle = "#f2f5f8";
+  ctx.fillStyle = "#f2f5f8";
+  ctx.lineWidth = 2;
+  ctx.shadowColor = "#000";
+  ctx.shadowBlur = 3;
+  polyline([[x0, y - 5], [x0, y], [x1, y], [x1, y - 5]]);
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.textAlign = "left";
+  ctx.fillText(`${mm} mm${entry.info.spacingSource === "PixelSpacing" ? "" : " ≈"}`, x1 + 6, y + 1);
+  ctx.restore();
+  root.dataset.scaleBarMm = String(mm);
+}
+
+/** Patient-direction letters at the viewport's edges, following the turn and flips. */
+function updateOrientation(entry) {
+  const letters = entry ? edgeLetters(entry.info.orientation, screenToImageDir) : null;
+  for (const side of ["top", "right", "bottom", "left"]) {
+    ui.orient[side].textContent = letters ? letters[side] : "";
+  }
 }
 
 function updateOverlays() {
@@ -836,20 +1067,25 @@ function updateOverlays() {
   ui.ov.tl.textContent = [personName(meta, "00100010"), value(meta, "00100020", ""), fmtDate(value(meta, "00080020", ""))]
     .filter(Boolean)
     .join("\n");
-  ui.ov.tr.textContent = [`S${value(meta, "00200011", s.number)} · ${s.modality || value(meta, "00080060", "")}`, s.description]
+  ui.ov.tr.textContent = [`S${value(meta, "00200011", s.number)} · ${s.modality || value(meta, "00080060", "")}`, s.description,
+    e && notes.isKey(s.uid, e.sop, e.frame) ? "★ 关键图像 Key image" : ""]
     .filter(Boolean)
     .join("\n");
   const lines = [];
   if (e && !e.info.color && S.wc !== null) lines.push(`窗宽 W ${Math.round(S.ww)}  窗位 L ${Math.round(S.wc)}`);
   if (e && e.info.color) lines.push("彩色 Colour");
-  if (S.drawn && S.drawn.img && S.drawn.img.kind === "bitmap" && e && !e.info.color) lines.push("服务器渲染 server-rendered");
+  if (S.drawn && S.drawn.img && S.drawn.img.kind === "bitmap" && !S.drawn.preview && e && !e.info.color) lines.push("服务器渲染 server-rendered");
   lines.push(`缩放 Zoom ${(S.zoom * 100).toFixed(0)}%`);
+  const turned = [S.rotation ? `旋转 Rot ${S.rotation}°` : "", S.flipH ? "水平翻转 Flip H" : "", S.flipV ? "垂直翻转 Flip V" : ""];
+  if (turned.some(Boolean)) lines.push(turned.filter(Boolean).join(" · "));
   ui.ov.bl.textContent = lines.join("\n");
   const br = [];
   const failed = S.failed && S.failed.series === s && S.failed.index === S.index;
   if (failed) br.push(`⚠ 图像 ${S.index + 1} 加载失败 Im ${S.index + 1} failed to load`);
+  else if (d && d.preview && d.index === S.index) br.push("预览 Preview · 正在加载全质量 loading full quality");
   else if (!d || d.index !== S.index) br.push(`→ 加载中 Loading Im ${S.index + 1}/${n}`);
-  ui.viewport.dataset.loading = String(Boolean(n) && (!d || d.index !== S.index));
+  ui.viewport.dataset.loading = String(Boolean(n) && (!d || d.index !== S.index || Boolean(d.preview)));
+  root.querySelector('[data-action="key"]').setAttribute("aria-pressed", String(Boolean(e && notes.isKey(s.uid, e.sop, e.frame))));
   if (d) br.push(`图像 Im ${d.index + 1}/${n}`);
   if (e && e.frames > 1) br.push(`帧 Fr ${e.frame}/${e.frames}`);
   if (e && Number.isFinite(e.info.sliceLocation)) br.push(`位置 Loc ${e.info.sliceLocation.toFixed(1)} mm`);
@@ -927,6 +1163,9 @@ function resetView() {
   S.zoom = 1;
   S.pan = { x: 0, y: 0 };
   S.invert = false;
+  S.rotation = 0;
+  S.flipH = false;
+  S.flipV = false;
   applyPreset("default");
   syncControls();
   requestDraw();
@@ -1002,10 +1241,23 @@ function startGesture(e) {
     gesture.wc = w.center;
     gesture.ww = w.width;
   }
-  if (gesture.tool === "measure" && shown()) {
+  const type = TYPE_OF_TOOL[gesture.tool];
+  if (type && shown()) {
     const ip = toImage(p[0], p[1]);
-    pending = makeMeasurement(shown(), ip, ip); // on the slice the user sees, loaded or not
+    if (pending && pending.type === "angle" && pending.points.length === 3) {
+      pending = makeMeasurement(shown(), "angle", [pending.points[0], pending.points[1], ip]); // the second arm
+    } else {
+      // On the slice the user sees, loaded or not; a probe is one click.
+      pending = makeMeasurement(shown(), type, TOOL_POINTS[type] === 1 ? [ip] : [ip, ip]);
+    }
   }
+}
+
+/** Move the point being drawn (the last one) to image point ip. */
+function dragPendingTo(ip) {
+  const pts = pending.points.slice(0, -1);
+  pending = makeMeasurement(shown(), pending.type, [...pts, ip]);
+  requestDraw();
 }
 
 function wlSensitivity() {
@@ -1049,44 +1301,84 @@ function moveGesture(e) {
       go(g.index - Math.trunc(dy / px)); // finger up (negative dy) goes forward
       break;
     }
-    case "measure": {
-      if (!pending) break; // cancelled with Escape
-      const ip = toImage(p[0], p[1]);
-      pending = makeMeasurement(shown(), pending.points[0], ip);
-      requestDraw();
+    default: {
+      if (!pending || !TYPE_OF_TOOL[g.tool]) break; // cancelled with Escape
+      dragPendingTo(toImage(p[0], p[1]));
       break;
     }
   }
 }
 
+/** Measurements drawn on a preview have no pixel values yet: fill them in once the full frame
+ * of their image is decoded. */
+function refreshPixelValues(series, entry) {
+  const img = decodedFrame(series, entry);
+  if (!img) return;
+  for (const m of S.measurements) {
+    const onIt = m.seriesUid === series.uid && m.sopInstanceUid === entry.sop && m.frame === entry.frame;
+    const lacking = ["rect", "ellipse"].includes(m.type) ? !Number.isFinite(m.values.mean) : m.type === "probe" && !Number.isFinite(m.values.value);
+    if (onIt && lacking && notes.isMine(m.author)) m.values = measure(m.type, m.points, entry.info, img);
+  }
+}
+
+/** Whether the last drag of `pending` is long enough on screen to be meant (not a stray click). */
+function draggedFarEnough(m) {
+  const pts = m.points.slice(-2).map((q) => toCanvas(q[0], q[1]));
+  return pts.length < 2 || Math.hypot(pts[0][0] - pts[1][0], pts[0][1] - pts[1][1]) >= 4;
+}
+
 function endGesture() {
-  if (gesture && gesture.tool === "measure" && pending) {
-    const [a, b] = pending.points.map((q) => toCanvas(q[0], q[1]));
-    if (Math.hypot(a[0] - b[0], a[1] - b[1]) >= 4) {
-      S.measurements.push(pending);
-      userChanged();
+  if (gesture && TYPE_OF_TOOL[gesture.tool] && pending) {
+    if (pending.type === "angle" && pending.points.length === 2) {
+      // First arm drawn: the second follows the pointer until the next click (or tap).
+      if (draggedFarEnough(pending)) pending = makeMeasurement(shown(), "angle", [...pending.points, pending.points[1]]);
+      else pending = null;
+    } else {
+      if (draggedFarEnough(pending)) addMeasurement(pending);
+      pending = null;
     }
-    pending = null;
     requestDraw();
   }
   gesture = null;
 }
 
-function makeMeasurement(displayed, a, b) {
+function addMeasurement(m) {
+  S.measurements.push(m);
+  notes.changed();
+  renderPanel();
+  userChanged();
+  if (m.type === "arrow") {
+    // An arrow is for its words: the panel opens and its text box takes the typing at once.
+    openPanel(true);
+    const input = root.querySelector(`[data-role="m-list"] li:last-child input`);
+    if (input) input.focus();
+  }
+}
+
+/** The decoded grey frame of `entry` if it is in the cache (pixel statistics need it). */
+function decodedFrame(series, entry) {
+  if (modeOf(series, entry) !== "raw") return null;
+  const img = cache.get(cacheKey(series, entry, "raw"));
+  return img && img.kind === "gray" ? img : null;
+}
+
+function makeMeasurement(displayed, type, points, { series = S.cur, values = null, text = "", author = null } = {}) {
   const entry = displayed.entry;
-  const dx = b[0] - a[0];
-  const dy = b[1] - a[1];
   const sp = entry.info.spacing; // [row spacing: vertical, column spacing: horizontal]
-  const mm = sp ? Math.hypot(dx * sp[1], dy * sp[0]) : null;
+  const img = decodedFrame(series, entry);
   return {
-    seriesUid: S.cur.uid,
+    type,
+    seriesUid: series.uid,
     sopInstanceUid: entry.sop,
     frame: entry.frame,
     index: displayed.index,
-    points: [[a[0], a[1]], [b[0], b[1]]],
-    mm,
-    px: Math.hypot(dx, dy),
+    points: points.map((q) => [q[0], q[1]]),
+    // Values saved by another reader stand as saved until the frame is here to compute them.
+    values: values && !img ? values : measure(type, points, entry.info, img),
     unit: sp ? (entry.info.spacingSource === "PixelSpacing" ? "mm" : "mm*") : "px",
+    valueUnit: valueUnit(series.modality),
+    text,
+    author,
   };
 }
 
@@ -1117,6 +1409,11 @@ ui.canvas.addEventListener("pointerdown", (e) => {
 
 ui.canvas.addEventListener("pointermove", (e) => {
   const ptr = pointers.get(e.pointerId);
+  if (!ptr && pending && pending.type === "angle" && pending.points.length === 3 && shown()) {
+    const p = eventPoint(e); // a mouse hovering: the second arm of an angle follows it
+    dragPendingTo(toImage(p[0], p[1]));
+    return;
+  }
   if (!ptr) return;
   [ptr.x, ptr.y] = eventPoint(e);
   if (!gesture) return;
@@ -1196,10 +1493,23 @@ document.addEventListener("keydown", (e) => {
     Home: () => go(0),
     End: () => go(n - 1),
     Escape: () => {
+      if (!ui.help.hidden) return toggleHelp(false);
       pending = null;
       requestDraw();
     },
+    Delete: () => deleteMeasurement(S.selected || S.measurements[S.measurements.length - 1]),
+    Backspace: () => deleteMeasurement(S.selected || S.measurements[S.measurements.length - 1]),
+    "?": () => toggleHelp(),
+    "[": () => turn(-90),
+    "]": () => turn(90),
+    h: () => flip("h"),
+    v: () => flip("v"),
+    i: () => clickAction("invert"),
+    "0": () => resetView(),
+    k: () => toggleKeyImage(),
+    "*": () => toggleKeyImage(),
   };
+  for (const [key, tool] of Object.entries(TOOL_KEYS)) keys[key] = () => setTool(tool);
   if (e.key === " " && t && t.tagName !== "BUTTON") {
     e.preventDefault();
     toggleCine();
@@ -1214,10 +1524,51 @@ document.addEventListener("keydown", (e) => {
 
 // ---- toolbar -----------------------------------------------------------------------------
 
+// One key per pointer tool, shown on its button and in the help overlay.
+const TOOL_KEYS = { s: "scroll", w: "wl", p: "pan", z: "zoom", l: "measure", a: "angle", r: "rect", e: "ellipse", u: "probe", t: "arrow" };
+const TOOLS = new Set(Object.values(TOOL_KEYS));
+
 function setTool(tool) {
-  if (!["scroll", "wl", "pan", "zoom", "measure"].includes(tool)) return;
+  if (!TOOLS.has(tool)) return;
   S.tool = tool;
+  pending = null;
   syncControls();
+  requestDraw();
+}
+
+function turn(degrees) {
+  S.rotation = (((S.rotation + degrees) % 360) + 360) % 360;
+  requestDraw();
+  userChanged();
+}
+
+function flip(axis) {
+  if (axis === "h") S.flipH = !S.flipH;
+  else S.flipV = !S.flipV;
+  requestDraw();
+  userChanged();
+}
+
+function clickAction(action) {
+  const b = root.querySelector(`[data-action="${action}"]`);
+  if (b) b.click();
+}
+
+function toggleHelp(show = ui.help.hidden) {
+  ui.help.hidden = !show;
+  if (show) ui.help.querySelector("button").focus();
+  else ui.canvas.focus({ preventScroll: true });
+}
+
+function deleteMeasurement(m) {
+  const i = S.measurements.indexOf(m);
+  if (i < 0) return;
+  S.measurements.splice(i, 1);
+  if (S.selected === m) S.selected = null;
+  notes.changed();
+  renderPanel();
+  requestDraw();
+  userChanged();
 }
 
 function toggleCine() {
@@ -1241,9 +1592,50 @@ root.addEventListener("click", (e) => {
       resetView();
       break;
     case "clear":
-      S.measurements = [];
+      S.measurements = S.measurements.filter((m) => m.author && !notes.isMine(m.author)); // others' stay theirs
+      S.selected = null;
+      notes.changed();
+      renderPanel();
       requestDraw();
       userChanged();
+      break;
+    case "rotate-left":
+      turn(-90);
+      break;
+    case "rotate-right":
+      turn(90);
+      break;
+    case "flip-h":
+      flip("h");
+      break;
+    case "flip-v":
+      flip("v");
+      break;
+    case "help":
+      toggleHelp();
+      break;
+    case "key":
+      toggleKeyImage();
+      break;
+    case "save-measurements":
+      saveMeasurements();
+      break;
+    case "save-keys":
+      saveKeyImages();
+      break;
+    case "pick":
+      pickMeasurement(Number(b.dataset.index));
+      break;
+    case "remove":
+      deleteMeasurement(S.measurements[Number(b.dataset.index)]);
+      break;
+    case "pick-key": {
+      const k = notes.keys[Number(b.dataset.index)];
+      if (k) showImage(k.seriesUid, k.sopInstanceUid, k.frame);
+      break;
+    }
+    case "panel":
+      openPanel(!root.classList.contains("lcv-panel-open"));
       break;
     case "play":
       toggleCine();
@@ -1270,6 +1662,207 @@ ui.fps.addEventListener("change", () => {
   ui.fps.value = String(S.cine.fps);
   userChanged();
 });
+
+// ---- measurements panel and key images ---------------------------------------------------
+
+const TYPE_NAMES = { length: "长度 Length", angle: "角度 Angle", rect: "矩形 Rect", ellipse: "椭圆 Ellipse", probe: "点测 Probe", arrow: "箭头 Arrow" };
+
+function el(tag, props = {}, text = "") {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  if (text) node.textContent = text;
+  return node;
+}
+
+/** "S2 Im 14": where an image is, as the reader says it. */
+function placeOf(seriesUid, sop, frame) {
+  const s = S.series.find((x) => x.uid === seriesUid);
+  const i = s && s.stack ? s.stack.findIndex((x) => x.sop === sop && x.frame === (frame || 1)) : -1;
+  return `S${s && s.number !== Number.MAX_SAFE_INTEGER ? s.number : "?"} Im ${i >= 0 ? i + 1 : "?"}`;
+}
+
+function measurementItem(m, i) {
+  const li = el("li");
+  if (m === S.selected) li.setAttribute("aria-current", "true");
+  const pick = el("button", { type: "button", className: "lcv-pick" });
+  pick.dataset.action = "pick";
+  pick.dataset.index = String(i);
+  pick.append(el("span", { className: "lcv-kind" }, `${TYPE_NAMES[m.type]} · ${placeOf(m.seriesUid, m.sopInstanceUid, m.frame)}`));
+  const text = m.type === "arrow" ? "" : label(m);
+  if (text) pick.append(el("span", { className: "lcv-val" }, text.replace(/\n/g, " · ")));
+  if (m.author && !notes.isMine(m.author)) pick.append(el("span", { className: "lcv-by" }, `${m.author} 已保存 saved`));
+  li.append(pick);
+  if (notes.isMine(m.author)) {
+    const remove = el("button", { type: "button", className: "lcv-remove", title: "删除 Delete" }, "✕");
+    remove.dataset.action = "remove";
+    remove.dataset.index = String(i);
+    remove.setAttribute("aria-label", `删除 Delete ${TYPE_NAMES[m.type]}`);
+    li.append(remove);
+  }
+  if (m.type === "arrow") {
+    const input = el("input", { type: "text", value: m.text || "", maxLength: 200, readOnly: !notes.isMine(m.author) });
+    input.setAttribute("aria-label", "箭头文字 Arrow text");
+    input.placeholder = "标注文字 Label";
+    input.dataset.index = String(i);
+    li.append(input);
+  }
+  return li;
+}
+
+function keyItem(k, i) {
+  const li = el("li");
+  const pick = el("button", { type: "button", className: "lcv-pick" }, `★ ${placeOf(k.seriesUid, k.sopInstanceUid, k.frame)}`);
+  pick.dataset.action = "pick-key";
+  pick.dataset.index = String(i);
+  li.append(pick);
+  return li;
+}
+
+function openPanel(open) {
+  root.classList.toggle("lcv-panel-open", open);
+  root.querySelector('[data-action="panel"]').setAttribute("aria-pressed", String(open));
+  resize();
+}
+
+function renderPanel() {
+  ui.mList.replaceChildren(...S.measurements.map(measurementItem));
+  ui.mEmpty.hidden = S.measurements.length > 0;
+  ui.mCount.textContent = `(${S.measurements.length})`;
+  ui.kList.replaceChildren(...notes.keys.map(keyItem));
+  ui.kEmpty.hidden = notes.keys.length > 0;
+  ui.kCount.textContent = `(${notes.keys.length})`;
+  root.querySelector('[data-action="save-measurements"]').disabled = !notes.available || !notes.dirty;
+  root.querySelector('[data-action="save-keys"]').disabled = !notes.available || !notes.keysDirty;
+  const e = shownEntry();
+  root.querySelector('[data-action="key"]').setAttribute("aria-pressed", String(Boolean(e && notes.isKey(S.cur.uid, e.sop, e.frame))));
+}
+
+function beijingTime() {
+  return new Date().toLocaleTimeString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false, hour: "2-digit", minute: "2-digit" });
+}
+
+function say(where, text, bad = false) {
+  where.textContent = text;
+  where.classList.toggle("lcv-bad", bad);
+}
+
+/** Show an image of the study: its series, then its slice. */
+async function showImage(seriesUid, sop, frame) {
+  const s = S.series.find((x) => x.uid === seriesUid);
+  if (!s) return;
+  await selectSeries(s, { user: true });
+  const i = s.stack.findIndex((x) => x.sop === sop && x.frame === (frame || 1));
+  if (i >= 0) go(i);
+}
+
+function pickMeasurement(i) {
+  const m = S.measurements[i];
+  if (!m) return;
+  S.selected = m;
+  renderPanel();
+  showImage(m.seriesUid, m.sopInstanceUid, m.frame).then(requestDraw);
+}
+
+function toggleKeyImage() {
+  const e = shownEntry();
+  if (!e || !notes.available) return;
+  notes.toggleKey(S.cur.uid, e.sop, e.frame);
+  say(ui.kStatus, "未保存 Not saved yet");
+  renderPanel();
+  updateOverlays();
+  userChanged();
+}
+
+async function saveMeasurements() {
+  const mine = S.measurements.filter((m) => notes.isMine(m.author));
+  say(ui.mStatus, "保存中… Saving…");
+  try {
+    const saved = await notes.saveMeasurements(mine.map(plainMeasurement));
+    say(ui.mStatus, `已保存 ${saved.count} 项 · ${beijingTime()} Saved`);
+  } catch (err) {
+    say(ui.mStatus, `保存失败 Not saved: ${err.message}`, true);
+  }
+  renderPanel();
+}
+
+async function saveKeyImages() {
+  say(ui.kStatus, "保存中… Saving…");
+  try {
+    await notes.saveKeys();
+    say(ui.kStatus, `已保存 ${notes.keys.length} 幅 · ${beijingTime()} Saved`);
+  } catch (err) {
+    say(ui.kStatus, `保存失败 Not saved: ${err.message}`, true);
+  }
+  renderPanel();
+}
+
+/** Saved measurements (every reader's newest report) and key images of the study. */
+async function loadNotes() {
+  let documents = [];
+  try {
+    documents = await notes.load();
+  } catch {
+    notes.available = false;
+  }
+  if (!notes.available) {
+    const why = "无法读取或保存测量与关键图像（权限或网络） Saved measurements and key images are not available here";
+    say(ui.mStatus, why, true);
+    say(ui.kStatus, why, true);
+  }
+  for (const doc of documents) {
+    for (const m of doc.measurements || []) {
+      const s = S.series.find((x) => x.uid === m.seriesUid);
+      if (s && !s.stack) await swallow(loadStack(s));
+      const made = adoptMeasurement({ ...m, author: doc.author || null });
+      if (made) S.measurements.push(made);
+    }
+  }
+  for (const k of notes.keys) {
+    const s = S.series.find((x) => x.uid === k.seriesUid);
+    if (s && !s.stack) await swallow(loadStack(s));
+  }
+  notes.dirty = false;
+  root.dataset.notesLoaded = "true";
+  renderPanel();
+  requestDraw();
+}
+
+ui.mList.addEventListener("input", (e) => {
+  const m = S.measurements[Number(e.target.dataset.index)];
+  if (!m || e.target.readOnly) return;
+  m.text = e.target.value.slice(0, 200);
+  notes.changed();
+  root.querySelector('[data-action="save-measurements"]').disabled = !notes.available;
+  requestDraw();
+});
+
+// ---- the next study and background prefetch ----------------------------------------------
+
+let idle = null;
+
+/** The viewer wants nothing from the network now: no frame loading or queued, nothing held. */
+function lineIsIdle() {
+  return loader.active === 0 && loader.queue.length === 0 && !gesture && Boolean(S.drawn);
+}
+
+/** Priors (the page lists them, most relevant first) and then the next study on the reader's
+ * list load in the background while the line is idle. Not in a pane of a comparison, layout
+ * or reading page: the page holding the panes is the one reader. */
+function startIdlePrefetch() {
+  const next = nextOnWorklist(study);
+  if (next) {
+    ui.next.href = `/studies/${encodeURIComponent(next)}/view`;
+    ui.next.hidden = false;
+  }
+  if (document.body.classList.contains("embedded")) return;
+  const priors = Array.from(root.querySelectorAll("[data-prior]"), (a) => a.dataset.prior).slice(0, 1);
+  const studies = [...priors, ...(next ? [next] : [])].filter((uid) => uid !== study);
+  if (!studies.length) return;
+  const background = new DicomWebClient(root.dataset.base || "/dicom-web");
+  background.useDecoder(JPEG_LS_LOSSLESS, "image/jls", (bytes) => Promise.resolve(bytes)); // the same requests; no decoding
+  idle = new IdlePrefetcher(background, { isIdle: lineIsIdle });
+  idle.run(studies).catch(() => {}); // a failed background fetch costs nothing but itself
+}
 
 // ---- API for tests and the shared view ---------------------------------------------------
 
@@ -1304,20 +1897,13 @@ async function apply(st) {
   if (Number.isFinite(st.zoom)) S.zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, st.zoom));
   if (st.pan && Number.isFinite(st.pan.x) && Number.isFinite(st.pan.y)) S.pan = { x: st.pan.x, y: st.pan.y };
   if (Array.isArray(st.measurements)) {
-    S.measurements = [];
-    for (const m of st.measurements) {
-      const s = S.series.find((x) => x.uid === m.seriesUid);
-      const entry = s && s.stack && s.stack.find((x) => x.sop === m.sopInstanceUid && x.frame === (m.frame || 1));
-      const pts = Array.isArray(m.points) && m.points.length === 2 && m.points.flat().every(Number.isFinite) ? m.points : null;
-      if (!entry || !pts) continue;
-      const prev = S.cur;
-      S.cur = s; // makeMeasurement reads the series uid
-      const index = Number.isFinite(m.index) ? m.index : s.stack.indexOf(entry);
-      const made = makeMeasurement({ entry, index }, pts[0], pts[1]);
-      S.cur = prev;
-      S.measurements.push(made);
-    }
+    S.measurements = st.measurements.map(adoptMeasurement).filter(Boolean);
+    S.selected = null;
+    renderPanel();
   }
+  if ([0, 90, 180, 270].includes(st.rotation)) S.rotation = st.rotation;
+  if (typeof st.flipH === "boolean") S.flipH = st.flipH;
+  if (typeof st.flipV === "boolean") S.flipV = st.flipV;
   if (st.cine && Number.isFinite(st.cine.fps)) S.cine.fps = Math.min(60, Math.max(1, st.cine.fps));
   if (st.cine && typeof st.cine.playing === "boolean" && st.cine.playing !== S.cine.playing) {
     if (st.cine.playing) startCine();
@@ -1330,6 +1916,18 @@ async function apply(st) {
   prefetch();
   requestDraw();
   return rendered;
+}
+
+/** A measurement from plain JSON (the shared view, a saved report) on this study's images, or
+ * null when its image or points do not fit. Older states without a type are lengths. */
+function adoptMeasurement(m) {
+  const type = m && TOOL_POINTS[m.type] ? m.type : "length";
+  const s = S.series.find((x) => x.uid === m.seriesUid);
+  const entry = s && s.stack && s.stack.find((x) => x.sop === m.sopInstanceUid && x.frame === (m.frame || 1));
+  const pts = Array.isArray(m.points) && m.points.length === TOOL_POINTS[type] && m.points.flat().every(Number.isFinite) ? m.points : null;
+  if (!entry || !pts) return null;
+  const index = Number.isFinite(m.index) ? m.index : s.stack.indexOf(entry);
+  return makeMeasurement({ entry, index }, type, pts, { series: s, values: m.values || null, text: String(m.text || "").slice(0, 200), author: m.author || null });
 }
 
 let firstRender = null;
@@ -1367,6 +1965,18 @@ window.lancangViewer = {
     const s = S.cur;
     return { loaded: s && s.loaded ? s.loaded.size : 0, total: s && s.stack ? s.stack.length : 0 };
   },
+  /** When (performance.now(), ms) the first low-resolution preview was painted, or null. */
+  firstPreviewAt() {
+    return firstPreviewAt;
+  },
+  /** What the background prefetch has fetched: {studies, frames, bytes, stopped}. */
+  idle() {
+    return idle ? { ...idle.done, studies: [...idle.done.studies] } : null;
+  },
+  /** The study's key images as this reader has them (saved or not). */
+  keyImages() {
+    return notes.keys.map((k) => ({ ...k }));
+  },
   series() {
     return S.series.map((s) => ({ uid: s.uid, number: s.number, modality: s.modality, description: s.description, count: s.stack ? s.stack.length : s.count }));
   },
@@ -1385,9 +1995,10 @@ async function main() {
     throw new Error("no study uid");
   }
   await loadSeriesList();
-  // The first series that has images.
+  // The series asked for, else the first series that has images.
   let lastErr = null;
-  for (const s of S.series) {
+  const asked = S.series.find((s) => s.uid === params.get("series"));
+  for (const s of asked ? [asked, ...S.series.filter((x) => x !== asked)] : S.series) {
     try {
       await selectSeries(s);
       if (s.stack && s.stack.length) break;
@@ -1397,6 +2008,8 @@ async function main() {
   }
   if (!S.cur || !S.cur.stack || !S.cur.stack.length) throw lastErr || new Error("no images");
   ready.then(() => loadThumbnails(), () => {});
+  ready.then(() => loadNotes(), () => {});
+  ready.then(() => startIdlePrefetch(), () => {});
 }
 
 main().catch((err) => {
