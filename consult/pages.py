@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from consult import dashboard, notify, policy, reports, rooms, scheduling, service, state, templates
 from consult.models import ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
-from imaging import recognition, summary
+from imaging import keyimages, recognition, summary
 from imaging.models import Study
 from storage import access, identity, localtime
 from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
@@ -99,14 +99,12 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
                   priorities=PRIORITIES, colours=RISK_COLOURS)
 
 
-@router.get("/consults/{consult_id}", response_class=HTMLResponse)
-def consult_page(consult_id: int, request: Request, session: DbSession, user: OptionalUser, template: str = ""):
-    if user is None:
-        return login_first(request)
-    user = session.get(User, user.id)
+def _consult_context(request: Request, session: Session, consult_id: int, user: User, template: str,
+                     action: str) -> dict:
+    """What the consult page and the side-by-side reading page show (the read is audited)."""
     consult = service.get(session=session, consult_id=consult_id, user=user)
     detail = consult_detail(session, consult, user)
-    service.audit_read(request.app.state.runtime.db, user=user, consult_id=consult_id, action="consult.view",
+    service.audit_read(request.app.state.runtime.db, user=user, consult_id=consult_id, action=action,
                        source=request.client.host if request.client else "")
     report = reports.get_report(session=session, consult=consult)
     studies = [session.scalar(select(Study).where(Study.study_instance_uid == s.study_instance_uid))
@@ -115,17 +113,43 @@ def consult_page(consult_id: int, request: Request, session: DbSession, user: Op
                                   .order_by(User.institution_id, User.username)).all()
     first = studies[0] if studies and studies[0] else None
     template_id = (template if template in templates.TEMPLATES else report.template if report else
-                   templates.for_study(first.modalities.split("\\")[0] if first else "", "",
+                   templates.for_study((keyimages.image_modalities(first.modalities) or [""])[0] if first else "", "",
                                        first.description if first else ""))
-    return render(request, "consult/detail.html", user=user, consult=consult, detail=detail,
-                  door=rooms.door(session, consult, user),
-                  summaries=summary.summarize(session, [s.study_instance_uid for s in studies if s]),
-                  studies=[s for s in studies if s], specialists=specialists,
-                  templates=templates.TEMPLATES, template_id=template_id,
-                  can_read_images=[access.can_see_study(session, identity.principal_for(user),
-                                                        institution_id=s.institution_id,
-                                                        study_uid=s.study_instance_uid) for s in studies if s],
-                  is_coordinator=policy.is_target_coordinator(consult, user))
+    return dict(user=user, consult=consult, detail=detail,
+                door=rooms.door(session, consult, user),
+                summaries=summary.summarize(session, [s.study_instance_uid for s in studies if s]),
+                studies=[s for s in studies if s], specialists=specialists,
+                templates=templates.TEMPLATES, template_id=template_id,
+                can_read_images=[access.can_see_study(session, identity.principal_for(user),
+                                                      institution_id=s.institution_id,
+                                                      study_uid=s.study_instance_uid) for s in studies if s],
+                is_coordinator=policy.is_target_coordinator(consult, user))
+
+
+@router.get("/consults/{consult_id}", response_class=HTMLResponse)
+def consult_page(consult_id: int, request: Request, session: DbSession, user: OptionalUser, template: str = ""):
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    context = _consult_context(request, session, consult_id, user, template, "consult.view")
+    return render(request, "consult/detail.html", **context)
+
+
+@router.get("/consults/{consult_id}/read", response_class=HTMLResponse)
+def read_and_report(consult_id: int, request: Request, session: DbSession, user: OptionalUser, template: str = "",
+                    study: str = ""):
+    """The reader's one window: the viewer and the report editor side by side, the split
+    resizable. Anyone else (or a consult past writing) goes to the consult page."""
+    if user is None:
+        return login_first(request)
+    user = session.get(User, user.id)
+    context = _consult_context(request, session, consult_id, user, template, "consult.read")
+    consult = context["consult"]
+    readable = [s for s, ok in zip(context["studies"], context["can_read_images"]) if ok]
+    if user.id != consult.reader_id or consult.status not in ("assigned", "scheduled", "in_progress") or not readable:
+        return RedirectResponse(f"/consults/{consult_id}", status_code=303)
+    shown = next((s for s in readable if s.study_instance_uid == study), readable[0])
+    return render(request, "consult/read.html", readable=readable, shown=shown, **context)
 
 
 @router.get("/dashboard", response_class=HTMLResponse)

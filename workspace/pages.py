@@ -4,6 +4,7 @@
     GET  /menu                           everything a role can open
     GET  /studies                        the studies the user may see, newest first, cursor-paged
     GET  /studies/{uid}                  series, demographics, actions, 互认, opens (admins)
+    GET  /studies/{uid}/layout           several series at once (1x1, 1x2, 2x2), drag and drop
     GET  /studies/{uid}/thumbnail.jpg    the first derived series thumbnail
     GET  /studies/{uid}/series/{s}/thumbnail.jpg
     GET  /studies/{uid}/download         every DICOM file as a streamed zip
@@ -300,3 +301,24 @@ def compare(study_uid: str, request: Request, session: DbSession, runtime: Runti
     _read(runtime, request, principal, "study.compare", study_uid, True, prior=prior)
     return _render(request, "workspace/compare.html", user=user, current=service.study_row(session, principal, study),
                    prior=service.study_row(session, principal, other), candidates=candidates)
+
+
+LAYOUTS = {"1x1": (1, 1), "1x2": (1, 2), "2x2": (2, 2)}
+NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}  # documents in the study, not pictures to hang
+
+
+@router.get("/studies/{study_uid}/layout", response_class=HTMLResponse)
+def hanging_layout(study_uid: str, request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser,
+                   grid: str = "1x2"):
+    """Several series of one study at once (1x1, 1x2, 2x2): each cell a compact viewer; series are
+    dragged (or tapped) from the list onto a cell; scrolling can be linked by slice position."""
+    if user is None:
+        return _login(request)
+    principal = identity.principal_for(user)
+    study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.layout")
+    _read(runtime, request, principal, "study.layout", study_uid, True)
+    series = [s for s in session.scalars(select(Series).where(Series.study_pk == study.id, Series.num_instances > 0)
+                                         .order_by(Series.series_number.asc().nullslast(), Series.id))
+              if s.modality not in NON_IMAGE_MODALITIES]
+    return _render(request, "workspace/layout.html", user=user, row=service.study_row(session, principal, study),
+                   series=series, grid=grid if grid in LAYOUTS else "1x2", layouts=list(LAYOUTS))

@@ -626,3 +626,48 @@ def test_specialists_set_their_availability_and_the_booking_form_shows_who_is_fr
     zhou.screenshot(path="/tmp/lancang-booking-free-1366.png", full_page=True)
     zhou.context.close()
     assert not errors, errors
+
+
+def test_the_reader_reads_and_reports_in_one_window_with_a_resizable_split(live, browser):
+    """18: the report editor beside the viewer (one window, resizable split), not one replacing
+    the other: the viewer shows the consult's study, the draft autosaves from the same page,
+    the split moves by drag and by arrow keys and is remembered; anyone but the reader lands
+    on the consult page."""
+    consult = _consult(live, "请评估右肺结节", steps=("accept", "assign"))
+    errors: list[str] = []
+    wang = person(browser, live, "wang", errors, viewport={"width": 1366, "height": 768})
+    wang.goto(f"{live.url}/consults/{consult}")
+    with wang.expect_navigation():
+        wang.locator(f'a[href="/consults/{consult}/read"]').click()
+    frame = wang.frame_locator("#read-viewer")
+    frame.locator("[data-role=canvas]").wait_for()
+    viewer = wang.frames[1]
+    state = viewer.evaluate("window.lancangViewer.ready")
+    assert state["studyUid"] == live.study
+    wang.fill('#report-editor textarea[name="findings"]', "右肺上叶见一结节，直径约 8 mm。")
+    wang.wait_for_function("() => document.getElementById('autosave-state').textContent.includes('保存')")
+
+    handle = wang.locator("#read-handle")
+    box = handle.bounding_box()
+    before = wang.locator(".read-viewer").bounding_box()["width"]
+    wang.mouse.move(box["x"] + box["width"] / 2, box["y"] + 200)
+    wang.mouse.down()
+    wang.mouse.move(box["x"] - 300, box["y"] + 200, steps=8)
+    wang.mouse.up()
+    after = wang.locator(".read-viewer").bounding_box()["width"]
+    assert after < before - 250, (before, after)
+    share = int(handle.get_attribute("aria-valuenow"))
+    handle.focus()
+    wang.keyboard.press("ArrowRight")
+    assert int(handle.get_attribute("aria-valuenow")) == share + 5
+    wang.screenshot(path="/tmp/lancang-read-and-report-1366.png")
+    wang.reload()  # the split is remembered on this computer, the draft on the server
+    assert int(wang.locator("#read-handle").get_attribute("aria-valuenow")) == share + 5
+    assert "8 mm" in wang.locator('#report-editor textarea[name="findings"]').input_value()
+    wang.context.close()
+
+    li = person(browser, live, "li", errors)
+    li.goto(f"{live.url}/consults/{consult}/read")
+    assert li.url.endswith(f"/consults/{consult}")  # the requester is not the reader
+    li.context.close()
+    assert not errors, errors

@@ -64,6 +64,7 @@ AUDITED = {
     "/dicom-web/studies/{study}/thumbnail", "/dicom-web/studies/{study}/series/{series}/thumbnail",
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/thumbnail", "/dicom-web/wado",
     "/objects/{key:path}", "/studies/{study_uid}/view", "/api/studies", "/api/studies/{study_uid}",
+    "/api/studies/{study_uid}/measurements", "/api/studies/{study_uid}/key-images",
     "/api/studies/{study_uid}/shares", "/api/shares/{share_id}/film.pdf", "/api/studies/{study_uid}/film.pdf",
     "/studies/{study_uid}/film", "/f/{token}/view", "/f/{token}/img/{instance_id}/{frame}.jpg",
     "/f/{token}/th/{series_uid}.jpg", "/f/{token}/pv/{instance_id}.jpg", "/f/{token}/report.pdf",
@@ -75,6 +76,7 @@ AUDITED = {
     "/studies", "/studies/{study_uid}", "/studies/{study_uid}/thumbnail.jpg",
     "/studies/{study_uid}/series/{series_uid}/thumbnail.jpg", "/studies/{study_uid}/download",
     "/patients/{patient_pk}", "/admin/shares", "/admin/audit", "/studies/{study_uid}/compare",
+    "/viewer/{study_uid}/mpr", "/studies/{study_uid}/layout", "/consults/{consult_id}/read",
 }
 CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or p == "/f/{token}/report.pdf"}
 
