@@ -16,10 +16,11 @@ and opens `/studies/{uid}/view`. Printed per profile, each beside its anchor fro
 time to the first image on screen (goal <= 1.0 s at 8 Mbit/s), time until every slice of the
 series is displayable at full quality (Lancang: the viewer's own progress, decoded; OHIF: its
 last frame through the link, before decoding: a lower bound for OHIF), the bytes the link
-carried to the browser (goal: whole series <= 1.25x the floor and <= 0.5x OHIF); the floor is the series' pixel data compressed losslessly (gzip -9 of
-the native frames: the least a lossless transfer must carry without a smarter codec) divided
-by the link rate. The same walk with `Accept-Encoding: identity` (frames uncompressed, as before
-wire compression) is printed beside it.
+carried to the browser (goal: whole series <= 1.25x the floor and <= 0.5x OHIF); the floor is the
+series' pixel data compressed losslessly (the smaller of gzip -9 and JPEG-LS of the native
+frames; JPEG-LS here) divided by the link rate. Lancang's viewer asks for JPEG-LS frames and
+decodes them in a worker (WebAssembly CharLS); its first low-resolution preview is printed
+beside its first full-quality image.
 
 Everything runs in a private network namespace; processes started here are stopped by PID.
 """
@@ -48,7 +49,7 @@ from bench.dicomweb import INSTITUTION, PASSWORD, USERNAME, LancangSite  # noqa:
 from bench.runinfo import lancang_revision, load1, uptime  # noqa: E402
 
 PROFILES = {"8mbit": (8_000_000, 40), "4g": (20_000_000, 60)}
-TARGETS = {"gzip": "Lancang (frames gzip)", "identity": "Lancang, frames uncompressed", "ohif": "OHIF 3 + Orthanc"}
+TARGETS = {"jls": "Lancang (frames JPEG-LS)", "ohif": "OHIF 3 + Orthanc"}
 ohif_server: list = []  # the running OHIF site (bench/ohif_site.py), for its served-frame log
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--use-gl=swiftshader",
@@ -56,19 +57,23 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run
                  "--disable-sync"]
 
 
-def floor_bytes(files: list[Path]) -> tuple[int, int]:
-    """(raw pixel bytes, gzip -9 of them) over the series."""
+def floor_bytes(files: list[Path]) -> tuple[int, int, int]:
+    """(raw pixel bytes, gzip -9 of them, JPEG-LS lossless of them) over the series."""
     from pydicom import dcmread
 
-    raw = packed = 0
+    from imaging import jpegls
+
+    raw = packed = jls = 0
     for path in files:
-        data = dcmread(path).PixelData
+        ds = dcmread(path)
+        data = ds.PixelData
         raw += len(data)
         packed += len(gzip.compress(data, 9, mtime=0))
-    return raw, packed
+        jls += len(jpegls.encode_frame(ds, data))
+    return raw, packed, jls
 
 
-def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool) -> dict:
+def walk(browser, base: str, study: str, bits: int, latency: int) -> dict:
     """Sign in directly, then open the viewer through the slow link; times from navigation
     start, bytes as the link carried them towards the browser."""
     context = browser.new_context(viewport={"width": 1366, "height": 768}, service_workers="block")
@@ -81,8 +86,6 @@ def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
-    if identity:
-        cdp.send("Network.setExtraHTTPHeaders", {"headers": {"Accept-Encoding": "identity"}})
     link = LinkProxy(int(base.rsplit(":", 1)[1]), rate_bits=bits, rtt_ms=latency).__enter__()
     started = time.perf_counter()
     page.goto(f"http://127.0.0.1:{link.port}/studies/{study}/view", wait_until="commit")
@@ -101,10 +104,11 @@ def walk(browser, base: str, study: str, bits: int, latency: int, identity: bool
                 break
         time.sleep(0.02)
     total = link.received
+    preview = page.evaluate("window.lancangViewer.firstPreviewAt()")  # ms from navigation start
     context.close()
     link.__exit__(None, None, None)
     return {"first_s": round(first, 3) if first else None, "whole_s": round(whole, 3) if whole else None,
-            "bytes": total}
+            "preview_s": round(preview / 1000, 3) if preview else None, "bytes": total}
 
 
 FIRST_PIXEL_JS = """() => {
@@ -197,9 +201,10 @@ def run(args, stack: contextlib.ExitStack) -> dict:
     data = Path(args.data)
     files = ctgen.generate(data, count=args.slices, studies=1, seed=7)
     plan = ctgen.plan_studies(args.slices, 1, 7)
-    raw, packed = floor_bytes(files)
+    raw, packed, jls = floor_bytes(files)
     print(f"{len(files)} slices, pixel data {raw / 1e6:.1f} MB raw, {packed / 1e6:.1f} MB gzip -9 "
-          f"({packed / raw:.2f})", flush=True)
+          f"({packed / raw:.2f}), {jls / 1e6:.1f} MB JPEG-LS ({jls / raw:.2f})", flush=True)
+    floor_bytes_ = min(packed, jls)  # the least a lossless transfer carries with the better codec
     workdir = Path(tempfile.mkdtemp(prefix="bench-reading-"))
     stack.callback(shutil.rmtree, workdir, True)
     site = LancangSite(workdir / "lancang")
@@ -216,27 +221,30 @@ def run(args, stack: contextlib.ExitStack) -> dict:
     rows = []
     for name in args.profiles.split(","):
         bits, latency = PROFILES[name]
-        floor_s = packed * 8 / bits
+        floor_s = floor_bytes_ * 8 / bits
         for round_ in range(args.repeat):
-            for wire in ("gzip", "identity", "ohif") if ohif else ("gzip", "identity"):
+            for wire in ("jls", "ohif") if ohif else ("jls",):
                 got = (walk_ohif(browser, ohif, plan[0].study_uid, len(files), bits, latency) if wire == "ohif"
-                       else walk(browser, base, plan[0].study_uid, bits, latency, wire == "identity"))
+                       else walk(browser, base, plan[0].study_uid, bits, latency))
                 row = {"profile": name, "round": round_, "wire": wire,
                        "floor_s": round(floor_s, 2), "load1": load1(), **got}
                 rows.append(row)
                 ratio = got["whole_s"] / floor_s if got["whole_s"] else float("nan")
                 own = (f"   (OHIF's own studyToFirstImage {got['ohif_study_to_first_image_s']:.2f} s: after its "
                        f"app has loaded)" if got.get("ohif_study_to_first_image_s") else "")
-                print(f"  {name:<6} round {round_} {TARGETS[wire]:<30} first image {got['first_s']} s   whole series "
+                preview = f" (preview {got['preview_s']} s)" if got.get("preview_s") else ""
+                print(f"  {name:<6} round {round_} {TARGETS[wire]:<30} first image {got['first_s']} s{preview}   whole series "
                       f"{got['whole_s']} s ({ratio:.2f}x floor {floor_s:.2f} s)   received "
                       f"{got['bytes'] / 1e6:.1f} MB   load1 {row['load1']:.2f}{own}", flush=True)
     print(f"end {uptime()}")
     summary = []
     print(f"\n{len(files)}-slice CT, Chromium through bench/linkproxy.py (one shared rate, one-way delay); "
           f"median of {args.repeat}")
-    print(f"{'profile':<7} {'target':<30} {'first s':>8} {'whole s':>8} {'floor s':>8} {'x floor':>8} {'MB':>6}")
+    print(f"{'profile':<7} {'target':<30} {'first s':>8} {'whole s':>8} {'floor s':>8} {'x floor':>8} {'MB':>6}"
+          f" {'x OHIF':>7}")
     for name in args.profiles.split(","):
-        for wire in ("gzip", "identity", "ohif"):
+        ohif_whole = [r["whole_s"] for r in rows if r["profile"] == name and r["wire"] == "ohif" and r["whole_s"]]
+        for wire in ("jls", "ohif"):
             group = [r for r in rows if r["profile"] == name and r["wire"] == wire and r["whole_s"]]
             if not group:
                 continue
@@ -244,11 +252,12 @@ def run(args, stack: contextlib.ExitStack) -> dict:
             whole = statistics.median(r["whole_s"] for r in group)
             floor_s = group[0]["floor_s"]
             mb = statistics.median(r["bytes"] for r in group) / 1e6
+            x_ohif = whole / statistics.median(ohif_whole) if ohif_whole else float("nan")
             summary.append({"profile": name, "wire": wire, "first_s": first, "whole_s": whole, "floor_s": floor_s,
-                            "x_floor": round(whole / floor_s, 2), "mb": round(mb, 1)})
+                            "x_floor": round(whole / floor_s, 2), "mb": round(mb, 1), "x_ohif": round(x_ohif, 2)})
             print(f"{name:<7} {TARGETS[wire]:<30} {first:>8.2f} {whole:>8.2f} {floor_s:>8.2f} {whole / floor_s:>8.2f} "
-                  f"{mb:>6.1f}")
-    return {"rows": rows, "summary": summary, "raw_bytes": raw, "gzip9_bytes": packed,
+                  f"{mb:>6.1f} {x_ohif:>7.2f}")
+    return {"rows": rows, "summary": summary, "raw_bytes": raw, "gzip9_bytes": packed, "jpegls_bytes": jls,
             "revision": lancang_revision()}
 
 

@@ -147,8 +147,22 @@ def frame_bytes(ds: Dataset, index: int, *, decode: bool) -> bytes:
     return native if native is not None else _decoded_frame(ds, index)
 
 
+# A frame never changes under its SOP Instance UID: the viewer's idle prefetch (viewer/idle.js)
+# leaves frames in the browser's cache for a few minutes. Private (no shared proxy keeps them),
+# and sign-out clears the cache (Clear-Site-Data). Answers differ by Accept and Accept-Encoding.
+FRAME_CACHE = "private, max-age=600"
+FRAME_VARY = "Accept, Accept-Encoding"
+
+
 def frames_response(row, ds: Dataset, numbers: list[int], offer: Offer, *, gzip_ok: bool = False) -> Response:
     """The frames (1-based) as a multipart body, each part with its transfer syntax."""
+    response = _frames_body(row, ds, numbers, offer, gzip_ok)
+    response.headers["Cache-Control"] = FRAME_CACHE
+    response.headers["Vary"] = FRAME_VARY
+    return response
+
+
+def _frames_body(row, ds: Dataset, numbers: list[int], offer: Offer, gzip_ok: bool) -> Response:
     if offer.transfer_syntax == jpegls.JPEG_LS_LOSSLESS and row.syntax in NATIVE_LITTLE:
         return _jpeg_ls_frames(ds, numbers, offer)
     decode = offer.transfer_syntax == EVRLE and row.syntax not in NATIVE_LITTLE

@@ -80,6 +80,9 @@ def test_grey_frames_travel_jpeg_ls_lossless_and_colour_is_refused_precisely(run
             stored = np.frombuffer(ds.PixelData, "<u2") & mask
             assert bytes(decoded) == stored.tobytes(), name  # lossless, value for value
             assert len(body) < len(ds.PixelData), (name, len(body))
+            # Privately cacheable for the viewer's idle prefetch; varies by what was asked.
+            assert answer.headers["cache-control"] == "private, max-age=600"
+            assert answer.headers["vary"] == "Accept, Accept-Encoding"
             native = frame(name, OCTETS)[1]
             assert native.status_code == 200 and "application/octet-stream" in native.headers["content-type"]
 

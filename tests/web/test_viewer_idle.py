@@ -82,7 +82,7 @@ def test_priors_and_the_next_study_load_while_the_line_is_idle(live, browser):
     login(page, live.url, "li", "/")
     page.goto(f"{live.url}/studies")  # newest first: current, other, prior
     frames: list[str] = []
-    page.on("request", lambda r: "/frames/" in r.url and frames.append(r.url))
+    page.on("request", lambda r: "/frames/" in r.url and "/rendered" not in r.url and frames.append(r.url))
     page.goto(f"{live.url}/studies/{live.studies['current']}/view")
     page.evaluate("window.lancangViewer.ready")
     done = _poll(page, "(() => { const d = window.lancangViewer.idle(); return d && d.studies.length === 2 && d; })()")
@@ -102,7 +102,8 @@ def test_priors_and_the_next_study_load_while_the_line_is_idle(live, browser):
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cached, fetched = [], []
-    cdp.on("Network.responseReceived", lambda e: "/frames/" in e["response"]["url"] and (
+    raw_frame = lambda url: "/frames/" in url and "/rendered" not in url  # noqa: E731 (not the preview)
+    cdp.on("Network.responseReceived", lambda e: raw_frame(e["response"]["url"]) and (
         cached if e["response"].get("fromDiskCache") or e["response"].get("fromPrefetchCache") else fetched).append(
         e["response"]["url"]))
     cdp.on("Network.requestServedFromCache", lambda e: cached.append(e["requestId"]))
