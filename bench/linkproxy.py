@@ -85,8 +85,11 @@ class LinkProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_writer, self.up, False),
-                             self._pipe(up_reader, writer, self.down, True), return_exceptions=True)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer, self.up, False),
+                                 self._pipe(up_reader, writer, self.down, True), return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing with this connection open: nothing to report
 
     async def _pipe(self, reader, writer, bucket: _Bucket, towards_browser: bool) -> None:
         """Forward chunks, each no earlier than `delay` after it arrived, within the rate."""

@@ -87,7 +87,8 @@ def test_priors_and_the_next_study_load_while_the_line_is_idle(live, browser):
     page.evaluate("window.lancangViewer.ready")
     done = _poll(page, "(() => { const d = window.lancangViewer.idle(); return d && d.studies.length === 2 && d; })()")
     assert done["studies"] == [live.studies["prior"], live.studies["other"]], done
-    # JPEG-LS on the wire: fewer bytes than the native frames (64 x 64 x 2 bytes each).
+    # Each study's first image natively (as the viewer asks for it), the rest JPEG-LS: fewer
+    # bytes than native frames (64 x 64 x 2 bytes each).
     assert done["frames"] == 6 + 5 and 0 < done["bytes"] < 11 * 64 * 64 * 2, done
 
     # Not one background request before the shown series was complete.

@@ -259,8 +259,25 @@ def test_saved_measurements_reopen_for_a_second_reader_and_key_images_are_kept(l
     page.locator('[data-action="save-keys"]').click()
     wait_for(v, "document.querySelector('[data-role=k-status]').textContent.includes('已保存')")
     assert "★ 关键图像 Key image" in page.locator("[data-role=ov-tr]").inner_text()
+    # A cloud-film link for the patient (the radiographer makes it from the page's session).
+    share = page.evaluate("fetch('/api/studies/' + window.lancangViewer.state().studyUid + '/shares', {method: 'POST',"
+                          " headers: {'Content-Type': 'application/json'}, body: JSON.stringify({days: 7})})"
+                          ".then(r => r.json())")
     assert not v.errors, v.why()
     v.context.close()
+
+    # The patient's phone: the key image comes first, as its own group.
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    patient = phone.new_page()
+    patient.goto(share["url"].replace("http://127.0.0.1:8000", live.url))
+    patient.fill("#pin", share["pin"])
+    with patient.expect_navigation():
+        patient.click("button[type=submit]")
+    first_group = patient.locator(".film-series-item").first
+    assert "关键图像 Key images" in first_group.inner_text() and "1 幅" in first_group.inner_text()
+    assert patient.locator("#film-counter").inner_text().strip() == "1 / 1"
+    patient.screenshot(path=str(SCREENS / "film-key-image-390.png"))
+    phone.close()
 
     # A second reader of the same institution opens the study: the report and key image are there.
     w = Viewer(browser, live, "wang", viewport={"width": 1366, "height": 768})

@@ -7,7 +7,8 @@
 // One request at a time, and only while `isIdle()` says the viewer itself wants nothing: a
 // reader's scroll always goes first. A byte budget bounds it, and a data-saver browser skips it.
 
-import { value } from "./dicomweb.js";
+import { DicomWebClient, num, value } from "./dicomweb.js";
+import { buildStack } from "./imaging.js";
 
 const NON_IMAGE = new Set(["SR", "KO", "PR", "DOC"]);
 const POLL_MS = 400;
@@ -15,6 +16,9 @@ const POLL_MS = 400;
 export class IdlePrefetcher {
   constructor(client, { isIdle, budgetBytes = 256 * 1024 * 1024 }) {
     this.client = client;
+    // The viewer asks for a study's first image natively (it must not wait for the JPEG-LS
+    // decoder to load): that one frame is fetched the same way, for the cache to answer it.
+    this.native = new DicomWebClient(client.base);
     this.isIdle = isIdle;
     this.budget = budgetBytes;
     this.done = { studies: [], frames: 0, bytes: 0, stopped: "" };
@@ -40,15 +44,29 @@ export class IdlePrefetcher {
 
   async study(study) {
     await this.whenIdle();
-    const series = (await this.client.searchSeries(study)).filter((q) => !NON_IMAGE.has(value(q, "00080060", "")));
-    for (const q of series) {
-      const uid = value(q, "0020000E");
+    // In the viewer's order (series number, then UID): the first one is the one it opens.
+    const series = (await this.client.searchSeries(study))
+      .filter((q) => !NON_IMAGE.has(value(q, "00080060", "")))
+      .map((q) => ({ uid: value(q, "0020000E"), number: num(q, "00200011", Number.MAX_SAFE_INTEGER) }))
+      .sort((a, b) => a.number - b.number || (a.uid < b.uid ? -1 : 1));
+    for (const [n, { uid }] of series.entries()) {
       await this.whenIdle();
       const metadata = await this.client.seriesMetadata(study, uid);
+      const first = n === 0 ? buildStack(metadata)[0] : null;
+      if (first) {
+        const bytes = await this.native.frame(study, uid, first.sop, first.frame).catch(() => null);
+        if (bytes) {
+          this.done.bytes += bytes.length;
+          this.done.frames += 1;
+        }
+      }
       for (const meta of metadata) {
         const sop = value(meta, "00080018");
         const frames = Number(value(meta, "00280008", 1)) || 1;
         for (let f = 1; f <= frames; f++) {
+          // The first image is already here, natively; the browser's cache keeps one answer
+          // per address, so asking it again as JPEG-LS would push that one out.
+          if (first && sop === first.sop && f === first.frame) continue;
           if (this.done.bytes >= this.budget) {
             this.done.stopped = "budget";
             return false;
