@@ -2,24 +2,33 @@
 
     BARE_RENDER_DATA=/tmp/ct800s4 python -m uvicorn bench.bare_render:app --port P
 
-GET /render/{sop} reads that instance's Part 10 file from the data folder, parses it with
-pydicom and answers `imaging.pixels.render(ds, 0, media_type="image/jpeg")`, as
-`lancang web` does for .../frames/1/rendered, in a plain `def` route (one thread-pool hop,
-as there). What it leaves out is everything else a Lancang request does: no token, no
-database lookup, no access check, no audit record. GET /empty answers one byte: FastAPI and
-uvicorn alone. bench/dicomweb.py times both beside Orthanc in the same run.
+GET /render/{sop} renders frame 1 of that instance's Part 10 file from the data folder with
+the code `lancang web` uses for .../frames/1/rendered (`imaging.dicomweb.render.Frames`: the
+native grayscale path, whose header is read once per object, else pydicom), in a plain
+`def` route (one thread-pool hop, as there). What it leaves out is everything else a Lancang
+request does: no token, no database lookup, no access check, no audit record. GET /empty
+answers one byte: FastAPI and uvicorn alone. bench/dicomweb.py times both beside Orthanc in
+the same run.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Response
 from pydicom import dcmread
 
-from imaging import pixels
+from imaging.dicomweb.render import Frames, RenderOptions, rendered_image
+
+
+class Folder:
+    """The object store's reading side over plain files (a key is a file's path)."""
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        with open(key, "rb") as handle:
+            handle.seek(offset)
+            return handle.read() if length is None else handle.read(length)
 
 
 def index_files(folder: Path) -> dict[str, Path]:
@@ -33,6 +42,7 @@ def index_files(folder: Path) -> dict[str, Path]:
 
 def create_app(folder: Path) -> FastAPI:
     files = index_files(folder)
+    store = Folder()
     app = FastAPI()
 
     @app.get("/render/{sop}")
@@ -40,8 +50,8 @@ def create_app(folder: Path) -> FastAPI:
         path = files.get(sop)
         if path is None:
             raise HTTPException(404, f"no instance {sop}")
-        ds = dcmread(io.BytesIO(path.read_bytes()))
-        return Response(pixels.render(ds, 0, media_type="image/jpeg"), media_type="image/jpeg")
+        frames = Frames(store, str(path))
+        return Response(rendered_image(frames, 0, "image/jpeg", RenderOptions()), media_type="image/jpeg")
 
     @app.get("/empty")
     def empty() -> Response:

@@ -1,7 +1,9 @@
 """DICOMweb latency: Lancang against Orthanc + its DICOMweb plugin, and QIDO at 1,000,000 instances.
 
     python bench/dicomweb.py [--parts compare,scale] [--repeat N] [--calls 30] [--warmup 3]
-                             [--audit-variant] [--scale-instances 1000000] [--json OUT.json]
+                             [--endpoints a,b] [--variants noaudit,no-lane,core-sql,no-native,
+                             no-header-cache] [--before SOURCE_TREE] [--audit-variant]
+                             [--scale-instances 1000000] [--json OUT.json]
 
 compare  The same 800 CT slices (bench/ctgen.py, 4 studies x 200 slices, one series each)
          go to Orthanc from Debian with its DICOMweb plugin (dcmtk storescu, TCP_NODELAY=1,
@@ -32,8 +34,12 @@ database lookup, access check or audit, timed in the same rounds on the same ins
 
 Also printed: the audit record's own cost (in-process on the same database: record_read, as
 every read request writes one, and the synced record that changes use), Lancang's
-per-request floor (a 400 after token authentication), and with --audit-variant a second
-`lancang web` whose audit writes are no-ops (a diagnostic only; Lancang has no such setting).
+per-request floor (a 400 after token authentication), and with --variants more `lancang web`
+processes on the same data, timed in the same rounds, each with one part of the read path
+changed back or off (VARIANTS: audit writes no-ops, no read lane, hot SQL through SQLAlchemy
+Core, pixels through pydicom only, no header cache; diagnostics, not settings Lancang has);
+with --before, one imported from another source tree (e.g. `git archive HEAD | tar -x -C D`),
+for a before/after of the same run.
 
 Everything runs inside a private network namespace (only loopback; Orthanc listens on
 0.0.0.0), re-executing itself under `unshare -n`.  Every process started here is
@@ -105,12 +111,38 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 # --------------------------------------------------------------- Lancang processes
 
-# `lancang web` with audit.record and audit.record_read replaced by no-ops: a diagnostic that
-# shows how much of each figure the audit write is.  Not a configuration Lancang offers.
-NO_AUDIT_WEB = ("import sys, storage.audit as audit\n"
+# `lancang web` with one part of the read path changed back or off, on the same data in the
+# same rounds: what each part is worth, measured beside the real server (diagnostics only:
+# Lancang has no such settings). Each is Python run before `lancang web` starts.
+VARIANTS = {
+    # audit writes no-ops: how much of each figure the audit record is
+    "noaudit": ("audit writes no-ops",
+                "import storage.audit as audit\n"
                 "audit.record = audit.record_read = lambda db, **fields: None\n"
-                "from lancang.cli import main\n"
-                "sys.exit(main(['web']))\n")
+                "audit.record_reads = lambda db, records: None\n"),
+    # GET reads through FastAPI's routing and run_in_threadpool, not imaging/dicomweb/lane.py
+    "no-lane": ("no read lane (FastAPI routing)",
+                "import imaging.dicomweb as dicomweb\n"
+                "dicomweb.install_read_lane = lambda app: None\n"),
+    # token lookup, index lookup and read audit through SQLAlchemy Core, not storage.db.Prepared
+    "core-sql": ("hot SQL via SQLAlchemy Core",
+                 "import storage.db as db\n"
+                 "def core(self, conn, params):\n"
+                 "    result = conn.execute(self.statement, params)\n"
+                 "    return [tuple(row) for row in result] if result.returns_rows else []\n"
+                 "db.Prepared.execute = core\n"
+                 "relaxed = db.Database.relaxed_scope\n"
+                 "db.Database.relaxed_scope = lambda self, driver=False: relaxed(self)\n"),
+    # every rendered frame through pydicom (parse, Datasets, pydicom's LUT functions)
+    "no-native": ("pixels through pydicom only",
+                  "import imaging.pixels as pixels\n"
+                  "pixels.native_gray = lambda ds: None\n"),
+    # the native path, but the header parsed again for every frame (a cold header every time)
+    "no-header-cache": ("native path, no header cache",
+                        "import imaging.dicomweb.render as render\n"
+                        "render._remember_header = lambda key, header: None\n"),
+}
+WEB_MAIN = "import sys\nfrom lancang.cli import main\nsys.exit(main(['web']))\n"
 
 
 class LancangSite:
@@ -146,13 +178,17 @@ class LancangSite:
         self.token = self.cli("token", "issue", USERNAME, "--label", "bench").strip().splitlines()[-1]
         return self.token
 
-    def start_web(self, *, audit: bool = True) -> str:
-        """`lancang web` (uvicorn) on a free port with LANCANG_PUBLIC_URL; returns its URL."""
+    def start_web(self, *, variant: str | None = None, source: Path | None = None) -> str:
+        """`lancang web` (uvicorn) on a free port with LANCANG_PUBLIC_URL; returns its URL.
+        `variant`: one of VARIANTS applied first; `source`: another source tree of Lancang
+        (e.g. `git archive` of an older commit) imported instead of this one."""
         port = peers.free_port()
         url = f"http://127.0.0.1:{port}"
         env = dict(self.env, LANCANG_HTTP_PORT=str(port), LANCANG_PUBLIC_URL=url)
-        command = ([self.python, "-m", "lancang.cli", "web"] if audit
-                   else [self.python, "-c", NO_AUDIT_WEB])
+        command = [self.python, "-m", "lancang.cli", "web"]
+        if variant or source:
+            prelude = f"import sys\nsys.path.insert(0, {str(source)!r})\n" if source else ""
+            command = [self.python, "-c", prelude + (VARIANTS[variant][1] if variant else "") + WEB_MAIN]
         log_path = self.workdir / f"web-{port}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(command, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -202,9 +238,9 @@ ENDPOINTS = {  # name -> (label, goal as a ratio Lancang / Orthanc)
 # Orthanc's p50 range quoted in the issue (ms), for a second ratio next to the same-run one.
 ISSUE_ORTHANC_MS = {"qido_instances": (78, 85), "series_metadata": (41, 64), "retrieve": (36, 38),
                     "rendered": (3.4, 5.5), "study_search": (1.5, 2.5)}
-TARGETS = ("orthanc", "lancang", "lancang-noaudit", "bare-render")
-LABELS = {"orthanc": "Orthanc+DICOMweb", "lancang": "Lancang embedded",
-          "lancang-noaudit": "Lancang, audit off (diag.)", "bare-render": "FastAPI+pixels only (floor)"}
+LABELS = {"orthanc": "Orthanc+DICOMweb", "lancang": "Lancang embedded", "lancang-before": "Lancang, --before tree",
+          "bare-render": "FastAPI+pixels only (floor)",
+          **{f"lancang-{name}": f"Lancang, {name}" for name in VARIANTS}}
 BARE_ENDPOINTS = {"bare-render": "rendered"}  # a floor target times only its endpoint
 
 
@@ -354,8 +390,10 @@ def run_compare(args, stack: contextlib.ExitStack) -> dict:
           f"(SQLite WAL synchronous=FULL, fsynced object files)", flush=True)
     site.add_reader()
     urls = {"lancang": site.start_web()}
-    if args.audit_variant:
-        urls["lancang-noaudit"] = site.start_web(audit=False)
+    if args.before:
+        urls["lancang-before"] = site.start_web(source=args.before)
+    for variant in args.variants:
+        urls[f"lancang-{variant}"] = site.start_web(variant=variant)
     pids = ", ".join(f"{t} pid {p.pid}" for t, p in zip(urls, site.webs))
     print(f"lancang web (uvicorn, LANCANG_LOG_LEVEL=WARNING): {pids}", flush=True)
     if "rendered" in args.endpoints:
@@ -421,10 +459,15 @@ def start_bare_render(data: Path, workdir: Path, stack: contextlib.ExitStack) ->
     return url
 
 
-def time_floor(client, warmup: int, calls: int, path: str = "/dicom-web/studies/x/metadata",
-               status: int = 400) -> dict:
+# A StudyInstanceUID longer than any stored one may be (imaging.dataset.MAX_UID_CHARS): 400
+# before any query. ("x" is a UID a sloppy device may send, kept as sent since 14.4: a 404
+# after a query and an audit record.)
+FLOOR_PATH = "/dicom-web/studies/" + "1" * 129 + "/metadata"
+
+
+def time_floor(client, warmup: int, calls: int, path: str = FLOOR_PATH, status: int = 400) -> dict:
     """What every authenticated Lancang request costs before it does anything: token lookup,
-    dependencies, routing, error rendering (GET .../studies/x/metadata answers 400); with
+    routing, error rendering (GET .../studies/<129 digits>/metadata answers 400); with
     another path and status, the same timing of any cheap request."""
     times = []
     for k in range(warmup + calls):
@@ -475,10 +518,13 @@ def print_compare(rows: list[dict], probe: dict, args) -> None:
         print(f"{label:<42} {o['p50_ms']:>7.1f} /{o['p95_ms']:>7.1f} {lc['p50_ms']:>7.1f} /{lc['p95_ms']:>7.1f} "
               f"{lc['ratio']:>6.2f}x {goal:>5.2f}x  {verdict:<7}  ({lc['p50_ms'] / high:.2f}-{lc['p50_ms'] / low:.2f}x "
               f"of {low:g}-{high:g} ms)")
-        diag = by.get((endpoint, "lancang-noaudit"))
-        if diag:
-            print(f"{'  (diagnostic: audit writes no-ops)':<42} {'':>16} {diag['p50_ms']:>7.1f} /"
-                  f"{diag['p95_ms']:>7.1f} {diag['ratio']:>6.2f}x")
+        others = [("lancang-before", "before: the --before tree")]
+        others += [(f"lancang-{name}", label) for name, (label, _) in VARIANTS.items()]
+        for target, label in others:
+            diag = by.get((endpoint, target))
+            if diag:
+                print(f"{'  (' + label + ')':<42} {'':>16} {diag['p50_ms']:>7.1f} /"
+                      f"{diag['p95_ms']:>7.1f} {diag['ratio']:>6.2f}x")
         bare = by.get((endpoint, "bare-render"))
         if bare:
             print(f"{'  (floor: FastAPI + pixels, no auth/DB/audit)':<42} {'':>16} {bare['p50_ms']:>7.1f} /"
@@ -869,15 +915,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=30, help="timed calls per endpoint and target")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
-    parser.add_argument("--audit-variant", action="store_true",
-                        help="also time a `lancang web` whose audit.record is a no-op (diagnostic)")
+    parser.add_argument("--audit-variant", action="store_true", help="the same as --variants noaudit")
+    parser.add_argument("--variants", default="",
+                        help=f"comma-separated, also time `lancang web` with: {', '.join(VARIANTS)} (diagnostics)")
+    parser.add_argument("--before", type=Path,
+                        help="also time `lancang web` imported from this source tree (e.g. `git archive HEAD`)")
     parser.add_argument("--scale-instances", type=int, default=1_000_000)
     parser.add_argument("--scale-calls", type=int, default=30, help="varied values per query kind")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     args.endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    unknown = (set(args.parts) - {"compare", "scale"}) | (set(args.endpoints) - set(ENDPOINTS))
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.audit_variant and "noaudit" not in args.variants:
+        args.variants.insert(0, "noaudit")
+    unknown = ((set(args.parts) - {"compare", "scale"}) | (set(args.endpoints) - set(ENDPOINTS))
+               | (set(args.variants) - set(VARIANTS)))
     if unknown:
         parser.error(f"unknown {sorted(unknown)}")
     args.data = args.data or Path(f"/tmp/ct{args.count}s{args.studies}")

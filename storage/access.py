@@ -79,26 +79,35 @@ class Scope:
             return ("all",)
         return ("institutions", self.grantee_institution_id is not None, self.grantee_user_id is not None)
 
-    def bound_values(self) -> dict:
-        """The values for bound_study_filter(self.shape, ...)."""
+    def bound_values(self, *, one_by_one: bool = False) -> dict:
+        """The values for bound_study_filter(self.shape, ...); with `one_by_one`, for
+        bound_study_filter(..., institutions=len(self.institution_ids))."""
         if self.only_study_uid is not None:
             return {"scope_study": self.only_study_uid}
         if self.all_institutions:
             return {}
-        return {"scope_institutions": sorted(self.institution_ids), "scope_now": utcnow(),
-                "scope_grantee_institution": self.grantee_institution_id,
-                "scope_grantee_user": self.grantee_user_id}
+        values = {"scope_now": utcnow(), "scope_grantee_institution": self.grantee_institution_id,
+                  "scope_grantee_user": self.grantee_user_id}
+        if one_by_one:
+            values.update((f"scope_institution_{i}", v) for i, v in enumerate(sorted(self.institution_ids)))
+        else:
+            values["scope_institutions"] = sorted(self.institution_ids)
+        return values
 
 
-def bound_study_filter(shape: tuple, institution_col, study_uid_col):
+def bound_study_filter(shape: tuple, institution_col, study_uid_col, *, institutions: int | None = None):
     """Scope.study_filter for every scope of `shape`, with bound parameters that
-    Scope.bound_values() fills; True when the shape sees everything."""
+    Scope.bound_values() fills; True when the shape sees everything. With `institutions`,
+    the institution list is that many plain parameters rather than one expanding one (for
+    statements run as storage.db.Prepared; fill with bound_values(one_by_one=True))."""
     if shape == ("study",):
         return study_uid_col == bindparam("scope_study")
     if shape == ("all",):
         return True
     _kind, by_institution, by_user = shape
-    conditions = [institution_col.in_(bindparam("scope_institutions", expanding=True))]
+    ids = (bindparam("scope_institutions", expanding=True) if institutions is None
+           else [bindparam(f"scope_institution_{i}") for i in range(institutions)])
+    conditions = [institution_col.in_(ids)]
     if by_institution or by_user:
         granted = _granted_study_uids(bindparam("scope_grantee_institution") if by_institution else None,
                                       bindparam("scope_grantee_user") if by_user else None,

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from storage import keys
 from storage.access import Principal
-from storage.db import Database
+from storage.db import Database, DriverTransaction, Prepared
 from storage.models import AuditRecord
 from storage.objects import ObjectNotFound
 from storage.types import utcnow
@@ -80,7 +80,7 @@ def _lock_chain(conn: Connection) -> None:
 
 
 def append(
-    session: Session | Connection,
+    session: Session | Connection | DriverTransaction,
     *,
     principal: Principal | None,
     action: str,
@@ -92,13 +92,13 @@ def append(
     actor: str | None = None,
 ) -> str:
     """Append a record inside the caller's transaction (atomic with the action itself).
-    Returns the record's hash. Core statements, not the ORM unit of work: every audited
+    Returns the record's hash. Prepared statements, not the ORM unit of work: every audited
     request pays for this."""
     conn = session.connection() if isinstance(session, Session) else session
-    _lock_chain(conn)
-    last = conn.execute(_LAST).first()
+    _lock_chain(conn)  # (PostgreSQL; SQLite write transactions begin IMMEDIATE)
+    last = _LAST.execute(conn, {})
     fields = dict(
-        seq=(last.seq + 1) if last else 1,
+        seq=(last[0][0] + 1) if last else 1,
         at=utcnow(),
         actor=actor or (principal.name if principal else "anonymous"),
         actor_kind=principal.kind if principal else ("system" if (actor or "").startswith("system") else "anonymous"),
@@ -110,15 +110,16 @@ def append(
         outcome=outcome,
         detail=detail or {},
     )
-    prev_hash = last.hash if last else GENESIS
+    prev_hash = last[0][1] if last else GENESIS
     keyed = bool(_KEY)
     digest = _digest(_canonical(prev_hash, fields), keyed)
-    conn.execute(_INSERT, dict(fields, prev_hash=prev_hash, hash=digest, keyed=keyed))
+    _INSERT.execute(conn, dict(fields, prev_hash=prev_hash, hash=digest, keyed=keyed))
     return digest
 
 
-_LAST = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-_INSERT = AuditRecord.__table__.insert()
+_LAST = Prepared(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1))
+_INSERT = Prepared(AuditRecord.__table__.insert(),
+                   column_keys=(*FIELDS, "prev_hash", "hash", "keyed"))
 
 
 def record(db: Database, **fields) -> None:
@@ -136,8 +137,16 @@ def record_read(db: Database, **fields) -> None:
     a flush per read would double the cost of a small query, and a read changes nothing
     that a lost record could hide; changes and security events use `record` or `append`.
     """
-    with db.relaxed_scope() as conn:
-        append(conn, **fields)
+    record_reads(db, [fields])
+
+
+def record_reads(db: Database, records: list[dict]) -> None:
+    """record_read for several records in one transaction (one commit), in their order."""
+    if not records:
+        return
+    with db.relaxed_scope(driver=True) as conn:
+        for fields in records:
+            append(conn, **fields)
 
 
 @dataclass

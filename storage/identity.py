@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from storage import localtime
+from storage.db import Prepared
 from storage.access import Principal
 from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound, NotPermitted
 from storage.models import ROLES, ApiToken, Institution, User
@@ -255,10 +256,11 @@ def user_for_token(*, session: Session, secret: str, kind: str | None = None) ->
 def principal_for_token(*, session: Session, secret: str, kind: str | None = None) -> Principal:
     """The Principal behind a valid token, checked exactly as user_for_token, from one Core
     query: the authenticated request path that needs no ORM user pays only for columns."""
-    row = session.connection().execute(_PRINCIPAL_BY_TOKEN, {"token_hash": hash_token(secret)}).first()
-    _refuse_invalid(None if row is None else _TokenState(*row[:5]), kind)
-    return Principal(kind="user", name=row.username, institution_id=row.institution_id,
-                     institution_code=row.code, role=row.role, user_id=row.user_id)
+    rows = _PRINCIPAL_BY_TOKEN.execute(session.connection(), {"token_hash": hash_token(secret)})
+    _refuse_invalid(_TokenState(*rows[0][:5]) if rows else None, kind)
+    user_id, username, role, institution_id, code = rows[0][5:]
+    return Principal(kind="user", name=username, institution_id=institution_id,
+                     institution_code=code, role=role, user_id=user_id)
 
 
 class _TokenState(NamedTuple):
@@ -280,13 +282,13 @@ def _refuse_invalid(state: _TokenState | None, kind: str | None) -> None:
         raise NotAuthenticated("账户已停用 / this account is disabled")
 
 
-_PRINCIPAL_BY_TOKEN = (
+_PRINCIPAL_BY_TOKEN = Prepared(
     select(ApiToken.kind, ApiToken.revoked_at, ApiToken.expires_at, User.active,
            Institution.active.label("institution_active"), User.id.label("user_id"), User.username, User.role,
            User.institution_id, Institution.code)
     .join(User, ApiToken.user_id == User.id).join(Institution, User.institution_id == Institution.id)
     .where(ApiToken.token_hash == bindparam("token_hash"))
-)
+)  # every authenticated API request runs it: see storage.db.Prepared
 
 
 def principal_for(user: User) -> Principal:

@@ -120,7 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Lancang 澜沧影像云", version="0.1.0", lifespan=lifespan,
                   description="Regional imaging cloud and teleconsultation platform.",
-                  docs_url=None, redoc_url=None)  # served below from local assets
+                  docs_url=None, redoc_url=None,  # served below from local assets
+                  # No OpenTelemetry here: FastAPI would otherwise ask the global tracer, meter
+                  # and logger providers whether to instrument, on every request.
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.login_limiter = pages.login_limiter()
     app.state.film_limits = film_pages.Limits()
@@ -128,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            bj=lambda value: localtime.display(value, name=settings.timezone))
     app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone,
                                            unread_notifications=lambda user: _unread(app, user))
+    dicomweb.install_read_lane(app)  # first: the security headers and CORS wrap it too
     install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     install_docs(app)

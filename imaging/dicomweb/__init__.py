@@ -24,16 +24,27 @@ Rules that hold everywhere:
   * Empty search results answer 200 with [] (PS3.18 allows 204; a JSON array is simpler
     for every client and cannot be mistaken for an error).
   * Bad input answers 400 (bad UIDs, frame 0, bad window/viewport/quality), never 500.
+  * GET reads are routed by `lane.ReadLane` to the same units of work as the routes here,
+    around FastAPI's per-request machinery (install_read_lane; web/app.py installs it).
 """
 
 from fastapi import APIRouter
 
 from imaging.dicomweb import qido, render, stow, wado, wado_uri
 from imaging.dicomweb.common import PREFIX
+from imaging.dicomweb.lane import ReadLane
 from imaging.dicomweb.stow import close
 
+RESOURCES = (stow, qido, wado, render, wado_uri)
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
-for resource in (stow, qido, wado, render, wado_uri):
+for resource in RESOURCES:
     router.include_router(resource.router)
 
-__all__ = ["close", "router"]
+
+def install_read_lane(app) -> None:
+    """GET reads straight to their unit of work (imaging/dicomweb/lane.py); add it before the
+    security-header and CORS middleware, so that they wrap its answers too."""
+    app.add_middleware(ReadLane, routers=[resource.router for resource in RESOURCES])
+
+
+__all__ = ["close", "install_read_lane", "router"]

@@ -178,7 +178,8 @@ def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
     read unit of work, authenticates (`authenticate`, the web layer's token check), runs the
     work, ends the transaction and writes the read audits the work asked for (`audit_request`).
     The endpoint's signature is `work`'s without `session` and `principal`, so FastAPI still
-    validates and documents the path parameters.
+    validates and documents the path parameters; GET requests reach `endpoint.unit_of_work`
+    through imaging/dicomweb/lane.py without FastAPI's routing.
 
     The audits wait for the read transaction's end because, on SQLite, a write committed
     while the same request still reads keeps the WAL from ever rewinding under steady
@@ -199,12 +200,12 @@ def in_one_hop(authenticate: Callable[[Request, Session], Principal]):
                     return work(session=session, principal=authenticate(request, session), **kwargs)
             finally:
                 request.state.pending_read_audits = None
-                for fields in pending:
-                    audit.record_read(db, **fields)
+                audit.record_reads(db, pending)
 
         async def endpoint(**kwargs):
             return await run_in_threadpool(unit_of_work, kwargs)
 
+        endpoint.unit_of_work = unit_of_work  # what imaging.dicomweb.lane runs for GET requests
         endpoint.__signature__ = signature.replace(parameters=kept)
         endpoint.__name__, endpoint.__qualname__, endpoint.__doc__ = work.__name__, work.__qualname__, work.__doc__
         return endpoint

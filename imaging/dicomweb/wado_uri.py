@@ -11,9 +11,9 @@ from imaging.dicomweb.common import audit_request, choose, number_param, one_hop
 from imaging.dicomweb.index import instances_or_404, target
 from imaging.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN as EVRLE, Offer
 from imaging.dicomweb.objects import (
-    can_transcode_to_explicit_little, frame_numbers_or_404, load_dataset, object_chunks
+    can_transcode_to_explicit_little, frame_numbers_or_404, object_chunks
 )
-from imaging.dicomweb.render import render_options, rendered_image, RenderOptions
+from imaging.dicomweb.render import Frames, render_options, rendered_image, RenderOptions
 from storage.access import Principal
 from storage.errors import BadRequest, NotAcceptable
 
@@ -76,5 +76,5 @@ def wado_uri(request: Request, session: Session, principal: Principal) -> Respon
     frame_numbers_or_404(row, [frame])
     audit_request(request, principal, "dicomweb.wado_uri", object_type="instance", object_id=where.sop,
                   detail={"content_type": offer.media_type, "frame": frame})
-    ds = load_dataset(runtime(request).store, row.key)
-    return Response(rendered_image(ds, frame - 1, offer.media_type, options), media_type=offer.media_type)
+    frames = Frames(runtime(request).store, row.key)
+    return Response(rendered_image(frames, frame - 1, offer.media_type, options), media_type=offer.media_type)

@@ -808,13 +808,13 @@ def test_read_audits_are_written_once_the_read_transaction_has_ended(world, monk
     """On SQLite a write beside the same request's open read keeps the WAL from rewinding:
     when a read's audit record is written, none of the request's connections is still out."""
     u, seen = world.uids, []
-    write = audit.record_read
+    write = audit.record_reads
 
-    def watching(db, **fields):
-        seen.append((fields["action"], fields["outcome"], db.engine.pool.checkedout()))
-        write(db, **fields)
+    def watching(db, records):
+        seen.extend((fields["action"], fields["outcome"], db.engine.pool.checkedout()) for fields in records)
+        write(db, records)
 
-    monkeypatch.setattr(audit, "record_read", watching)
+    monkeypatch.setattr(audit, "record_reads", watching)
     world.client().retrieve_series_metadata(u["A"], u["A1"])
     with pytest.raises(requests.HTTPError):
         world.client("other").retrieve_series_metadata(u["A"], u["A1"])

@@ -116,4 +116,8 @@ def test_bound_filter_sees_exactly_what_the_literal_filter_sees(runtime):
             seen_literal = set(session.scalars(query.where(literal) if literal is not True else query))
             seen_bound = set(session.scalars(query.where(bound) if bound is not True else query,
                                              scope.bound_values()))
-            assert seen_literal == seen_bound == expected[name], name
+            one_by_one = access.bound_study_filter(scope.shape, studies.c.institution_id, studies.c.uid,
+                                                   institutions=len(scope.institution_ids))
+            seen_one_by_one = set(session.scalars(query.where(one_by_one) if one_by_one is not True else query,
+                                                  scope.bound_values(one_by_one=True)))
+            assert seen_literal == seen_bound == seen_one_by_one == expected[name], name

@@ -221,3 +221,41 @@ def test_wal_keeper_checkpoints_and_bounds_a_wal_that_readers_never_leave(tmp_pa
     finally:
         reader.close()
         database.dispose()
+
+
+def test_prepared_statements_read_and_write_what_sqlalchemy_does(runtime):
+    """storage.db.Prepared (the driver's cursor on SQLite, SQLAlchemy elsewhere): the same
+    rows and types as Connection.execute, literals kept, writes in the caller's transaction,
+    and the driver's errors raised as SQLAlchemy's."""
+    from sqlalchemy import Column, Integer, MetaData, Table, bindparam
+    from sqlalchemy.exc import DBAPIError
+
+    from storage.db import Prepared
+
+    with runtime.db.scope() as session:
+        service.add_institution(session=session, code="PREP", name="预备", level="township")
+    statement = (select(Institution.code, Institution.active, Institution.created_at)
+                 .where(Institution.code == bindparam("code")).limit(1))
+    with runtime.db.scope(readonly=True) as session:
+        expected = [tuple(row) for row in session.connection().execute(statement, {"code": "PREP"})]
+        got = Prepared(statement).execute(session.connection(), {"code": "PREP"})
+    assert got == expected and got[0][1] is True and got[0][2].tzinfo is not None
+    row = {column.name: "" for column in Institution.__table__.columns if column.name != "id"}
+    row.update(code="PREP2", name_zh="二", level="township", active=True, parent_id=None,
+               patient_ids_are_resident_ids=False,
+               created_at=datetime.now(timezone.utc))
+    insert = Prepared(Institution.__table__.insert(), column_keys=tuple(row))
+    with runtime.db.relaxed_scope(driver=True) as conn:
+        insert.execute(conn, row)
+        if runtime.db.is_sqlite:
+            with pytest.raises(KeyError):  # every column named: no silent NULL for a default
+                insert.execute(conn, {"code": "PREP3"})
+    with runtime.db.scope(readonly=True) as session:
+        assert session.scalar(select(Institution.active).where(Institution.code == "PREP2")) is True
+    nowhere = Prepared(select(Table("no_such_table", MetaData(), Column("x", Integer)).c.x))
+    with pytest.raises(DBAPIError):
+        with runtime.db.scope(readonly=True) as session:
+            nowhere.execute(session.connection(), {})
+    with pytest.raises(DBAPIError):
+        with runtime.db.relaxed_scope(driver=True) as conn:
+            nowhere.execute(conn, {})
