@@ -280,8 +280,14 @@ def _windowed(values: np.ndarray, vds: Dataset) -> np.ndarray:
     out = apply_windowing(ext, vds)
     y0, y1 = out[-2], out[-1]
     out = out[:-2]
+    return _to_grey_range(out, y0, y1, values.size)
+
+
+def _to_grey_range(out: np.ndarray, y0: float, y1: float, size: int) -> np.ndarray:
+    """Windowed values scaled so the window's bottom (y0) is 0 and its top (y1) is 255; all zero
+    when the window maps everything to one value."""
     if not (math.isfinite(y0) and math.isfinite(y1)) or y0 == y1:
-        return np.zeros(values.size, dtype=np.float64)
+        return np.zeros(size, dtype=np.float64)
     out -= y0
     out *= 255.0 / (y1 - y0)
     return out
@@ -705,11 +711,7 @@ def _window_values(values: np.ndarray, center: float, width: float, function: st
             arr[between] = ((arr[between] - center) / width + 0.5) * span + y_min
     y0, y1 = arr[-2], arr[-1]
     out = arr[:-2]
-    if not (math.isfinite(y0) and math.isfinite(y1)) or y0 == y1:
-        return np.zeros(values.size, dtype=np.float64)
-    out -= y0
-    out *= 255.0 / (y1 - y0)
-    return out
+    return _to_grey_range(out, y0, y1, values.size)
 
 
 def render_native_frame(frame_bytes, header: NativeGray, window: "Window | str | None" = None) -> np.ndarray:

@@ -21,9 +21,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM
 from tests.conftest import embedded_settings
 from tests.web.test_upload_browser import PASSWORD, LiveApp, login, seed
+from tests.web.test_viewer_app import browser  # noqa: F401 (the module's Chromium fixture)
 
 COLS, ROWS, SLICES = 40, 48, 30
 ROW_MM, COL_MM, SLICE_MM = 0.8, 0.6, 2.0  # PixelSpacing = [row spacing (vertical), column spacing]
@@ -144,16 +145,6 @@ def live(tmp_path_factory):
     with LiveApp(settings) as app:
         app.study, app.ct, app.uneven, app.sheared, app.phantom = study, ct, uneven, sheared, phantom
         yield app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 class Mpr:

@@ -22,7 +22,8 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import embedded_settings
 from tests.dicomdata import ct_instance
-from tests.web.test_upload_browser import CHROMIUM, CHROMIUM_ARGS, LiveApp, seed
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, seed
+from tests.web.test_viewer_app import browser  # noqa: F401 (the module's Chromium fixture)
 from tests.web.test_viewer_app import Viewer
 
 SLICES, SIZE, SPACING, SEED, INTERCEPT = 6, 128, 0.7, 11, -1024
@@ -61,16 +62,6 @@ def live(tmp_path_factory):
     with LiveApp(settings) as app:
         app.study, app.series, app.sops = study, series, sops
         yield app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def drag(v: Viewer, points: list[tuple[float, float]]) -> None:

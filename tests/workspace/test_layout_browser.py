@@ -16,7 +16,8 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import embedded_settings
 from tests.dicomdata import ct_instance
-from tests.web.test_upload_browser import CHROMIUM, CHROMIUM_ARGS, LiveApp, login, seed
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, login, seed
+from tests.web.test_viewer_app import browser  # noqa: F401 (the module's Chromium fixture)
 
 SCREENS = Path(__file__).resolve().parents[2] / "docs" / "screens"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
@@ -61,16 +62,6 @@ def live(tmp_path_factory):
     with LiveApp(settings) as app:
         app.study, app.series = study, uids
         yield app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def _poll(page, js: str, timeout: float = 15):
