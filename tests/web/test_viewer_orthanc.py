@@ -365,8 +365,12 @@ def desktop(s: Session):
     log = s.proxied()
     jls_frames = [line for line in log if f"/series/{jls.uid}/instances/" in line and "/frames/" in line]
     overlay = page.locator("[data-role=ov-bl]").inner_text()
-    check("desktop.compressed_same_as_raw", raw["hash"] == comp["hash"] and jls_frames
-          and all("octet-stream" in line and "/rendered" not in line for line in jls_frames)
+    # Raw frames (the viewer may also list JPEG-LS first; the 128-pixel preview is the only
+    # /rendered request allowed, and it is replaced by the decoded frame).
+    frames = [line for line in jls_frames if "/rendered" not in line]
+    previews = [line for line in jls_frames if "/rendered" in line]
+    check("desktop.compressed_same_as_raw", raw["hash"] == comp["hash"] and frames
+          and all("octet-stream" in line for line in frames) and all("viewport=128,128" in line for line in previews)
           and "server-rendered" not in overlay, raw=raw, compressed=comp, requests=jls_frames[:3])
 
     em = hx.by_key("emri")
