@@ -12,23 +12,10 @@
   let geometry = false;
 
   function say(zh, en) {
-    status.textContent = zh + " ";
-    const span = document.createElement("span");
-    span.className = "en";
-    span.textContent = en;
-    status.appendChild(span);
+    window.lancangPanes.say(status, zh, en);
   }
 
-  function viewerReady(frame) {
-    return new Promise(function (resolve) {
-      function check() {
-        const viewer = frame.contentWindow && frame.contentWindow.lancangViewer;
-        if (viewer) viewer.ready.then(function () { resolve(viewer); }, function () { resolve(null); });
-        else setTimeout(check, 100);
-      }
-      check();
-    });
-  }
+  const viewerReady = window.lancangPanes.viewerReady;
 
   function range(positions) {
     return [Math.min.apply(null, positions), Math.max.apply(null, positions)];

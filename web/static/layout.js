@@ -15,11 +15,7 @@
   let tool = "scroll";
 
   function say(zh, en) {
-    status.textContent = zh + " ";
-    const span = document.createElement("span");
-    span.className = "en";
-    span.textContent = en;
-    status.appendChild(span);
+    window.lancangPanes.say(status, zh, en);
   }
 
   function frameOf(cell) {
@@ -27,15 +23,7 @@
   }
 
   function viewerReady(cell) {
-    return new Promise(function (resolve) {
-      function check() {
-        const frame = frameOf(cell);
-        const viewer = frame.contentWindow && frame.contentWindow.lancangViewer;
-        if (viewer) viewer.ready.then(function () { resolve(viewer); }, function () { resolve(null); });
-        else setTimeout(check, 100);
-      }
-      check();
-    });
+    return window.lancangPanes.viewerReady(frameOf(cell));
   }
 
   function cardFor(seriesUid) {

@@ -54,6 +54,15 @@ function attr(meta, frameIndex, macroTag, tag) {
   return fromGroups(meta, frameIndex, macroTag, tag) || meta;
 }
 
+/** Window presets [width, centre] (HU), shared by the viewer and MPR. */
+export const PRESETS = {
+  lung: [1500, -600],
+  mediastinum: [350, 50],
+  bone: [2000, 500],
+  brain: [80, 40],
+  abdomen: [400, 50],
+};
+
 /** Everything needed to decode, display and measure one frame. */
 export function frameInfo(meta, frameIndex) {
   const photometric = String(value(meta, T.PhotometricInterpretation, "MONOCHROME2")).trim().toUpperCase();

@@ -10,20 +10,13 @@
 // `ready` resolves with state() once the views are drawn or the series is refused.
 
 import { DicomWebClient, HttpError, num, value } from "./dicomweb.js";
-import { buildStack, decodeGray, defaultWindow } from "./imaging.js";
+import { PRESETS, buildStack, decodeGray, defaultWindow } from "./imaging.js";
 import { JPEG_LS_LOSSLESS, jpegLsDecoder } from "./jpegls.js";
 import {
   REFUSALS, VIEWS, Volume, anatomicalPlane, checkGeometry, edgeLetters, patientPoint, planePosition, pointInView,
   reslice, slabHalf, viewLayout, viewSize, viewToPoint, windowPixels,
 } from "./volume.js";
 
-const PRESETS = {
-  lung: [1500, -600],
-  mediastinum: [350, 50],
-  bone: [2000, 500],
-  brain: [80, 40],
-  abdomen: [400, 50],
-};
 const PLANE_NAMES = { axial: ["轴位", "Axial"], coronal: ["冠状位", "Coronal"], sagittal: ["矢状位", "Sagittal"] };
 const LINE_COLOURS = { axial: "#ff6b6b", coronal: "#58d68d", sagittal: "#f4c542" };
 // Browsers open six connections per host over HTTP/1.1; more requests only queue.

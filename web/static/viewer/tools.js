@@ -9,9 +9,8 @@
 /** Points each tool takes, in drawing order. */
 export const TOOL_POINTS = { length: 2, angle: 3, rect: 2, ellipse: 2, probe: 1, arrow: 2 };
 
-/** The pointer tool's name for each measurement type ("measure" is the length tool's old name). */
-export const TOOL_OF_TYPE = { length: "measure", angle: "angle", rect: "rect", ellipse: "ellipse", probe: "probe", arrow: "arrow" };
-export const TYPE_OF_TOOL = Object.fromEntries(Object.entries(TOOL_OF_TYPE).map(([t, tool]) => [tool, t]));
+/** The measurement type each pointer tool draws ("measure" is the length tool's old name). */
+export const TYPE_OF_TOOL = { measure: "length", angle: "angle", rect: "rect", ellipse: "ellipse", probe: "probe", arrow: "arrow" };
 
 /** The unit of modality values: Hounsfield units for CT (the modality LUT gives HU), else none. */
 export function valueUnit(modality) {

@@ -16,19 +16,12 @@
 // `viewer:statechange` after each user change, both with state() (plain JSON) as detail.
 
 import { DicomWebClient, HttpError, value, num, personName } from "./dicomweb.js";
-import { buildStack, cineRate, decodeGray, defaultWindow, renderGray, slicePositions, LruCache } from "./imaging.js";
+import { PRESETS, buildStack, cineRate, decodeGray, defaultWindow, renderGray, slicePositions, LruCache } from "./imaging.js";
 import { TOOL_POINTS, TYPE_OF_TOOL, edgeLetters, label, measure, scaleBarMm, valueUnit } from "./tools.js";
 import { Annotations } from "./annotations.js";
 import { IdlePrefetcher, nextOnWorklist } from "./idle.js";
 import { JPEG_LS_LOSSLESS, jpegLsDecoder } from "./jpegls.js";
 
-const PRESETS = {
-  lung: [1500, -600],
-  mediastinum: [350, 50],
-  bone: [2000, 500],
-  brain: [80, 40],
-  abdomen: [400, 50],
-};
 const NON_IMAGE = new Set(["SR", "KO", "PR", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "FID", "AU", "ECG", "HD"]);
 const ZOOM_MIN = 0.1;
 const ZOOM_MAX = 40;
