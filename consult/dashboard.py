@@ -11,10 +11,11 @@ from html import escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult import critical
 from consult.models import PRIORITIES, RISK_COLOURS, ConsultRequest
 from consult.service import is_overdue, urgency_key
 from consult.state import OPEN
-from storage import localtime
+from storage import access, localtime
 from storage.errors import Invalid, NotPermitted
 
 VIEWER_ROLES = ("coordinator", "admin")
@@ -41,8 +42,9 @@ def _percentile(values: list[float], fraction: float) -> float | None:
     return ordered[index]
 
 
-def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
-    """Everything the board shows, for consults sent to or from the institution."""
+def stats(*, session: Session, institution_id: int, weeks: int = 8, response_minutes: float = 15.0) -> dict:
+    """Everything the board shows, for consults sent to or from the institution; 危急值 told
+    to it or to any institution below it."""
     since = utcnow() - timedelta(weeks=weeks)
     consults = session.scalars(select(ConsultRequest).where(
         (ConsultRequest.target_institution_id == institution_id) |
@@ -66,7 +68,20 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8) -> dict:
         "queue_by_priority": {p: sum(1 for c in open_items if c.priority == p) for p in PRIORITIES},
         "queue_by_colour": {k: sum(1 for c in open_items if (c.risk_colour or "none") == k)
                             for k in (*RISK_COLOURS, "none")},
+        "critical": critical.figures(session=session, institution_ids=access.subtree_ids(session, institution_id),
+                                     since=since),
+        "emergency": emergency_figures([c for c in recent if c.emergency], response_minutes),
+        "directions": {d: sum(1 for c in recent if c.direction == d) for d in ("up", "down")},
     }
+
+
+def emergency_figures(consults: list[ConsultRequest], target_minutes: float) -> dict:
+    """危重孕产妇 fast path: how fast the target took each emergency, against the target time."""
+    minutes = [(c.accepted_at - c.created_at).total_seconds() / 60 for c in consults if c.accepted_at]
+    return {"count": len(consults), "taken": len(minutes), "target_min": target_minutes,
+            "median_min": round(statistics.median(minutes), 1) if minutes else None,
+            "p90_min": round(_percentile(minutes, 0.9), 1) if minutes else None,
+            "within_target": sum(1 for m in minutes if m <= target_minutes)}
 
 
 def _axis_ticks(peak: float) -> list[int]:

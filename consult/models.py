@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.db import Base
@@ -41,6 +41,16 @@ class ConsultRequest(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # 危重孕产妇 fast path: skips the queue, the room opens at once, first specialist to accept
+    # owns it; accepted_at measures the response (migration 0013).
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the invitation must carry (远程医疗服务管理规范（试行）, 2018) beside the purpose
+    # (clinical_question) and the case summary (history).
+    invite_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    specialty: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    requested_title: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    preferred_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     requesting_institution: Mapped[Institution] = relationship(foreign_keys=[requesting_institution_id])
     target_institution: Mapped[Institution] = relationship(foreign_keys=[target_institution_id])
@@ -193,3 +203,60 @@ class SignerCredential(Base):
     key_pem_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+CONSENT_SIGNERS = ("patient", "guardian", "relative")
+
+
+class ConsentRecord(Base):
+    """The patient's informed consent to a remote consult, obtained by the requesting side:
+    who obtained it, when, who signed (the patient, or a guardian or close relative where the
+    patient should not be told, with the reason), and the scanned written form."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
+    obtained_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    obtained_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signer: Mapped[str] = mapped_column(String(16))  # patient | guardian | relative
+    signer_name: Mapped[str] = mapped_column(String(64), default="")
+    relationship_to_patient: Mapped[str] = mapped_column(String(32), default="")
+    reason_not_patient: Mapped[str] = mapped_column(Text, default="")
+    form_key: Mapped[str] = mapped_column(String(300), default="")
+    form_sha256: Mapped[str] = mapped_column(String(64), default="")
+    form_type: Mapped[str] = mapped_column(String(64), default="")
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    obtained_by: Mapped[User] = relationship()
+
+
+ACK_ACTIONS = ("转诊", "电话告知", "复查", "收入院", "其他")
+
+
+class CriticalFinding(Base):
+    """A 危急值: a critical finding on a study, told to the institution that asked for the exam
+    and acknowledged there by a named person; unacknowledged it escalates (consult/critical.py)."""
+
+    __tablename__ = "critical_findings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
+    consult_id: Mapped[int | None] = mapped_column(ForeignKey("consult_requests.id"), index=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)  # told and acknowledges
+    category: Mapped[str] = mapped_column(String(64))
+    statement: Mapped[str] = mapped_column(Text)
+    flagged_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    flagged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # of the current step
+    level: Mapped[int] = mapped_column(Integer, default=0)  # 0 on-duty staff, 1 + coordinators, 2 + region
+    steps: Mapped[list] = mapped_column(JSON, default=list)  # [{at, level, told: [usernames]}]
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(16), default="")
+    phone: Mapped[str] = mapped_column(String(32), default="")
+    remarks: Mapped[str] = mapped_column(Text, default="")
+
+    institution: Mapped[Institution] = relationship()
+    flagged_by: Mapped[User] = relationship(foreign_keys=[flagged_by_id])
+    acknowledged_by: Mapped[User | None] = relationship(foreign_keys=[acknowledged_by_id])

@@ -16,6 +16,7 @@ import smtplib
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
+from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -179,3 +180,16 @@ def mark_read(session: Session, user_id: int, notification_id: int) -> Notificat
 def unread_count(session: Session, user_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Notification)
                           .where(Notification.user_id == user_id, Notification.read_at.is_(None))) or 0
+
+
+# Kinds that cannot wait for someone to open the bell: every page shows them in a banner.
+URGENT_KINDS = ("consult.emergency", "critical.flagged", "critical.escalated")
+URGENT_WINDOW_H = 12
+
+
+def urgent_unread(session: Session, user_id: int) -> list[Notification]:
+    """Unread emergencies and critical results of the last hours, newest first."""
+    since = utcnow() - timedelta(hours=URGENT_WINDOW_H)
+    return list(session.scalars(select(Notification).where(
+        Notification.user_id == user_id, Notification.read_at.is_(None), Notification.kind.in_(URGENT_KINDS),
+        Notification.at >= since).order_by(Notification.id.desc()).limit(5)))

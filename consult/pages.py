@@ -2,19 +2,19 @@
 specialist worklist and report editor, the public verification page. Actions call the
 JSON API from the page (web/static/consult.js) with the browser session."""
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from consult import dashboard, notify, policy, reports, rooms, scheduling, service, state, templates
-from consult.models import ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
+from consult import consent, critical, dashboard, notify, policy, reports, rooms, scheduling, service, state, templates
+from consult.models import ACK_ACTIONS, ConsultRequest, Notification, PRIORITIES, RISK_COLOURS, Report
 from consult.routes import consult_detail
 from imaging import keyimages, recognition, summary
 from imaging.models import Study
-from storage import access, identity, localtime
+from storage import access, audit, identity, localtime
 from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
 from storage.errors import Invalid
 from storage.models import Institution, User
@@ -82,7 +82,7 @@ def consult_list(request: Request, session: DbSession, user: OptionalUser, statu
 
 
 @router.get("/consults/new", response_class=HTMLResponse)
-def new_consult(request: Request, session: DbSession, user: OptionalUser, study: str = ""):
+def new_consult(request: Request, session: DbSession, user: OptionalUser, study: str = "", emergency: bool = False):
     if user is None:
         return login_first(request)
     user = session.get(User, user.id)
@@ -95,8 +95,9 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
     targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
                if i.id != user.institution_id and _routable(session, user.institution, i)]
     return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
-                  level_labels=LEVEL_LABELS,
-                  priorities=PRIORITIES, colours=RISK_COLOURS)
+                  level_labels=LEVEL_LABELS, priorities=PRIORITIES, colours=RISK_COLOURS,
+                  signer_labels=consent.SIGNER_LABELS, emergency=emergency,
+                  response_minutes=request.app.state.runtime.settings.emergency_response_minutes)
 
 
 def _consult_context(request: Request, session: Session, consult_id: int, user: User, template: str,
@@ -115,8 +116,17 @@ def _consult_context(request: Request, session: Session, consult_id: int, user: 
     template_id = (template if template in templates.TEMPLATES else report.template if report else
                    templates.for_study((keyimages.image_modalities(first.modalities) or [""])[0] if first else "", "",
                                        first.description if first else ""))
+    settings = request.app.state.runtime.settings
     return dict(user=user, consult=consult, detail=detail,
                 door=rooms.door(session, consult, user),
+                consents=consent.records_for(session, consult.id), signer_labels=consent.SIGNER_LABELS,
+                can_consent=policy.is_requester_staff(consult, user),
+                findings=critical.findings_of_consult(session, consult.id),
+                critical_categories=critical.categories(settings), ack_actions=ACK_ACTIONS,
+                can_flag=policy.is_signer(consult, user),
+                can_claim=consult.emergency and consult.status == "requested"
+                and policy.RULES["claim"][0](consult, user),
+                response_minutes=settings.emergency_response_minutes, now=utcnow(),
                 summaries=summary.summarize(session, [s.study_instance_uid for s in studies if s]),
                 studies=[s for s in studies if s], specialists=specialists,
                 templates=templates.TEMPLATES, template_id=template_id,
@@ -158,7 +168,8 @@ def dashboard_page(request: Request, session: DbSession, user: OptionalUser, wee
         return login_first(request)
     user = session.get(User, user.id)
     dashboard.require_viewer(user, weeks)  # the same rule as /api/dashboard
-    data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks)
+    data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks,
+                           response_minutes=request.app.state.runtime.settings.emergency_response_minutes)
     charts = {
         "volumes": dashboard.stacked_weeks("每周会诊量（按申请机构） Weekly volume by institution", data["volumes"]),
         "priority": dashboard.bar_chart("待办（按优先级） Open by priority", data["queue_by_priority"],
@@ -355,3 +366,80 @@ def read_all_notifications(session: WriteSession, user: CurrentUser):
     session.execute(update(Notification).where(Notification.user_id == user.id, Notification.read_at.is_(None))
                     .values(read_at=utcnow()))
     return RedirectResponse("/notifications", status_code=303)
+
+
+@router.get("/consults/{consult_id}/consent/{consent_id}/form")
+def consent_form(consult_id: int, consent_id: int, request: Request, session: DbSession, user: CurrentUser):
+    """The scanned consent form (a read of patient data: audited)."""
+    me = session.get(User, user.id)
+    row = consent.form_of(session=session, user=me, consult_id=consult_id, consent_id=consent_id)
+    runtime = request.app.state.runtime
+    audit.record_read(runtime.db, principal=identity.principal_for(me), action="consult.consent.read",
+                      object_type="consult", object_id=str(consult_id),
+                      source=request.client.host if request.client else "", detail={"consent": consent_id})
+    return Response(runtime.store.get(row.form_key), media_type=row.form_type,
+                    headers={"Content-Disposition": f'inline; filename="consent-{consult_id}-{consent_id}"',
+                             "Cache-Control": "private, no-store"})
+
+
+# ---- 危急值 --------------------------------------------------------------------------------------
+
+@router.get("/critical", response_class=HTMLResponse)
+def critical_log_page(request: Request, session: DbSession, user: OptionalUser, month: str = ""):
+    """The institution's critical-results log: unacknowledged first to act on, then the month."""
+    if user is None:
+        return login_first(request)
+    me = session.get(User, user.id)
+    since, until = _month_range(month)
+    found = critical.findings_for(session=session, user=me, since=since, until=until, limit=500)
+    _audit_log_read(request, me, found, "critical.log")
+    return render(request, "consult/critical_log.html", user=me, rows=critical.log_rows(session, found),
+                  month=localtime.display(since, "%Y-%m"), header=critical.LOG_HEADER)
+
+
+@router.get("/critical.csv")
+def critical_log_csv(request: Request, session: DbSession, user: CurrentUser, month: str = ""):
+    """The month's log as CSV (Excel opens it: UTF-8 with a BOM)."""
+    me = session.get(User, user.id)
+    since, until = _month_range(month)
+    found = critical.findings_for(session=session, user=me, since=since, until=until, limit=10_000)
+    _audit_log_read(request, me, found, "critical.export")
+    name = f"critical-{localtime.display(since, '%Y-%m')}.csv"
+    return Response(critical.log_csv(critical.log_rows(session, found)), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
+
+@router.get("/critical/{finding_id}", response_class=HTMLResponse)
+def critical_page(finding_id: int, request: Request, session: DbSession, user: OptionalUser):
+    """One critical result: what, on whom, who was told at each step, and the acknowledgement."""
+    if user is None:
+        return login_first(request)
+    me = session.get(User, user.id)
+    finding = critical.get(session=session, user=me, finding_id=finding_id)
+    _audit_log_read(request, me, [finding], "critical.view")
+    row = critical.log_rows(session, [finding])[0]
+    told = {name for step in finding.steps for name in step["told"]}
+    names = {u.username: u.display_name or u.username
+             for u in session.scalars(select(User).where(User.username.in_(told)))} if told else {}
+    return render(request, "consult/critical.html", user=me, finding=finding, row=row, ack_actions=ACK_ACTIONS,
+                  names=names,
+                  can_ack=finding.acknowledged_at is None and critical.may_acknowledge(finding, me),
+                  level_labels=critical.LEVELS)
+
+
+def _audit_log_read(request: Request, user: User, found: list, action: str) -> None:
+    audit.record_read(request.app.state.runtime.db, principal=identity.principal_for(user), action=action,
+                      object_type="critical", object_id=",".join(str(f.id) for f in found)[:4000],
+                      source=request.client.host if request.client else "", detail={"count": len(found)})
+
+
+def _month_range(month: str) -> tuple[datetime, datetime]:
+    """A local month "2026-12" (default: this one) as UTC bounds."""
+    today = localtime.display(utcnow(), "%Y-%m")
+    try:
+        year, number = (int(part) for part in (month or today).split("-"))
+        start = datetime(year, number, 1, tzinfo=localtime.zone())
+    except ValueError:
+        raise Invalid("月份请写成 2026-12 / month as YYYY-MM") from None
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=localtime.zone())
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)

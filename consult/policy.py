@@ -37,6 +37,14 @@ def is_signer(consult: ConsultRequest, user: User) -> bool:
     return user.id in (consult.reader_id, consult.reviewer_id)
 
 
+def is_target_specialist(consult: ConsultRequest, user: User) -> bool:
+    return user.institution_id == consult.target_institution_id and user.role == "specialist"
+
+
+def is_requester_staff(consult: ConsultRequest, user: User) -> bool:
+    return is_requester(consult, user) and user.role in ("radiographer", "specialist", "coordinator", "admin")
+
+
 Rule = Callable[[ConsultRequest, User], bool]
 RULES: dict[str, tuple[Rule, str]] = {
     "accept": (is_target_coordinator, "only the target institution's coordinator accepts"),
@@ -52,6 +60,10 @@ RULES: dict[str, tuple[Rule, str]] = {
     "cosign": (is_reviewer, "only the assigned reviewer signs the final report"),
     "addendum": (is_signer, "only the report's signers add addenda"),
     "acknowledge": (is_requester, "only the requesting institution acknowledges"),
+    "flag_critical": (is_signer, "only the consult's reader or reviewer flags a critical result"),
+    "claim": (lambda c, u: c.emergency and (is_target_specialist(c, u) or is_target_coordinator(c, u)),
+              "only a specialist or coordinator of the target takes an emergency consult"),
+    "consent": (is_requester_staff, "only the requesting institution records the patient's consent"),
 }
 
 

@@ -100,11 +100,22 @@ class Door:
         return f"/consults/{self.consult_id}/room"
 
 
+EMERGENCY_OPEN = ("requested", "accepted", "assigned", "scheduled", "in_progress")
+
+
+def room_is_open(consult: ConsultRequest) -> bool:
+    """A live consult's room is open while it is scheduled or running; an emergency's from the
+    moment it is raised (no booking) until it is reported."""
+    return consult.status in (EMERGENCY_OPEN if consult.emergency else LIVE_STATUSES)
+
+
 def door(session: Session, consult: ConsultRequest, user: User, now: datetime | None = None) -> Door | None:
     """Whether and when `user` may go into the room; None when it is not their room at all
     (a read, or not a participant)."""
     if consult.kind != "live" or room_role(session, consult, user) is None:
         return None
+    if consult.emergency and room_is_open(consult):
+        return Door(consult.id, "open")  # 危重孕产妇: open from the moment it is raised
     if consult.status not in LIVE_STATUSES:
         return Door(consult.id, "unscheduled" if consult.status in ("accepted", "assigned") else "ended")
     slot = session.scalar(select(Booking).where(Booking.consult_id == consult.id, Booking.cancelled_at.is_(None))
@@ -124,7 +135,7 @@ def seat_for(*, session: Session, consult_id: int, user: User) -> Seat:
     role = room_role(session, consult, user)
     if role is None:
         raise NotPermitted("仅会诊参与者可进入 / only the consult's participants may join")
-    if consult.kind != "live" or consult.status not in LIVE_STATUSES:
+    if consult.kind != "live" or not room_is_open(consult):
         raise Conflict(f"会诊室未开放 / this consult has no open room ({consult.kind}, {consult.status})")
     return Seat(consult_id=consult.id, user_id=user.id, username=user.username,
                 display_name=user.display_name or user.username, role=role)

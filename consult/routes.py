@@ -2,17 +2,19 @@
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import notify, reports, scheduling, service, templates
+from consult import consent, critical, notify, reports, scheduling, service, templates
 from consult.models import Booking, ConsultEvent, ConsultRequest, Notification
-from consult.schemas import (Addendum, Assignment, Comments, ConsultCreate, ConsultDetail, ConsultOut, Draft,
-                             EventOut, ExceptionIn, NotificationOut, Password, Reason, Slot, VersionOut, Windows)
+from consult.schemas import (Addendum, Assignment, Comments, ConsentOut, ConsultCreate, ConsultDetail, ConsultOut,
+                             CriticalAck, CriticalFlag, CriticalOut, Draft, EventOut, ExceptionIn, NotificationOut,
+                             Password, Reason, Slot, VersionOut, Windows)
 from consult.dashboard import require_viewer, stats
 from storage import audit
-from storage.deps import CurrentUser, DbSession, WriteSession
+from storage.deps import CurrentUser, DbSession, RuntimeDep, WriteSession
+from storage.identity import principal_for
 from storage.errors import Invalid, NotFound
 from storage.models import User
 
@@ -26,7 +28,9 @@ def consult_out(consult: ConsultRequest) -> ConsultOut:
         reader=consult.reader.username if consult.reader else None,
         reviewer=consult.reviewer.username if consult.reviewer else None,
         study_uids=[s.study_instance_uid for s in consult.studies], created_at=consult.created_at,
-        due_at=consult.due_at, overdue=service.is_overdue(consult), reason=consult.reason)
+        due_at=consult.due_at, overdue=service.is_overdue(consult), reason=consult.reason,
+        emergency=consult.emergency, accepted_at=consult.accepted_at, invite_reason=consult.invite_reason,
+        specialty=consult.specialty, requested_title=consult.requested_title, preferred_at=consult.preferred_at)
 
 
 def consult_detail(session: Session, consult: ConsultRequest, user: User) -> ConsultDetail:
@@ -68,13 +72,92 @@ def me_in(session: Session, user: User) -> User:
 
 
 @router.post("/consults", response_model=ConsultOut, status_code=status.HTTP_201_CREATED)
-def create_consult(body: ConsultCreate, session: WriteSession, user: CurrentUser):
-    """Ask another institution for a read or a live consult on one or more studies."""
+def create_consult(body: ConsultCreate, session: WriteSession, user: CurrentUser, runtime: RuntimeDep):
+    """Ask another institution for a read or a live consult on one or more studies; an
+    emergency one (危重孕产妇) skips the queue and opens its room at once."""
+    invitation = service.Invitation(reason=body.invite_reason, specialty=body.specialty, title=body.requested_title,
+                                    preferred_at=scheduling.local_to_utc(body.preferred_at) if body.preferred_at else None)
     consult = service.create(session=session, requester=me_in(session, user), kind=body.kind,
                              target_code=body.target, study_uids=body.study_uids,
                              clinical_question=body.clinical_question, history=body.history,
-                             priority=body.priority, risk_colour=body.risk_colour)
+                             priority=body.priority, risk_colour=body.risk_colour, invitation=invitation,
+                             emergency=body.emergency,
+                             response_minutes=runtime.settings.emergency_response_minutes)
     return consult_out(consult)
+
+
+@router.post("/consults/{consult_id}/claim", response_model=ConsultDetail)
+def claim(consult_id: int, session: WriteSession, user: CurrentUser):
+    """The first specialist or coordinator of the target to take an emergency consult owns it
+    (409 naming who has it for everyone after)."""
+    me = me_in(session, user)
+    service.claim(session=session, consult_id=consult_id, user=me)
+    return consult_detail(session, session.get(ConsultRequest, consult_id), me)
+
+
+@router.post("/consults/{consult_id}/consent", response_model=ConsentOut, status_code=status.HTTP_201_CREATED)
+def record_consent(consult_id: int, session: WriteSession, user: CurrentUser, runtime: RuntimeDep,
+                         signer: str = Form(...), obtained_at: datetime | None = Form(None),
+                         signer_name: str = Form(""), relationship: str = Form(""),
+                         reason_not_patient: str = Form(""), form: UploadFile | None = File(None)):
+    """The patient's informed consent: who obtained it, when, who signed, the scanned form."""
+    data = form.file.read(consent.MAX_FORM_BYTES + 1) if form is not None else b""
+    when = scheduling.local_to_utc(obtained_at) if obtained_at else None
+    row = consent.record(
+        session=session, store=runtime.store, user=me_in(session, user), consult_id=consult_id,
+        consent=consent.Consent(signer=signer, obtained_at=when, signer_name=signer_name,
+                                relationship=relationship, reason_not_patient=reason_not_patient), form=data)
+    return consent_out(row)
+
+
+def consent_out(row) -> ConsentOut:
+    return ConsentOut(id=row.id, obtained_by=row.obtained_by.username, obtained_at=row.obtained_at,
+                      signer=row.signer, signer_name=row.signer_name, relationship=row.relationship_to_patient,
+                      reason_not_patient=row.reason_not_patient, form_sha256=row.form_sha256,
+                      form_url=f"/consults/{row.consult_id}/consent/{row.id}/form" if row.form_key else None)
+
+
+# ---- 危急值 -----------------------------------------------------------------------------------
+
+def critical_out(finding, now=None) -> CriticalOut:
+    who = finding.acknowledged_by
+    return CriticalOut(
+        id=finding.id, study_uid=finding.study_instance_uid, consult_id=finding.consult_id,
+        institution=finding.institution.code, category=finding.category, statement=finding.statement,
+        flagged_by=finding.flagged_by.username, flagged_at=finding.flagged_at, due_at=finding.due_at,
+        level=finding.level, steps=finding.steps, acknowledged_by=who.username if who else None,
+        acknowledged_at=finding.acknowledged_at, action=finding.action, phone=finding.phone,
+        remarks=finding.remarks, overdue=critical.is_overdue(finding, now))
+
+
+@router.post("/critical", response_model=CriticalOut, status_code=status.HTTP_201_CREATED)
+def flag_critical(body: CriticalFlag, session: WriteSession, user: CurrentUser, runtime: RuntimeDep):
+    """Flag a 危急值 on a study: the requesting institution's on-duty staff are told at once."""
+    finding = critical.flag(session=session, user=me_in(session, user), settings=runtime.settings,
+                            study_uid=body.study_uid, category=body.category, statement=body.statement,
+                            consult_id=body.consult_id)
+    return critical_out(finding)
+
+
+@router.post("/critical/{finding_id}/acknowledge", response_model=CriticalOut)
+def acknowledge_critical(finding_id: int, body: CriticalAck, session: WriteSession, user: CurrentUser):
+    """A named person of the told institution acknowledges, with the action taken."""
+    finding = critical.acknowledge(session=session, user=me_in(session, user), finding_id=finding_id,
+                                   action=body.action, phone=body.phone, remarks=body.remarks)
+    return critical_out(finding)
+
+
+@router.get("/critical", response_model=list[CriticalOut])
+def critical_log(request: Request, session: DbSession, user: CurrentUser, runtime: RuntimeDep,
+                 since: datetime | None = None, until: datetime | None = None,
+                 limit: int = Query(200, ge=1, le=1000)):
+    """The user's critical-results log, newest first."""
+    me = me_in(session, user)
+    found = critical.findings_for(session=session, user=me, since=since, until=until, limit=limit)
+    audit.record_read(runtime.db, principal=principal_for(me), action="critical.log", object_type="critical",
+                      object_id=",".join(str(f.id) for f in found)[:4000],
+                      source=request.client.host if request.client else "", detail={"count": len(found)})
+    return [critical_out(f) for f in found]
 
 
 @router.get("/consults", response_model=list[ConsultOut])
@@ -270,8 +353,11 @@ def notifications(session: DbSession, user: CurrentUser, unread: bool = False):
 
 @router.get("/me/notifications/count")
 def notification_count(session: DbSession, user: CurrentUser) -> dict:
-    """What the bell in every page header shows."""
-    return {"unread": notify.unread_count(session, user.id)}
+    """What the bell in every page header shows, and the urgent ones every page puts in a
+    banner (an emergency consult, a critical result) with where each leads."""
+    urgent = [{"id": n.id, "kind": n.kind, "title": n.title, "link": n.link, "at": n.at.isoformat()}
+              for n in notify.urgent_unread(session, user.id)]
+    return {"unread": notify.unread_count(session, user.id), "urgent": urgent}
 
 
 @router.post("/me/notifications/{notification_id}/read", status_code=204)
@@ -294,8 +380,10 @@ def calendar(request: Request, session: DbSession, user: CurrentUser):
 
 
 @router.get("/dashboard")
-def dashboard(session: DbSession, user: CurrentUser, weeks: int = Query(8, ge=1, le=52)):
-    """Volumes, turnaround, overdue items and the queue (coordinators and admins)."""
+def dashboard(session: DbSession, user: CurrentUser, runtime: RuntimeDep, weeks: int = Query(8, ge=1, le=52)):
+    """Volumes, turnaround, overdue items, the queue, 危急值 and emergency response times
+    (coordinators and admins)."""
     require_viewer(user, weeks)
-    return stats(session=session, institution_id=user.institution_id, weeks=weeks)
+    return stats(session=session, institution_id=user.institution_id, weeks=weeks,
+                 response_minutes=runtime.settings.emergency_response_minutes)
 

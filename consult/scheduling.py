@@ -4,7 +4,7 @@ no double booking of a person, rescheduling, and an iCalendar feed per user."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -13,6 +13,7 @@ from consult.models import Availability, AvailabilityException, Booking, Consult
 from consult.notify import notify, notify_consult
 from consult import policy
 from consult.service import get, grant
+from consult.duty import is_available
 from consult.state import transition
 from storage import audit, identity, localtime
 from storage.errors import Conflict, Invalid, NotFound
@@ -91,25 +92,6 @@ def remove_exception(*, session: Session, user: User, exception_id: int) -> None
         raise NotFound("未找到该记录 / no such leave or extra hours")
     session.delete(row)
     session.flush()
-
-
-def is_available(session: Session, user_id: int, starts: datetime, ends: datetime) -> bool:
-    """Inside a weekly window (on its local day) or extra hours, and not on leave."""
-    exceptions = session.scalars(select(AvailabilityException).where(
-        AvailabilityException.user_id == user_id, AvailabilityException.starts_at < ends,
-        AvailabilityException.ends_at > starts)).all()
-    if any(not e.available for e in exceptions):
-        return False
-    if any(e.available and e.starts_at <= starts and e.ends_at >= ends for e in exceptions):
-        return True
-    local_start, local_end = starts.astimezone(localtime.zone()), ends.astimezone(localtime.zone())
-    if local_start.date() != local_end.date() and local_end.time() != time(0, 0):
-        return False
-    first = local_start.hour * 60 + local_start.minute
-    last = first + int((ends - starts).total_seconds() // 60)
-    windows = session.scalars(select(Availability).where(Availability.user_id == user_id,
-                                                         Availability.weekday == local_start.weekday())).all()
-    return any(w.start_minute <= first and last <= w.end_minute for w in windows)
 
 
 def _lock_people(session: Session, user_ids: list[int]) -> None:

@@ -15,6 +15,11 @@ class ConsultCreate(BaseModel):
     history: str = ""
     priority: str = "routine"
     risk_colour: str | None = Field(None, description="green, yellow, orange, red or purple (obstetrics)")
+    emergency: bool = Field(False, description="危重孕产妇 fast path: live, critical, the room opens at once")
+    invite_reason: str = Field("", description="why the consult is asked (会诊原因)")
+    specialty: str = Field("", description="the specialty requested, e.g. 妇产科")
+    requested_title: str = Field("", description="the professional title requested, e.g. 主任医师")
+    preferred_at: datetime | None = Field(None, description="preferred time (local Asia/Shanghai unless an offset is given)")
 
 
 class Reason(BaseModel):
@@ -103,6 +108,12 @@ class ConsultOut(BaseModel):
     due_at: datetime
     overdue: bool
     reason: str
+    emergency: bool = False
+    accepted_at: datetime | None = None
+    invite_reason: str = ""
+    specialty: str = ""
+    requested_title: str = ""
+    preferred_at: datetime | None = None
 
 
 class ConsultDetail(ConsultOut):
@@ -123,3 +134,48 @@ class NotificationOut(BaseModel):
     body: str
     link: str
     read: bool
+
+
+class ConsentOut(BaseModel):
+    id: int
+    obtained_by: str
+    obtained_at: datetime
+    signer: str
+    signer_name: str
+    relationship: str
+    reason_not_patient: str
+    form_url: str | None
+    form_sha256: str
+
+
+class CriticalFlag(BaseModel):
+    study_uid: str
+    category: str
+    statement: str
+    consult_id: int | None = None
+
+
+class CriticalAck(BaseModel):
+    action: str = Field(description="转诊, 电话告知, 复查, 收入院 or 其他")
+    phone: str = ""
+    remarks: str = ""
+
+
+class CriticalOut(BaseModel):
+    id: int
+    study_uid: str
+    consult_id: int | None
+    institution: str
+    category: str
+    statement: str
+    flagged_by: str
+    flagged_at: datetime
+    due_at: datetime
+    level: int
+    steps: list[dict]
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    action: str
+    phone: str
+    remarks: str
+    overdue: bool

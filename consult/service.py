@@ -6,6 +6,7 @@ Functions are keyword-only and never commit; the caller's unit of work does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -13,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from consult import policy, state
 from consult.models import KINDS, PRIORITIES, RISK_COLOURS, Booking, ConsultRequest, ConsultStudy
-from consult.notify import notify_consult
+from consult.duty import on_duty
+from consult.notify import notify, notify_consult
 from imaging.models import Study
 from storage import access, audit
-from storage.errors import Invalid, NotFound
+from storage.errors import Conflict, Invalid, NotFound
 from storage.identity import principal_for
 from storage.models import AccessGrant, Institution, User
 from storage.types import utcnow
@@ -60,10 +62,25 @@ def direction_between(session: Session, source: Institution, target: Institution
     raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below {source.code} in the referral tree")
 
 
+@dataclass(frozen=True)
+class Invitation:
+    """What the invitation carries beside the purpose and the case summary (远程医疗服务管理规范
+    （试行）, 2018): why it is asked, the specialty and title wanted, a preferred time."""
+
+    reason: str = ""
+    specialty: str = ""
+    title: str = ""
+    preferred_at: datetime | None = None
+
+
 def create(*, session: Session, requester: User, kind: str, target_code: str, study_uids: list[str],
            clinical_question: str, history: str = "", priority: str = "routine",
-           risk_colour: str | None = None) -> ConsultRequest:
-    """A township (or any member) asks another institution for a read or a live consult."""
+           risk_colour: str | None = None, invitation: Invitation = Invitation(), emergency: bool = False,
+           response_minutes: float = 15.0) -> ConsultRequest:
+    """A township (or any member) asks another institution for a read or a live consult; an
+    emergency (危重孕产妇) one is live, critical, and skips the queue (`_raise_emergency`)."""
+    if emergency:
+        kind, priority = _emergency_terms(priority, risk_colour)
     if kind not in KINDS:
         raise Invalid(f"会诊方式只能是远程阅片或视频会诊 / kind must be one of {', '.join(KINDS)}")
     if priority not in PRIORITIES:
@@ -91,15 +108,80 @@ def create(*, session: Session, requester: User, kind: str, target_code: str, st
         direction=direction_between(session, requester.institution, target),
         clinical_question=clinical_question.strip(), history=history.strip(), priority=priority,
         risk_colour=risk_colour or None, created_at=now, status_changed_at=now,
-        due_at=due_at(created=now, priority=priority, colour=risk_colour or None),
-        studies=[ConsultStudy(study_instance_uid=uid) for uid in uids],
+        due_at=(now + timedelta(minutes=response_minutes) if emergency
+                else due_at(created=now, priority=priority, colour=risk_colour or None)),
+        studies=[ConsultStudy(study_instance_uid=uid) for uid in uids], emergency=emergency,
+        invite_reason=invitation.reason.strip(), specialty=invitation.specialty.strip()[:64],
+        requested_title=invitation.title.strip()[:32], preferred_at=invitation.preferred_at,
     )
     session.add(consult)
     session.flush()
     state.opened(session, consult, requester)
+    if emergency:
+        _raise_emergency(session, consult, requester, now)
+        return consult
     coordinators = users_with_roles(session, target.id, ("coordinator", "admin"))
     notify_consult(session, consult, coordinators, kind="consult.requested",
                    title=f"新会诊申请 New consult request #{consult.id}", body=consult.clinical_question[:200])
+    return consult
+
+
+EMERGENCY_COLOURS = ("red", "purple")
+EMERGENCY_SEAT = timedelta(hours=2)
+
+
+def _emergency_terms(priority: str, colour: str | None) -> tuple[str, str]:
+    """An emergency is a live, critical consult of a red or purple pregnancy (or one already
+    marked critical): anything less goes through the queue."""
+    if colour not in EMERGENCY_COLOURS and priority != "critical":
+        raise Invalid("急会诊须为红色或紫色风险，或危急优先级 / an emergency consult needs risk colour red or purple, "
+                      "or critical priority")
+    return "live", "critical"
+
+
+def _raise_emergency(session: Session, consult: ConsultRequest, requester: User, now: datetime) -> None:
+    """Everyone it needs, at once: the target's coordinators and every on-duty specialist get
+    a seat in the room (it opens now, no booking), the images, and a notification whose link
+    joins the room; the requester presents."""
+    coordinators = users_with_roles(session, consult.target_institution_id, ("coordinator", "admin"))
+    specialists = on_duty(session, consult.target_institution_id, ("specialist",), now)
+    seats = [(requester.id, "presenter")] + [(u, "coordinator") for u in sorted(coordinators)] + \
+        [(u, "specialist") for u in sorted(specialists)]
+    for user_id, role in seats:
+        session.add(Booking(consult_id=consult.id, user_id=user_id, role=role, starts_at=now,
+                            ends_at=now + EMERGENCY_SEAT))
+    grant(session=session, consult=consult, user_ids=specialists, granted_by=requester.username)
+    colour = COLOUR_LABELS.get(consult.risk_colour or "", "")
+    notify(session, coordinators | specialists, kind="consult.emergency",
+           title=f"危重孕产妇急会诊 Emergency consult #{consult.id} {colour}".strip(),
+           body=consult.clinical_question[:200], link=f"/consults/{consult.id}/room")
+    audit.append(session, principal=principal_for(requester), action="consult.emergency", object_type="consult",
+                 object_id=str(consult.id), detail={"coordinators": len(coordinators), "specialists": len(specialists)})
+
+
+COLOUR_LABELS = {"red": "红色 red", "purple": "紫色 purple", "orange": "橙色 orange", "yellow": "黄色 yellow",
+                 "green": "绿色 green"}
+
+
+def claim(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
+    """The first specialist (or coordinator) of the target to accept an emergency owns it: the
+    row is locked, so a second acceptance at the same moment is told who has it."""
+    consult = get(session=session, consult_id=consult_id, user=user)
+    session.refresh(consult, with_for_update=True)
+    policy.require("claim", consult, user)
+    if consult.status != "requested":
+        owner = consult.reader or (session.get(User, consult.coordinator_id) if consult.coordinator_id else None)
+        who = (owner.display_name or owner.username) if owner else "—"
+        raise Conflict(f"已由{who}接诊 / already taken by {who}")
+    state.transition(session, consult, user, "accepted", "急会诊接诊 emergency taken")
+    consult.accepted_at = utcnow()
+    if user.role == "specialist":
+        consult.reader_id = user.id
+        grant(session=session, consult=consult, user_ids={user.id}, granted_by=user.username)
+    else:
+        consult.coordinator_id = user.id
+    notify_consult(session, consult, {consult.requested_by_id}, kind="consult.accepted",
+                   title=f"急会诊已接诊 Emergency consult #{consult.id} taken by {user.display_name or user.username}")
     return consult
 
 
@@ -116,6 +198,7 @@ def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     policy.require("accept", consult, user)
     state.transition(session, consult, user, "accepted")
     consult.coordinator_id = user.id
+    consult.accepted_at = consult.accepted_at or utcnow()
     notify_consult(session, consult, {consult.requested_by_id}, kind="consult.accepted",
                    title=f"会诊已受理 Consult #{consult.id} accepted")
     return consult
@@ -277,8 +360,10 @@ def worklist(*, session: Session, user: User, statuses: list[str] | None = None,
         query = query.where(ConsultRequest.target_institution_id == user.institution_id)
     elif scope == "outgoing":
         query = query.where(ConsultRequest.requesting_institution_id == user.institution_id)
-    else:
-        query = query.where((ConsultRequest.reader_id == user.id) | (ConsultRequest.reviewer_id == user.id))
+    else:  # assigned to me, or an emergency of my institution nobody has taken yet
+        query = query.where((ConsultRequest.reader_id == user.id) | (ConsultRequest.reviewer_id == user.id) |
+                            (ConsultRequest.emergency.is_(True) & (ConsultRequest.status == "requested") &
+                             (ConsultRequest.target_institution_id == user.institution_id)))
     if statuses:
         query = query.where(ConsultRequest.status.in_(statuses))
     if priority:

@@ -8,6 +8,7 @@
     derived/{study}/film/share-{share_id}.pdf             the A4 film sheet of a share
     reports/{consult_id}/v{number}-{kind}.pdf             a signed report version
     recordings/{consult_id}/{room_session}.mp4            a live-consult recording
+    consents/{consult_id}/{sha256[:16]}.{ext}             a scanned informed-consent form
     audit/checkpoint.json                                 the audit chain's MAC'd checkpoint
 
 One folder per series, not per instance: a new folder costs a directory fsync of its parent
@@ -64,3 +65,7 @@ def report_version(consult_id: int, number: int, kind: str) -> str:
 
 def recording(consult_id: int, room_session: str) -> str:
     return f"recordings/{consult_id}/{room_session}.mp4"
+
+
+def consent_form(consult_id: int, sha256: str, extension: str) -> str:
+    return f"consents/{consult_id}/{sha256[:16]}.{extension}"

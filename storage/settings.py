@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     notify_wecom_webhook: str = ""
     notify_timeout_s: float = 10.0
 
+    # 危急值 (consult/critical.py): the categories a reader picks from (comma-separated), and
+    # how long the requesting institution has to acknowledge before each escalation step
+    # (its coordinators, then the region's). Hospital policy is about 30 minutes.
+    critical_categories: str = ("大量气胸,主动脉夹层,颅内出血,急性肺栓塞,异位妊娠破裂,胎盘早剥,前置胎盘大出血,"
+                                "胎心消失,其他")
+    critical_ack_minutes: float = 30.0
+    # 危重孕产妇 fast path: the target's response time an emergency consult is measured against.
+    emergency_response_minutes: float = 15.0
+
     # One patient across institutions (imaging/persons.py): the IssuerOfPatientID values in
     # OtherPatientIDsSequence that name a 居民身份证号 and an 电子健康卡 number, comma-separated.
     resident_id_issuers: str = "RESIDENT_ID_CN,CN_RESIDENT_ID,居民身份证"

@@ -8,7 +8,7 @@ from functools import lru_cache
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from consult import notify, rooms, scheduling
+from consult import critical, notify, rooms, scheduling
 from film import sheet as filmsheet
 from imaging import derive
 from storage import audit, jobs
@@ -109,6 +109,18 @@ def deliver_notification(notification_id: int) -> None:
         raise notify.DeliveryFailed("; ".join(failures))
 
 
+@shared_task(name=critical.ESCALATE_TASK, queue="notify", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=_transient(), retry_backoff=2, default_retry_delay=5, max_retries=5)
+def escalate_critical(finding_id: int | None = None) -> int:
+    """A 危急值 not acknowledged in time goes one step up (coordinators, then the region). Sent
+    for each step's due time, and every 30 s without an id as a sweep for any step whose task
+    was lost; a step that is not due, or already taken, does nothing."""
+    rt = runtime()
+    with rt.db.scope() as session:
+        return critical.escalate_due(session=session, settings=rt.settings,
+                                     finding_id=int(finding_id) if finding_id is not None else None)
+
+
 @shared_task(name="consult.purge_recordings", queue="maintenance", acks_late=True, reject_on_worker_lost=True,
              autoretry_for=_transient(), retry_backoff=2, default_retry_delay=60, max_retries=3)
 def purge_recordings() -> int:
@@ -125,6 +137,7 @@ from celery.signals import worker_ready  # noqa: E402  (kept with the periodic t
 PERIODIC = (
     ("imaging.sweep_underived", "maintenance", 0.0, SWEEP_INTERVAL_S),
     ("consult.send_reminders", "notify", 5.0, 60.0),
+    (critical.ESCALATE_TASK, "notify", 10.0, 30.0),
     ("consult.purge_recordings", "maintenance", 60.0, 3600.0),
 )
 

@@ -128,10 +128,12 @@ def test_request_triage_assign_report_sign(live, browser):
     li.select_option('select[name="priority"]', "urgent")
     li.select_option('select[name="risk_colour"]', "red")
     li.fill('textarea[name="clinical_question"]', "咳嗽两周，请协助诊断")
+    li.check('input[name="consent.obtained"]')  # 远程医疗服务管理规范: written consent first
     li.locator('form[data-api="/api/consults"] button[type=submit]').click()
     li.wait_for_url(re.compile(r".*/consults/[0-9]+$"))
     consult = int(li.url.rsplit("/", 1)[1])
     assert "待受理 Requested" in li.locator("main").inner_text()
+    assert "患者本人 patient" in li.locator("#consent").inner_text()  # recorded with the request
     li.context.close()
 
     # The coordinator's board shows it with its badges, then the coordinator triages it.
@@ -248,6 +250,7 @@ def test_live_consult_from_request_to_signed_final_across_four_institutions(live
     li.select_option('select[name="kind"]', "live")
     li.select_option('select[name="risk_colour"]', "orange")
     li.fill('textarea[name="clinical_question"]', "孕32周，胎儿心脏超声疑室间隔缺损，请视频会诊")
+    li.check('input[name="consent.obtained"]')
     li.locator('form[data-api="/api/consults"] button[type=submit]').click()
     li.wait_for_url(re.compile(r".*/consults/[0-9]+$"))
     consult = int(li.url.rsplit("/", 1)[1])

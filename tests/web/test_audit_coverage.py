@@ -77,8 +77,11 @@ AUDITED = {
     "/studies/{study_uid}/series/{series_uid}/thumbnail.jpg", "/studies/{study_uid}/download",
     "/patients/{patient_pk}", "/admin/shares", "/admin/audit", "/studies/{study_uid}/compare",
     "/viewer/{study_uid}/mpr", "/studies/{study_uid}/layout", "/consults/{consult_id}/read",
+    "/consults/{consult_id}/consent/{consent_id}/form", "/critical", "/critical.csv", "/critical/{finding_id}",
+    "/api/critical",
 }
-CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or p == "/f/{token}/report.pdf"}
+CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or "critical" in p
+                  or p == "/f/{token}/report.pdf"}
 
 
 def get_routes(app) -> set[str]:
@@ -222,6 +225,10 @@ def consult_world(runtime):
         call("wang", "POST", f"/api/consults/{read}/report/sign", json={"password": "sign-wang"})
         versions = call("chen", "POST", f"/api/consults/{read}/report/cosign", json={"password": "sign-chen"})["versions"]
         link = call("li", "POST", f"/api/studies/{study}/shares", json={"days": 7})
+        finding = call("wang", "POST", "/api/critical", json={"study_uid": study, "consult_id": read,
+                                                              "category": "颅内出血", "statement": "左颞叶血肿"})
+        consent = call("li", "POST", f"/api/consults/{read}/consent", data={"signer": "patient"},
+                       files={"form": ("c.pdf", b"%PDF-1.4 consent", "application/pdf")})
     live = live_consult(runtime, study, 0)
     runtime.store.put(f"recordings/{live}/walk.mp4", b"\0" * 64, content_type="video/mp4")
     with runtime.db.scope() as session:
@@ -232,7 +239,8 @@ def consult_world(runtime):
         session.flush()
         recording_id = recording.id
     values = {"consult_id": str(read), "number": str(versions[-1]["number"]), "public_id": versions[-1]["public_id"],
-              "token": link["url"].rsplit("/f/", 1)[1], "recording_id": str(recording_id)}
+              "token": link["url"].rsplit("/f/", 1)[1], "recording_id": str(recording_id),
+              "finding_id": str(finding["id"]), "consent_id": str(consent["id"])}
     rooms_of = {"consult_id": str(live)}
     return tokens, values, rooms_of, link
 

@@ -30,7 +30,11 @@ function flash(message, ok) {
 function formBody(form) {
   const body = {};
   for (const [key, value] of new FormData(form).entries()) {
-    if (key.endsWith("[]")) (body[key.slice(0, -2)] ||= []).push(value);
+    if (key.startsWith("consent.") || value instanceof File) continue;  // sent apart (multipart)
+    if (key === "emergency") body.emergency = value === "true";
+    else if (key === "consult_id") body.consult_id = Number(value);
+    else if (key === "preferred_at" && value === "") continue;
+    else if (key.endsWith("[]")) (body[key.slice(0, -2)] ||= []).push(value);
     else if (key.startsWith("fields.")) { if (value !== "") (body.fields ||= {})[key.slice(7)] = value; }
     else body[key] = value;
   }
@@ -63,6 +67,51 @@ function signInAgain() {
   return [document.createTextNode("登录已过期，内容已保留在本机。 Your session has ended; what you typed is kept here. "), link];
 }
 
+/** Only the fields given: an empty date or file means "not given", not a bad value. */
+function filled(fields, prefix = "") {
+  const data = new FormData();
+  for (const [key, value] of fields.entries()) {
+    if (!key.startsWith(prefix) || value === "" || (value instanceof File && !value.size)) continue;
+    data.append(key.slice(prefix.length), value);
+  }
+  return data;
+}
+
+/** A form with a file: multipart, with the same error handling as `api`. */
+async function upload(path, data) {
+  const response = await fetch(path, { method: "POST", credentials: "same-origin", body: data });
+  const text = await response.text();
+  let answer = {};
+  try { answer = text ? JSON.parse(text) : {}; } catch (_) { answer = { detail: response.statusText }; }
+  if (!response.ok) {
+    const detail = Array.isArray(answer.detail) ? answer.detail.map((d) => d.msg).join("; ") : answer.detail;
+    const error = new Error(detail || response.statusText);
+    error.status = response.status;
+    throw error;
+  }
+  return answer;
+}
+
+/** The request form's consent fields ("consent.*"), recorded on the consult just created. A
+ *  refusal is shown beside them with a link to the consult, which exists already. */
+async function sendConsent(form, consultId) {
+  const fields = new FormData(form);
+  if (fields.get("consent.obtained") !== "true") return;
+  const data = filled(fields, "consent.");
+  data.delete("obtained");
+  try {
+    await upload(`/api/consults/${consultId}/consent`, data);
+  } catch (error) {
+    const box = form.querySelector(".consent-fields");
+    const where = document.createElement("a");
+    where.href = `/consults/${consultId}#consent`;
+    where.textContent = `会诊 #${consultId} 已提交，请在此补录 The consult was sent: record consent there`;
+    showFormError(form, box, `知情同意未记录 Consent not recorded: ${error.message} `, error.status);
+    form.querySelector(".form-error").append(where);
+    throw Object.assign(new Error("consent"), { handled: true });
+  }
+}
+
 document.addEventListener("submit", async (event) => {
   const form = event.target;
   if (!form.dataset.api) return;
@@ -74,12 +123,14 @@ document.addEventListener("submit", async (event) => {
   try {
     const draft = document.getElementById("report-editor");
     if ("flushDraft" in form.dataset && draft && draft.flush) await draft.flush();
-    const data = await api(form.dataset.method || "POST", form.dataset.api, formBody(form));
+    const data = "multipart" in form.dataset ? await upload(form.dataset.api, filled(new FormData(form)))
+      : await api(form.dataset.method || "POST", form.dataset.api, formBody(form));
+    if (form.dataset.next === "created" && data.id) await sendConsent(form, data.id);
     flash(form.dataset.done || "已完成 Done", true);
     const next = form.dataset.next === "created" && data.id ? `/consults/${data.id}` : form.dataset.next;
     setTimeout(() => { location.href = next || location.href; }, 400);
   } catch (error) {
-    showFormError(form, button, error.message, error.status);
+    if (!error.handled) showFormError(form, button, error.message, error.status);
   } finally {
     if (button) button.disabled = false;
   }
