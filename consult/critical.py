@@ -103,10 +103,11 @@ def _check_text(settings: Settings, category: str, statement: str) -> None:
 def _tell(session: Session, finding: CriticalFinding, user_ids: set[int], *, level: int, at: datetime) -> None:
     names = sorted(session.scalars(select(User.username).where(User.id.in_(user_ids)))) if user_ids else []
     finding.steps = [*finding.steps, {"at": at.isoformat(), "level": level, "told": names}]
-    prefix = "危急值" if level == 0 else f"危急值未确认·升级{level} Escalated"
+    # The title goes outside the platform (SMS, 企业微信, e-mail): no finding, no patient in it.
+    prefix = "危急值待确认" if level == 0 else f"危急值未确认·已升级{level}级"
     notify(session, user_ids, kind="critical.flagged" if level == 0 else "critical.escalated",
-           title=f"{prefix} Critical result #{finding.id}: {finding.category}",
-           body=finding.statement[:200], link=f"/critical/{finding.id}")
+           title=f"{prefix} Critical result #{finding.id} to acknowledge",
+           body=f"{finding.category}：{finding.statement}"[:300], link=f"/critical/{finding.id}")
 
 
 def _schedule(session: Session, finding: CriticalFinding, now: datetime) -> None:

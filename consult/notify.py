@@ -1,8 +1,8 @@
 """Notifications: a row per user in the app (the bell), then delivery outside it.
 
-Outside the platform a notification goes by e-mail (SMTP) and to a 企业微信 (WeChat Work)
-group robot, each on when its settings are given, plus any adapter installed with
-`add_sender` (an SMS gateway). Delivery is a Celery task per notification
+Outside the platform a notification goes by e-mail (SMTP), to a 企业微信 (WeChat Work)
+group robot and as a text message through the region's SMS gateway, each on when its
+settings are given, plus any adapter installed with `add_sender`. Delivery is a Celery task per notification
 (`consult.deliver_notification`, queue "notify") announced once the row is committed, so a
 slow mail server never holds a request. Channels outside carry the title and a link only:
 the clinical question and the patient stay behind the login and its audit trail.
@@ -107,6 +107,33 @@ class WeComSender:
             raise DeliveryFailed(f"企业微信 webhook refused: {answer.get('errcode')} {answer.get('errmsg', '')}")
 
 
+class SmsGatewaySender:
+    """Text messages through the region's SMS gateway (a 短信平台 behind an HTTP endpoint that
+    takes {"mobile", "text"} as JSON with a bearer token; any 2xx means accepted). Only users
+    with a mobile number get one; the text is the title and the link, like every outside channel."""
+
+    channel = "sms"
+
+    def __init__(self, settings: Settings):
+        self.url, self.timeout = settings.notify_sms_url, settings.notify_timeout_s
+        self.token = settings.notify_sms_token.get_secret_value()
+
+    def send(self, *, user: User, title: str, link: str) -> None:
+        if not user.mobile:
+            return
+        payload = {"mobile": user.mobile, "text": f"【澜沧影像云】{title} {link}"}
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url, data=json.dumps(payload, ensure_ascii=False).encode(),
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout):  # noqa: S310 (configured URL)
+                pass  # urlopen raises on anything but 2xx/3xx
+        except (urllib.error.URLError, OSError) as exc:
+            raise DeliveryFailed(f"短信网关 SMS gateway: {exc}") from exc
+
+
 _extra: list[Sender] = []
 
 
@@ -122,6 +149,8 @@ def senders_for(settings: Settings) -> list[Sender]:
         senders.append(SmtpSender(settings))
     if settings.notify_wecom_webhook:
         senders.append(WeComSender(settings))
+    if settings.notify_sms_url:
+        senders.append(SmsGatewaySender(settings))
     return [*senders, *_extra] or [LogSender()]
 
 

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     notify_smtp_starttls: bool = False
     # A 企业微信 (WeChat Work) group robot: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…
     notify_wecom_webhook: str = ""
+    # The region's SMS gateway (短信平台): POST {"mobile", "text"} as JSON, bearer token if set.
+    notify_sms_url: str = ""
+    notify_sms_token: SecretStr = SecretStr("")
     notify_timeout_s: float = 10.0
 
     # 危急值 (consult/critical.py): the categories a reader picks from (comma-separated), and

@@ -23,6 +23,7 @@ from storage.models import AuditRecord, User
 from storage.types import utcnow
 from tests.conftest import embedded_settings, settings_env
 from tests.consult.region import seed_region
+from tests.consult.test_notify import Robot, robot, smtp  # noqa: F401 (fixtures)
 from web.app import create_app
 
 
@@ -242,3 +243,44 @@ def _wait_for_level(runtime, fid: int, level: int, timeout: float) -> list[dict]
                 return list(row.steps)
         time.sleep(0.2)
     raise AssertionError(f"finding {fid} never reached level {level}")
+
+
+def test_every_channel_carries_the_alarm_but_never_the_finding(tmp_path, smtp, robot):
+    """In-app, e-mail, 企业微信 and the SMS gateway: each gets the title and the link; the
+    finding and the patient stay behind the login (the in-app body has them)."""
+    from consult import notify
+    from storage.runtime import bootstrap
+
+    controller, inbox = smtp
+    sms = Robot()
+    settings = embedded_settings(tmp_path, notify_smtp_host="127.0.0.1", notify_smtp_port=controller.port,
+                                 notify_wecom_webhook=robot.url, notify_sms_url=sms.url.replace("/cgi-bin/webhook/send",
+                                                                                                "/sms/send"),
+                                 notify_sms_token="gateway-token", notify_timeout_s=5)
+    runtime = bootstrap(settings, component="test")
+    region = seed_region(runtime)
+    with runtime.db.scope() as session:
+        for username, email in (("li", "li@town.example.cn"), ("ma", "")):
+            identity.set_contact(session=session, user=identity.get_user(session=session, username=username),
+                                 email=email or None)
+    with TestClient(create_app(settings)) as client:
+        def call(method, user, path, **kwargs):
+            return client.request(method, path, headers={"Authorization": f"Bearer {region['tokens'][user]}"},
+                                  **kwargs)
+        cid = assigned_consult(call, region["study"])
+        fid = ok(flag(call, region["study"], cid), 201)["id"]
+    with runtime.db.scope() as session:
+        rows = session.scalars(select(Notification).where(Notification.kind == "critical.flagged")).all()
+        assert all("异位妊娠破裂" in r.body for r in rows)  # in the app, behind the login
+        for row in rows:
+            assert notify.deliver(session, row.id, notify.senders_for(settings), "https://yxy.example.cn") == []
+    texts = [p["text"]["content"] for _, p in robot.posts] + [p["text"] for _, p in sms.posts]
+    texts += [m.get_payload(decode=True).decode() for _, m in inbox.messages]
+    assert len(robot.posts) == 2 and len(sms.posts) == 2 and len(inbox.messages) == 1
+    assert {p["mobile"] for _, p in sms.posts} == {"13800000001", "13800000002"}
+    assert sms.headers[0]["Authorization"] == "Bearer gateway-token"
+    for text in texts:
+        assert f"https://yxy.example.cn/critical/{fid}" in text and "危急值待确认" in text
+        assert "异位妊娠" not in text and "张秀英" not in text and "积液" not in text
+    sms.server.shutdown()
+    runtime.db.dispose()

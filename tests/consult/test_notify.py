@@ -47,13 +47,14 @@ class Robot:
     """Answers like the 企业微信 webhook: HTTP 200 with errcode (0 = sent)."""
 
     def __init__(self):
-        self.posts, self.errcode = [], 0
+        self.posts, self.headers, self.errcode = [], [], 0
         robot = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers["Content-Length"])
                 robot.posts.append((self.path, json.loads(self.rfile.read(length))))
+                robot.headers.append(dict(self.headers))
                 body = json.dumps({"errcode": robot.errcode, "errmsg": "ok" if not robot.errcode else "bad"}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
