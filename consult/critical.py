@@ -316,3 +316,8 @@ def figures(*, session: Session, institution_ids: set[int], since: datetime,
 def findings_of_consult(session: Session, consult_id: int) -> list[CriticalFinding]:
     return list(session.scalars(select(CriticalFinding).where(CriticalFinding.consult_id == consult_id)
                                 .order_by(CriticalFinding.id)))
+
+
+def findings_of_study(session: Session, study_uid: str) -> list[CriticalFinding]:
+    return list(session.scalars(select(CriticalFinding).where(CriticalFinding.study_instance_uid == study_uid)
+                                .order_by(CriticalFinding.id)))

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult import critical
 from film import archive
 from imaging import persons, recognition
 from imaging.models import RECOGNITION_REASONS, Instance, Patient, Series, Study
@@ -133,7 +134,9 @@ def study_page(study_uid: str, request: Request, session: DbSession, runtime: Ru
                    decisions=recognition.history(session, study_uid),
                    may_decide=_may_decide(session, principal, study), form_error=None,
                    linked=service.linked_records(session, principal, study.patient_pk),
-                   opens=_opens(session, study_uid) if principal.is_admin else None)
+                   opens=_opens(session, study_uid) if principal.is_admin else None,
+                   critical_categories=critical.categories(runtime.settings) if user.role == "specialist" else [],
+                   findings=critical.findings_of_study(session, study_uid))
 
 
 def _may_decide(session: Session, principal: Principal, study: Study) -> bool:

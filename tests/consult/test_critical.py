@@ -284,3 +284,19 @@ def test_every_channel_carries_the_alarm_but_never_the_finding(tmp_path, smtp, r
         assert "异位妊娠" not in text and "张秀英" not in text and "积液" not in text
     sms.server.shutdown()
     runtime.db.dispose()
+
+
+def test_a_specialist_who_may_see_a_study_flags_it_from_the_study_page(api, runtime, region):
+    """Without a consult: the institution that made the study is told; only specialists flag."""
+    study = region["study"]
+    assigned_consult(api, study)  # grants wang the study
+    finding = ok(api("POST", "wang", "/api/critical", json={"study_uid": study, "category": "颅内出血",
+                                                            "statement": "右额叶高密度影"}), 201)
+    assert finding["consult_id"] is None and finding["institution"] == "TOWN"
+    assert api("POST", "li", "/api/critical", json={"study_uid": study, "category": "颅内出血",
+                                                    "statement": "x"}).status_code == 403
+    assert api("POST", "sun", "/api/critical", json={"study_uid": study, "category": "颅内出血",
+                                                     "statement": "x"}).status_code == 404  # cannot see it
+    with TestClient(create_app(runtime.settings)) as client:
+        page = client.get(f"/studies/{study}", headers={"Authorization": f"Bearer {region['tokens']['wang']}"})
+    assert page.status_code == 200 and 'id="critical-form"' in page.text and "颅内出血" in page.text
