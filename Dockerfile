@@ -9,6 +9,9 @@ COPY storage ./storage
 COPY imaging ./imaging
 COPY consult ./consult
 COPY film ./film
+COPY maternal ./maternal
+COPY workspace ./workspace
+COPY edge ./edge
 COPY web ./web
 COPY workers ./workers
 RUN pip install --no-cache-dir .

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from consult import critical
 from consult.models import PRIORITIES, RISK_COLOURS, ConsultRequest
 from consult.service import is_overdue, urgency_key
+from maternal.referrals import referral_counts
 from consult.state import OPEN
 from storage import access, localtime
 from storage.errors import Invalid, NotPermitted
@@ -72,6 +73,9 @@ def stats(*, session: Session, institution_id: int, weeks: int = 8, response_min
                                      since=since),
         "emergency": emergency_figures([c for c in recent if c.emergency], response_minutes),
         "directions": {d: sum(1 for c in recent if c.direction == d) for d in ("up", "down")},
+        # 上转/下转人次 as the seed documents count them: women referred (maternal/referrals.py).
+        "referrals": referral_counts(session, institution_ids=access.subtree_ids(session, institution_id),
+                                     since=since),
     }
 
 

@@ -14,6 +14,7 @@ from consult.models import ACK_ACTIONS, ConsultRequest, Notification, PRIORITIES
 from consult.routes import consult_detail
 from imaging import keyimages, recognition, summary
 from imaging.models import Study
+from maternal import service as maternal_service
 from storage import access, audit, identity, localtime
 from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
 from storage.errors import Invalid
@@ -94,10 +95,23 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
     studies = [found[uid] for uid in uids if uid in found]
     targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
                if i.id != user.institution_id and _routable(session, user.institution, i)]
+    grade = _pregnancy_grade(session, user, study)
     return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
+                  grade=grade, default_colour=grade.headline if grade else "",
                   level_labels=LEVEL_LABELS, priorities=PRIORITIES, colours=RISK_COLOURS,
                   signer_labels=consent.SIGNER_LABELS, emergency=emergency,
                   response_minutes=request.app.state.runtime.settings.emergency_response_minutes)
+
+
+def _pregnancy_grade(session: Session, user: User, study_uid: str):
+    """The current risk colour of the chosen study's patient's pregnancy (kept on the pregnancy,
+    maternal/), so that the request carries it without retyping."""
+    if not study_uid:
+        return None
+    patient_pk = session.scalar(select(Study.patient_pk).where(Study.study_instance_uid == study_uid))
+    if patient_pk is None:
+        return None
+    return maternal_service.colour_for_patient(session, principal=identity.principal_for(user), patient_pk=patient_pk)
 
 
 def _consult_context(request: Request, session: Session, consult_id: int, user: User, template: str,

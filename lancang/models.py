@@ -4,6 +4,7 @@ import consult.models  # noqa: F401
 import consult.room_models  # noqa: F401
 import imaging.models  # noqa: F401
 import film.models  # noqa: F401
+import maternal.models  # noqa: F401
 import storage.models  # noqa: F401
 from storage.db import Base
 

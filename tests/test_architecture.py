@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"storage": 0, "imaging": 1, "maternal": 2, "consult": 3, "film": 4, "workspace": 5, "web": 6,
-          "workers": 6, "lancang": 7}
+LAYERS = {"storage": 0, "imaging": 1, "maternal": 2, "consult": 3, "film": 4, "workspace": 5, "edge": 5,
+          "web": 6, "workers": 6, "lancang": 7}
 # Alembic loads its environment by file path and needs every domain's tables: it is a script
 # run from the top, not a module of the foundation.
 SCRIPTS = {"storage.migrations.env"}
@@ -248,3 +248,15 @@ def test_every_setting_is_in_the_readme_table():
         if not any(head in line and tail in line for line in lines for head, tail in spellings):
             missing.append(f"LANCANG_{name.upper()}")
     assert missing == []
+
+
+def test_every_package_is_installed_and_shipped():
+    """A package missing from the wheel or the image imports in the repository and nowhere else
+    (the image lacked workspace/ until this test)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    for package in LAYERS:
+        assert f"{package}*" in include, package
+        assert package in copied, package

@@ -27,6 +27,8 @@ from imaging import dicomweb
 from imaging.dataset import display_name
 from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
+from maternal import pages as maternal_pages
+from maternal import routes as maternal_routes
 from storage import localtime
 from web import csrf, errors, pages, routes
 from workspace import admin as workspace_admin
@@ -147,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(consult_routes.router)
     app.include_router(consult_pages.router)
     app.include_router(room_routes.router)
+    app.include_router(maternal_routes.router)
+    app.include_router(maternal_pages.router)
     app.include_router(workspace_pages.router)
     app.include_router(workspace_admin.router)
     return app
