@@ -39,7 +39,9 @@ from pathlib import Path
 import segno
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
+from fpdf.fonts import FontFace
 
+from consult.obstetrics import BiometryTable
 from storage import fonts, localtime
 from storage.settings import get_settings
 
@@ -129,6 +131,9 @@ class ReportContent:
     # biometry: BPD, HC, AC, FL, EFW, GA...), and the maternal risk colour (妇幼五色分级).
     measurements: list[tuple[str, str]] = field(default_factory=list)
     risk_colour: str = ""
+    # An obstetric report's biometry (consult/obstetrics.py): printed as its own table of
+    # measurement, value, GA by it and expected range, in place of the measurement boxes.
+    biometry: BiometryTable | None = None
     title: str = "影像诊断报告  Diagnostic Imaging Report"
     footer: str = DEFAULT_FOOTER
     status: Status | None = None
@@ -235,7 +240,9 @@ def build_report_pdf(report: ReportContent) -> bytes:
             ("检查号 Accession No.", report.accession_number),
         ])
     _section(pdf, "临床问题  Clinical question", report.clinical_question)
-    if report.measurements or report.risk_colour:
+    if report.biometry is not None:
+        _biometry(pdf, report.biometry, report.risk_colour)
+    elif report.measurements or report.risk_colour:
         _measurements(pdf, report.measurements, report.risk_colour)
     if report.key_images:
         _key_images(pdf, report.key_images)
@@ -343,10 +350,8 @@ RISK_PRINT = {"green": ("绿色 低风险 Green", (46, 125, 50)), "yellow": ("�
               "purple": ("紫色 传染病 Purple", (106, 27, 154))}
 
 
-def _measurements(pdf: _ReportPdf, rows: list[tuple[str, str]], risk_colour: str) -> None:
-    """The template's measurements as a table, four label/value pairs a line, and the
-    maternal risk colour with its swatch."""
-    _section_title(pdf, "测量 Measurements")
+def _risk(pdf: _ReportPdf, risk_colour: str) -> None:
+    """The maternal risk colour with its swatch (nothing when none was given)."""
     if risk_colour in RISK_PRINT:
         label, rgb = RISK_PRINT[risk_colour]
         pdf.set_font("cjk", "", 8.5)
@@ -357,6 +362,46 @@ def _measurements(pdf: _ReportPdf, rows: list[tuple[str, str]], risk_colour: str
         pdf.set_text_color(0, 0, 0)
         pdf.set_font("cjk", "B", 10.5)
         pdf.cell(0, 6, " " + label, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+
+BIOMETRY_HEADINGS = ("测量 Measurement", "数值 Value", "对应孕周 GA by it", "预期范围 Expected for GA")
+FLAGGED = FontFace(emphasis="B", color=(179, 38, 30))  # outside its expected range
+WARNING_COLOUR = (138, 83, 0)
+
+
+def _biometry(pdf: _ReportPdf, biometry: BiometryTable, risk_colour: str) -> None:
+    """The obstetric biometry: a table of measurement, value, the GA it gives and the range
+    expected at the pregnancy's GA (flagged rows in bold red), then the dating notes (composite
+    GA, LMP, EDD, EFW model, presentation and placenta) and the warnings."""
+    _section_title(pdf, "测量 Measurements · 产科超声生物测量 Obstetric biometry")
+    _risk(pdf, risk_colour)
+    pdf.set_font("cjk", "", 9)
+    pdf.set_fill_color(255, 255, 255)  # the swatch's colour must not fill the table's cells
+    with pdf.table(cell_fill_mode="NONE", col_widths=(36, 36, 28, _CONTENT_W - 100), width=_CONTENT_W,
+                   text_align="LEFT", line_height=5, borders_layout="HORIZONTAL_LINES", padding=(1, 1.5),
+                   headings_style=FontFace(color=(80, 80, 80), fill_color=(245, 247, 250))) as table:
+        table.row(BIOMETRY_HEADINGS)
+        for index, row in enumerate(biometry.rows):
+            table.row(row, style=FLAGGED if index in biometry.flagged else None)
+    pdf.ln(1.5)
+    pdf.set_font("cjk", "", 8.5)
+    for note in biometry.notes:
+        pdf.set_x(_MARGIN + 2)
+        pdf.multi_cell(_CONTENT_W - 4, 4.6, note, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(*WARNING_COLOUR)
+    for warning in biometry.warnings:
+        pdf.set_x(_MARGIN + 2)
+        pdf.multi_cell(_CONTENT_W - 4, 4.6, "注意 Note: " + warning, align="L", new_x=XPos.LMARGIN,
+                       new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(2)
+
+
+def _measurements(pdf: _ReportPdf, rows: list[tuple[str, str]], risk_colour: str) -> None:
+    """The template's measurements as a table, four label/value pairs a line, and the
+    maternal risk colour with its swatch."""
+    _section_title(pdf, "测量 Measurements")
+    _risk(pdf, risk_colour)
     width = _CONTENT_W / 4
     pdf.set_draw_color(200, 205, 212)
     for start in range(0, len(rows), 4):
@@ -398,11 +443,30 @@ def _section(pdf: _ReportPdf, title: str, text: str) -> None:
     pdf.ln(3)
 
 
+# 远程医疗服务管理规范（试行）(2018): the invited side advises; the requesting institution
+# decides the treatment and answers for it. Printed on every version, above the signatures.
+RESPONSIBILITY = ("本报告为远程会诊意见，诊疗决策及其责任由申请会诊的医疗机构承担。"
+                  " This is a remote consultation opinion: treatment decisions, and the responsibility"
+                  " for them, stay with the requesting institution.")
+
+
+_RESPONSIBILITY_H = 9.5  # two lines at 8.5 pt, kept on the signatures' page
+
+
+def _responsibility(pdf: _ReportPdf, top: float) -> None:
+    pdf.set_font("cjk", "", 8.5)
+    pdf.set_text_color(70, 70, 70)
+    pdf.set_xy(_MARGIN, top - _RESPONSIBILITY_H)
+    pdf.multi_cell(_CONTENT_W, 4.2, RESPONSIBILITY, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+
+
 def _signature_block(pdf: _ReportPdf, report: ReportContent) -> None:
     """Reader/reviewer names and times, two empty signature boxes, the QR."""
-    if pdf.will_page_break(_SIG_BLOCK_H + 4):
+    if pdf.will_page_break(_SIG_BLOCK_H + 4 + _RESPONSIBILITY_H):
         pdf.add_page()
-    top = max(pdf.get_y() + 2, _PAGE_H - 22 - _SIG_BLOCK_H)
+    top = max(pdf.get_y() + 2 + _RESPONSIBILITY_H, _PAGE_H - 22 - _SIG_BLOCK_H)
+    _responsibility(pdf, top)
     pdf.set_draw_color(0, 0, 0)
     pdf.line(_MARGIN, top, _PAGE_W - _MARGIN, top)
 

@@ -13,30 +13,34 @@ from dataclasses import dataclass
 import base64
 import hashlib
 import json
+import logging
 import secrets
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult import signing, templates
+from consult import obstetrics, signing, templates
 from consult.models import ConsultRequest, ConsultStudy, Report, ReportVersion, SignerCredential, SigningAuthority
 from consult.notify import notify_consult
 from consult.reportpdf import ReportContent, Signer, Status, beijing_time, build_report_pdf
 from consult import policy
 from consult.service import get, step_with_reason, users_with_roles
 from consult.state import transition
-from imaging import keyimages
+from imaging import keyimages, ob_sr
+from imaging.annotations import Author
 from imaging.dataset import display_name
 from imaging.summary import age_at
 from imaging.models import Instance, Series, Study
 from imaging.query import shown_patient_id
 from storage import audit, keys, localtime
+from storage.db import after_commit
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import User
 from storage.types import utcnow
 
 WRITABLE = ("assigned", "scheduled", "in_progress")
+log = logging.getLogger("lancang.consult")
 
 
 class SignatureRefused(NotPermitted):
@@ -247,6 +251,7 @@ def _pdf_content(session: Session, consult: ConsultRequest, report: Report, cont
     extra.update(printed)  # status, signers, attachments
     extra.setdefault("studies", _studies(session, consult, template))
     extra.setdefault("key_images", key_image_lines(session, consult))
+    extra.setdefault("biometry", templates.biometry_table(report.template, content.get("fields", {}), study.study_date))
     signed = [s.signed_at for s in extra.get("signers", []) if s.signed_at is not None]
     where = consult.target_institution
     return ReportContent(
@@ -372,6 +377,7 @@ def co_sign_final(*, session: Session, store, consult_id: int, user: User, passw
     version = _store_version(session, store, report, "final", preliminary.content, signed,
                              [*preliminary.signatures, signature], public_id)
     report.status = "final"
+    _export_obstetric_sr(session, store, consult, report, version)
     transition(session, consult, user, "final", f"第 {version.number} 版 version {version.number}")
     transition(session, consult, None, "returned", "报告已回传申请机构 report delivered to the requesting institution")
     audit.append(session, principal=None, actor=user.username, action="report.sign", object_type="consult",
@@ -408,6 +414,66 @@ def sign_addendum(*, session: Session, store, consult_id: int, user: User, passw
     notify_consult(session, consult, {consult.requested_by_id}, kind="report.addendum",
                    title=f"报告补充 Addendum to consult #{consult.id}")
     return version
+
+
+# -- the obstetric report as structured data: a TID 5000 SR into the study ------------------
+
+
+def _export_obstetric_sr(session: Session, store, consult: ConsultRequest, report: Report,
+                         version: ReportVersion) -> None:
+    """A final obstetric report goes into its study as a TID 5000 SR (imaging/ob_sr.py), built
+    now and stored through the Ingestor once the co-signing commits (the Ingestor commits in a
+    transaction of its own). One document per final version: a repeat is a no-op. A failure is
+    logged and leaves the signed final as it is: the export never refuses a signature."""
+    if report.template != templates.OBSTETRIC or not version.content.get("fields"):
+        return
+    study, _ = _exam(session, consult)
+    try:
+        document = ob_sr.build(session=session, study=study, values=_obstetric_values(version.content, study),
+                               author=_sr_author(consult.reader), verifier=_sr_author(consult.reviewer),
+                               seed=f"consult:{consult.id}:version:{version.number}")
+    except Exception:  # noqa: BLE001 - whatever went wrong, the signature stands
+        log.exception("consult.ob_sr.failed consult=%s version=%s step=build", consult.id, version.number)
+        return
+    if document is None:
+        return
+    engine, institution_id, consult_id = session.get_bind(), study.institution_id, consult.id
+
+    def stored() -> None:
+        try:
+            result = ob_sr.store(engine=engine, store=store, document=document, institution_id=institution_id,
+                                 source=f"report:{consult_id}")
+            log.info("consult.ob_sr.stored consult=%s sop=%s outcome=%s", consult_id, result.sop_instance_uid,
+                     result.outcome)
+        except Exception:  # noqa: BLE001 - after the commit: the request has succeeded already
+            log.exception("consult.ob_sr.failed consult=%s step=store", consult_id)
+
+    after_commit(session, stored)
+
+
+def _sr_author(user: User | None) -> Author | None:
+    if user is None:
+        return None
+    return Author(name=user.display_name, login=user.username,
+                  institution=user.institution.name_zh if user.institution else "")
+
+
+def _obstetric_values(content: dict, study: Study) -> ob_sr.ObstetricValues:
+    """The values the SR carries, worked out as the signed report printed them."""
+    found = obstetrics.assess(content.get("fields", {}), study.study_date)
+    dating, weight = found.dating, found.weight
+    # Each GA's ±2 SD around the age it gives (TID 5008 row 6: the uncertainty of that GA).
+    biometry = tuple(ob_sr.Biometric(b.key, b.mm, b.ga_days, round(obstetrics.two_sd_weeks(b.key, b.ga_days / 7) * 7))
+                     for b in found.biometry)
+    return ob_sr.ObstetricValues(
+        biometry=biometry, lmp=dating.lmp, edd=dating.edd, edd_by_lmp=dating.edd_by_lmp,
+        edd_by_ultrasound=dating.edd_by_ultrasound, stated_ga_days=dating.stated_days, ga_by_lmp_days=dating.lmp_days,
+        composite_ga_days=dating.composite_days, composite_two_sd_days=dating.composite_two_sd_days,
+        efw_g=weight.grams, efw_model=weight.model, efw_low_g=weight.low if weight.model else None,
+        efw_high_g=weight.high if weight.model else None, efw_percentile=weight.percentile, fhr_bpm=found.fhr_bpm,
+        afi_cm=found.afi_cm, cervix_mm=found.cervix_mm, presentation=found.presentation, placenta=found.placenta,
+        placenta_grade=found.placenta_grade, gravida=found.gravida, para=found.para,
+        comment=content.get("impression", ""))
 
 
 # -- verification and reading -----------------------------------------------------------

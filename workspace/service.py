@@ -14,7 +14,9 @@ from datetime import date, datetime
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from consult.models import ConsultRequest, ConsultStudy
+from consult import obstetrics
+from consult.templates import OBSTETRIC
+from consult.models import ConsultRequest, ConsultStudy, Report, ReportVersion
 from consult.state import DONE, OPEN
 from film.models import Share
 from imaging import persons, pinyin
@@ -274,6 +276,10 @@ class Timeline:
     person_id: int | None
     rows: list[StudyRow] = field(default_factory=list)
     records: list[LinkedRecord] = field(default_factory=list)
+    # Fetal growth from the final obstetric reports of the studies above, by exam date, and its
+    # chart (EFW against GA per pregnancy, an inline SVG; "" when nothing to plot).
+    growth: list[obstetrics.GrowthPoint] = field(default_factory=list)
+    growth_chart: str = ""
 
 
 LINK_LABELS = {"resident_id": "身份证号 Resident ID", "health_card": "电子健康卡 Health card",
@@ -298,12 +304,37 @@ def timeline(session: Session, principal: Principal, patient_pk: int, *, annotat
     if not any(study.patient_pk == patient_pk for study, _ in found):
         return Timeline(patient_pk, None)
     rows = [_row(principal, study, by_pk[study.patient_pk], name) for study, name in found]
+    growth = []
     if annotated:
         annotate(session, principal, rows)
+        growth = obstetrics.by_pregnancy(growth_points(session, {study.study_instance_uid: study.study_date
+                                                                 for study, _ in found}))
     seen = {study.patient_pk: name for study, name in found}
     return Timeline(patient_pk, records[0].person_id, rows,
                     [LinkedRecord(pk, seen[pk], by_pk[pk].patient_id, by_pk[pk].link_source)
-                     for pk in by_pk if pk in seen])
+                     for pk in by_pk if pk in seen], growth, obstetrics.growth_svg(growth))
+
+
+def growth_points(session: Session, dates: dict[str, str]) -> list[obstetrics.GrowthPoint]:
+    """The biometry of these studies' final obstetric reports (studies the caller has already
+    filtered by what the viewer may see), the newest final of each: two queries, not one per
+    study. A consult's report is about its first study (as its PDF says), so only that one."""
+    if not dates:
+        return []
+    found = session.execute(
+        select(ConsultStudy.consult_id, ConsultStudy.study_instance_uid, ReportVersion.content)
+        .join(Report, Report.consult_id == ConsultStudy.consult_id)
+        .join(ReportVersion, ReportVersion.report_id == Report.id)
+        .where(ConsultStudy.study_instance_uid.in_(list(dates)), Report.template == OBSTETRIC,
+               Report.status == "final", ReportVersion.kind.in_(("final", "addendum")))
+        .order_by(ReportVersion.id)).all()
+    consults = {consult_id for consult_id, _, _ in found}
+    first = {}
+    for consult_id, uid in session.execute(select(ConsultStudy.consult_id, ConsultStudy.study_instance_uid)
+                                           .where(ConsultStudy.consult_id.in_(consults)).order_by(ConsultStudy.id)):
+        first.setdefault(consult_id, uid)
+    newest = {uid: content for consult_id, uid, content in found if first.get(consult_id) == uid}
+    return [obstetrics.growth_point(uid, content.get("fields") or {}, dates[uid]) for uid, content in newest.items()]
 
 
 def linked_records(session: Session, principal: Principal, patient_pk: int) -> list[LinkedRecord]:

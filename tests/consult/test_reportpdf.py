@@ -91,6 +91,7 @@ def test_chinese_and_english_text_is_extractable(report_pdf):
         "诊断意见", "Impression", "建议", "Recommendation",
         "王医生", "李主任", "2025年3月1日 14:05（北京时间）", "2025年3月1日 16:30（北京时间）",
         "扫码验证", "勐朗镇卫生院", "RPT-2025-000123",
+        "诊疗决策及其责任由申请会诊的医疗机构承担",  # 远程医疗服务管理规范
     ):
         assert expected in text, expected
 
