@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,6 +335,98 @@ def cmd_worker(args) -> None:
     run_worker(get_settings(), concurrency=args.concurrency, queues=args.queues)
 
 
+# --- the township edge -----------------------------------------------------------------
+
+
+def cmd_edge_init(args) -> None:
+    """Create the edge's data dir and database, its township, a desk user and the modalities'
+    AEs; what already exists is kept (the command can be run again, e.g. to add a modality)."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    password = args.desk_password or secrets.token_urlsafe(9)
+    with _runtime().db.scope() as session:
+        said = [_edge_institution(session, args), _edge_user(session, args, password)]
+        said += [_edge_modality(session, args, aet) for aet in args.modality]
+    for line in said:
+        print(line)
+    host = settings.bind_host
+    print(f"edge ready in {settings.data_dir.resolve()} "
+          f"({'embedded: SQLite and files' if settings.embedded else 'servers'})")
+    print(f"  modalities store to AE {settings.dicom_ae_title} at {host}:{settings.dicom_port} and pull the "
+          f"worklist from AE {settings.edge_mwl_ae} at {host}:{settings.edge_mwl_port}")
+    print(f"  registration desk: {settings.effective_public_url}/desk")
+    print(f"  region: {settings.edge_region_url or '(none: LANCANG_EDGE_REGION_URL unset, studies stay here)'}")
+    print("  start everything with: lancang edge run")
+
+
+def _edge_institution(session, args) -> str:
+    try:
+        inst = service.get_institution(session=session, code=args.institution)
+        said = f"institution {inst.code} already there ({inst.name_zh})"
+    except DomainError:
+        inst = service.add_institution(session=session, code=args.institution, name=args.name, level="township",
+                                       name_en=args.name_en or "")
+        _audit(session, "admin.institution.add", "institution", inst.code, level=inst.level, by="edge init")
+        said = f"institution {inst.code} added ({inst.name_zh}, township)"
+    if args.patient_ids_are_resident_ids and not inst.patient_ids_are_resident_ids:
+        service.set_institution_details(session=session, code=inst.code, patient_ids_are_resident_ids=True)
+        _audit(session, "admin.institution.set", "institution", inst.code, patient_ids_are_resident_ids=True)
+        said += "; its PatientIDs are 居民身份证号"
+    return said
+
+
+def _edge_user(session, args, password: str) -> str:
+    try:
+        user = identity.get_user(session=session, username=args.desk_user)
+        return f"user {user.username} already there ({user.role} at {user.institution.code})"
+    except DomainError:
+        pass
+    # A password chosen here is printed once and must be changed at the first sign-in.
+    user = identity.add_user(session=session, username=args.desk_user, role="radiographer",
+                             institution_code=args.institution, password=password,
+                             display_name=args.desk_name or "登记台", must_change_password=not args.desk_password)
+    _audit(session, "admin.user.add", "user", user.username, role=user.role, institution=args.institution,
+           by="edge init")
+    shown = "as given" if args.desk_password else f"{password} (to be changed at first sign-in)"
+    return f"user {user.username} added (radiographer at {args.institution}), password {shown}"
+
+
+def _edge_modality(session, args, aet: str) -> str:
+    try:
+        node = service.get_node(session=session, ae_title=aet)
+        return f"AE {node.ae_title} already registered (for {node.institution.code}: may {node.permissions})"
+    except DomainError:
+        pass
+    # A modality stores its images here and pulls the worklist: store and query, nothing more.
+    node = service.add_node(session=session, ae_title=aet, institution_code=args.institution, can="store,query",
+                            allow=args.allow)
+    _audit(session, "admin.ae.add", "ae", node.ae_title, institution=args.institution, permissions=node.permissions,
+           allowed_networks=node.allowed_networks, by="edge init")
+    _warn_unbound(node)
+    return f"AE {node.ae_title} registered for {args.institution}: may {node.permissions}; " \
+           f"from {node.allowed_networks or 'any address'}"
+
+
+def cmd_edge_run(args) -> int:
+    return serve(get_settings(), edge=True)
+
+
+def cmd_edge_mwl(args) -> None:
+    from edge.mwl import run_forever  # lazy: see LAZY_IMPORTS
+
+    run_forever(get_settings())
+
+
+def cmd_edge_forward(args) -> int:
+    try:
+        from edge.forward import run_forever  # lazy: see LAZY_IMPORTS
+    except ImportError as exc:
+        print(f"error: the forwarder is not installed ({exc})", file=sys.stderr)
+        return 2
+    run_forever(get_settings())
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -353,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry(commands)
     _add_people(commands)
     _add_records(commands)
+    _add_edge(commands)
     cli_consult.register(commands, _sub)
     return parser
 
@@ -448,13 +542,34 @@ def _add_records(commands) -> None:
          (("share",), {"metavar": "URL_OR_ID"}))
 
 
+def _add_edge(commands) -> None:
+    """the township edge (基层云PACS): set up, run, and the edge's own two processes"""
+    edge = commands.add_parser("edge", help="the township edge").add_subparsers(dest="sub", required=True)
+    _sub(edge, "init", "create the data dir, the township, a desk user and the modalities' AEs", cmd_edge_init,
+         (("--institution",), {"required": True, "metavar": "CODE", "help": "the township's code, as at the region"}),
+         (("--name",), {"required": True, "help": "the township's name, e.g. 勐朗镇卫生院"}), (("--name-en",), {}),
+         (("--desk-user",), {"default": "desk", "help": "the registration desk's user (default: desk)"}),
+         (("--desk-name",), {"help": "the name shown for the desk user (default: 登记台)"}),
+         (("--desk-password",), {"help": "default: generated, printed once, changed at first sign-in"}),
+         (("--modality",), {"action": "append", "default": [], "metavar": "AET",
+                            "help": "a modality's AE title: it may store images and pull the worklist (repeatable)"}),
+         (("--allow",), {"action": "append", "default": [], "metavar": "CIDR",
+                         "help": "the modalities' network, e.g. 192.168.1.0/24 (repeatable)"}),
+         (("--patient-ids-are-resident-ids",), {"action": "store_true",
+                                                "help": "the township's PatientIDs are 居民身份证号"}))
+    for name, help_text, fn in (("run", "run web, DICOM receiver, worker, worklist and forwarder", cmd_edge_run),
+                                ("mwl", "run only the modality worklist (C-FIND MWL SCP)", cmd_edge_mwl),
+                                ("forward", "run only the forwarder to the region", cmd_edge_forward)):
+        _sub(edge, name, help_text, fn).set_defaults(service=True)
+
+
 SERVICES = ("serve", "web", "dicom", "worker")
 
 
-def _configure_logging(command: str) -> None:
+def _configure_logging(command: str, service: bool = False) -> None:
     # Services log to stdout at the configured level; admin commands keep stdout for their
     # output (tokens, exports) and only report warnings, on stderr.
-    service = command in SERVICES
+    service = service or command in SERVICES
     logging.basicConfig(level=get_settings().log_level.upper() if service else logging.WARNING,
                         stream=sys.stdout if service else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -470,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    _configure_logging(args.command)
+    _configure_logging(args.command, getattr(args, "service", False))
     try:
         return args.fn(args) or 0
     except DomainError as exc:

@@ -2,10 +2,15 @@
 
 The parent migrates the database once, then starts each child with the same settings,
 restarts a child that dies (with back-off), and on Ctrl-C/SIGTERM stops them all.
+
+`lancang edge run` is the same supervisor at a township edge: web, DICOM receiver, a worker of
+one process (a modest PC), the modality worklist (`lancang edge mwl`) and, when a region is
+configured and the forwarder is installed, the forwarder (`lancang edge forward`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import subprocess
@@ -24,13 +29,14 @@ STOP_GRACE_S = 10
 @dataclass
 class Child:
     name: str
+    argv: tuple[str, ...] = ()  # the `lancang` command line; empty means the child's name
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = 0.0
     next_start: float = field(default=0.0)
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "lancang.cli", self.name]
+        command = [sys.executable, "-m", "lancang.cli", *(self.argv or (self.name,))]
         self.process = subprocess.Popen(command)
         self.started_at = time.monotonic()
         log.info("serve.child.started name=%s pid=%s", self.name, self.process.pid)
@@ -75,13 +81,35 @@ def _supervise(children: list[Child], stopping: list[bool]) -> None:
         time.sleep(0.5)
 
 
-def serve(settings: Settings) -> int:
-    runtime = bootstrap(settings, component="serve")  # migrate once, before children race
+def forwarder_available() -> bool:
+    """Whether the forwarder (edge/forward.py, shipped on its own) is installed. Found, not
+    imported: the supervisor stays small, and `lancang edge forward` says itself what is
+    wrong with a forwarder that cannot load (then it is restarted with back-off)."""
+    return importlib.util.find_spec("edge.forward") is not None
+
+
+def edge_children(settings: Settings) -> list[Child]:
+    children = [Child("web"), Child("dicom"), Child("worker", ("worker", "--concurrency", "1")),
+                Child("mwl", ("edge", "mwl"))]
+    if not settings.edge_region_url:
+        log.warning("serve.child.skipped name=forward reason=no LANCANG_EDGE_REGION_URL: studies stay on this edge")
+    elif not forwarder_available():
+        log.warning("serve.child.skipped name=forward reason=edge.forward.run_forever is not installed")
+    else:
+        children.append(Child("forward", ("edge", "forward")))
+    return children
+
+
+def serve(settings: Settings, *, edge: bool = False) -> int:
+    runtime = bootstrap(settings, component="edge" if edge else "serve")  # migrate once, before children race
     runtime.db.dispose()
     log.info("serve.start http=http://%s:%s dicom=%s@%s:%s data=%s", settings.bind_host, settings.http_port,
              settings.dicom_ae_title, settings.bind_host, settings.dicom_port,
              "embedded " + str(settings.data_dir.resolve()) if settings.embedded else "servers")
-    children = [Child(name) for name in CHILDREN]
+    if edge:
+        log.info("serve.edge worklist=%s@%s:%s region=%s", settings.edge_mwl_ae, settings.bind_host,
+                 settings.edge_mwl_port, settings.edge_region_url or "-")
+    children = edge_children(settings) if edge else [Child(name) for name in CHILDREN]
     stopping: list[bool] = []
 
     def on_signal(signum, _frame):

@@ -123,6 +123,19 @@ class Settings(BaseSettings):
     resident_id_issuers: str = "RESIDENT_ID_CN,CN_RESIDENT_ID,居民身份证"
     health_card_issuers: str = "EHC_CN,电子健康卡"
 
+    # The township edge (edge/, `lancang edge`): an embedded Lancang at a township that
+    # receives from its modalities on the LAN, serves a modality worklist, and forwards each
+    # study to the region over a weak line. Empty region URL: not an edge.
+    edge_region_url: str = ""
+    edge_credential: SecretStr = SecretStr("")  # issued by the region, bound to this institution
+    edge_mwl_ae: str = "LANCANG_MWL"
+    edge_mwl_port: int = 11113
+    edge_rate_limit_kbps: int = 0  # 0: no cap
+    # Time windows with their own cap, local time: "08:00-18:00=512,18:00-08:00=0" (kbit/s, 0 = no cap).
+    edge_windows: str = ""
+    edge_chunk_bytes: int = 1024 * 1024
+    edge_retention_days: int = 30  # kept locally after the region confirmed the study
+
     log_level: str = "INFO"
     # The zone pages, PDFs and messages show times in (IANA name); data stays in UTC.
     timezone: str = "Asia/Shanghai"

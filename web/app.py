@@ -27,6 +27,7 @@ from imaging import dicomweb
 from imaging.dataset import display_name
 from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
+from edge import pages as edge_pages
 from maternal import pages as maternal_pages
 from maternal import routes as maternal_routes
 from storage import localtime
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(room_routes.router)
     app.include_router(maternal_routes.router)
     app.include_router(maternal_pages.router)
+    app.include_router(edge_pages.router)
     app.include_router(workspace_pages.router)
     app.include_router(workspace_admin.router)
     return app

@@ -136,11 +136,12 @@ def _menu(role: str) -> list[dict]:
     items = {
         "radiographer": [("/studies?today=1", "今日检查 Today's studies"), ("/studies", "全部检查 All studies"),
                          ("/upload", "上传影像 Upload images"), ("/consults/new", "新建会诊申请 Request a consult"),
-                         ("/consults", "申请与回传报告 My requests")],
+                         ("/consults", "申请与回传报告 My requests"), ("/desk", "登记与工作列表 Registration desk (edge)"),
+                         ("/critical", "危急值 Critical results"), ("/referrals", "转诊 Referrals")],
         "specialist": [("/consults", "我的阅片任务 My worklist"), ("/studies", "可查看的检查 Studies I may see"), ("/calendar", "会诊日程 Calendar"),
-                       ("/availability", "我的出诊时间 My availability")],
+                       ("/availability", "我的出诊时间 My availability"), ("/critical", "危急值 Critical results")],
         "coordinator": [("/consults", "会诊调度 Coordinator board"), ("/studies", "检查 Studies"), ("/dashboard", "统计 Dashboard"),
-                        ("/calendar", "日程 Calendar")],
+                        ("/calendar", "日程 Calendar"), ("/critical", "危急值 Critical results"), ("/referrals", "转诊 Referrals")],
         "admin": [("/studies", "检查 Studies"), ("/consults", "会诊 Consults"), ("/dashboard", "统计 Dashboard"),
                   ("/admin", "管理控制台 Admin console")],
     }[role]

@@ -84,6 +84,7 @@ AUDITED = {
     "/api/patients/{patient_pk}/pregnancies", "/api/pregnancies/{pregnancy_id}", "/api/referrals",
     "/api/referrals/{referral_id}", "/patients/{patient_pk}/pregnancies", "/pregnancies/{pregnancy_id}",
     "/pregnancies/{pregnancy_id}/referrals/new", "/referrals", "/referrals/{referral_id}",
+    "/desk",  # the edge's registration desk (names, ID numbers): walked below as the radiographer
 }
 MATERNAL_ROUTES = {p for p in AUDITED if "pregnanc" in p or "referral" in p}
 CONSULT_ROUTES = {p for p in AUDITED if "consult" in p or "rooms" in p or "critical" in p
