@@ -401,7 +401,7 @@ def test_join_button_leads_into_the_room_with_the_images_on_most_of_the_screen(l
     row = wang.locator("table.worklist tbody tr", has=wang.locator(f'a[href="/consults/{soon}"]'))
     assert row.locator("a.join").get_attribute("aria-disabled") is None
     row.locator("a.join").click()
-    wang.wait_for_url(f"{live.url}/consults/{soon}/room")
+    wang.wait_for_url(f"{live.url}/consults/{soon}/room", wait_until="domcontentloaded")  # the canvas wait follows
     frame = wang.frame_locator("#room-frame")
     frame.locator("canvas[data-role=canvas]").wait_for()
     assert frame.locator("header.top").count() == 0  # the viewer in the room has no app header
