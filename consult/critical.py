@@ -33,9 +33,10 @@ from consult.notify import notify
 from imaging.models import Study
 from imaging.summary import summarize
 from storage import access, audit, jobs, localtime
+from storage import service as tenancy
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.identity import principal_for
-from storage.models import Institution, User
+from storage.models import User
 from storage.settings import Settings
 from storage.types import utcnow
 
@@ -169,7 +170,7 @@ def _escalate(session: Session, settings: Settings, finding: CriticalFinding, no
         told = on_duty(session, finding.institution_id, COORDINATORS, now)
     else:
         told = set()
-        for ancestor in _ancestors(session, finding.institution_id):
+        for ancestor in tenancy.ancestor_ids(session, finding.institution_id):
             told |= on_duty(session, ancestor, COORDINATORS, now)
     _tell(session, finding, told, level=finding.level, at=now)
     audit.append(session, principal=None, actor="system", action="critical.escalate", object_type="study",
@@ -177,15 +178,6 @@ def _escalate(session: Session, settings: Settings, finding: CriticalFinding, no
                  detail={"finding": finding.id, "level": finding.level, "told": len(told)})
     if finding.level < 2:
         _schedule(session, finding, now)
-
-
-def _ancestors(session: Session, institution_id: int) -> list[int]:
-    found: list[int] = []
-    current = session.get(Institution, institution_id)
-    while current is not None and current.parent_id is not None and current.parent_id not in found:
-        found.append(current.parent_id)
-        current = session.get(Institution, current.parent_id)
-    return found
 
 
 # ---- read: one finding, the log, the figures ----------------------------------------------
@@ -313,11 +305,9 @@ def figures(*, session: Session, institution_ids: set[int], since: datetime,
             "overdue_ids": [f.id for f in overdue]}
 
 
-def findings_of_consult(session: Session, consult_id: int) -> list[CriticalFinding]:
-    return list(session.scalars(select(CriticalFinding).where(CriticalFinding.consult_id == consult_id)
-                                .order_by(CriticalFinding.id)))
-
-
-def findings_of_study(session: Session, study_uid: str) -> list[CriticalFinding]:
-    return list(session.scalars(select(CriticalFinding).where(CriticalFinding.study_instance_uid == study_uid)
-                                .order_by(CriticalFinding.id)))
+def findings_on(session: Session, *, consult_id: int | None = None, study_uid: str | None = None
+                ) -> list[CriticalFinding]:
+    """The findings flagged in one consult, or on one study, oldest first."""
+    where = (CriticalFinding.consult_id == consult_id) if consult_id is not None else \
+        (CriticalFinding.study_instance_uid == study_uid)
+    return list(session.scalars(select(CriticalFinding).where(where).order_by(CriticalFinding.id)))

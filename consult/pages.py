@@ -135,7 +135,7 @@ def _consult_context(request: Request, session: Session, consult_id: int, user: 
                 door=rooms.door(session, consult, user),
                 consents=consent.records_for(session, consult.id), signer_labels=consent.SIGNER_LABELS,
                 can_consent=policy.is_requester_staff(consult, user),
-                findings=critical.findings_of_consult(session, consult.id),
+                findings=critical.findings_on(session, consult_id=consult.id),
                 critical_categories=critical.categories(settings), ack_actions=ACK_ACTIONS,
                 can_flag=policy.is_signer(consult, user),
                 can_claim=consult.emergency and consult.status == "requested"

@@ -18,6 +18,7 @@ from consult.duty import on_duty
 from consult.notify import notify, notify_consult
 from imaging.models import Study
 from storage import access, audit
+from storage import service as tenancy
 from storage.errors import Conflict, Invalid, NotFound
 from storage.identity import principal_for
 from storage.models import AccessGrant, Institution, User
@@ -43,23 +44,15 @@ def is_overdue(consult: ConsultRequest, now: datetime | None = None) -> bool:
     return consult.status in state.OPEN and (now or utcnow()) > consult.due_at
 
 
-def _ancestors(session: Session, institution: Institution) -> list[int]:
-    found, current = [], institution
-    while current.parent_id is not None and current.parent_id not in found:
-        found.append(current.parent_id)
-        current = session.get(Institution, current.parent_id)
-    return found
-
-
 def direction_between(session: Session, source: Institution, target: Institution) -> str:
     """"up" to an ancestor or a partner hospital (上转), "down" to a descendant (下转)."""
     if target.id == source.id:
         raise Invalid("请选择其他医院 / a consult goes to another institution")
-    if target.id in _ancestors(session, source) or target.level == "partner":
-        return "up"
-    if source.id in _ancestors(session, target):
-        return "down"
-    raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below {source.code} in the referral tree")
+    direction = tenancy.tree_direction(session, source, target)
+    if direction is None:
+        raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
+                      f"{source.code} in the referral tree")
+    return direction
 
 
 @dataclass(frozen=True)
@@ -271,7 +264,7 @@ def _specialist(session: Session, consult: ConsultRequest, username: str, senior
         raise NotFound(f"未找到该用户 / unknown user {username!r}")
     allowed = {consult.target_institution_id}
     if senior:
-        allowed.update(_ancestors(session, consult.target_institution))
+        allowed.update(tenancy.ancestor_ids(session, consult.target_institution_id))
     if user.role != "specialist" or user.institution_id not in allowed:
         where = "the target institution or above it" if senior else "the target institution"
         raise Invalid(f"{username} 不是{where}的专家 / {username} is not a specialist of {where}")

@@ -17,6 +17,7 @@ from maternal import policy, service
 from maternal.criteria import CRITERIA
 from maternal.models import TRANSPORT_STATUSES, Pregnancy, Referral, ReferralEvent
 from storage import access, audit
+from storage import service as tenancy
 from storage.access import Principal
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import AccessGrant, Institution
@@ -34,24 +35,15 @@ REASON_MAX = 500
 _CONSULTS = table("consult_requests", column("id"))  # consult/ sits above: its table by name only
 
 
-def _ancestors(session: Session, institution: Institution) -> list[int]:
-    found, current = [], institution
-    while current.parent_id is not None and current.parent_id not in found:
-        found.append(current.parent_id)
-        current = session.get(Institution, current.parent_id)
-    return found
-
-
 def direction_between(session: Session, source: Institution, target: Institution) -> str:
     """"up" to an ancestor or a partner hospital, "down" to a descendant; anything else is refused."""
     if target.id == source.id:
         raise Invalid("请选择其他机构 / a referral goes to another institution")
-    if target.id in _ancestors(session, source) or target.level == "partner":
-        return "up"
-    if source.id in _ancestors(session, target):
-        return "down"
-    raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
-                  f"{source.code} in the referral tree")
+    direction = tenancy.tree_direction(session, source, target)
+    if direction is None:
+        raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
+                      f"{source.code} in the referral tree")
+    return direction
 
 
 def targets(session: Session, principal: Principal) -> list[tuple[Institution, str]]:

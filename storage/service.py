@@ -62,6 +62,28 @@ def add_institution(*, session: Session, code: str, name: str, level: str,
     return institution
 
 
+def ancestor_ids(session: Session, institution_id: int) -> list[int]:
+    """The institutions above this one in the referral tree, nearest first (a cycle stops it)."""
+    found: list[int] = []
+    current = session.get(Institution, institution_id)
+    while current is not None and current.parent_id is not None and current.parent_id not in found:
+        found.append(current.parent_id)
+        current = session.get(Institution, current.parent_id)
+    return found
+
+
+def tree_direction(session: Session, source: Institution, target: Institution) -> str | None:
+    """"up" to an ancestor or a partner hospital (上转), "down" to a descendant (下转), None when
+    the target is neither (or is the source): consults and referrals follow the same tree."""
+    if target.id == source.id:
+        return None
+    if target.id in ancestor_ids(session, source.id) or target.level == "partner":
+        return "up"
+    if source.id in ancestor_ids(session, target.id):
+        return "down"
+    return None
+
+
 def list_institutions(*, session: Session) -> list[Institution]:
     """Lists every institution, parents first."""
     return list(session.scalars(select(Institution).order_by(Institution.parent_id.nullsfirst(), Institution.code)))

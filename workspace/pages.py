@@ -136,7 +136,7 @@ def study_page(study_uid: str, request: Request, session: DbSession, runtime: Ru
                    linked=service.linked_records(session, principal, study.patient_pk),
                    opens=_opens(session, study_uid) if principal.is_admin else None,
                    critical_categories=critical.categories(runtime.settings) if user.role == "specialist" else [],
-                   findings=critical.findings_of_study(session, study_uid))
+                   findings=critical.findings_on(session, study_uid=study_uid))
 
 
 def _may_decide(session: Session, principal: Principal, study: Study) -> bool:

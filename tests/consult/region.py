@@ -4,6 +4,8 @@ at TOWN. Used by test_critical.py, test_emergency.py and test_emergency_browser.
 
 from __future__ import annotations
 
+import pytest
+from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from imaging.service import Ingestor
@@ -46,3 +48,32 @@ def seed_region(runtime, password: str = PASSWORD) -> dict:
     ingestor.ingest(ct_instance(study_uid=study), institution_id=town_id, source="test")
     ingestor.close()
     return {"study": study, "tokens": tokens}
+
+
+# Fixtures for the API tests of this region (imported by the test modules that use them).
+
+@pytest.fixture(params=["embedded"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def region(runtime):
+    return seed_region(runtime)
+
+
+@pytest.fixture
+def api(runtime, region):
+    """call(method, username, path, **kwargs): the app as that user (bearer token)."""
+    from web.app import create_app
+
+    with TestClient(create_app(runtime.settings)) as client:
+        def call(method, user, path, **kwargs):
+            return client.request(method, path, headers={"Authorization": f"Bearer {region['tokens'][user]}"},
+                                  **kwargs)
+        yield call
+
+
+def ok(response, status=200):
+    assert response.status_code == status, response.text
+    return response.json()

@@ -22,33 +22,9 @@ from storage.localtime import zone as local_zone
 from storage.models import AuditRecord, User
 from storage.types import utcnow
 from tests.conftest import embedded_settings, settings_env
-from tests.consult.region import seed_region
+from tests.consult.region import api, backend, ok, region, seed_region  # noqa: F401 (fixtures)
 from tests.consult.test_notify import Robot, robot, smtp  # noqa: F401 (fixtures)
 from web.app import create_app
-
-
-@pytest.fixture(params=["embedded"])
-def backend(request):
-    return request.param
-
-
-@pytest.fixture
-def region(runtime):
-    return seed_region(runtime)
-
-
-@pytest.fixture
-def api(runtime, region):
-    with TestClient(create_app(runtime.settings)) as client:
-        def call(method, user, path, **kwargs):
-            return client.request(method, path, headers={"Authorization": f"Bearer {region['tokens'][user]}"},
-                                  **kwargs)
-        yield call
-
-
-def ok(response, status=200):
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 def assigned_consult(api, study) -> int:

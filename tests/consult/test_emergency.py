@@ -19,34 +19,10 @@ from consult.models import Booking, ConsultRequest, Notification
 from storage import identity
 from storage.errors import Conflict
 from storage.models import AuditRecord, User
-from tests.consult.region import seed_region
+from tests.consult.region import api, backend, ok, region, seed_region  # noqa: F401 (fixtures)
 from web.app import create_app
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-
-
-@pytest.fixture(params=["embedded"])
-def backend(request):
-    return request.param
-
-
-@pytest.fixture
-def region(runtime):
-    return seed_region(runtime)
-
-
-@pytest.fixture
-def api(runtime, region):
-    with TestClient(create_app(runtime.settings)) as client:
-        def call(method, user, path, **kwargs):
-            return client.request(method, path, headers={"Authorization": f"Bearer {region['tokens'][user]}"},
-                                  **kwargs)
-        yield call
-
-
-def ok(response, status=200):
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 def emergency(api, study, **extra) -> dict:
