@@ -10,6 +10,10 @@ renegotiation support is thin, and glare between browser and server is avoided).
 aiortc encodes once per receiving peer (aiortc issue #1155): a camera forwarded to N
 viewers costs N encodes. bench/rooms.py measures it.
 
+The presenter may also send an ultrasound (a capture card that the machine's video output
+feeds) on a second sendonly video m-line named in the offer; it goes into a slot of its own,
+sent at its own size and frame rate (SHAPES below; bench/room_ultrasound.py measures it).
+
 Database functions are keyword-only and never commit; the async room code calls them in a
 thread inside `db.scope()` so the event loop never waits on a database lock.
 """
@@ -33,6 +37,7 @@ from typing import Any, Awaitable, Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as sdp_parser
+from aiortc.codecs import vpx
 from aiortc.contrib.media import MediaRecorder, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
@@ -53,12 +58,51 @@ MAX_REMOTE = 5  # slots per participant: a room holds at most MAX_REMOTE + 1 peo
 LIVE_STATUSES = ("scheduled", "in_progress")
 ROLES = ("presenter", "specialist", "reviewer", "coordinator")  # also who leads first, in order
 JOIN_EARLY = timedelta(minutes=15)  # the join button is active this long before the slot
-LOW_SIZE = (320, 240)  # what a participant in low-bandwidth mode receives
+LOW_SIZE = (320, 240)  # what a participant in low-bandwidth mode receives of a camera
 MODES = ("normal", "low", "audio")
 MAX_SDP = 200_000
 MAX_MESSAGE = 64_000
 MAX_CHAT = 2000
 RECORDING_TYPE = "video/mp4"  # libx264 + AAC in MP4: what MediaRecorder writes reliably here
+
+
+@dataclass(frozen=True)
+class SlotShape:
+    """What a receive slot sends of a source in one mode."""
+
+    size: tuple[int, int] | None = None  # a fixed size
+    lines: int | None = None  # at most this many lines, the aspect kept
+    fps: float | None = None  # at most this frame rate (frames dropped before encoding)
+    bitrate: tuple[int, int] = (vpx.MIN_BITRATE, vpx.MAX_BITRATE)  # floor, ceiling (bps); aiortc's own
+
+
+# The ultrasound is diagnostic. Normal mode sends it as it comes (1024x768 or 1280x720 at
+# 25-30 fps) with up to 2.5 Mbps, Chromium's own ceiling for that size: aiortc's 1.5 Mbps keeps
+# size and rate (libvpx neither drops nor resizes here) but smears the speckle.
+# Low-bandwidth mode must stay watchable on a 1 Mbps link, and for ultrasound that means the
+# anatomy can still be read: 480 lines (640x480 from 4:3, 854x480 from 16:9) keep the edges
+# of small structures (a follicle, the fetal heart's chambers) and the machine's calipers and
+# text, which the camera's 320x240 loses. The frame rate gives way instead: 15 fps still
+# follows the probe's sweep (over such a link the specialist judges anatomy, not timing), and
+# each frame gets twice the bits. At most 500 kbps (0.11 bit a pixel at 640x480x15, twice what
+# a 720p camera gets at 1.5 Mbps) leaves the rest of the 1 Mbps for the presenter's camera
+# (<= 200 kbps), voice (AUDIO_ON_WIRE), RTCP and retransmissions. The floors keep a picture
+# when the receiver's estimate is poor. A slot's share of that estimate: SlotTrack.bitrate_for.
+SHAPES = {
+    ("camera", "normal"): SlotShape(),
+    ("camera", "low"): SlotShape(size=LOW_SIZE, bitrate=(100_000, 200_000)),
+    ("ultrasound", "normal"): SlotShape(bitrate=(vpx.MIN_BITRATE, 2_500_000)),
+    ("ultrasound", "low"): SlotShape(lines=480, fps=15, bitrate=(200_000, 500_000)),
+}
+AUDIO_ON_WIRE = 120_000  # aiortc's Opus (96 kbps) with RTP, SRTP, UDP and IP headers, 50 packets a second
+
+# The presenter's Chromium gets no REMB from us (why: consult/compat_aiortc.py no_remb) and
+# paces by loss alone, from its 300 kbps start at about 8% a second: it sent the ultrasound at
+# 1-4 fps for 14 s (keeping every line, it drops frames) and at 30 fps after ~22 s. Told to
+# start at 1 Mbps (x-google-start-bitrate) it sent 7 fps at once and 27 after 8 s; at 1.5 Mbps
+# the specialist had 27 fps 6.7 s after the share instead of 15 s. A slower uplink loses
+# packets at once and Chromium steps down; the presenter's low-bandwidth mode caps it at 500 kbps.
+ULTRASOUND_START_KBPS = 1500
 
 
 # ---- who may be in a room (database side) -----------------------------------------------
@@ -251,12 +295,33 @@ class SlotTrack(MediaStreamTrack):
     def __init__(self, kind: str):
         super().__init__()
         self.kind = kind
-        self.scale: tuple[int, int] | None = None
+        self.shape = SlotShape()
         self._source: MediaStreamTrack | None = None
         self._changed = asyncio.Event()
         self._stamped: MediaStreamTrack | None = None  # the source the timestamp offset belongs to
         self._offset = 0
         self._last_pts: int | None = None
+        self._kept: float | None = None  # the source's time of the last frame sent (frame-rate cap)
+        self.siblings: list[SlotTrack] = [self]  # every slot of the same receiving connection
+        self.encoder = None  # its sender's compat_aiortc.BoundedVp8Encoder, once negotiated
+
+    @property
+    def showing(self) -> bool:
+        return self._source is not None
+
+    def bitrate_for(self, estimate: int) -> int:
+        """This slot's share of the receiver's estimate, for its encoder (asked every frame): a
+        REMB is one figure for the whole connection. The audio comes off the top; of the rest
+        a video slot may have its fair part (in proportion to the ceilings: an ultrasound's
+        2.5 Mbps to a camera's 1.5) or whatever the others leave unsent, the more of the two,
+        within its shape's bounds. Left unsent, the estimate never grows: Chromium's REMB
+        stays under 1.5 times what arrives (a camera turned off held the ultrasound at 250 kbps)."""
+        floor, ceiling = self.shape.bitrate
+        video = [t for t in self.siblings if t.kind == "video" and t.showing] or [self]
+        available = estimate - sum(AUDIO_ON_WIRE for t in self.siblings if t.kind == "audio" and t.showing)
+        fair = available * ceiling / sum(t.shape.bitrate[1] for t in video)
+        left = available - sum(t.encoder.sent_bps for t in video if t is not self and t.encoder is not None)
+        return int(max(floor, min(max(fair, left), ceiling)))
 
     def set_source(self, track: MediaStreamTrack | None) -> None:
         old, self._source = self._source, track
@@ -287,13 +352,30 @@ class SlotTrack(MediaStreamTrack):
                 if self._source is source:
                     self._source = None
                 continue
+            if self._skip(frame, source):
+                continue
             return self._restamp(self._shape(frame), source)
         raise MediaStreamError
 
+    def _skip(self, frame, source) -> bool:
+        """Drop frames above the shape's frame rate, by the source's own clock (arrival jitters);
+        5 ms of slack so that 30 fps becomes exactly 15, 25 becomes 12.5."""
+        fps = self.shape.fps
+        if fps is None or self.kind != "video" or frame.pts is None or frame.time_base is None:
+            return False
+        at = float(frame.pts * frame.time_base)
+        if source is self._stamped and self._kept is not None and 0 <= at - self._kept < 1 / fps - 0.005:
+            return True
+        self._kept = at
+        return False
+
     def _shape(self, frame):
-        if self.kind != "video" or self.scale is None or (frame.width, frame.height) == self.scale:
+        if self.kind != "video":
             return frame
-        small = frame.reformat(width=self.scale[0], height=self.scale[1])
+        size = self.shape.size or _fewer_lines(frame.width, frame.height, self.shape.lines)
+        if size is None or (frame.width, frame.height) == size:
+            return frame
+        small = frame.reformat(width=size[0], height=size[1])
         small.pts, small.time_base = frame.pts, frame.time_base
         return small
 
@@ -319,6 +401,13 @@ class SlotTrack(MediaStreamTrack):
             source.stop()
 
 
+def _fewer_lines(width: int, height: int, lines: int | None) -> tuple[int, int] | None:
+    """The size with at most `lines` lines and the same aspect (even, for 4:2:0), or None."""
+    if lines is None or height <= lines:
+        return None
+    return max(2, round(width * lines / height / 2) * 2), lines
+
+
 def _copy_frame(frame, pts: int):
     if isinstance(frame, AudioFrame):
         copy = AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name)
@@ -339,12 +428,13 @@ class Slot:
     audio_mid: str | None
     owner: str | None = None
     owner_media: int | None = None  # serial of the owner's Media: a rejoin brings new tracks
+    source: str | None = None  # "camera" (with the microphone) or "ultrasound" (video only)
 
     def clear(self) -> None:
         for track in (self.video, self.audio):
             if track is not None:
                 track.set_source(None)
-        self.owner = self.owner_media = None
+        self.owner = self.owner_media = self.source = None
 
 
 @dataclass
@@ -352,11 +442,13 @@ class Media:
     """One negotiated peer connection of a participant and what it carries."""
 
     pc: RTCPeerConnection
-    camera: dict[str, MediaStreamTrack] = field(default_factory=dict)  # kind -> the participant's track
+    # "video" (the camera), "audio" (the microphone), "ultrasound" -> the participant's track
+    camera: dict[str, MediaStreamTrack] = field(default_factory=dict)
     slots: list[Slot] = field(default_factory=list)
     channel: Any = None
-    frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
-    size: tuple[int, int] | None = None  # of the participant's camera, from its latest frame
+    frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0, "ultrasound": 0})
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # "video"/"ultrasound": latest frame's
+    ultrasound_mid: str | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     closed: bool = False
     serial: int = field(default_factory=lambda: next(_serials))
@@ -373,6 +465,7 @@ class Participant:
     media: Media | None = None
     consent: bool = False
     gone: bool = False
+    ultrasound: bool = False  # sending the ultrasound on the m-line its offer named
 
     @property
     def username(self) -> str:
@@ -380,7 +473,37 @@ class Participant:
 
     def public(self) -> dict:
         return {"username": self.username, "name": self.seat.display_name, "role": self.seat.role,
-                "mode": self.mode, "consent": self.consent, "media": self.media is not None}
+                "mode": self.mode, "consent": self.consent, "media": self.media is not None,
+                "ultrasound": self.ultrasound}
+
+
+def _sources(participant: Participant) -> list[str]:
+    """What of a participant everyone else is shown: the camera (with the microphone) when it
+    offered either, and the ultrasound while it says it sends one."""
+    camera = participant.media.camera if participant.media is not None else {}
+    wanted = ["camera"] if "video" in camera or "audio" in camera else []
+    if participant.ultrasound and "ultrasound" in camera:
+        wanted.append("ultrasound")
+    return wanted
+
+
+def _start_bitrate(sdp: str, mid: str | None, kbps: int) -> str:
+    """The answer with `x-google-start-bitrate` on the VP8 of m-line `mid`, which Chromium
+    takes as where its bitrate estimate starts."""
+    if mid is None:
+        return sdp
+    sections = sdp.split("\r\nm=")
+    for i, section in enumerate(sections):
+        lines = section.split("\r\n")
+        if i == 0 or f"a=mid:{mid}" not in lines:
+            continue
+        vp8 = [line.split()[0].split(":")[1] for line in lines if line.startswith("a=rtpmap:") and " VP8/" in line]
+        for pt in vp8:
+            if not any(line.startswith(f"a=fmtp:{pt} ") for line in lines):
+                at = next(k for k, line in enumerate(lines) if line.startswith(f"a=rtpmap:{pt} "))
+                lines.insert(at + 1, f"a=fmtp:{pt} x-google-start-bitrate={kbps}")
+        sections[i] = "\r\n".join(lines)
+    return "\r\nm=".join(sections)
 
 
 def _safe_json(raw: str | bytes) -> dict | None:
@@ -570,7 +693,9 @@ class Room:
         kind = message["type"]
         try:
             if kind == "offer":
-                await self._offer(participant, message.get("sdp"))
+                await self._offer(participant, message.get("sdp"), message.get("ultrasound"))
+            elif kind == "ultrasound":
+                await self._set_ultrasound(participant, message.get("on"))
             elif kind == "mode":
                 await self._set_mode(participant, message.get("mode"))
             elif kind == "consent":
@@ -588,7 +713,9 @@ class Room:
                           participant.username, kind[:40])
             await self._error(participant, "failed", "the server could not handle this message")
 
-    async def _offer(self, participant: Participant, text: Any) -> None:
+    async def _offer(self, participant: Participant, text: Any, ultrasound_mid: Any = None) -> None:
+        """Answer an offer; `ultrasound_mid` names the sendonly video m-line that carries the
+        ultrasound (the presenter's page offers one, with no track until it is shared)."""
         try:
             parsed = parse_offer(text)
         except Exception as exc:
@@ -599,8 +726,9 @@ class Room:
         self._watch(participant, media)
         try:
             await media.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
-            self._claim_slots(media, parsed)
+            self._claim_slots(media, parsed, ultrasound_mid if isinstance(ultrasound_mid, str) else None)
             await media.pc.setLocalDescription(await media.pc.createAnswer())
+            self._bound_encoders(media)
         except Exception as exc:
             # The participant's current connection (if any) and the room stay as they were.
             await self._close(media)
@@ -613,7 +741,8 @@ class Room:
         if old is not None:
             await self._close(old)
         self._drain_camera(participant, media)
-        await self._send(participant, {"type": "answer", "sdp": media.pc.localDescription.sdp})
+        answer = _start_bitrate(media.pc.localDescription.sdp, media.ultrasound_mid, ULTRASOUND_START_KBPS)
+        await self._send(participant, {"type": "answer", "sdp": answer})
         self._assign_slots()
         await self._broadcast_slots()
         await self._broadcast({"type": "participants", "lead": self.lead,
@@ -623,11 +752,6 @@ class Room:
 
     def _watch(self, participant: Participant, media: Media) -> None:
         pc = media.pc
-
-        @pc.on("track")
-        def on_track(track):
-            if track.kind in ("audio", "video") and track.kind not in media.camera:
-                media.camera[track.kind] = track
 
         @pc.on("datachannel")
         def on_datachannel(channel):
@@ -652,15 +776,19 @@ class Room:
                 await self.update_recording()
                 await self._error(participant, "peer-failed", "the media connection failed; offer again")
 
-    def _claim_slots(self, media: Media, parsed: sdp_parser.SessionDescription) -> None:
-        """Offered sendonly/sendrecv m-lines carry the participant's camera and microphone;
-        recvonly ones are slots for the others (answered sendonly with a SlotTrack)."""
+    def _claim_slots(self, media: Media, parsed: sdp_parser.SessionDescription, ultrasound_mid: str | None) -> None:
+        """Offered sendonly/sendrecv m-lines carry the participant's camera and microphone (the
+        first of each kind) and the ultrasound (the m-line named); recvonly ones are slots for
+        the others (answered sendonly with a SlotTrack)."""
         directions = {m.rtp.muxId: m.direction for m in parsed.media if m.kind in ("audio", "video")}
         free: dict[str, list] = {"video": [], "audio": []}
         for transceiver in media.pc.getTransceivers():
             offered = directions.get(transceiver.mid)
             if offered in ("sendonly", "sendrecv"):
                 transceiver.direction = "recvonly"
+                named = transceiver.kind == "video" and transceiver.mid == ultrasound_mid
+                media.camera.setdefault("ultrasound" if named else transceiver.kind, transceiver.receiver.track)
+                media.ultrasound_mid = ultrasound_mid if named else media.ultrasound_mid
             elif offered == "recvonly" and len(free[transceiver.kind]) < MAX_REMOTE:
                 track = SlotTrack(transceiver.kind)
                 transceiver.sender.replaceTrack(track)
@@ -668,10 +796,36 @@ class Room:
                 free[transceiver.kind].append((transceiver.mid, track))
             else:
                 transceiver.direction = "inactive" if offered != "sendrecv" else "recvonly"
+        tracks = [track for kind in free.values() for _, track in kind]
+        for track in tracks:
+            track.siblings = tracks
         for i in range(max(len(free["video"]), len(free["audio"]))):
             video = free["video"][i] if i < len(free["video"]) else (None, None)
             audio = free["audio"][i] if i < len(free["audio"]) else (None, None)
             media.slots.append(Slot(video=video[1], audio=audio[1], video_mid=video[0], audio_mid=audio[0]))
+        if media.ultrasound_mid is not None:
+            # Chromium takes a REMB as the cap of its whole connection, whichever stream it names:
+            # the camera's would hold the ultrasound down too (why none: consult/compat_aiortc.py).
+            for transceiver in media.pc.getTransceivers():
+                if transceiver.kind == "video" and directions.get(transceiver.mid) in ("sendonly", "sendrecv"):
+                    compat_aiortc.no_remb(transceiver.receiver)
+
+    def _bound_encoders(self, media: Media) -> None:
+        """Every video slot's encoder takes its share of the receiver's REMB within its shape's
+        bounds (SlotTrack.bitrate_for), not aiortc's one range and the whole REMB each."""
+        answer = sdp_parser.SessionDescription.parse(media.pc.localDescription.sdp)
+        codecs = {m.rtp.muxId: m.rtp.codecs[0].mimeType.lower() for m in answer.media
+                  if m.kind == "video" and m.rtp.codecs}
+        for transceiver in media.pc.getTransceivers():
+            track = transceiver.sender.track
+            if not isinstance(track, SlotTrack) or track.kind != "video":
+                continue
+            if codecs.get(transceiver.mid) == "video/vp8":
+                compat_aiortc.bound_vp8(transceiver.sender, track.bitrate_for)
+                track.encoder = compat_aiortc.sender_encoder(transceiver.sender)
+            else:
+                log.warning("room.slot.codec consult=%s mid=%s codec=%s: aiortc's own bitrate range applies",
+                            self.consult_id, transceiver.mid, codecs.get(transceiver.mid))
 
     def _drain_camera(self, participant: Participant, media: Media) -> None:
         """Read every incoming track through the relay even when nobody watches: aiortc queues
@@ -684,9 +838,9 @@ class Room:
         try:
             while True:
                 frame = await sink.recv()
-                media.frames[kind] += 1
-                if kind == "video":
-                    media.size = (frame.width, frame.height)
+                media.frames[kind] = media.frames.get(kind, 0) + 1
+                if kind != "audio":
+                    media.sizes[kind] = (frame.width, frame.height)
                 if media.frames[kind] == 1 and self.record_wanted:
                     await self.update_recording()
         except (MediaStreamError, asyncio.CancelledError):
@@ -695,30 +849,48 @@ class Room:
             sink.stop()
 
     def _assign_slots(self) -> None:
-        """Show everyone with a camera in a slot of everyone else; clear slots of people gone."""
+        """Show everyone's camera, and an ultrasound being shared, in slots of everyone else;
+        clear slots whose person or ultrasound has gone. A full set of slots shows cameras of
+        those who came first (MAX_REMOTE + 1 people with media fit, then not an ultrasound)."""
         live = {p.username: p for p in self.participants.values() if p.media is not None}
         for viewer in live.values():
             for slot in viewer.media.slots:
                 owner = live.get(slot.owner or "")
-                if slot.owner is not None and (owner is None or owner.media.serial != slot.owner_media):
+                if slot.owner is not None and (owner is None or owner.media.serial != slot.owner_media
+                                               or slot.source not in _sources(owner)):
                     slot.clear()
-            shown = {slot.owner for slot in viewer.media.slots if slot.owner}
+            shown = {(slot.owner, slot.source) for slot in viewer.media.slots if slot.owner}
             for other in live.values():
-                if other is viewer or other.username in shown or not other.media.camera:
-                    continue
-                slot = next((s for s in viewer.media.slots if s.owner is None), None)
-                if slot is None:
-                    break
-                slot.owner, slot.owner_media = other.username, other.media.serial
-                self._fill(slot, other.media, viewer.mode)
+                for source in _sources(other) if other is not viewer else ():
+                    slot = next((s for s in viewer.media.slots if s.owner is None), None)
+                    if slot is None or (other.username, source) in shown:
+                        continue
+                    slot.owner, slot.owner_media, slot.source = other.username, other.media.serial, source
+                    self._fill(slot, other.media, viewer.mode)
 
     def _fill(self, slot: Slot, source: Media, mode: str) -> None:
-        video, audio = source.camera.get("video"), source.camera.get("audio")
+        """The slot's tracks read its owner's camera and microphone, or the ultrasound alone,
+        shaped for the viewer's mode (SHAPES)."""
+        ultrasound = slot.source == "ultrasound"
+        video = source.camera.get("ultrasound" if ultrasound else "video")
+        audio = None if ultrasound else source.camera.get("audio")
         if slot.video is not None:
-            slot.video.scale = LOW_SIZE if mode == "low" else None
+            slot.video.shape = SHAPES.get((slot.source or "camera", mode), SlotShape())
             slot.video.set_source(self.relay.subscribe(video, buffered=False) if video and mode != "audio" else None)
         if slot.audio is not None:
             slot.audio.set_source(self.relay.subscribe(audio) if audio else None)
+
+    async def _set_ultrasound(self, participant: Participant, on: Any) -> None:
+        """The presenter starts or stops sending the ultrasound: a slot of its own appears in
+        everyone else's page, or goes."""
+        if not isinstance(on, bool):
+            await self._error(participant, "bad-ultrasound", "on is true or false")
+            return
+        participant.ultrasound = on
+        self._assign_slots()
+        await self._broadcast_slots()
+        await self._broadcast({"type": "participants", "lead": self.lead,
+                               "participants": [p.public() for p in self.participants.values()]})
 
     async def _set_mode(self, participant: Participant, mode: Any) -> None:
         """Low bandwidth: receive 320x240 video, or audio only (no video sent down at all)."""
@@ -740,7 +912,7 @@ class Room:
                 continue
             slots = [{"video_mid": s.video_mid, "audio_mid": s.audio_mid, "participant": s.owner,
                       "name": self.participants[s.owner].seat.display_name if s.owner in self.participants else None,
-                      "role": self._role(s.owner)} for s in p.media.slots]
+                      "role": self._role(s.owner), "source": s.source} for s in p.media.slots]
             await self._send(p, {"type": "slots", "slots": slots})
 
     # -- data channel: shared view, lead, chat --
@@ -885,7 +1057,8 @@ class Room:
                 self.recording = None
                 await self._finish(current)
             if allowed and sources and self.recording is None:
-                sizes = {(p.username, "video"): p.media.size for p in present if p.media is not None}
+                sizes = {(p.username, kind): size for p in present if p.media is not None
+                         for kind, size in p.media.sizes.items()}
                 self.recording = RoomRecording(self, sources, sizes)
                 await self.recording.start()
                 log.info("room.recording.start consult=%s session=%s sources=%s", self.consult_id,

@@ -5,11 +5,19 @@
 // the server fills slots with other participants and says which is which ("slots"), so joins
 // and leaves never renegotiate. The shared view is not a screen share: the lead's viewer
 // state goes to every follower, whose own viewer renders the same image from DICOMweb.
+//
+// The presenter also offers an empty sendonly video m-line for the ultrasound (a capture card
+// that the machine's video output feeds shows as a camera); sharing puts the device's track on
+// it, and the others see it large over the shared view, with its measured size and rate.
 "use strict";
 
 (function () {
   const SLOTS = 5;
   const LOW = { maxBitrate: 150000, width: 320, height: 240, maxFramerate: 15 };
+  // The ultrasound in low-bandwidth mode, as consult/rooms.py SHAPES says why: 480 lines, 15 fps.
+  const US_LOW = { maxBitrate: 500000, lines: 480, maxFramerate: 15 };
+  // A capture card's name, to offer it first; otherwise any device that is not the camera.
+  const CAPTURE = /capture|grabber|hdmi|sdi|cam ?link|ultra|超声|采集/i;
   const root = document.getElementById("room");
   const consultId = root.dataset.consult;
   const me = root.dataset.user;
@@ -22,6 +30,8 @@
     viewer: null, frameDoc: null, pending: null, applying: false, applied: [], closed: false,
     frames: {}, // participant -> decoded frame count (requestVideoFrameCallback)
     shown: {}, // follower -> what their viewer shows of the shared view (seen by the lead)
+    ultrasound: null, usTx: null, // the presenter's ultrasound track and its transceiver
+    usShown: true, usIn: null, usOut: null, // stage shown over the images; measured in / out
   };
 
   function status(text) { $("room-status").textContent = text; }
@@ -102,6 +112,9 @@
     const video = R.screen || R.camera;
     R.videoTx = pc.addTransceiver(video && R.mode !== "audio" ? video : "video", { direction: "sendonly" });
     R.audioTx = pc.addTransceiver(R.mic || "audio", { direction: "sendonly" });
+    // Offered from the start, empty until shared: sharing later needs no renegotiation.
+    R.usTx = myRole === "presenter"
+      ? pc.addTransceiver(R.ultrasound && R.mode !== "audio" ? R.ultrasound : "video", { direction: "sendonly" }) : null;
     for (let i = 0; i < SLOTS; i++) {
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.addTransceiver("audio", { direction: "recvonly" });
@@ -117,8 +130,10 @@
     };
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc); // the server (aiortc) does not take trickled candidates
-    send({ type: "offer", sdp: pc.localDescription.sdp });
+    send({ type: "offer", sdp: pc.localDescription.sdp, ultrasound: R.usTx ? R.usTx.mid : null });
+    if (R.ultrasound) send({ type: "ultrasound", on: true }); // a new socket after a drop
     if (R.mode === "low") await capSender();
+    await tuneUltrasound();
   }
 
   function gathered(pc) {
@@ -144,13 +159,15 @@
 
   function showSlots() {
     const box = $("room-videos");
-    const wanted = new Set(R.slots.filter((s) => s.participant).map((s) => s.video_mid));
+    const cameras = R.slots.filter((s) => s.participant && s.source !== "ultrasound");
+    const wanted = new Set(cameras.map((s) => s.video_mid));
     for (const tile of [...box.querySelectorAll("[data-mid]")]) {
       if (!wanted.has(tile.dataset.mid) || tile.dataset.participant !== slotOf(tile.dataset.mid).participant) tile.remove();
     }
+    showUltrasound();
     if (!R.pc) return;
-    for (const slot of R.slots) {
-      if (!slot.participant || box.querySelector(`[data-mid="${slot.video_mid}"]`)) continue;
+    for (const slot of cameras) {
+      if (box.querySelector(`[data-mid="${slot.video_mid}"]`)) continue;
       const tracks = R.pc.getTransceivers().filter((t) => t.mid === slot.video_mid || t.mid === slot.audio_mid)
         .map((t) => t.receiver.track);
       const tile = document.createElement("div");
@@ -217,9 +234,12 @@
   async function setMode(mode) {
     R.mode = mode;
     send({ type: "mode", mode });
+    showUltrasound();
     if (!R.videoTx) return;
     await R.videoTx.sender.replaceTrack(mode === "audio" ? null : (R.screen || R.camera));
     await capSender();
+    if (R.usTx) await R.usTx.sender.replaceTrack(mode === "audio" ? null : R.ultrasound);
+    await tuneUltrasound();
   }
 
   async function toggleScreen() {
@@ -243,6 +263,130 @@
     if (!track) return;
     track.enabled = !track.enabled;
     button.setAttribute("aria-pressed", String(track.enabled));
+  }
+
+  // ---- ultrasound ----------------------------------------------------------------------
+
+  /** The capture devices the browser lists; a capture card is offered first. */
+  async function listSources() {
+    const select = $("room-us-source");
+    if (!select || !navigator.mediaDevices.enumerateDevices) return;
+    const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+    const camera = R.camera ? R.camera.getSettings().deviceId : null;
+    const kept = select.value;
+    select.replaceChildren(...devices.map((d, i) => new Option(d.label || `视频源 Video source ${i + 1}`, d.deviceId)));
+    const guess = devices.find((d) => CAPTURE.test(d.label)) || devices.find((d) => d.deviceId !== camera) || devices[0];
+    select.value = devices.some((d) => d.deviceId === kept) ? kept : (guess ? guess.deviceId : "");
+    $("room-us-share").disabled = !devices.length && !R.ultrasound;
+  }
+
+  async function shareUltrasound() {
+    if (R.ultrasound) { stopUltrasound(); return; }
+    const id = $("room-us-source").value;
+    let stream;
+    try {
+      // The device's own format: resizeMode "none", else Chromium crops and scales the frame to
+      // the size asked (a 1024x768 card asked for 1280x720 came as 1024x720, its top and bottom cut).
+      stream = await navigator.mediaDevices.getUserMedia({ audio: false, video: {
+        deviceId: id ? { exact: id } : undefined, resizeMode: "none",
+        width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } } });
+    } catch (err) {
+      status(`超声源无法打开 Cannot open the ultrasound source: ${err.name}`);
+      return;
+    }
+    const track = stream.getVideoTracks()[0];
+    // "detail": Chromium encodes it as screen content, keeping every line (no scaling down
+    // under load) and leaving out its denoiser, which would smooth the speckle away.
+    track.contentHint = "detail";
+    track.onended = stopUltrasound; // the card unplugged
+    R.ultrasound = track;
+    $("room-us-self").srcObject = new MediaStream([track]);
+    $("room-us-self-tile").hidden = false;
+    if (R.usTx && R.mode !== "audio") await R.usTx.sender.replaceTrack(track);
+    await tuneUltrasound();
+    send({ type: "ultrasound", on: true });
+    $("room-us-share").setAttribute("aria-pressed", "true");
+  }
+
+  function stopUltrasound() {
+    const track = R.ultrasound;
+    R.ultrasound = null; R.usOut = null;
+    if (track) track.stop();
+    if (R.usTx) R.usTx.sender.replaceTrack(null).catch(() => {});
+    $("room-us-self").srcObject = null;
+    $("room-us-self-tile").hidden = true;
+    send({ type: "ultrasound", on: false });
+    $("room-us-share").setAttribute("aria-pressed", "false");
+  }
+
+  /** Keep every line and give way on frame rate (a loaded or slow sender otherwise scales
+   *  down, which blurs anatomy); in low-bandwidth mode send 480 lines at 15 fps, 500 kbps. */
+  async function tuneUltrasound() {
+    const sender = R.usTx && R.usTx.sender;
+    if (!sender || !sender.track) return;
+    const params = sender.getParameters();
+    if (!params.encodings || !params.encodings.length) params.encodings = [{}];
+    const height = sender.track.getSettings().height || US_LOW.lines;
+    Object.assign(params.encodings[0], R.mode === "low"
+      ? { maxBitrate: US_LOW.maxBitrate, maxFramerate: US_LOW.maxFramerate,
+          scaleResolutionDownBy: Math.max(1, height / US_LOW.lines) }
+      : { maxBitrate: undefined, maxFramerate: undefined, scaleResolutionDownBy: 1 });
+    params.degradationPreference = "maintain-resolution";
+    try { await sender.setParameters(params); } catch (err) { console.warn("room ultrasound parameters", err); }
+  }
+
+  /** Someone's ultrasound goes large over the shared view (a button switches back to it). */
+  function showUltrasound() {
+    const slot = R.slots.find((s) => s.participant && s.source === "ultrasound");
+    const mid = slot && R.pc && R.mode !== "audio" ? slot.video_mid : "";
+    const stage = $("room-us-stage"), video = $("room-us-video");
+    if (stage.dataset.mid !== mid) {
+      stage.dataset.mid = mid;
+      const transceiver = mid ? R.pc.getTransceivers().find((t) => t.mid === mid) : null;
+      video.srcObject = transceiver ? new MediaStream([transceiver.receiver.track]) : null;
+      R.usIn = null;
+      $("room-us-caption").textContent = "超声 Ultrasound";
+      if (mid) R.usShown = true; // a newly shared ultrasound comes to the front
+    }
+    stage.hidden = !mid || !R.usShown;
+    $("room-us-show").hidden = !mid || R.usShown;
+  }
+
+  /** Once a second: the size, frame rate and bitrate measured where the ultrasound arrives
+   *  (the caption) and, on the presenter's page, where it leaves. */
+  async function measureUltrasound() {
+    if (!R.pc) return;
+    const mid = $("room-us-stage").dataset.mid;
+    if (mid) {
+      const report = await R.pc.getStats();
+      const s = [...report.values()].find((v) => v.type === "inbound-rtp" && v.kind === "video" && v.mid === mid);
+      if (s) {
+        R.usIn = rates(s, R.usIn);
+        $("room-us-caption").textContent = caption(R.usIn) + (R.mode === "low" ? " · 弱网 Low" : "");
+      }
+    }
+    if (R.ultrasound && R.usTx) {
+      const report = await R.usTx.sender.getStats();
+      const s = [...report.values()].find((v) => v.type === "outbound-rtp");
+      if (s) {
+        R.usOut = rates(s, R.usOut);
+        $("room-us-self-caption").textContent = `${caption(R.usOut)} ↑`;
+      }
+    }
+  }
+
+  function rates(s, before) {
+    const bytes = s.bytesReceived ?? s.bytesSent ?? 0;
+    const seconds = before ? (s.timestamp - before.timestamp) / 1000 : 0;
+    return { timestamp: s.timestamp, width: s.frameWidth || 0, height: s.frameHeight || 0,
+      fps: s.framesPerSecond || 0, bytes, kbps: seconds > 0 ? Math.round((bytes - before.bytes) * 8 / seconds / 1000) : null,
+      frames: s.framesDecoded ?? s.framesEncoded ?? 0, keyFrames: s.keyFramesDecoded ?? s.keyFramesEncoded ?? 0,
+      freezes: s.freezeCount || 0,
+      frozenSeconds: s.totalFreezesDuration || 0, limitation: s.qualityLimitationReason || null };
+  }
+
+  function caption(m) {
+    return m.width ? `超声 Ultrasound ${m.width}×${m.height} · ${Math.round(m.fps)} fps` : "超声 Ultrasound";
   }
 
   // ---- shared view, lead, chat ---------------------------------------------------------
@@ -362,6 +506,14 @@
     $("room-mic").onclick = () => toggleTrack(R.mic, $("room-mic"));
     $("room-cam").onclick = () => toggleTrack(R.camera, $("room-cam"));
     $("room-screen").onclick = toggleScreen;
+    if ($("room-us-share") && navigator.mediaDevices) { // none on a page that is not https
+      $("room-us-share").onclick = shareUltrasound;
+      navigator.mediaDevices.addEventListener("devicechange", () => listSources().catch(() => {})); // plugged in later
+      listSources().catch((err) => console.warn("room sources", err));
+    }
+    $("room-us-hide").onclick = () => { R.usShown = false; showUltrasound(); };
+    $("room-us-show").onclick = () => { R.usShown = true; showUltrasound(); };
+    setInterval(() => measureUltrasound().catch((err) => console.warn("room stats", err)), 1000);
     $("room-mode").onchange = (event) => setMode(event.target.value);
     $("room-consent").onchange = (event) => send({ type: "consent", given: event.target.checked });
     $("room-record").onclick = () => send({ type: "record", on: $("room-record").getAttribute("aria-pressed") !== "true" });
@@ -385,6 +537,8 @@
     setMode,
     say,
     frames: () => ({ ...R.frames }),
+    /** The ultrasound as measured where it arrives (stage) and where it leaves (presenter). */
+    ultrasound: () => ({ received: R.usIn, sent: R.usOut, caption: $("room-us-caption").textContent }),
     /** Mean RGB of what this page shows of `who` (its <video>), or null. */
     sample(who) {
       const tile = document.querySelector(`#room-videos [data-participant="${who}"] video`);
@@ -398,6 +552,17 @@
       for (let i = 0; i < data.length; i += 4) { sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; }
       const n = data.length / 4;
       return { rgb: sum.map((v) => v / n), width: tile.videoWidth, height: tile.videoHeight };
+    },
+    /** The media path: its UDP ports (this page's, the server's) and bytes each way so far. */
+    async mediaPath() {
+      if (!R.pc) return null;
+      const report = [...(await R.pc.getStats()).values()];
+      const transport = report.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+      const pair = transport && report.find((s) => s.id === transport.selectedCandidatePairId);
+      if (!pair) return null;
+      const port = (id) => (report.find((s) => s.id === id) || {}).port;
+      return { local: port(pair.localCandidateId), remote: port(pair.remoteCandidateId), timestamp: pair.timestamp,
+               bytesReceived: pair.bytesReceived || 0, bytesSent: pair.bytesSent || 0 };
     },
     async inboundStats() {
       if (!R.pc) return [];
