@@ -427,6 +427,20 @@ def cmd_edge_forward(args) -> int:
     return 0
 
 
+def cmd_edge_credential(args) -> None:
+    """At the region: a credential for a township's edge, printed once (only its hash is kept)."""
+    from edge import region  # lazy: see LAZY_IMPORTS
+    secret = region.cli_issue(_runtime().db, institution_code=args.institution, name=args.name)
+    print(f"edge {args.name} of {args.institution}: LANCANG_EDGE_CREDENTIAL={secret}")
+    print("  shown once: put it in the edge's environment; a new one replaces it, 'lancang edge revoke' ends it")
+
+
+def cmd_edge_revoke(args) -> None:
+    from edge import region  # lazy: see LAZY_IMPORTS
+    region.cli_revoke(_runtime().db, name=args.name)
+    print(f"edge {args.name}: credential revoked (what it sent stays)")
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -561,6 +575,11 @@ def _add_edge(commands) -> None:
                                 ("mwl", "run only the modality worklist (C-FIND MWL SCP)", cmd_edge_mwl),
                                 ("forward", "run only the forwarder to the region", cmd_edge_forward)):
         _sub(edge, name, help_text, fn).set_defaults(service=True)
+    _sub(edge, "credential", "(at the region) issue a township edge's credential, printed once", cmd_edge_credential,
+         (("--institution",), {"required": True, "metavar": "CODE", "help": "the township the edge sends for"}),
+         (("--name",), {"required": True, "help": "the edge's name, e.g. t01-edge"}))
+    _sub(edge, "revoke", "(at the region) end an edge's credential at once", cmd_edge_revoke,
+         (("name",), {"metavar": "NAME"}))
 
 
 SERVICES = ("serve", "web", "dicom", "worker")

@@ -2,6 +2,7 @@
 
 import consult.models  # noqa: F401
 import consult.room_models  # noqa: F401
+import edge.models  # noqa: F401
 import edge.worklist_models  # noqa: F401
 import imaging.models  # noqa: F401
 import film.models  # noqa: F401

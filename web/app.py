@@ -28,6 +28,8 @@ from imaging.dataset import display_name
 from imaging import pages as imaging_pages
 from imaging import routes as imaging_routes
 from edge import pages as edge_pages
+from edge import routes as edge_routes
+from edge import transfer_pages as edge_transfer_pages
 from maternal import pages as maternal_pages
 from maternal import routes as maternal_routes
 from storage import localtime
@@ -133,7 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates.env.filters.update(pn=display_name, da=display_date,
                                            bj=lambda value: localtime.display(value, name=settings.timezone))
     app.state.templates.env.globals.update(tz_label=localtime.label(settings.timezone), tz_zone=settings.timezone,
-                                           unread_notifications=lambda user: _unread(app, user))
+                                           unread_notifications=lambda user: _unread(app, user),
+                                           admin_sections=workspace_admin.SECTIONS)  # edge/'s admin page too
     dicomweb.install_read_lane(app)  # first: the security headers and CORS wrap it too
     install_csrf(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -153,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(maternal_routes.router)
     app.include_router(maternal_pages.router)
     app.include_router(edge_pages.router)
+    app.include_router(edge_routes.router)
+    app.include_router(edge_transfer_pages.router)
     app.include_router(workspace_pages.router)
     app.include_router(workspace_admin.router)
     return app

@@ -40,7 +40,8 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 
 SECTIONS = (("/admin", "概览 Overview"), ("/admin/institutions", "机构 Institutions"), ("/admin/users", "用户 Users"),
             ("/admin/nodes", "DICOM 节点 AEs"), ("/admin/certificates", "证书 Certificates"),
-            ("/admin/shares", "云胶片 Shares"), ("/admin/audit", "审计 Audit"))
+            ("/admin/shares", "云胶片 Shares"), ("/admin/edges", "边缘节点 Edges"),
+            ("/admin/audit", "审计 Audit"))
 LEVEL_LABELS = {"township": "乡镇卫生院 Township", "county": "县级 County", "city": "市级 City",
                 "partner": "对口医院 Partner"}
 ROLE_LABELS = {"radiographer": "技师 Radiographer", "specialist": "专家 Specialist",

@@ -122,3 +122,22 @@ def test_endpoint_abroad_is_refused_at_startup(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lancang.cli", "institution", "list"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "境外" in done.stderr
+
+
+def test_an_edge_credential_is_printed_once_stored_as_a_hash_and_revoked(cli):
+    cli("institution", "add", "LC-T01", "--name", "澜沧县勐朗镇卫生院", "--level", "township")
+    said = cli("edge", "credential", "--institution", "LC-T01", "--name", "t01-edge").stdout
+    secret = said.split("LANCANG_EDGE_CREDENTIAL=", 1)[1].split()[0]
+    assert secret.startswith("lce_") and len(secret) > 40
+    with sqlite3.connect(cli.data_dir / "lancang.db") as db:
+        stored = db.execute("select credential_hash, revoked_at from edge_nodes").fetchall()
+        actions = [row[0] for row in db.execute("select action from audit_records where action like 'admin.edge%'")]
+    assert len(stored) == 1 and secret not in stored[0][0] and stored[0][1] is None
+    assert "unknown institution" in cli("edge", "credential", "--institution", "NOPE", "--name", "x",
+                                        check=False).stderr.lower()
+    cli("edge", "revoke", "t01-edge")
+    with sqlite3.connect(cli.data_dir / "lancang.db") as db:
+        assert db.execute("select revoked_at from edge_nodes").fetchone()[0] is not None
+        actions = [row[0] for row in db.execute("select action from audit_records where action like 'admin.edge%'")]
+    assert actions == ["admin.edge.issue", "admin.edge.revoke"]
+    assert "unknown edge" in cli("edge", "revoke", "nobody", check=False).stderr
