@@ -7,9 +7,14 @@ Redis). Each test gets its own data dir, database and bucket.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sqlite3
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +36,36 @@ def servers(postgres_server, redis_server, s3_server) -> Servers:
 
 
 def embedded_settings(tmp_path, **overrides) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path / "var", **overrides)
+    """Embedded settings in tmp_path/var, whose database starts at the newest migration."""
+    settings = Settings(_env_file=None, data_dir=tmp_path / "var", **overrides)
+    if not settings.database_url:
+        _seed_migrated_sqlite(settings.data_dir / "lancang.db")
+    return settings
+
+
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def _seed_migrated_sqlite(target: Path) -> None:
+    """Put a copy of a database migrated once per session where a new data dir's database
+    goes: running the migrations takes 0.44 s a database, and most tests make one or more.
+    Bootstrap then finds the schema current. tests/storage/test_db.py migrates empty ones."""
+    if target.exists():
+        return
+    if not _SQLITE_TEMPLATE:
+        from storage.db import Database
+
+        folder = Path(tempfile.mkdtemp(prefix="lancang-migrated-"))
+        atexit.register(shutil.rmtree, folder, True)
+        database = Database(f"sqlite:///{folder / 'template.db'}")
+        try:
+            database.upgrade()
+        finally:
+            database.dispose()
+        _SQLITE_TEMPLATE.append(folder / "template.db")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(_SQLITE_TEMPLATE[0]) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)  # a consistent copy, WAL mode and all
 
 
 def server_settings(tmp_path, servers: Servers, **overrides) -> Settings:
@@ -39,7 +73,7 @@ def server_settings(tmp_path, servers: Servers, **overrides) -> Settings:
     return Settings(
         _env_file=None,
         data_dir=tmp_path / "var",
-        database_url=servers.postgres.create_database(),
+        database_url=servers.postgres.create_migrated_database(),
         object_store="s3",
         s3_endpoint=s3.endpoint,
         s3_public_endpoint=f"http://{s3.endpoint}",

@@ -348,19 +348,39 @@ class PostgresServer(_Server):
         with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2) as conn:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
-    def create_database(self, name: str | None = None) -> str:
-        """Create an empty database (random name if none) and return its
-        SQLAlchemy URL."""
+    def create_database(self, name: str | None = None, *, template: str | None = None) -> str:
+        """Create a database (random name if none), empty or as a copy of `template`, and
+        return its SQLAlchemy URL."""
         import psycopg
         from psycopg import sql
 
         name = name or f"test_{os.urandom(4).hex()}"
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise ValueError(f"unsafe database name {name!r}")
+        for each in (name, template or "x"):
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", each):
+                raise ValueError(f"unsafe database name {each!r}")
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         # CREATE DATABASE cannot run inside a transaction, hence autocommit.
         with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(statement)
         return self.url_for(name)
+
+    def create_migrated_database(self) -> str:
+        """A database at the newest migration: a copy of one migrated once per server (the
+        migrations take 0.3 s a database, the copy 0.06 s; tests/storage/test_db.py still
+        migrates empty databases)."""
+        if getattr(self, "_migrated_template", None) is None:
+            from storage.db import Database
+
+            url = self.create_database("lancang_migrated_template")
+            database = Database(url)
+            try:
+                database.upgrade()
+            finally:
+                database.dispose()  # CREATE DATABASE … TEMPLATE wants nobody connected to it
+            self._migrated_template = "lancang_migrated_template"
+        return self.create_database(template=self._migrated_template)
 
     def stop(self) -> None:
         if self.pid is None:

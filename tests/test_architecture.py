@@ -1,6 +1,7 @@
 """The shape of the code, read from its source (ast), so that it stays as ARCHITECTURE.md draws it.
 
-* Imports point one way: storage/ (the foundation) < imaging/ < maternal/ < consult/ < film/ < workspace/ < web/, workers/
+* Imports point one way: storage/ (the foundation) < imaging/ < maternal/ < consult/ < film/ < edge/ < workspace/
+  < web/, workers/
   < lancang/ (CLI, serve). A module imports only from its own package or from a lower layer;
   web/ and workers/ never import each other.
 * No import circles between modules, counting imports inside functions.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"storage": 0, "imaging": 1, "maternal": 2, "consult": 3, "film": 4, "workspace": 5, "edge": 5,
+LAYERS = {"storage": 0, "imaging": 1, "maternal": 2, "consult": 3, "film": 4, "edge": 4.5, "workspace": 5,
           "web": 6, "workers": 6, "lancang": 7}
 # Alembic loads its environment by file path and needs every domain's tables: it is a script
 # run from the top, not a module of the foundation.

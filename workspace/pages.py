@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consult import critical
+from edge import region as edge_region
 from film import archive
 from imaging import persons, recognition
 from imaging.models import RECOGNITION_REASONS, Instance, Patient, Series, Study
@@ -136,7 +137,8 @@ def study_page(study_uid: str, request: Request, session: DbSession, runtime: Ru
                    linked=service.linked_records(session, principal, study.patient_pk),
                    opens=_opens(session, study_uid) if principal.is_admin else None,
                    critical_categories=critical.categories(runtime.settings) if user.role == "specialist" else [],
-                   findings=critical.findings_on(session, study_uid=study_uid))
+                   findings=critical.findings_on(session, study_uid=study_uid),
+                   edge_transfer=edge_region.transfer_state(session=session, study_uid=study_uid))
 
 
 def _may_decide(session: Session, principal: Principal, study: Study) -> bool:

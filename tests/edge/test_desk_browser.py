@@ -11,7 +11,6 @@ Screens go to $LANCANG_SCREENS when set."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from imaging.persons import check_character
 from tests.conftest import embedded_settings
 from tests.consult.test_consult_browser import browser  # noqa: F401 (the module's Chromium fixture)
 from tests.services import free_port
-from tests.web.test_upload_browser import CHROMIUM, PASSWORD, LiveApp, login
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, PASSWORD, login, screens_dir
 
 BODY = "53082819900101002"
 RESIDENT = BODY + check_character(BODY)
@@ -33,16 +32,9 @@ FINDSCU = "/usr/bin/findscu"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 
 
-def _screens(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     from edge import mwl
-    from edge import pages as edge_pages
     from storage import identity
     from storage import service as tenancy
     from storage.runtime import bootstrap
@@ -59,8 +51,6 @@ def live(tmp_path_factory):
     mwl_port = free_port()
     server = mwl.start_server(mwl.WorklistSCP(runtime), settings, host="127.0.0.1", port=mwl_port)
     app = LiveApp(settings)
-    if not any(getattr(route, "path", "") == "/desk" for route in app.app.routes):  # until web/app.py includes it
-        app.app.include_router(edge_pages.router)
     with app:
         app.runtime, app.mwl_port = runtime, mwl_port
         yield app
@@ -96,7 +86,7 @@ def test_register_at_the_desk_and_the_modality_pulls_it(live, browser, tmp_path)
     from web.pages import login_limiter
 
     live.app.state.login_limiter = login_limiter()
-    screens, errors = _screens(tmp_path), []
+    screens, errors = screens_dir(tmp_path), []
 
     # 1. A mistyped ID number: refused, the reason beside the field, the rest kept.
     desk = _page(browser, errors)

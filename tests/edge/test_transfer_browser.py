@@ -11,7 +11,6 @@ Screens go to $LANCANG_SCREENS when set."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,9 @@ from tests.consult.test_consult_browser import browser  # noqa: F401 (the module
 from tests.edge.test_desk_browser import _fits, _page
 from tests.edge.test_forward import _ingest, _register, _scan
 from tests.services import free_port
-from tests.web.test_upload_browser import CHROMIUM, PASSWORD, LiveApp, login
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, PASSWORD, login, screens_dir
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
-
-
-def _screens(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def edge(tmp_path):
 def test_the_township_reads_its_queue_and_the_region_its_edges(edge, browser, tmp_path):
     from web.pages import login_limiter
 
-    screens, errors = _screens(tmp_path), []
+    screens, errors = screens_dir(tmp_path), []
     urgent, routine = edge.studies
     with LiveApp(edge.settings) as app:
         app.app.state.login_limiter = login_limiter()

@@ -175,13 +175,27 @@ def test_complete_only_when_every_instance_is_verified_and_indexed(runtime, worl
     assert (early["complete"], early["verified"], early["missing"]) == (False, 2, [sops[2]])
     with runtime.db.scope(readonly=True) as session:
         assert region.transfer_state(session=session, study_uid=study)["complete"] is False
+    assert _study_page_says(runtime, study) == ("no", "已校验 2/3 幅，尚未收齐")
     assert _put(client, secret, study, sops[2], half, gz(blobs[sops[2]][half:])).json()["done"]
     done = client.post(f"/api/edge/studies/{study}/complete", headers=bearer(secret)).json()
     assert (done["complete"], done["verified"], done["missing"]) == (True, 3, [])
+    assert _study_page_says(runtime, study) == ("yes", "全部 3 幅已校验")
     assert [r.outcome for r in _audits(runtime, "edge.study.complete")] == ["failed", "ok"]
     more = {**blobs, **dict([_instance(study, 4)])}  # a series added later: not complete until it is sent
     _manifest(client, secret, study, more)
     assert client.post(f"/api/edge/studies/{study}/complete", headers=bearer(secret)).json()["complete"] is False
+
+
+def _study_page_says(runtime, study: str) -> tuple[str, str]:
+    """What the region's study page says of the edge's transfer: (data-complete, its words)."""
+    with TestClient(region_app(runtime.settings)) as reader:
+        reader.post("/login", data={"username": "county-admin", "password": PASSWORD})
+        page = reader.get(f"/studies/{study}")
+    assert page.status_code == 200, page.text[:300]
+    found = re.search(r'id="edge-transfer" data-complete="(\w+)">.*?(已校验 \d+/\d+ 幅，尚未收齐|全部 \d+ 幅已校验)',
+                      page.text, re.S)
+    assert found, page.text[:3000]
+    return found.group(1), found.group(2)
 
 
 def test_the_data_must_be_the_instance_and_study_the_manifest_named(runtime, world, client):

@@ -12,7 +12,6 @@ Screens go to $LANCANG_SCREENS when set."""
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -22,15 +21,9 @@ import pytest
 from tests.consult.test_consult_browser import browser  # noqa: F401 (the module's Chromium fixture)
 from tests.conftest import embedded_settings
 from tests.maternal.maternal_world import build
-from tests.web.test_upload_browser import CHROMIUM, LiveApp, login
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, login, screens_dir
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
-
-
-def _screens(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def test_grade_and_refer_in_chromium(live, browser, tmp_path):
     from web.pages import login_limiter
 
     live.app.state.login_limiter = login_limiter()
-    screens, errors, world = _screens(tmp_path), [], live.world
+    screens, errors, world = screens_dir(tmp_path), [], live.world
 
     # 1. The radiographer registers the pregnancy from the woman's timeline.
     ma = _page(browser, errors)

@@ -13,13 +13,29 @@ from storage.errors import Conflict, Invalid, NotFound
 from storage.models import Institution
 
 
-def test_migrations_create_every_table(runtime):
-    tables = set(inspect(runtime.db.engine).get_table_names())
+@pytest.fixture
+def migrated(request, backend, tmp_path):
+    """A database migrated here from empty (the other tests' databases are copies of one
+    migrated once per session: tests/conftest.py)."""
+    from storage.db import Database
+
+    if backend == "servers":
+        url = request.getfixturevalue("servers").postgres.create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'empty.db'}"
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def test_migrations_create_every_table(migrated):
+    tables = set(inspect(migrated.engine).get_table_names())
     assert {"institutions", "dicom_nodes", "users", "api_tokens", "access_grants", "audit_records",
             "patients", "studies", "series", "instances", "alembic_version"} <= tables
 
 
-def test_models_and_migrations_describe_the_same_schema(runtime):
+def test_models_and_migrations_describe_the_same_schema(migrated):
     """After the migrations, autogenerate finds nothing to add or drop: every index a
     migration makes is declared in a model (the PostgreSQL-only ones marked so) and back."""
     from alembic.autogenerate import compare_metadata
@@ -27,7 +43,7 @@ def test_models_and_migrations_describe_the_same_schema(runtime):
 
     from lancang.models import metadata
 
-    with runtime.db.engine.connect() as conn:
+    with migrated.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
             "compare_type": True, "include_object": schema_filter(conn.dialect.name)})
         assert compare_metadata(context, metadata) == []

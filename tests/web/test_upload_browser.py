@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import zipfile
+import os
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,13 @@ def seed(settings, people: dict[str, tuple[str, str]]) -> None:
             identity.add_user(session=session, username=username, role=role, institution_code=code,
                               password=PASSWORD, display_name=username)
     runtime.db.dispose()
+
+
+def screens_dir(tmp_path: Path) -> Path:
+    """Where a browser test writes its screenshots: $LANCANG_SCREENS when set (to look at them)."""
+    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def login(page, base: str, username: str, next_path: str) -> None:

@@ -7,7 +7,6 @@ On the previous code the person's page had studies and their report states, no b
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -125,20 +124,14 @@ def _the_persons_page_shows_the_growth_table_and_chart(runtime, pregnancy) -> No
     assert '<svg role="img" aria-label="胎儿生长曲线' in section and "Hadlock 1991" in section
 
 
-def _screens(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
-
-
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
 def test_the_growth_section_in_chromium_on_a_desk_and_a_phone(runtime, pregnancy, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from tests.browser import CHROMIUM_ARGS
-    from tests.web.test_upload_browser import LiveApp, login
+    from tests.web.test_upload_browser import LiveApp, login, screens_dir
 
-    screens, errors = _screens(tmp_path), []
+    screens, errors = screens_dir(tmp_path), []
     with LiveApp(runtime.settings) as live, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         for width, height in ((1366, 768), (390, 844)):

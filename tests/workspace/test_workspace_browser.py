@@ -14,7 +14,6 @@ Screens go to $LANCANG_SCREENS when set (docs/screens/ in the repository)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -30,7 +29,7 @@ from tests.imaging.conftest import write_files
 from tests.imaging.scu import send_files
 from tests.services import free_port
 from tests.consult.test_consult_browser import browser  # noqa: F401 (the module's Chromium fixture)
-from tests.web.test_upload_browser import CHROMIUM, PASSWORD, LiveApp, login
+from tests.web.test_upload_browser import CHROMIUM, LiveApp, PASSWORD, login, screens_dir
 
 RESIDENT = "53082819900101002X"  # filled in by _resident(): a valid number for 1990-01-01, female
 PEOPLE = {"admin": ("admin", "COUNTY", "县管理员"), "ma": ("radiographer", "TB", "马技师"),
@@ -45,12 +44,6 @@ def _resident() -> str:
     from imaging.persons import check_character
     body = "53082819900101002"
     return body + check_character(body)
-
-
-def _screens(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("LANCANG_SCREENS") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def _slices(study_uid: str, day: str, z0: float, patient_id: str) -> list[bytes]:
@@ -135,7 +128,7 @@ def test_issue_17_walk(live, browser, tmp_path):
     from web.pages import login_limiter
 
     live.app.state.login_limiter = login_limiter()
-    screens = _screens(tmp_path)
+    screens = screens_dir(tmp_path)
     errors: list[str] = []
 
     # 1. The admin registers the modality and the new radiographer from the console.
