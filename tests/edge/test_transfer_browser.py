@@ -4,7 +4,7 @@
 * the radiographer sees the line down in plain words, the queue in sending order (the urgent
   study first) with bytes and an ETA, and the studies sent, with Beijing times (the next retry's);
 * the region's admin sees each edge: last contact, backlog, version, and issues a credential
-  that is shown once;
+  that is shown once; a study half arrived says so on its page;
 * nothing is wider than the screen and no script error (the CSP allows no inline script).
 
 Screens go to $LANCANG_SCREENS when set."""
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom.uid import generate_uid
 
@@ -25,6 +26,8 @@ from tests.conftest import embedded_settings
 from tests.consult.test_consult_browser import browser  # noqa: F401 (the module's Chromium fixture)
 from tests.edge.test_desk_browser import _fits, _page
 from tests.edge.test_forward import _ingest, _register, _scan
+from tests.edge.test_transfer_region import _instance, _manifest, _put
+from tests.edge.transfer_world import gz
 from tests.services import free_port
 from tests.web.test_upload_browser import CHROMIUM, LiveApp, PASSWORD, login, screens_dir
 
@@ -88,7 +91,7 @@ def test_the_township_reads_its_queue_and_the_region_its_edges(edge, browser, tm
                                     parent_code="COUNTY")
             identity.add_user(session=session, username="admin", role="admin", institution_code="COUNTY",
                               password=PASSWORD, display_name="管理员")
-        region.cli_issue(at_region.db, institution_code="T01", name="t01-edge")
+        secret = region.cli_issue(at_region.db, institution_code="T01", name="t01-edge")
         with at_region.db.scope() as session:
             node = region.list_edges(session=session)[0]
             region.note_report(session=session, edge=node, address="10.8.0.21",
@@ -115,6 +118,20 @@ def test_the_township_reads_its_queue_and_the_region_its_edges(edge, browser, tm
             login(phone, app.url, "admin", "/admin/edges")
             assert _fits(phone)
             phone.screenshot(path=str(screens / "admin-edges-390.png"), full_page=True)
+
+            # One of a study's two instances has arrived: its page says it is not whole yet.
+            study = generate_uid()
+            blobs = dict(_instance(study, n) for n in (1, 2))
+            first = next(iter(blobs))
+            with httpx.Client(base_url=app.url) as api:
+                assert _manifest(api, secret, study, blobs).status_code == 200
+                assert _put(api, secret, study, first, 0, gz(blobs[first])).json()["done"]
+            for shown, size in ((page, "1366"), (phone, "390")):
+                shown.goto(f"{app.url}/studies/{study}")
+                said = shown.locator("#edge-transfer")
+                assert said.get_attribute("data-complete") == "no" and "已校验 1/2 幅，尚未收齐" in said.inner_text()
+                assert _fits(shown)
+                shown.screenshot(path=str(screens / f"study-arriving-from-edge-{size}.png"), full_page=True)
     finally:
         at_region.db.dispose()
     assert errors == []
