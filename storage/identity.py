@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import re
 import secrets
@@ -24,9 +26,13 @@ from storage.types import utcnow
 
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
-# A fixed hash to verify against when the user does not exist, so that timing does not
-# tell an attacker which usernames are real.
-_DUMMY_HASH = _hasher.hash("lancang-dummy-password")
+@functools.cache
+def _dummy_hash() -> str:
+    """A fixed hash to verify against when the user does not exist, so that timing does not
+    tell an attacker which usernames are real. Made on first use, not at import: hashing
+    takes ~0.1 s and every process that imports this module (each CLI command, each worker)
+    paid it, most never signing anyone in."""
+    return _hasher.hash("lancang-dummy-password")
 MIN_PASSWORD = 8
 
 
@@ -179,7 +185,7 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
         raise Locked(f"too many wrong passwords: try again after {until} (Beijing time) or ask an admin / "
                      f"密码错误次数过多，请于{localtime.label_zh()} {until} 后再试，或联系管理员")
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         user = None
     if user is None or not user.active or not user.institution.active:

@@ -43,7 +43,7 @@ def test_the_specialist_receives_the_ultrasound_as_the_capture_card_sends_it(tmp
     # within 90 s of the share (it took 7-26 s here, as the bitrate climbs: the specialist's
     # REMB grows 8% a second)...
     assert verdict["full_rate_s"] is not None, (normal, verdict["load"])
-    # ...then 10 s with a mean of >= 20 fps (two thirds). On 2 cores the two Chromiums (one encoding
+    # ...then 6 s with a mean of >= 20 fps (two thirds). On 2 cores the two Chromiums (one encoding
     # 1024x768 in software) and the server share the machine and a frame late for one second
     # counts in the next: 27-29 fps on a quiet machine, 20-24 with other jobs at a load average
     # of 7-10, 11 at 15. The caps this catches show as 15 fps or less (low mode's, or an
