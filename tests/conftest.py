@@ -23,6 +23,22 @@ from storage.settings import Settings
 pytest_plugins = ["tests.fixtures_services"]
 
 
+def _cheap_password_hashing() -> None:
+    """argon2 at its production cost takes 135 ms a hash and as long to verify, and fixtures
+    create users by the dozen (16 per test in tests/imaging/test_routes_authz.py): 0.5 ms at
+    the lowest cost, in this process only. The hashes are real argon2id, so child processes
+    (CLI, workers, `lancang serve`) verify them at their own cost and rehash them as the
+    product would; tests/storage/test_password_cost.py checks that the product's cost stays."""
+    from argon2 import PasswordHasher
+
+    from storage import identity
+
+    identity._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+_cheap_password_hashing()
+
+
 @dataclass
 class Servers:
     postgres: object
