@@ -26,6 +26,12 @@ from storage.types import utcnow
 
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+def prepare_sign_in() -> None:
+    """Make the dummy hash now (the web app does at start), so that the first sign-in with an
+    unknown username takes no longer than one with a known one."""
+    _dummy_hash()
+
+
 @functools.cache
 def _dummy_hash() -> str:
     """A fixed hash to verify against when the user does not exist, so that timing does not

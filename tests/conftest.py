@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import tempfile
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _seed_migrated_sqlite(target: Path) -> None:
             database.dispose()
         _SQLITE_TEMPLATE.append(folder / "template.db")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(_SQLITE_TEMPLATE[0]) as source, sqlite3.connect(target) as copy:
+    with closing(sqlite3.connect(_SQLITE_TEMPLATE[0])) as source, closing(sqlite3.connect(target)) as copy:
         source.backup(copy)  # a consistent copy, WAL mode and all
 
 

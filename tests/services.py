@@ -255,6 +255,7 @@ class PostgresServer(_Server):
         self.port: int | None = None
         self.pid: int | None = None
         self.startup_seconds: float | None = None
+        self._template_ready = False  # create_migrated_database's template exists
         bin_dirs = postgres_bin_dirs()
         self.initdb = find_binary("initdb", bin_dirs)
         self.pg_ctl = find_binary("pg_ctl", bin_dirs)
@@ -370,17 +371,17 @@ class PostgresServer(_Server):
         """A database at the newest migration: a copy of one migrated once per server (the
         migrations take 0.3 s a database, the copy 0.06 s; tests/storage/test_db.py still
         migrates empty databases)."""
-        if getattr(self, "_migrated_template", None) is None:
+        template = "lancang_migrated_template"
+        if not self._template_ready:
             from storage.db import Database
 
-            url = self.create_database("lancang_migrated_template")
-            database = Database(url)
+            database = Database(self.create_database(template))
             try:
                 database.upgrade()
             finally:
                 database.dispose()  # CREATE DATABASE … TEMPLATE wants nobody connected to it
-            self._migrated_template = "lancang_migrated_template"
-        return self.create_database(template=self._migrated_template)
+            self._template_ready = True
+        return self.create_database(template=template)
 
     def stop(self) -> None:
         if self.pid is None:

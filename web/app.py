@@ -32,7 +32,7 @@ from edge import routes as edge_routes
 from edge import transfer_pages as edge_transfer_pages
 from maternal import pages as maternal_pages
 from maternal import routes as maternal_routes
-from storage import localtime
+from storage import identity, localtime
 from web import csrf, errors, pages, routes
 from workspace import admin as workspace_admin
 from workspace import pages as workspace_pages
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.runtime = bootstrap(settings, component="web")
+        identity.prepare_sign_in()
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes (~85 ms each with 200,000 tracked objects, measured in bench/dicomweb.py).
         gc.collect()

@@ -23,3 +23,17 @@ def test_a_hash_made_here_is_verified_and_upgraded_by_the_product(tmp_path):
              f"h.verify({cheap!r}, 'password-1'); print(h.check_needs_rehash({cheap!r}))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "True"  # a user signing in to the product gets a full-cost hash
+
+
+def test_the_web_app_makes_the_dummy_hash_at_start(tmp_path):
+    """Else the first sign-in with an unknown username would take a hash longer than one with a
+    known username, and tell an attacker so."""
+    from fastapi.testclient import TestClient
+
+    from storage import identity
+    from tests.conftest import embedded_settings
+    from web.app import create_app
+
+    identity._dummy_hash.cache_clear()
+    with TestClient(create_app(embedded_settings(tmp_path))):
+        assert identity._dummy_hash.cache_info().currsize == 1
