@@ -251,12 +251,17 @@
         R.screen.onended = () => { R.screen = null; toggleBack(); };
       } catch (err) { return; }
     }
-    toggleBack();
+    await toggleBack();
   }
 
-  function toggleBack() {
+  /** The button shows "pressed" only once the screen is what the others receive: replaceTrack
+   *  resolves after the sender switched, and a loaded machine takes a moment to get there. */
+  async function toggleBack() {
+    if (R.videoTx && R.mode !== "audio") {
+      try { await R.videoTx.sender.replaceTrack(R.screen || R.camera); await capSender(); }
+      catch (err) { console.warn("room replaceTrack", err); }
+    }
     $("room-screen").setAttribute("aria-pressed", String(Boolean(R.screen)));
-    if (R.videoTx && R.mode !== "audio") R.videoTx.sender.replaceTrack(R.screen || R.camera).then(capSender);
   }
 
   function toggleTrack(track, button) {
