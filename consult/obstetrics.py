@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from html import escape
 
+from imaging.ob_sr import Observations
+
 TERM_DAYS = 280  # Naegele: 40 weeks from the first day of the LMP
 BIOMETRY = ("bpd", "hc", "ac", "fl")
 FIELD_OF = {"bpd": "bpd_mm", "hc": "hc_mm", "ac": "ac_mm", "fl": "fl_mm"}
@@ -270,14 +272,7 @@ class Assessment:
     dating: Dating
     biometry: tuple[Biometric, ...]
     weight: Weight
-    afi_cm: float | None = None
-    fhr_bpm: float | None = None
-    cervix_mm: float | None = None
-    presentation: str = ""
-    placenta: str = ""
-    placenta_grade: str = ""
-    gravida: int | None = None
-    para: int | None = None
+    observed: Observations = Observations()
     warnings: tuple[Finding, ...] = ()
 
 
@@ -344,11 +339,12 @@ def assess(fields: dict, exam_date=None) -> Assessment:
     dating = _dating(fields, exam, measured)
     biometry = tuple(_biometric(key, mm, dating.reference_days) for key, mm in measured.items())
     found = Assessment(exam_date=exam, dating=dating, biometry=biometry, weight=_weight(fields, measured, dating),
-                       afi_cm=_number(fields.get("afi_cm")), fhr_bpm=_number(fields.get("fhr_bpm")),
-                       cervix_mm=_number(fields.get("cervix_mm")), presentation=str(fields.get("presentation") or ""),
-                       placenta=str(fields.get("placenta") or ""),
-                       placenta_grade=str(fields.get("placenta_grade") or ""), gravida=_count(fields, "gravida"),
-                       para=_count(fields, "para"))
+                       observed=Observations(
+                           afi_cm=_number(fields.get("afi_cm")), fhr_bpm=_number(fields.get("fhr_bpm")),
+                           cervix_mm=_number(fields.get("cervix_mm")), presentation=str(fields.get("presentation") or ""),
+                           placenta=str(fields.get("placenta") or ""),
+                           placenta_grade=str(fields.get("placenta_grade") or ""), gravida=_count(fields, "gravida"),
+                           para=_count(fields, "para")))
     return Assessment(**{**found.__dict__, "warnings": tuple(_warnings(found))})
 
 
@@ -396,34 +392,36 @@ def _weight_warnings(weight: Weight) -> list[Finding]:
 
 
 def _range_warnings(found: Assessment, reference: int | None) -> list[Finding]:
+    seen = found.observed
     warnings, low, high = [], *FHR_RANGE
-    if found.fhr_bpm is not None and not low <= found.fhr_bpm <= high:
-        warnings.append(Finding("fhr_bpm", f"胎心率 {found.fhr_bpm:g} 次/分，超出 {low}–{high} / FHR "
-                                           f"{found.fhr_bpm:g} bpm is outside {low}-{high}"))
-    if found.afi_cm is not None and found.afi_cm < AFI_RANGE[0]:
-        warnings.append(Finding("afi_cm", f"羊水指数 {found.afi_cm:g} cm 低于 5 cm，羊水过少？/ AFI below 5 cm: "
+    if seen.fhr_bpm is not None and not low <= seen.fhr_bpm <= high:
+        warnings.append(Finding("fhr_bpm", f"胎心率 {seen.fhr_bpm:g} 次/分，超出 {low}–{high} / FHR "
+                                           f"{seen.fhr_bpm:g} bpm is outside {low}-{high}"))
+    if seen.afi_cm is not None and seen.afi_cm < AFI_RANGE[0]:
+        warnings.append(Finding("afi_cm", f"羊水指数 {seen.afi_cm:g} cm 低于 5 cm，羊水过少？/ AFI below 5 cm: "
                                           "oligohydramnios?"))
-    if found.afi_cm is not None and found.afi_cm > AFI_RANGE[1]:
-        warnings.append(Finding("afi_cm", f"羊水指数 {found.afi_cm:g} cm 高于 25 cm，羊水过多？/ AFI above 25 cm: "
+    if seen.afi_cm is not None and seen.afi_cm > AFI_RANGE[1]:
+        warnings.append(Finding("afi_cm", f"羊水指数 {seen.afi_cm:g} cm 高于 25 cm，羊水过多？/ AFI above 25 cm: "
                                           "polyhydramnios?"))
-    if (found.cervix_mm is not None and found.cervix_mm < SHORT_CERVIX_MM
+    if (seen.cervix_mm is not None and seen.cervix_mm < SHORT_CERVIX_MM
             and (reference is None or reference < SHORT_CERVIX_BEFORE_DAYS)):
-        warnings.append(Finding("cervix_mm", f"宫颈长度 {found.cervix_mm:g} mm 短于 25 mm（孕 24 周前）/ cervical "
+        warnings.append(Finding("cervix_mm", f"宫颈长度 {seen.cervix_mm:g} mm 短于 25 mm（孕 24 周前）/ cervical "
                                              "length below 25 mm before 24 weeks"))
     warnings += _placenta_warnings(found, reference)
     return warnings
 
 
 def _placenta_warnings(found: Assessment, reference: int | None) -> list[Finding]:
+    seen = found.observed
     warnings = []
-    if found.placenta in ("previa", "low_lying"):
-        warnings.append(Finding("placenta", f"胎盘{PLACENTA_POSITIONS[found.placenta].split()[0]}，请随访 / "
+    if seen.placenta in ("previa", "low_lying"):
+        warnings.append(Finding("placenta", f"胎盘{PLACENTA_POSITIONS[seen.placenta].split()[0]}，请随访 / "
                                             "a low-lying or previa placenta: follow it up"))
-    if found.placenta_grade == "III" and reference is not None and reference < 36 * 7:
+    if seen.placenta_grade == "III" and reference is not None and reference < 36 * 7:
         warnings.append(Finding("placenta_grade", "孕 36 周前胎盘 III 级，成熟过早？/ grade III placenta before "
                                                   "36 weeks: early maturation?"))
-    if found.presentation and found.presentation != "cephalic" and reference is not None and reference >= 36 * 7:
-        warnings.append(Finding("presentation", f"孕 36 周后{PRESENTATIONS.get(found.presentation, '').split()[0]}"
+    if seen.presentation and seen.presentation != "cephalic" and reference is not None and reference >= 36 * 7:
+        warnings.append(Finding("presentation", f"孕 36 周后{PRESENTATIONS.get(seen.presentation, '').split()[0]}"
                                                 "（非头位）/ not cephalic at 36 weeks or later"))
     return warnings
 
@@ -472,14 +470,15 @@ def _weight_row(weight: Weight) -> tuple[str, str, str, str]:
 
 
 def _other_values(found: Assessment):
+    seen = found.observed
     reference = found.dating.reference_days
-    short = found.cervix_mm is not None and found.cervix_mm < SHORT_CERVIX_MM and (
+    short = seen.cervix_mm is not None and seen.cervix_mm < SHORT_CERVIX_MM and (
         reference is None or reference < SHORT_CERVIX_BEFORE_DAYS)
-    return (("羊水指数 AFI", found.afi_cm, "cm", "5–25 cm",
-             found.afi_cm is not None and not AFI_RANGE[0] <= found.afi_cm <= AFI_RANGE[1]),
-            ("胎心率 FHR", found.fhr_bpm, "次/分 bpm", "110–160",
-             found.fhr_bpm is not None and not FHR_RANGE[0] <= found.fhr_bpm <= FHR_RANGE[1]),
-            ("宫颈长度 Cervix", found.cervix_mm, "mm", "≥25 mm（24周前 before 24 wk）", short))
+    return (("羊水指数 AFI", seen.afi_cm, "cm", "5–25 cm",
+             seen.afi_cm is not None and not AFI_RANGE[0] <= seen.afi_cm <= AFI_RANGE[1]),
+            ("胎心率 FHR", seen.fhr_bpm, "次/分 bpm", "110–160",
+             seen.fhr_bpm is not None and not FHR_RANGE[0] <= seen.fhr_bpm <= FHR_RANGE[1]),
+            ("宫颈长度 Cervix", seen.cervix_mm, "mm", "≥25 mm（24周前 before 24 wk）", short))
 
 
 def _notes(found: Assessment) -> list[str]:
@@ -498,12 +497,13 @@ def _notes(found: Assessment) -> list[str]:
         notes.append(f"预产期 EDD {dating.edd.isoformat()}（{basis}）")
     if found.weight.model:
         notes.append(f"EFW: {EFW_MODEL_LABELS[found.weight.model]}, ±15 %")
-    described = [f"胎位 Presentation {PRESENTATIONS.get(found.presentation, found.presentation)}"
-                 if found.presentation else "",
-                 f"胎盘 Placenta {PLACENTA_POSITIONS.get(found.placenta, found.placenta)}" if found.placenta else "",
-                 PLACENTA_GRADES.get(found.placenta_grade, "") if found.placenta_grade else "",
-                 f"孕产次 G{found.gravida}P{found.para if found.para is not None else '—'}"
-                 if found.gravida is not None else ""]
+    seen = found.observed
+    described = [f"胎位 Presentation {PRESENTATIONS.get(seen.presentation, seen.presentation)}"
+                 if seen.presentation else "",
+                 f"胎盘 Placenta {PLACENTA_POSITIONS.get(seen.placenta, seen.placenta)}" if seen.placenta else "",
+                 PLACENTA_GRADES.get(seen.placenta_grade, "") if seen.placenta_grade else "",
+                 f"孕产次 G{seen.gravida}P{seen.para if seen.para is not None else '—'}"
+                 if seen.gravida is not None else ""]
     if any(described):
         notes.append(" · ".join(part for part in described if part))
     return notes

@@ -16,8 +16,8 @@ from imaging import keyimages, recognition, summary
 from imaging.models import Study
 from maternal import service as maternal_service
 from storage import access, audit, identity, localtime
-from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession
-from storage.errors import Invalid
+from storage.deps import CurrentUser, DbSession, OptionalUser, WriteSession, sign_in_redirect
+from storage.errors import Invalid, passes
 from storage.models import Institution, User
 from storage.types import utcnow
 
@@ -46,10 +46,6 @@ def render(request: Request, name: str, **context):
     return request.app.state.templates.TemplateResponse(request, name, context)
 
 
-def login_first(request: Request):
-    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-
-
 # The two tabs of every consult list: work still to do, and what has ended.
 TABS = {"open": state.OPEN, "done": (*state.DONE, "declined", "cancelled")}
 
@@ -60,7 +56,7 @@ def consult_list(request: Request, session: DbSession, user: OptionalUser, statu
     """The board (coordinators), the worklist (specialists) or the inbox (townships): open work
     first by urgency then waiting time; ended consults on the "done" tab, newest first."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     user = session.get(User, user.id)
     tab = tab if tab in TABS else "open"
     scope = {"radiographer": "outgoing", "coordinator": "incoming", "admin": "incoming"}.get(user.role, "mine")
@@ -85,7 +81,7 @@ def consult_list(request: Request, session: DbSession, user: OptionalUser, statu
 @router.get("/consults/new", response_class=HTMLResponse)
 def new_consult(request: Request, session: DbSession, user: OptionalUser, study: str = "", emergency: bool = False):
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     user = session.get(User, user.id)
     scope = access.scope_for(session, identity.principal_for(user))
     uids = session.scalars(select(Study.study_instance_uid)
@@ -93,8 +89,9 @@ def new_consult(request: Request, session: DbSession, user: OptionalUser, study:
                            .order_by(Study.created_at.desc()).limit(100)).all()
     found = summary.summarize(session, list(uids))
     studies = [found[uid] for uid in uids if uid in found]
-    targets = [i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
-               if i.id != user.institution_id and _routable(session, user.institution, i)]
+    targets = [] if user.institution is None else [
+        i for i in session.scalars(select(Institution).where(Institution.active.is_(True)))
+        if i.id != user.institution_id and passes(service.direction_between, session, user.institution, i)]
     grade = _pregnancy_grade(session, user, study)
     return render(request, "consult/new.html", user=user, studies=studies, targets=targets, chosen=study,
                   grade=grade, default_colour=grade.headline if grade else "",
@@ -153,7 +150,7 @@ def _consult_context(request: Request, session: Session, consult_id: int, user: 
 @router.get("/consults/{consult_id}", response_class=HTMLResponse)
 def consult_page(consult_id: int, request: Request, session: DbSession, user: OptionalUser, template: str = ""):
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     user = session.get(User, user.id)
     context = _consult_context(request, session, consult_id, user, template, "consult.view")
     return render(request, "consult/detail.html", **context)
@@ -165,7 +162,7 @@ def read_and_report(consult_id: int, request: Request, session: DbSession, user:
     """The reader's one window: the viewer and the report editor side by side, the split
     resizable. Anyone else (or a consult past writing) goes to the consult page."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     user = session.get(User, user.id)
     context = _consult_context(request, session, consult_id, user, template, "consult.read")
     consult = context["consult"]
@@ -179,7 +176,7 @@ def read_and_report(consult_id: int, request: Request, session: DbSession, user:
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard_page(request: Request, session: DbSession, user: OptionalUser, weeks: int = 8):
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     user = session.get(User, user.id)
     dashboard.require_viewer(user, weeks)  # the same rule as /api/dashboard
     data = dashboard.stats(session=session, institution_id=user.institution_id, weeks=weeks,
@@ -205,7 +202,7 @@ def dashboard_page(request: Request, session: DbSession, user: OptionalUser, wee
 @router.get("/calendar", response_class=HTMLResponse)
 def calendar_page(request: Request, session: DbSession, user: OptionalUser):
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     return _calendar(request, session, session.get(User, user.id))
 
 
@@ -248,7 +245,7 @@ WINDOWS_PER_DAY = 2  # morning and afternoon clinics, as a hospital timetable ha
 def availability_page(request: Request, session: DbSession, user: OptionalUser):
     """A specialist's weekly pattern (two windows a day) and leave or extra hours."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     return _availability(request, session, session.get(User, user.id))
 
 
@@ -340,14 +337,6 @@ async def verify_upload(request: Request, session: DbSession, user: OptionalUser
                   filename=file.filename)
 
 
-def _routable(session: Session, source: Institution, target: Institution) -> bool:
-    try:
-        service.direction_between(session, source, target)
-        return True
-    except Exception:
-        return False
-
-
 # ---- notifications ------------------------------------------------------------------------
 
 NOTICES_PER_PAGE = 50
@@ -357,7 +346,7 @@ NOTICES_PER_PAGE = 50
 def notifications_page(request: Request, session: DbSession, user: OptionalUser, before: int | None = None):
     """The user's notifications, newest first, 50 a page (older ones by `before`, an id)."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     query = select(Notification).where(Notification.user_id == user.id)
     if before is not None:
         query = query.where(Notification.id < before)
@@ -402,7 +391,7 @@ def consent_form(consult_id: int, consent_id: int, request: Request, session: Db
 def critical_log_page(request: Request, session: DbSession, user: OptionalUser, month: str = ""):
     """The institution's critical-results log: unacknowledged first to act on, then the month."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     me = session.get(User, user.id)
     since, until = _month_range(month)
     found = critical.findings_for(session=session, user=me, since=since, until=until, limit=500)
@@ -427,7 +416,7 @@ def critical_log_csv(request: Request, session: DbSession, user: CurrentUser, mo
 def critical_page(finding_id: int, request: Request, session: DbSession, user: OptionalUser):
     """One critical result: what, on whom, who was told at each step, and the acknowledgement."""
     if user is None:
-        return login_first(request)
+        return sign_in_redirect(request)
     me = session.get(User, user.id)
     finding = critical.get(session=session, user=me, finding_id=finding_id)
     _audit_log_read(request, me, [finding], "critical.view")

@@ -37,7 +37,7 @@ from storage import audit, keys, localtime
 from storage.db import after_commit
 from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.models import User
-from storage.types import utcnow
+from storage.types import revoke, utcnow
 
 WRITABLE = ("assigned", "scheduled", "in_progress")
 log = logging.getLogger("lancang.consult")
@@ -103,9 +103,7 @@ def revoke_credential(*, session: Session, credential_id: int) -> SignerCredenti
     credential = session.get(SignerCredential, credential_id)
     if credential is None:
         raise NotFound("未找到该证书 / unknown certificate")
-    if credential.revoked_at is None:
-        credential.revoked_at = utcnow()
-    return credential
+    return revoke(credential)
 
 
 def certificate_expiry(credential: SignerCredential):
@@ -470,9 +468,7 @@ def _obstetric_values(content: dict, study: Study) -> ob_sr.ObstetricValues:
         edd_by_ultrasound=dating.edd_by_ultrasound, stated_ga_days=dating.stated_days, ga_by_lmp_days=dating.lmp_days,
         composite_ga_days=dating.composite_days, composite_two_sd_days=dating.composite_two_sd_days,
         efw_g=weight.grams, efw_model=weight.model, efw_low_g=weight.low if weight.model else None,
-        efw_high_g=weight.high if weight.model else None, efw_percentile=weight.percentile, fhr_bpm=found.fhr_bpm,
-        afi_cm=found.afi_cm, cervix_mm=found.cervix_mm, presentation=found.presentation, placenta=found.placenta,
-        placenta_grade=found.placenta_grade, gravida=found.gravida, para=found.para,
+        efw_high_g=weight.high if weight.model else None, efw_percentile=weight.percentile, observed=found.observed,
         comment=content.get("impression", ""))
 
 

@@ -11,14 +11,14 @@ import logging
 import re
 from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from consult import rooms
 from consult.models import ConsultRequest
 from consult.pages import STATUS_LABELS
 from consult.room_models import Recording
 from storage import audit, identity
-from storage.deps import CurrentUser, DbSession, RuntimeDep, room_user
+from storage.deps import CurrentUser, DbSession, RuntimeDep, room_user, sign_in_redirect
 from storage.errors import Conflict, DomainError, Invalid, NotAuthenticated, NotFound
 from storage.models import User
 from storage.types import RowId
@@ -113,7 +113,7 @@ def room_page(consult_id: int, request: Request, session: DbSession):
     """The room: videos, the shared viewer, chat, low-bandwidth mode, consent and recording."""
     user = room_user(request, session)
     if user is None:
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return sign_in_redirect(request)
     try:
         seat = rooms.seat_for(session=session, consult_id=consult_id, user=user)
     except Conflict:
@@ -130,7 +130,7 @@ def room_viewer(consult_id: int, request: Request, session: DbSession, study: st
     """The diagnostic viewer for the room's iframe: every participant renders from DICOMweb."""
     user = room_user(request, session)
     if user is None:
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return sign_in_redirect(request)
     rooms.seat_for(session=session, consult_id=consult_id, user=user)
     consult = session.get(ConsultRequest, consult_id)
     uids = [s.study_instance_uid for s in consult.studies]

@@ -92,6 +92,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 __all__ = [
     "CaMaterial",
+    "KeyMaterial",
     "KDF_ITERATIONS",
     "SignerInfo",
     "SignerMaterial",
@@ -124,15 +125,16 @@ class SigningError(Exception):
 
 
 @dataclass(frozen=True)
-class CaMaterial:
+class KeyMaterial:
+    """A certificate and its private key (PEM, the key encrypted with its holder's password)."""
+
     cert_pem: bytes
     key_pem_encrypted: bytes
 
 
-@dataclass(frozen=True)
-class SignerMaterial:
-    cert_pem: bytes
-    key_pem_encrypted: bytes
+# The two roles hold the same material; the names say which one a function wants.
+CaMaterial = KeyMaterial
+SignerMaterial = KeyMaterial
 
 
 @dataclass

@@ -27,7 +27,7 @@ from storage.db import Database
 from storage.errors import Conflict, Invalid, NotAuthenticated, NotFound, NotPermitted, PayloadTooLarge
 from storage.models import Institution
 from storage.service import get_institution
-from storage.types import utcnow
+from storage.types import revoke, utcnow
 
 CREDENTIAL_PREFIX = "lce_"
 CLI_ACTOR = "system:cli"
@@ -69,9 +69,7 @@ def revoke_credential(*, session: Session, name: str) -> EdgeNode:
     edge = session.scalar(select(EdgeNode).where(EdgeNode.name == name))
     if edge is None:
         raise NotFound(f"未找到边缘节点 / unknown edge {name!r}")
-    if edge.revoked_at is None:
-        edge.revoked_at = utcnow()
-    return edge
+    return revoke(edge)
 
 
 def cli_issue(db: Database, *, institution_code: str, name: str) -> str:

@@ -140,6 +140,20 @@ class Biometric:
 
 
 @dataclass(frozen=True)
+class Observations:
+    """What the sonographer recorded beside the biometry, as plain values."""
+
+    fhr_bpm: float | None = None
+    afi_cm: float | None = None
+    cervix_mm: float | None = None
+    presentation: str = ""  # a key of PRIVATE_VALUES[PRESENTATION]
+    placenta: str = ""  # a key of PRIVATE_VALUES[PLACENTA_POSITION]
+    placenta_grade: str = ""  # a key of PRIVATE_VALUES[PLACENTA_GRADE]
+    gravida: int | None = None
+    para: int | None = None
+
+
+@dataclass(frozen=True)
 class ObstetricValues:
     """What the document says, as plain values (imaging/ does not know consult's report)."""
 
@@ -157,14 +171,7 @@ class ObstetricValues:
     efw_low_g: float | None = None
     efw_high_g: float | None = None
     efw_percentile: float | None = None
-    fhr_bpm: float | None = None
-    afi_cm: float | None = None
-    cervix_mm: float | None = None
-    presentation: str = ""
-    placenta: str = ""
-    placenta_grade: str = ""
-    gravida: int | None = None
-    para: int | None = None
+    observed: Observations = Observations()
     comment: str = ""
 
 
@@ -215,7 +222,7 @@ def _equation(value: Code) -> hd.sr.CodeContentItem:
 
 def _patient(values: ObstetricValues):
     """TID 5001: gravida and para, when the report gives them."""
-    items = [_num(name, count, "1") for name, count in ((GRAVIDA, values.gravida), (PARA, values.para))
+    items = [_num(name, count, "1") for name, count in ((GRAVIDA, values.observed.gravida), (PARA, values.observed.para))
              if count is not None]
     return _container(PATIENT_CHARACTERISTICS, items, "5001") if items else None
 
@@ -243,8 +250,8 @@ def _fetus(values: ObstetricValues):
     citation = hd.sr.TextContentItem(name=EQUATION_CITATION, value=COMPOSITE_CITATION, relationship_type=INFERRED_FROM)
     items = [_days(GA, values.stated_ga_days), _days(GA_BY_LMP, values.ga_by_lmp_days),
              _days(COMPOSITE_GA, values.composite_ga_days, values.composite_two_sd_days, citation), *_weight(values),
-             _num(FHR, values.fhr_bpm, "bpm") if values.fhr_bpm is not None else None,
-             _private(PRESENTATION, values.presentation)]
+             _num(FHR, values.observed.fhr_bpm, "bpm") if values.observed.fhr_bpm is not None else None,
+             _private(PRESENTATION, values.observed.presentation)]
     items = [item for item in items if item is not None]
     return _container(FETUS_SUMMARY, items, "5003") if items else None
 
@@ -254,7 +261,7 @@ def _summary(values: ObstetricValues):
     items = [*_dates(values),
              hd.sr.TextContentItem(name=COMMENT, value=values.comment[:10000], relationship_type=CONTAINS)
              if values.comment.strip() else None,
-             _private(PLACENTA_POSITION, values.placenta), _private(PLACENTA_GRADE, values.placenta_grade),
+             _private(PLACENTA_POSITION, values.observed.placenta), _private(PLACENTA_GRADE, values.observed.placenta_grade),
              _fetus(values)]
     items = [item for item in items if item is not None]
     return _container(SUMMARY, items, "5002") if items else None
@@ -278,12 +285,12 @@ def _sections(values: ObstetricValues) -> list:
     """TID 5000's rows 4 (5001), 7 (5002), 8 (5004), 9 (5005), 14 (5010), 15 (5015), in its order."""
     biometry = _container(BIOMETRY, [_group(b) for b in values.biometry], "5005") if values.biometry else None
     sac = None
-    if values.afi_cm is not None:
+    if values.observed.afi_cm is not None:
         site = hd.sr.CodeContentItem(name=FINDING_SITE, value=AMNIOTIC_SAC,
                                      relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
-        sac = _container(FINDINGS, [site, _num(AFI, values.afi_cm, "cm")], "5010")
-    pelvis = (_container(PELVIS_UTERUS, [_num(CERVIX, values.cervix_mm, "mm")], "5015")
-              if values.cervix_mm is not None else None)
+        sac = _container(FINDINGS, [site, _num(AFI, values.observed.afi_cm, "cm")], "5010")
+    pelvis = (_container(PELVIS_UTERUS, [_num(CERVIX, values.observed.cervix_mm, "mm")], "5015")
+              if values.observed.cervix_mm is not None else None)
     return [s for s in (_patient(values), _summary(values), _ratios(values), biometry, sac, pelvis) if s is not None]
 
 

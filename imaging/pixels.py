@@ -966,7 +966,7 @@ def _apply_viewport(image: np.ndarray, viewport: Viewport) -> np.ndarray:
     return fit(image, vw, vh, upscale=True)
 
 
-def _render_args(media_type, quality, window, viewport):
+def _render_args(media_type, quality=90, window=None, viewport=None):
     """Validate rendering arguments before any pixel is decoded (ValueError)."""
     return (_check_media_type(media_type), _check_quality(quality), _coerce_window(window),
             _check_viewport(viewport) if viewport is not None else None)
@@ -1004,20 +1004,12 @@ def render(
     return _finish(render_frame(ds, frame, win), frame, mt, vp, quality)
 
 
-def render_native(
-    frame_bytes,
-    header: "NativeGray",
-    frame: int = 0,
-    *,
-    media_type: str,
-    window: "Window | str | None" = None,
-    viewport: "Viewport | str | None" = None,
-    quality: int = 90,
-) -> bytes:
+def render_native(frame_bytes, header: "NativeGray", frame: int = 0, **options) -> bytes:
     """`render` of frame `frame` of an object whose header `native_gray` accepted, from that
     frame's stored bytes alone (`header.frame_span(frame)` says where they are): no pydicom
-    at all. The same bytes as `render` of the parsed object (tests/imaging/test_pixels.py)."""
-    mt, quality, win, vp = _render_args(media_type, quality, window, viewport)
+    at all. `options` are render's keywords (media_type, window, viewport, quality). The same
+    bytes as `render` of the parsed object (tests/imaging/test_pixels_native.py)."""
+    mt, quality, win, vp = _render_args(**options)
     return _finish(render_native_frame(frame_bytes, header, win), frame, mt, vp, quality)
 
 

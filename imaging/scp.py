@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid
+from pynetdicom import ALL_TRANSFER_SYNTAXES, evt, register_uid
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.presentation import StoragePresentationContexts
@@ -36,11 +35,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from imaging import compat_pynetdicom, handlers, persons, query, transcode
+from imaging.dimse import NodelayServer, RegistryAE, set_nodelay
 from imaging.dataset import InvalidInstance
 from imaging.limits import Limits, check_instance, data_set_offset
 from imaging.service import Ingestor
@@ -57,13 +56,6 @@ REGISTRY_TTL_S = 2.0
 SPOOL_SWEEP_INTERVAL_S = 60.0
 NO_AE = "\x00no-registered-ae"  # matches no calling AE: an empty list would mean "accept all"
 UTF8 = "ISO_IR 192"
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not a TCP socket (tests may use others)
-        pass
 
 
 def _nodelay_on_open(event) -> None:
@@ -85,15 +77,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 def tune_association(event) -> None:
     compat_pynetdicom.set_dul_loop_delay(event.assoc, DUL_LOOP_DELAY_S)
-
-
-class NodelayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on accepted sockets."""
-
-    def get_request(self):
-        client, address = super().get_request()
-        set_nodelay(client)
-        return client, address
 
 
 @dataclass(frozen=True)
@@ -592,27 +575,6 @@ def answer_dataset(level: str, keys: dict[str, str], row: dict, identifier: Data
 
 
 # -- application entity -----------------------------------------------------------------
-
-
-class RegistryAE(AE):
-    """An AE whose accepted calling AE titles are the live registry, not a fixed list."""
-
-    def __init__(self, receiver: Receiver, ae_title: str):
-        super().__init__(ae_title=ae_title)
-        self._receiver = receiver
-
-    @property
-    def require_calling_aet(self) -> list[str]:
-        # pynetdicom reads this in the association's own thread (an Association is a
-        # Thread) while negotiating: the requestor's address is known there. Anywhere else
-        # the address is unknown and only AEs bound to no network qualify.
-        association = compat_pynetdicom.negotiating_association()
-        address = association.requestor.address if association is not None else None
-        return self._receiver.registered_titles(address)
-
-    @require_calling_aet.setter
-    def require_calling_aet(self, value) -> None:  # the registry decides; ignore assignments
-        pass
 
 
 def preferred_transfer_syntaxes() -> list[str]:

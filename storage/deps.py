@@ -7,8 +7,10 @@ them, instead of receiving them as arguments from the app factory."""
 from __future__ import annotations
 
 from typing import Annotated, AsyncIterator, Iterator
+from urllib.parse import quote
 
 from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
 from storage.runtime import Runtime
@@ -107,6 +109,12 @@ def principal_of(request: Request, session: Session) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def sign_in_redirect(request: Request) -> RedirectResponse:
+    """To the sign-in page, which comes back to this page (its query kept) once signed in."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
 
 def client_address(request: Request) -> str:

@@ -72,3 +72,13 @@ class TooManyRequests(DomainError):
 class Unavailable(DomainError):
     status = 503
     code = "unavailable"
+
+
+def passes(check, *args) -> bool:
+    """Whether `check(*args)` goes through without a domain refusal: a page asks this to show
+    or hide a control that the action itself will check again."""
+    try:
+        check(*args)
+    except DomainError:
+        return False
+    return True

@@ -21,7 +21,7 @@ from storage.access import Principal
 from storage.errors import Conflict, Invalid, Locked, NotAuthenticated, NotFound, NotPermitted
 from storage.models import ROLES, ApiToken, Institution, User
 from storage.service import get_institution
-from storage.types import utcnow
+from storage.types import revoke, utcnow
 
 
 _hasher = PasswordHasher()
@@ -243,9 +243,7 @@ def revoke_token(*, session: Session, token_id: int | None = None, secret: str |
         row = session.get(ApiToken, token_id)
     if row is None:
         raise NotFound("unknown token")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return row
+    return revoke(row)
 
 
 def user_for_token(*, session: Session, secret: str, kind: str | None = None) -> User:

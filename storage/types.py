@@ -37,5 +37,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def revoke(row):
+    """Mark a token, credential or link revoked now; revoking it again keeps the first time
+    (the record of when it stopped working must not move)."""
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
 # A row id in a URL: the database's 64-bit range (a larger one used to be a 500).
 RowId = Annotated[int, Interval(ge=1, le=2 ** 63 - 1)]

@@ -9,7 +9,7 @@ from storage import audit
 from storage.errors import Invalid, Locked, NotAuthenticated, NotPermitted
 from storage.models import User
 from storage import identity
-from storage.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address
+from storage.deps import SESSION_COOKIE, OptionalUser, RuntimeDep, WriteSession, client_address, sign_in_redirect
 from storage.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
@@ -87,7 +87,7 @@ def logout(request: Request, session: WriteSession):
 @router.get("/account/password", response_class=HTMLResponse)
 def password_form(request: Request, user: OptionalUser, first: bool = False):
     if user is None:
-        return RedirectResponse("/login?next=/account/password", status_code=303)
+        return sign_in_redirect(request)
     return _render(request, "password.html", user=user, errors={}, done=False, first=first)
 
 
@@ -97,7 +97,7 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
     """The signed-in user changes their own password; other sessions end, this one stays.
     Each error is shown next to the field that caused it."""
     if user is None:
-        return RedirectResponse("/login?next=/account/password", status_code=303)
+        return sign_in_redirect(request)
     me = session.get(User, user.id)
     principal = identity.principal_for(me)  # before any rollback: reading `me` afterwards would open a write
     errors = {}
@@ -127,7 +127,7 @@ def change_password(request: Request, session: WriteSession, runtime: RuntimeDep
 def home(request: Request, user: OptionalUser):
     """Everything the role can open (the landing page "/" is the role's daily list)."""
     if user is None:
-        return RedirectResponse("/login?next=/menu", status_code=303)
+        return sign_in_redirect(request)
     return _render(request, "home.html", user=user, menu=_menu(user.role))
 
 

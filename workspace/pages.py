@@ -29,8 +29,8 @@ from imaging import persons, recognition
 from imaging.models import RECOGNITION_REASONS, Instance, Patient, Series, Study
 from storage import access, audit, identity
 from storage.access import Principal
-from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address
-from storage.errors import DomainError, NotFound, NotPermitted
+from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address, sign_in_redirect
+from storage.errors import DomainError, NotFound, NotPermitted, passes
 from storage.models import AuditRecord, Institution
 from workspace import service
 
@@ -45,11 +45,6 @@ def _render(request: Request, template: str, status: int = 200, **context) -> HT
     context.setdefault("reasons", RECOGNITION_REASONS)
     context.setdefault("report_labels", service.REPORT_STATES)
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status)
-
-
-def _login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={target}", status_code=303)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -75,7 +70,7 @@ def study_list(request: Request, session: DbSession, runtime: RuntimeDep, user: 
                q: str = "", modality: str = "", institution: str = "", report: str = "", today: str = "",
                cursor: str = ""):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     params = request.query_params
     wanted = _filter(request, principal, q=q, modality=modality, institution=institution, report=report,
@@ -124,7 +119,7 @@ def _read(runtime, request: Request, principal: Principal, action: str, study_ui
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(study_uid: str, request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.page")
     _read(runtime, request, principal, "study.page", study_uid, True)
@@ -133,20 +128,12 @@ def study_page(study_uid: str, request: Request, session: DbSession, runtime: Ru
                              .order_by(Series.series_number.asc().nullslast(), Series.id)).all()
     return _render(request, "workspace/study.html", user=user, row=row, study=study, series=series,
                    decisions=recognition.history(session, study_uid),
-                   may_decide=_may_decide(session, principal, study), form_error=None,
+                   may_decide=passes(recognition.require_decider, session, principal, study), form_error=None,
                    linked=service.linked_records(session, principal, study.patient_pk),
                    opens=_opens(session, study_uid) if principal.is_admin else None,
                    critical_categories=critical.categories(runtime.settings) if user.role == "specialist" else [],
                    findings=critical.findings_on(session, study_uid=study_uid),
                    edge_transfer=edge_region.transfer_state(session=session, study_uid=study_uid))
-
-
-def _may_decide(session: Session, principal: Principal, study: Study) -> bool:
-    try:
-        recognition.require_decider(session, principal, study)
-        return True
-    except DomainError:
-        return False
 
 
 def _opens(session: Session, study_uid: str) -> list[AuditRecord]:
@@ -160,7 +147,7 @@ def _opens(session: Session, study_uid: str) -> list[AuditRecord]:
 def record_recognition(study_uid: str, request: Request, session: WriteSession, user: OptionalUser,
                        decision: str = Form(""), reason: str = Form(""), reason_text: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     try:
         recognition.decide(session=session, principal=principal, study_uid=study_uid,
@@ -218,7 +205,7 @@ def series_thumbnail(study_uid: str, series_uid: str, request: Request, session:
 def study_download(study_uid: str, request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser):
     """Every DICOM file of the study as one zip (a CD for another hospital, a teaching file)."""
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.download")
     rows = session.execute(select(Series, Instance).join(Instance, Instance.series_pk == Series.id)
@@ -240,7 +227,7 @@ def patient_timeline(patient_pk: int, request: Request, session: DbSession, runt
                      user: OptionalUser):
     """Every study of the person that the user may see, from every institution, newest first."""
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     timeline = service.timeline(session, principal, patient_pk)
     audit.record_read(runtime.db, principal=principal, action="patient.timeline", object_type="patient",
@@ -258,7 +245,7 @@ def patient_timeline(patient_pk: int, request: Request, session: DbSession, runt
 def link_patients(request: Request, session: WriteSession, user: OptionalUser, back: int = Form(...),
                   records: list[int] = Form(...), reason: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     _require_records_in_subtree(session, principal, records)
     persons.link(session=session, principal=principal, patient_pks=records, reason=reason,
@@ -270,7 +257,7 @@ def link_patients(request: Request, session: WriteSession, user: OptionalUser, b
 def unlink_patient(patient_pk: int, request: Request, session: WriteSession, user: OptionalUser,
                    reason: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     _require_records_in_subtree(session, principal, [patient_pk])
     persons.unlink(session=session, principal=principal, patient_pk=patient_pk, reason=reason,
@@ -294,7 +281,7 @@ def compare(study_uid: str, request: Request, session: DbSession, runtime: Runti
     """The current study left and a prior right, scrolling together by slice position. Without
     `prior`, the most relevant one (same modality and body part, newest) is hung."""
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.compare")
     candidates = persons.priors(session, principal, study)
@@ -318,7 +305,7 @@ def hanging_layout(study_uid: str, request: Request, session: DbSession, runtime
     """Several series of one study at once (1x1, 1x2, 2x2): each cell a compact viewer; series are
     dragged (or tapped) from the list onto a cell; scrolling can be linked by slice position."""
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     study = _visible_or_denied(session, runtime, request, principal, study_uid, "study.layout")
     _read(runtime, request, principal, "study.layout", study_uid, True)

@@ -10,6 +10,7 @@
 // `ready` resolves with state() once the views are drawn or the series is refused.
 
 import { DicomWebClient, HttpError, num, value } from "./dicomweb.js";
+import { byRole } from "./dom.js";
 import { PRESETS, buildStack, decodeGray, defaultWindow } from "./imaging.js";
 import { JPEG_LS_LOSSLESS, jpegLsDecoder } from "./jpegls.js";
 import {
@@ -25,21 +26,10 @@ const MARGIN = 18; // CSS px around the picture, for the orientation letters
 const WHEEL_STEP = 100; // wheel delta (px) per plane: one mouse-wheel notch
 
 const root = document.getElementById("mpr");
-const $ = (role) => root.querySelector(`[data-role="${role}"]`);
-const ui = {
-  grid: $("grid"),
-  progress: $("progress"),
-  progressBar: $("progress-bar"),
-  progressText: $("progress-text"),
-  message: $("message"),
-  preset: $("preset"),
-  slab: $("slab"),
-  status: $("status"),
-  seriesLabel: $("series-label"),
-  back: $("back"),
-  slider: $("slider"),
-  counter: $("counter"),
-};
+const ui = byRole(root, [
+  "grid", "progress", "progress-bar", "progress-text", "message", "preset", "slab", "status",
+  "series-label", "back", "slider", "counter",
+]);
 const study = root.dataset.study;
 const client = new DicomWebClient(root.dataset.base || "/dicom-web");
 client.useDecoder(JPEG_LS_LOSSLESS, "image/jls", jpegLsDecoder()); // a third fewer bytes than gzip
@@ -284,7 +274,7 @@ function requestDraw() {
 /** Canvas sizes follow their boxes (CSS px × devicePixelRatio). */
 function measure() {
   const dpr = window.devicePixelRatio || 1;
-  root.style.setProperty("--mpr-top", `${Math.max(0, root.getBoundingClientRect().top + window.scrollY)}px`);
+  root.style.setProperty("--stage-top", `${Math.max(0, root.getBoundingClientRect().top + window.scrollY)}px`);
   for (const v of Object.values(views)) {
     const r = v.el.getBoundingClientRect();
     v.cssW = Math.max(1, r.width);

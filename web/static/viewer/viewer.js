@@ -16,6 +16,7 @@
 // `viewer:statechange` after each user change, both with state() (plain JSON) as detail.
 
 import { DicomWebClient, HttpError, value, num, personName } from "./dicomweb.js";
+import { byRole } from "./dom.js";
 import { PRESETS, buildStack, cineRate, decodeGray, defaultWindow, renderGray, slicePositions, LruCache } from "./imaging.js";
 import { TOOL_POINTS, TYPE_OF_TOOL, edgeLetters, label, measure, scaleBarMm, valueUnit } from "./tools.js";
 import { Annotations } from "./annotations.js";
@@ -32,31 +33,14 @@ const LOAD_SHARE_OF_CACHE = 0.8;
 const root = document.getElementById("lcv");
 const $ = (role) => root.querySelector(`[data-role="${role}"]`);
 const ui = {
-  canvas: $("canvas"),
-  viewport: $("viewport"),
-  strip: $("strip"),
-  slider: $("slider"),
-  counter: $("counter"),
-  status: $("status"),
-  banner: $("banner"),
-  bannerText: $("banner-text"),
-  preset: $("preset"),
-  cine: $("cine"),
-  fps: $("fps"),
-  playLabel: $("play-label"),
+  ...byRole(root, [
+    "canvas", "viewport", "strip", "slider", "counter", "status", "banner", "banner-text", "preset", "cine",
+    "fps", "play-label", "help", "mpr", "m-list", "m-empty", "m-count", "m-status", "k-list", "k-empty",
+    "k-count", "k-status",
+  ]),
   ov: { tl: $("ov-tl"), tr: $("ov-tr"), bl: $("ov-bl"), br: $("ov-br") },
   orient: { top: $("or-top"), right: $("or-right"), bottom: $("or-bottom"), left: $("or-left") },
-  help: $("help"),
-  mpr: $("mpr"),
   next: $("next-study"),
-  mList: $("m-list"),
-  mEmpty: $("m-empty"),
-  mCount: $("m-count"),
-  mStatus: $("m-status"),
-  kList: $("k-list"),
-  kEmpty: $("k-empty"),
-  kCount: $("k-count"),
-  kStatus: $("k-status"),
 };
 const ctx = ui.canvas.getContext("2d");
 const study = root.dataset.study;
@@ -781,7 +765,7 @@ function resize() {
   const dpr = window.devicePixelRatio || 1;
   ui.canvas.width = Math.round(cssW * dpr);
   ui.canvas.height = Math.round(cssH * dpr);
-  root.style.setProperty("--lcv-top", `${Math.max(0, root.getBoundingClientRect().top + window.scrollY)}px`);
+  root.style.setProperty("--stage-top", `${Math.max(0, root.getBoundingClientRect().top + window.scrollY)}px`);
   requestDraw();
 }
 
