@@ -4,8 +4,6 @@ the township acknowledges. Authorization follows the grants; signatures are real
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,6 +18,7 @@ LOCAL = local_zone()
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.models import AuditRecord
+from tests.cli import run_cli
 from tests.conftest import settings_env
 from tests.dicomdata import ct_instance
 from storage import identity
@@ -164,14 +163,12 @@ def test_read_consult_end_to_end(api, world, runtime, tmp_path):
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
     env = settings_env(runtime.settings)
-    good = subprocess.run([sys.executable, "-m", "lancang.cli", "report", "verify", str(path)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    good = run_cli(env, "report", "verify", str(path), check=False)
     assert good.returncode == 0 and "王医生" in good.stdout and "陈主任" in good.stdout, good.stderr
     altered = bytearray(pdf)
     altered[len(pdf) // 3] ^= 0x01
     path.write_bytes(bytes(altered))
-    bad = subprocess.run([sys.executable, "-m", "lancang.cli", "report", "verify", str(path)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = run_cli(env, "report", "verify", str(path), check=False)
     assert bad.returncode == 1 and "NOT VALID" in bad.stderr
     # 16.4: it says what failed; a changed byte is not a certificate problem.
     said = bad.stdout + bad.stderr

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -27,6 +25,7 @@ from film.models import Share
 from imaging.service import Ingestor
 from storage import service as tenancy
 from storage.types import utcnow
+from tests.cli import run_cli
 from tests.conftest import embedded_settings, settings_env
 from tests.dicomdata import ct_instance
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
@@ -78,10 +77,7 @@ class Site:
         self.thread.join(15)
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "lancang.cli", *args], env=settings_env(self.settings),
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run_cli(settings_env(self.settings), *args).stdout
 
     def share(self) -> dict:
         return json.loads(self.cli("share", "create", self.study_uid, "--days", "30"))

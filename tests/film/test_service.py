@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import re
-import subprocess
-import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from storage import service as tenancy
 from storage.access import SYSTEM
 from storage.models import AuditRecord
 from storage.types import utcnow
+from tests.cli import run_cli
 from tests.conftest import settings_env
 from tests.dicomdata import ct_instance
 from storage import identity
@@ -435,10 +434,7 @@ def test_cli_share_create_and_revoke(runtime, world):
     env = settings_env(runtime.settings)
 
     def cli(*args, check=True):
-        done = subprocess.run([sys.executable, "-m", "lancang.cli", "share", *args], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert not check or done.returncode == 0, done.stderr
-        return done
+        return run_cli(env, "share", *args, check=check)
 
     created = json.loads(cli("create", world.study_uid, "--days", "3").stdout)
     assert set(created) >= {"url", "pin", "expires_at", "id"}

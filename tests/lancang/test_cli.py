@@ -1,4 +1,6 @@
-"""The CLI forms scripts rely on, run as real processes on a fresh data dir."""
+"""The CLI forms scripts rely on, on a fresh data dir: most run in the test process
+(tests/cli.py, the same `main`); the ones below that start `python -m lancang.cli` check what
+only a real process shows (its exit code, stderr without a traceback, refusals at start)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import embedded_settings, settings_env
 
 
@@ -19,11 +22,7 @@ def cli(tmp_path):
     env = settings_env(embedded_settings(tmp_path))
 
     def run(*args, check=True):
-        done = subprocess.run([sys.executable, "-m", "lancang.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=120)
-        if check and done.returncode != 0:
-            raise AssertionError(f"lancang {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-        return done
+        return run_cli(env, *args, check=check)
 
     run.data_dir = tmp_path / "var"
     return run
@@ -105,6 +104,14 @@ def test_audit_verify_detects_an_edited_record_and_export_works(cli):
         db.execute("UPDATE audit_records SET object_id = 'someone-else' WHERE seq = 1")
     broken = cli("audit", "verify", check=False)
     assert broken.returncode == 1 and "BROKEN at record 1" in broken.stderr
+
+
+def test_the_installed_command_exits_2_with_the_message_alone(tmp_path):
+    env = settings_env(embedded_settings(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "lancang.cli", "ae", "add", "CT9", "--institution", "NOPE"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown institution" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
 
 
 def test_production_mode_without_secret_is_refused(tmp_path):

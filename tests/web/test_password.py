@@ -4,8 +4,6 @@ caused them; other sessions end, this one stays), and an admin resets one with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from sqlalchemy import select
 
 from storage import service as tenancy
 from storage.models import AuditRecord
+from tests.cli import run_cli
 from tests.conftest import settings_env
 from tests.services import free_port
 from tests.web.live import serving
@@ -45,8 +44,7 @@ def _login(client, password: str) -> int:
 
 
 def test_an_admin_resets_a_password_from_the_cli(runtime, person):
-    done = subprocess.run([sys.executable, "-m", "lancang.cli", "user", "passwd", "li", "--password", "reset-pass-22"],
-                          env=settings_env(runtime.settings), capture_output=True, text=True, timeout=120)
+    done = run_cli(settings_env(runtime.settings), "user", "passwd", "li", "--password", "reset-pass-22", check=False)
     assert done.returncode == 0, done.stderr
     with TestClient(create_app(runtime.settings)) as client:
         assert client.get("/api/me", headers={"Authorization": f"Bearer {person}"}).status_code == 401  # ended
@@ -83,9 +81,8 @@ def test_a_password_chosen_by_someone_else_is_replaced_at_first_sign_in(runtime)
         page.goto(base + "/consults")
         assert "请修改初始密码" not in page.locator("main").inner_text()
         browser.close()
-    done = subprocess.run([sys.executable, "-m", "lancang.cli", "user", "passwd", "admin", "--password",
-                           "reset-by-admin-3"], env=settings_env(runtime.settings), capture_output=True, text=True,
-                          timeout=120)
+    done = run_cli(settings_env(runtime.settings), "user", "passwd", "admin", "--password", "reset-by-admin-3",
+                   check=False)
     assert done.returncode == 0, done.stderr
     with runtime.db.scope(readonly=True) as session:
         assert identity.get_user(session=session, username="admin").must_change_password  # asked again
