@@ -9,6 +9,7 @@ import time
 
 import httpx
 
+from tests.cli import run_cli
 from tests.conftest import embedded_settings, settings_env
 from tests.services import free_port
 
@@ -31,8 +32,8 @@ def test_serve_answers_health_and_echo_and_stops_cleanly(tmp_path):
     http_port, dicom_port = free_port(), free_port()
     env = settings_env(embedded_settings(tmp_path, http_port=http_port, dicom_port=dicom_port))
     cli = [sys.executable, "-m", "lancang.cli"]
-    subprocess.run(cli + ["institution", "add", "T01", "--name", "镇卫生院", "--level", "township"], env=env, check=True)
-    subprocess.run(cli + ["ae", "add", "ECHOER", "--institution", "T01"], env=env, check=True)
+    run_cli(env, "institution", "add", "T01", "--name", "镇卫生院", "--level", "township")
+    run_cli(env, "ae", "add", "ECHOER", "--institution", "T01")
     process = subprocess.Popen(cli + ["serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         health = _wait_healthy(f"http://127.0.0.1:{http_port}/healthz", process)
