@@ -5,14 +5,12 @@ consult, user)` before they change anything."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy.orm import Session
 
 from consult.models import ConsultRequest
 from storage import access
-from storage.errors import NotPermitted
 from storage.models import User
+from storage.rules import Rules
 
 COORDINATING_ROLES = ("coordinator", "admin")
 
@@ -45,8 +43,7 @@ def is_requester_staff(consult: ConsultRequest, user: User) -> bool:
     return is_requester(consult, user) and user.role in ("radiographer", "specialist", "coordinator", "admin")
 
 
-Rule = Callable[[ConsultRequest, User], bool]
-RULES: dict[str, tuple[Rule, str]] = {
+RULES = Rules({
     "accept": (is_target_coordinator, "only the target institution's coordinator accepts"),
     "decline": (is_target_coordinator, "only the target institution's coordinator declines"),
     "cancel": (lambda c, u: is_requester(c, u) or is_target_coordinator(c, u),
@@ -64,14 +61,12 @@ RULES: dict[str, tuple[Rule, str]] = {
     "claim": (lambda c, u: c.emergency and (is_target_specialist(c, u) or is_target_coordinator(c, u)),
               "only a specialist or coordinator of the target takes an emergency consult"),
     "consent": (is_requester_staff, "only the requesting institution records the patient's consent"),
-}
+})
 
 
 def require(action: str, consult: ConsultRequest, user: User) -> None:
     """Raise NotPermitted (403) with the action's message unless its rule holds."""
-    rule, message = RULES[action]
-    if not rule(consult, user):
-        raise NotPermitted(message)
+    RULES.require(action, consult, user)
 
 
 def can_view(session: Session, consult: ConsultRequest, user: User) -> bool:

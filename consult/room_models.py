@@ -11,28 +11,29 @@ from storage.db import Base
 from storage.types import UTCDateTime, utcnow
 
 
-class RoomChatMessage(Base):
+class _RoomEvent:
+    """What a participant added to a consult's room record, and when; rows are only appended."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RoomChatMessage(_RoomEvent, Base):
     """A chat line said in a consult's room; part of the consult's record."""
 
     __tablename__ = "room_chat_messages"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     text: Mapped[str] = mapped_column(Text)
 
 
-class RoomConsent(Base):
-    """One consent decision (given or withdrawn); rows are appended, the latest one counts."""
+class RoomConsent(_RoomEvent, Base):
+    """One consent decision (given or withdrawn); the latest one counts."""
 
     __tablename__ = "room_consents"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    consult_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     given: Mapped[bool] = mapped_column(Boolean)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Recording(Base):

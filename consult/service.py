@@ -46,13 +46,8 @@ def is_overdue(consult: ConsultRequest, now: datetime | None = None) -> bool:
 
 def direction_between(session: Session, source: Institution, target: Institution) -> str:
     """"up" to an ancestor or a partner hospital (上转), "down" to a descendant (下转)."""
-    if target.id == source.id:
-        raise Invalid("请选择其他医院 / a consult goes to another institution")
-    direction = tenancy.tree_direction(session, source, target)
-    if direction is None:
-        raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
-                      f"{source.code} in the referral tree")
-    return direction
+    return tenancy.require_tree_direction(session, source, target,
+                                          to_itself="请选择其他医院 / a consult goes to another institution")
 
 
 @dataclass(frozen=True)
@@ -180,10 +175,8 @@ def claim(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
 
 def get(*, session: Session, consult_id: int, user: User) -> ConsultRequest:
     """A consult the user takes part in: requesting or target institution, or assigned to them."""
-    consult = session.get(ConsultRequest, consult_id)
-    if consult is None or not policy.can_view(session, consult, user):
-        raise NotFound("未找到该会诊 / consult not found")
-    return consult
+    return access.get_visible(session, ConsultRequest, consult_id, lambda c: policy.can_view(session, c, user),
+                              missing="未找到该会诊 / consult not found")
 
 
 def accept(*, session: Session, consult_id: int, user: User) -> ConsultRequest:

@@ -21,15 +21,11 @@ from imaging.persons import mask
 from maternal.criteria import COLOUR_LABELS, COLOURS
 from storage import audit, identity, localtime
 from storage.access import Principal
-from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address
+from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address, sign_in_redirect
 from storage.errors import NotFound, NotPermitted
 from storage.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
-
-
-def _login(request: Request) -> RedirectResponse:
-    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
 def _day(text: str) -> date:
@@ -67,7 +63,7 @@ def _page(request: Request, session: Session, runtime: Runtime, user, day: date,
 def desk(request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser, day: str = "",
          registered: str = "", cancelled: str = ""):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     # Only accession numbers are echoed back: a crafted link cannot put words on the desk.
     registered, cancelled = (v if v.isdigit() and len(v) <= 16 else "" for v in (registered, cancelled))
     notice = (f"已登记，检查号 {registered}：设备的工作列表中已可见 / registered as {registered}: "
@@ -97,7 +93,7 @@ def register(request: Request, session: WriteSession, runtime: RuntimeDep, user:
              scheduled_date: str = Form(""), scheduled_time: str = Form(""), risk_colour: str = Form(""),
              urgent: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     form = Registration(family_name=family_name, given_name=given_name, pinyin=pinyin, sex=sex, birth_date=birth_date,
                         resident_id=resident_id, phone=phone, patient_id=patient_id,
@@ -126,7 +122,7 @@ def register(request: Request, session: WriteSession, runtime: RuntimeDep, user:
 @router.post("/desk/{entry_id}/cancel", response_class=HTMLResponse)
 def cancel(entry_id: int, request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     try:
         entry = worklist.cancel(session=session, principal=principal, entry_id=entry_id,

@@ -4,8 +4,10 @@ understands (Chinese first), never a stack trace. Times are local (Beijing time)
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import case, func, select
@@ -23,28 +25,21 @@ ASSUMED_RATIO = 0.6  # wire bytes per stored byte before anything was measured (
 STALE = timedelta(minutes=2)  # no heartbeat and no retry for this long: the forwarder is not running
 RECENT = 20
 
-LINE_WORDS = {
-    "unreachable": ("无法连接县医院（网络中断或对方服务器未开）", "cannot reach the region (line down or server off)"),
-    "timeout": ("与县医院的网络很慢或已中断", "the line to the region is very slow or down"),
-    "dropped": ("与县医院的网络中断", "the connection to the region broke"),
-    "server": ("县医院平台暂时出错", "the regional platform had an error"),
-    "busy": ("县医院平台繁忙", "the regional platform is busy"),
-    "credential": ("县医院不认可本机的传输凭据，请联系县医院管理员重新签发",
-                   "the region does not accept this edge's credential: ask the regional admin for a new one"),
-    "forbidden": ("县医院拒绝本机传输，请联系县医院管理员", "the region refuses this edge: ask the regional admin"),
-}
-STUDY_WORDS = {
-    "forbidden": ("县医院拒收：该检查属于其他机构，请联系管理员", "refused: the study belongs to another institution"),
-    "conflict": ("县医院拒收：另一机构正在发送同一检查，请联系管理员", "refused: another institution sends this study"),
-    "too_large": ("影像文件过大，县医院拒收，请联系信息科", "an image is larger than the region accepts"),
-    "invalid": ("县医院无法保存其中的影像，请联系信息科", "the region cannot store an image of this study"),
-    "sha256_mismatch": ("影像在传输中多次损坏，将自动重新发送", "images arrived damaged several times; sending again"),
-    "local_corrupt": ("本机保存的影像文件已损坏，无法发送，请联系信息科", "an image file on this computer is damaged"),
-    "local_missing": ("本机找不到影像文件（可能刚被更正），将自动重试", "an image file is missing here (just corrected?)"),
-    "version": ("检查内容刚有变化，将重新发送", "the study just changed; sending it again"),
-    "not_found": ("县医院未找到该检查的清单，将重新发送", "the region lost the study's list; sending it again"),
-    "internal": ("发送程序出错，已自动重试；如持续出现请联系信息科", "the sender failed; retrying"),
-}
+WORDS = Path(__file__).with_name("status_words.csv")  # an error kind in words, Chinese and English
+
+
+def _load_words() -> dict[str, dict[str, tuple[str, str]]]:
+    """{"line": words of a line error, "study": words of one study's error}, each {kind: (zh, en)}.
+    utf-8-sig: a spreadsheet that saves the table back writes a BOM first."""
+    tables: dict[str, dict[str, tuple[str, str]]] = {"line": {}, "study": {}}
+    with WORDS.open(encoding="utf-8-sig", newline="") as rows:
+        for row in csv.DictReader(rows):
+            tables[row["about"]][row["kind"]] = (row["zh"], row["en"])
+    return tables
+
+
+_WORDS = _load_words()
+LINE_WORDS, STUDY_WORDS = _WORDS["line"], _WORDS["study"]
 
 
 def _clock(moment: datetime | None, zone) -> str:

@@ -7,12 +7,18 @@ JSON without bulk data, so reads never fetch objects from the store just to answ
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from imaging.dataset import MAX_UID_CHARS
 from storage.db import Base
 from storage.types import UTCDateTime, utcnow
+
+# A DICOM UID column, MAX_UID_CHARS wide: the standard's limit is 64, and a sender's longer UID
+# is stored as sent (with a warning) rather than refused.
+DicomUid = Annotated[str, mapped_column(String(MAX_UID_CHARS))]
 
 
 class Person(Base):
@@ -73,7 +79,7 @@ class Study(Base):
                       Index("ix_studies_institution_newest", "institution_id", "study_date", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
+    study_instance_uid: Mapped[DicomUid] = mapped_column(unique=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
@@ -99,7 +105,7 @@ class Series(Base):
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
+    series_instance_uid: Mapped[DicomUid] = mapped_column(unique=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     modality: Mapped[str] = mapped_column(String(16), default="", index=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
@@ -128,9 +134,9 @@ class Instance(Base):
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(128), unique=True)
+    sop_instance_uid: Mapped[DicomUid] = mapped_column(unique=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(128))
+    sop_class_uid: Mapped[DicomUid]
     instance_number: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     object_key: Mapped[str] = mapped_column(String(400))
@@ -165,7 +171,7 @@ class SupersededInstance(Base):
     __tablename__ = "superseded_instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
+    sop_instance_uid: Mapped[DicomUid] = mapped_column(index=True)
     object_key: Mapped[str] = mapped_column(String(400))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -197,7 +203,7 @@ class RecognitionDecision(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
+    study_instance_uid: Mapped[DicomUid] = mapped_column(index=True)
     # The study's institution (whose result it is) and the deciding clinician's.
     performing_institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
     deciding_institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)

@@ -27,11 +27,10 @@ from imaging.dataset import display_name
 from imaging.models import Patient, Study
 from maternal import policy, referrals, service
 from maternal.criteria import COLOUR_LABELS, CRITERIA, Grade, by_colour
-from maternal.models import Pregnancy, Referral
 from storage import access, audit, identity
 from storage.access import Principal
-from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address
-from storage.errors import Conflict, DomainError, Invalid, NotFound, NotPermitted
+from storage.deps import DbSession, OptionalUser, RuntimeDep, WriteSession, client_address, sign_in_redirect
+from storage.errors import Conflict, Invalid, NotFound, NotPermitted
 from storage.runtime import Runtime
 from storage.types import utcnow
 
@@ -46,14 +45,20 @@ def _render(request: Request, template: str, status: int = 200, **context) -> HT
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status)
 
 
-def _login(request: Request) -> RedirectResponse:
-    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-
-
-def _read(runtime: Runtime, request: Request, principal: Principal, action: str, object_type: str,
-          object_id: str, *, outcome: str = "ok", **detail) -> None:
-    audit.record_read(runtime.db, principal=principal, action=action, object_type=object_type, object_id=object_id,
-                      source=client_address(request), outcome=outcome, detail=detail)
+def _audited_page(request: Request, runtime: Runtime, user, template: str, read: tuple[str, str, str],
+                  context_of: Callable[[Principal], dict], detail_of: Callable[[dict], dict] = lambda context: {}):
+    """A page of patient data for a signed-in user. `read` (action, object type, object id) is
+    audited, as denied when the page's data is refused (the 404 goes on to the error page);
+    `detail_of` picks from the page's context what the audit record names."""
+    if user is None:
+        return sign_in_redirect(request)
+    principal = identity.principal_for(user)
+    action, object_type, object_id = read
+    with service.read_audited(runtime.db, principal=principal, action=action, object_type=object_type,
+                              object_id=object_id, source=client_address(request)) as detail:
+        context = context_of(principal)
+        detail.update(detail_of(context))
+    return _render(request, template, user=user, **context)
 
 
 def _attempt(runtime: Runtime, request: Request, session: Session, principal: Principal, action: str,
@@ -96,17 +101,10 @@ def _patient_context(session: Session, principal: Principal, patient_pk: int) ->
 @router.get("/patients/{patient_pk}/pregnancies", response_class=HTMLResponse)
 def patient_pregnancies(patient_pk: int, request: Request, session: DbSession, runtime: RuntimeDep,
                         user: OptionalUser):
-    if user is None:
-        return _login(request)
-    principal = identity.principal_for(user)
-    try:
-        context = _patient_context(session, principal, patient_pk)
-    except NotFound:
-        _read(runtime, request, principal, "pregnancy.list", "patient", str(patient_pk), outcome="denied")
-        raise
-    _read(runtime, request, principal, "pregnancy.list", "patient", str(patient_pk),
-          pregnancies=[p.id for p, _, _ in context["rows"]])
-    return _render(request, "maternal/patient.html", user=user, **context)
+    return _audited_page(request, runtime, user, "maternal/patient.html",
+                         ("pregnancy.list", "patient", str(patient_pk)),
+                         lambda principal: _patient_context(session, principal, patient_pk),
+                         lambda context: {"pregnancies": [p.id for p, _, _ in context["rows"]]})
 
 
 @router.post("/patients/{patient_pk}/pregnancies", response_class=HTMLResponse)
@@ -114,7 +112,7 @@ def register_pregnancy(patient_pk: int, request: Request, session: WriteSession,
                        user: OptionalUser, lmp: str = Form(""), edd: str = Form(""), gravida: int = Form(1),
                        para: int = Form(0)):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     made, refusal = _attempt(runtime, request, session, principal, "pregnancy.create", "patient", str(patient_pk),
                              lambda: service.register(session=session, principal=principal, patient_pk=patient_pk,
@@ -130,7 +128,8 @@ def register_pregnancy(patient_pk: int, request: Request, session: WriteSession,
 # -- the pregnancy page ------------------------------------------------------------------
 
 
-def _pregnancy_context(session: Session, principal: Principal, pregnancy: Pregnancy) -> dict:
+def _pregnancy_context(session: Session, principal: Principal, pregnancy_id: int) -> dict:
+    pregnancy = service.get(session=session, principal=principal, pregnancy_id=pregnancy_id)
     today = service.today()
     history = service.gradings(session, pregnancy_id=pregnancy.id)
     involved = policy.involvement(session, pregnancy)
@@ -143,28 +142,16 @@ def _pregnancy_context(session: Session, principal: Principal, pregnancy: Pregna
         closes_on=pregnancy.ended_on + timedelta(days=service.POSTPARTUM_DAYS) if pregnancy.ended_on else None,
         groups=by_colour(), chosen=set(history[0].criteria) if history else set(),
         referrals=referrals.of_pregnancy(session, pregnancy_id=pregnancy.id),
-        can_grade=policy.PREGNANCY_RULES["grade"][0](principal, involved),
-        can_refer=policy.PREGNANCY_RULES["refer"][0](principal, involved), today=today)
-
-
-def _visible_pregnancy(session: Session, runtime: Runtime, request: Request, principal: Principal,
-                       pregnancy_id: int, action: str) -> Pregnancy:
-    try:
-        return service.get(session=session, principal=principal, pregnancy_id=pregnancy_id)
-    except NotFound:
-        _read(runtime, request, principal, action, "pregnancy", str(pregnancy_id), outcome="denied")
-        raise
+        can_grade=policy.PREGNANCY_RULES.allows("grade", principal, involved),
+        can_refer=policy.PREGNANCY_RULES.allows("refer", principal, involved), today=today)
 
 
 @router.get("/pregnancies/{pregnancy_id}", response_class=HTMLResponse)
 def pregnancy_page(pregnancy_id: int, request: Request, session: DbSession, runtime: RuntimeDep,
                    user: OptionalUser):
-    if user is None:
-        return _login(request)
-    principal = identity.principal_for(user)
-    pregnancy = _visible_pregnancy(session, runtime, request, principal, pregnancy_id, "pregnancy.view")
-    _read(runtime, request, principal, "pregnancy.view", "pregnancy", str(pregnancy_id))
-    return _render(request, "maternal/pregnancy.html", user=user, **_pregnancy_context(session, principal, pregnancy))
+    return _audited_page(request, runtime, user, "maternal/pregnancy.html",
+                         ("pregnancy.view", "pregnancy", str(pregnancy_id)),
+                         lambda principal: _pregnancy_context(session, principal, pregnancy_id))
 
 
 def _pregnancy_change(request: Request, session: Session, runtime: Runtime, user, pregnancy_id: int, action: str,
@@ -173,16 +160,15 @@ def _pregnancy_change(request: Request, session: Session, runtime: Runtime, user
     _, refusal = _attempt(runtime, request, session, principal, action, "pregnancy", str(pregnancy_id), work)
     if refusal is None:
         return RedirectResponse(f"/pregnancies/{pregnancy_id}", status_code=303)
-    pregnancy = service.get(session=session, principal=principal, pregnancy_id=pregnancy_id)
     return _render(request, "maternal/pregnancy.html", status=refusal.status, user=user, error=refusal.detail,
-                   error_at=action, form=form, **_pregnancy_context(session, principal, pregnancy))
+                   error_at=action, form=form, **_pregnancy_context(session, principal, pregnancy_id))
 
 
 @router.post("/pregnancies/{pregnancy_id}/gradings", response_class=HTMLResponse)
 def grade(pregnancy_id: int, request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser,
           criteria: list[str] = Form([]), note: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
 
     def work():
         return service.grade(session=session, principal=identity.principal_for(user), pregnancy_id=pregnancy_id,
@@ -195,7 +181,7 @@ def grade(pregnancy_id: int, request: Request, session: WriteSession, runtime: R
 def close(pregnancy_id: int, request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser,
           status: str = Form(""), ended_on: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
 
     def work():
         day = _date(ended_on, "结案 Closing")
@@ -210,7 +196,9 @@ def close(pregnancy_id: int, request: Request, session: WriteSession, runtime: R
 # -- referrals ---------------------------------------------------------------------------
 
 
-def _referral_form_context(session: Session, principal: Principal, pregnancy: Pregnancy) -> dict:
+def _referral_form_context(session: Session, principal: Principal, pregnancy_id: int, form: dict) -> dict:
+    context = _pregnancy_context(session, principal, pregnancy_id)
+    pregnancy = context["pregnancy"]
     scope = access.scope_for(session, principal)
     uids = session.scalars(select(Study.study_instance_uid).where(
         Study.patient_pk.in_(policy.record_pks(session, pregnancy)),
@@ -218,20 +206,16 @@ def _referral_form_context(session: Session, principal: Principal, pregnancy: Pr
         .order_by(Study.study_date.desc(), Study.id.desc()).limit(100)).all()
     found = summary.summarize(session, list(uids))
     return dict(targets=referrals.targets(session, principal), studies=[found[u] for u in uids if u in found],
-                **_pregnancy_context(session, principal, pregnancy))
+                form=form, **context)
 
 
 @router.get("/pregnancies/{pregnancy_id}/referrals/new", response_class=HTMLResponse)
 def referral_form(pregnancy_id: int, request: Request, session: DbSession, runtime: RuntimeDep,
                   user: OptionalUser):
-    if user is None:
-        return _login(request)
-    principal = identity.principal_for(user)
-    pregnancy = _visible_pregnancy(session, runtime, request, principal, pregnancy_id, "referral.form")
-    context = _referral_form_context(session, principal, pregnancy)
-    _read(runtime, request, principal, "referral.form", "pregnancy", str(pregnancy_id),
-          studies=[s.uid for s in context["studies"]])
-    return _render(request, "maternal/referral_new.html", user=user, form={}, **context)
+    return _audited_page(request, runtime, user, "maternal/referral_new.html",
+                         ("referral.form", "pregnancy", str(pregnancy_id)),
+                         lambda principal: _referral_form_context(session, principal, pregnancy_id, form={}),
+                         lambda context: {"studies": [s.uid for s in context["studies"]]})
 
 
 @router.post("/pregnancies/{pregnancy_id}/referrals", response_class=HTMLResponse)
@@ -239,7 +223,7 @@ def refer(pregnancy_id: int, request: Request, session: WriteSession, runtime: R
           to: str = Form(""), key_findings: str = Form(""), studies: list[str] = Form([]),
           consult_id: str = Form(""), follow_up_instructions: str = Form(""), follow_up_on: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
 
     def work():
@@ -255,11 +239,10 @@ def refer(pregnancy_id: int, request: Request, session: WriteSession, runtime: R
                              work)
     if refusal is None:
         return RedirectResponse(f"/referrals/{made.id}", status_code=303)
-    pregnancy = service.get(session=session, principal=principal, pregnancy_id=pregnancy_id)
     form = {"to": to, "key_findings": key_findings, "studies": set(studies), "consult_id": consult_id,
             "follow_up_instructions": follow_up_instructions, "follow_up_on": follow_up_on}
     return _render(request, "maternal/referral_new.html", status=refusal.status, user=user, error=refusal.detail,
-                   form=form, **_referral_form_context(session, principal, pregnancy))
+                   **_referral_form_context(session, principal, pregnancy_id, form))
 
 
 @router.get("/referrals", response_class=HTMLResponse)
@@ -267,20 +250,22 @@ def referral_list(request: Request, session: DbSession, runtime: RuntimeDep, use
                   direction: str = ""):
     """The referrals sent and received by the user's institution (an admin's subtree)."""
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     side = side if side in ("in", "out") else ""
     found = referrals.listing(session, principal=principal, side=side, direction=direction)
     counts = referrals.referral_counts(session, institution_ids=referrals.institutions_of(session, principal),
                                        since=utcnow() - timedelta(days=COUNT_DAYS))
-    _read(runtime, request, principal, "referral.list", "referral", ",".join(str(r.id) for r in found)[:4000],
-          count=len(found))
+    audit.record_read(runtime.db, principal=principal, action="referral.list", object_type="referral",
+                      object_id=",".join(str(r.id) for r in found)[:4000], source=client_address(request),
+                      outcome="ok", detail={"count": len(found)})
     return _render(request, "maternal/referrals.html", user=user, items=found, counts=counts, days=COUNT_DAYS,
                    side=side, direction=direction if direction in referrals.DIRECTION_LABELS else "",
                    name_of=display_name, mine=referrals.institutions_of(session, principal))
 
 
-def _referral_context(session: Session, principal: Principal, referral: Referral) -> dict:
+def _referral_context(session: Session, principal: Principal, referral_id: int) -> dict:
+    referral = referrals.get(session=session, principal=principal, referral_id=referral_id)
     return dict(referral=referral, record=referral.record, events=referrals.events(session, referral_id=referral.id),
                 moves=referrals.next_statuses(principal, referral),
                 name=display_name(referral.record["patient"]["name"]),
@@ -302,29 +287,21 @@ def _sees(session: Session, principal: Principal, uid: str) -> bool:
 
 @router.get("/referrals/{referral_id}", response_class=HTMLResponse)
 def referral_page(referral_id: int, request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser):
-    if user is None:
-        return _login(request)
-    principal = identity.principal_for(user)
-    try:
-        referral = referrals.get(session=session, principal=principal, referral_id=referral_id)
-    except DomainError:
-        _read(runtime, request, principal, "referral.view", "referral", str(referral_id), outcome="denied")
-        raise
-    _read(runtime, request, principal, "referral.view", "referral", str(referral_id))
-    return _render(request, "maternal/referral.html", user=user, **_referral_context(session, principal, referral))
+    return _audited_page(request, runtime, user, "maternal/referral.html",
+                         ("referral.view", "referral", str(referral_id)),
+                         lambda principal: _referral_context(session, principal, referral_id))
 
 
 @router.post("/referrals/{referral_id}/transport", response_class=HTMLResponse)
 def transport(referral_id: int, request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser,
               status: str = Form(""), reason: str = Form("")):
     if user is None:
-        return _login(request)
+        return sign_in_redirect(request)
     principal = identity.principal_for(user)
     _, refusal = _attempt(runtime, request, session, principal, "referral.transport", "referral", str(referral_id),
                           lambda: referrals.move(session=session, principal=principal, referral_id=referral_id,
                                                  to_status=status, reason=reason, source=client_address(request)))
     if refusal is None:
         return RedirectResponse(f"/referrals/{referral_id}", status_code=303)
-    referral = referrals.get(session=session, principal=principal, referral_id=referral_id)
     return _render(request, "maternal/referral.html", status=refusal.status, user=user, error=refusal.detail,
-                   **_referral_context(session, principal, referral))
+                   **_referral_context(session, principal, referral_id))

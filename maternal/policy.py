@@ -12,7 +12,6 @@ storage/access.py, which alone says who sees which studies).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -23,7 +22,7 @@ from imaging.models import Patient, Study
 from maternal.models import Pregnancy, Referral
 from storage import access
 from storage.access import Principal
-from storage.errors import NotPermitted
+from storage.rules import Rules
 
 STAFF_ROLES = ("radiographer", "specialist", "coordinator")
 
@@ -55,22 +54,19 @@ def caring_staff(principal: Principal, involved: Involvement) -> bool:
     return is_staff(principal) and principal.institution_id in involved.institutions
 
 
-PregnancyRule = Callable[[Principal, Involvement], bool]
-PREGNANCY_RULES: dict[str, tuple[PregnancyRule, str]] = {
+PREGNANCY_RULES = Rules({
     "grade": (caring_staff, "仅管理机构或转入机构的技师、医师、协调员可评估风险 / only staff of the managing "
               "or a referred-to institution grade"),
     "close": (caring_staff, "仅管理机构或转入机构的医务人员可结案 / only staff of the managing or a "
               "referred-to institution close a pregnancy"),
     "refer": (caring_staff, "仅管理机构或转入机构的医务人员可转诊 / only staff of the managing or a "
               "referred-to institution refer"),
-}
+})
 
 
 def require(action: str, principal: Principal, involved: Involvement) -> None:
     """Raise NotPermitted (403) with the action's message unless its rule holds."""
-    rule, message = PREGNANCY_RULES[action]
-    if not rule(principal, involved):
-        raise NotPermitted(message)
+    PREGNANCY_RULES.require(action, principal, involved)
 
 
 def is_sender(principal: Principal, referral: Referral) -> bool:
@@ -81,19 +77,17 @@ def is_receiver(principal: Principal, referral: Referral) -> bool:
     return is_staff(principal) and principal.institution_id == referral.to_institution_id
 
 
-ReferralRule = Callable[[Principal, Referral], bool]
-REFERRAL_RULES: dict[str, tuple[ReferralRule, str]] = {
+REFERRAL_RULES = Rules({
     "in_transit": (is_sender, "仅转出机构可标记“转运中” / only the referring institution marks the patient in transit"),
     "arrived": (is_receiver, "仅接收机构可确认到达 / only the receiving institution marks arrival"),
     "cancelled": (lambda p, r: is_sender(p, r) or is_receiver(p, r),
                   "仅转出或接收机构可取消转诊 / only the referring or receiving institution cancels"),
-}
+})
 
 
 def require_referral(action: str, principal: Principal, referral: Referral) -> None:
-    rule, message = REFERRAL_RULES[action]
-    if not rule(principal, referral):
-        raise NotPermitted(message)
+    """Raise NotPermitted (403) with the move's message unless its rule holds."""
+    REFERRAL_RULES.require(action, principal, referral)
 
 
 def may_register(session: Session, principal: Principal, patient_pk: int) -> bool:

@@ -37,13 +37,8 @@ _CONSULTS = table("consult_requests", column("id"))  # consult/ sits above: its 
 
 def direction_between(session: Session, source: Institution, target: Institution) -> str:
     """"up" to an ancestor or a partner hospital, "down" to a descendant; anything else is refused."""
-    if target.id == source.id:
-        raise Invalid("请选择其他机构 / a referral goes to another institution")
-    direction = tenancy.tree_direction(session, source, target)
-    if direction is None:
-        raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
-                      f"{source.code} in the referral tree")
-    return direction
+    return tenancy.require_tree_direction(session, source, target,
+                                          to_itself="请选择其他机构 / a referral goes to another institution")
 
 
 def targets(session: Session, principal: Principal) -> list[tuple[Institution, str]]:
@@ -179,10 +174,10 @@ def create(*, session: Session, principal: Principal, pregnancy_id: int, to_code
 
 
 def get(*, session: Session, principal: Principal, referral_id: int) -> Referral:
-    referral = session.get(Referral, referral_id)
-    if referral is None or not policy.can_view_referral(session, principal, referral):
-        raise NotFound("未找到该转诊 / referral not found")
-    return referral
+    """A referral the principal may see (404 otherwise)."""
+    return access.get_visible(session, Referral, referral_id,
+                              lambda r: policy.can_view_referral(session, principal, r),
+                              missing="未找到该转诊 / referral not found")
 
 
 def _refuse_move(current: str, to_status: str) -> None:
@@ -224,7 +219,7 @@ def move(*, session: Session, principal: Principal, referral_id: int, to_status:
 def next_statuses(principal: Principal, referral: Referral) -> list[str]:
     """The moves this principal may make now (the page's transport control)."""
     return [s for s in TRANSITIONS.get(referral.transport_status, ())
-            if policy.REFERRAL_RULES[s][0](principal, referral)]
+            if policy.REFERRAL_RULES.allows(s, principal, referral)]
 
 
 def events(session: Session, *, referral_id: int) -> list[ReferralEvent]:

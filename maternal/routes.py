@@ -16,8 +16,7 @@ from maternal.schemas import (Closing, Counts, CriterionOut, GradingCreate, Grad
                               PregnancyOut, ReferralCreate, ReferralOut, Transport)
 from storage import audit
 from storage.access import Principal
-from storage.deps import CurrentPrincipal, DbSession, RuntimeDep, WriteSession, client_address
-from storage.errors import DomainError
+from storage.deps import CurrentPrincipal, DbSession, WriteSession, client_address
 from storage.types import utcnow
 
 router = APIRouter(prefix="/api", tags=["maternal"])
@@ -54,10 +53,22 @@ def pregnancy_out(session: Session, pregnancy: Pregnancy, *, full: bool = True) 
         referrals=[referral_out(r) for r in referrals.of_pregnancy(session, pregnancy_id=pregnancy.id)] if full else [])
 
 
-def _read(request: Request, principal: Principal, action: str, object_type: str, object_id: str, *,
-          outcome: str = "ok", **detail) -> None:
+def _read(request: Request, principal: Principal, action: str, object_type: str, object_id: str, **detail) -> None:
     audit.record_read(request.app.state.runtime.db, principal=principal, action=action, object_type=object_type,
-                      object_id=object_id, source=client_address(request), outcome=outcome, detail=detail)
+                      object_id=object_id, source=client_address(request), outcome="ok", detail=detail)
+
+
+def _reading(request: Request, principal: Principal, action: str, object_type: str, object_id: str):
+    """service.read_audited for this request: one object read, audited as denied when refused."""
+    return service.read_audited(request.app.state.runtime.db, principal=principal, action=action,
+                                object_type=object_type, object_id=object_id, source=client_address(request))
+
+
+def _changing(request: Request, session: Session, principal: Principal, action: str, object_type: str,
+              object_id: str):
+    """service.refusals_audited for this request: a refused change audited as denied."""
+    return service.refusals_audited(request.app.state.runtime.db, session, principal=principal, action=action,
+                                    object_type=object_type, object_id=object_id, source=client_address(request))
 
 
 @router.get("/maternal/criteria", response_model=list[CriterionOut])
@@ -77,10 +88,9 @@ def patient_pregnancies(patient_pk: int, request: Request, session: DbSession, p
 
 @router.post("/patients/{patient_pk}/pregnancies", response_model=PregnancyOut, status_code=status.HTTP_201_CREATED)
 def register(patient_pk: int, body: PregnancyCreate, request: Request, session: WriteSession,
-             principal: CurrentPrincipal, runtime: RuntimeDep):
+             principal: CurrentPrincipal):
     """Open a pregnancy record (建档) managed by the caller's institution."""
-    with service.refusals_audited(runtime.db, session, principal=principal, action="pregnancy.create",
-                                  object_type="patient", object_id=str(patient_pk), source=client_address(request)):
+    with _changing(request, session, principal, "pregnancy.create", "patient", str(patient_pk)):
         pregnancy = service.register(session=session, principal=principal, patient_pk=patient_pk, lmp=body.lmp,
                                      edd=body.edd, gravida=body.gravida, para=body.para,
                                      source=client_address(request))
@@ -90,32 +100,25 @@ def register(patient_pk: int, body: PregnancyCreate, request: Request, session: 
 @router.get("/pregnancies/{pregnancy_id}", response_model=PregnancyOut)
 def pregnancy(pregnancy_id: int, request: Request, session: DbSession, principal: CurrentPrincipal):
     """A pregnancy with its current colour, GA today, every grading and its referrals."""
-    try:
+    with _reading(request, principal, "pregnancy.view", "pregnancy", str(pregnancy_id)):
         found = service.get(session=session, principal=principal, pregnancy_id=pregnancy_id)
-    except DomainError:
-        _read(request, principal, "pregnancy.view", "pregnancy", str(pregnancy_id), outcome="denied")
-        raise
-    _read(request, principal, "pregnancy.view", "pregnancy", str(pregnancy_id))
     return pregnancy_out(session, found)
 
 
 @router.post("/pregnancies/{pregnancy_id}/gradings", response_model=GradingOut, status_code=status.HTTP_201_CREATED)
 def grade(pregnancy_id: int, body: GradingCreate, request: Request, session: WriteSession,
-          principal: CurrentPrincipal, runtime: RuntimeDep):
+          principal: CurrentPrincipal):
     """Grade the pregnancy from the criteria; the colour is what they give (purple combines)."""
-    with service.refusals_audited(runtime.db, session, principal=principal, action="pregnancy.grade",
-                                  object_type="pregnancy", object_id=str(pregnancy_id), source=client_address(request)):
+    with _changing(request, session, principal, "pregnancy.grade", "pregnancy", str(pregnancy_id)):
         grading = service.grade(session=session, principal=principal, pregnancy_id=pregnancy_id,
                                 criteria=body.criteria, note=body.note, source=client_address(request))
     return grading_out(grading)
 
 
 @router.post("/pregnancies/{pregnancy_id}/close", response_model=PregnancyOut)
-def close(pregnancy_id: int, body: Closing, request: Request, session: WriteSession, principal: CurrentPrincipal,
-          runtime: RuntimeDep):
+def close(pregnancy_id: int, body: Closing, request: Request, session: WriteSession, principal: CurrentPrincipal):
     """Delivered or ended on a date (grading stays open 42 days after)."""
-    with service.refusals_audited(runtime.db, session, principal=principal, action="pregnancy.close",
-                                  object_type="pregnancy", object_id=str(pregnancy_id), source=client_address(request)):
+    with _changing(request, session, principal, "pregnancy.close", "pregnancy", str(pregnancy_id)):
         found = service.close(session=session, principal=principal, pregnancy_id=pregnancy_id, status=body.status,
                               ended_on=body.ended_on, source=client_address(request))
     return pregnancy_out(session, found)
@@ -123,10 +126,9 @@ def close(pregnancy_id: int, body: Closing, request: Request, session: WriteSess
 
 @router.post("/pregnancies/{pregnancy_id}/referrals", response_model=ReferralOut, status_code=status.HTTP_201_CREATED)
 def refer(pregnancy_id: int, body: ReferralCreate, request: Request, session: WriteSession,
-          principal: CurrentPrincipal, runtime: RuntimeDep):
+          principal: CurrentPrincipal):
     """上转 or 下转 (by the tree) with the record as it stands now; the receiver is granted the studies."""
-    with service.refusals_audited(runtime.db, session, principal=principal, action="referral.create",
-                                  object_type="pregnancy", object_id=str(pregnancy_id), source=client_address(request)):
+    with _changing(request, session, principal, "referral.create", "pregnancy", str(pregnancy_id)):
         referral = referrals.create(session=session, principal=principal, pregnancy_id=pregnancy_id, to_code=body.to,
                                     key_findings=body.key_findings, study_uids=body.study_uids,
                                     consult_id=body.consult_id, follow_up_instructions=body.follow_up_instructions,
@@ -154,22 +156,17 @@ def referral_list(request: Request, session: DbSession, principal: CurrentPrinci
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut)
 def referral(referral_id: int, request: Request, session: DbSession, principal: CurrentPrincipal):
-    try:
+    with _reading(request, principal, "referral.view", "referral", str(referral_id)):
         found = referrals.get(session=session, principal=principal, referral_id=referral_id)
-    except DomainError:
-        _read(request, principal, "referral.view", "referral", str(referral_id), outcome="denied")
-        raise
-    _read(request, principal, "referral.view", "referral", str(referral_id))
     return referral_out(found)
 
 
 @router.post("/referrals/{referral_id}/transport", response_model=ReferralOut)
 def transport(referral_id: int, body: Transport, request: Request, session: WriteSession,
-              principal: CurrentPrincipal, runtime: RuntimeDep):
+              principal: CurrentPrincipal):
     """Move the transport status: in_transit (referring side), arrived (receiving side), cancelled
     (either side, with a reason)."""
-    with service.refusals_audited(runtime.db, session, principal=principal, action="referral.transport",
-                                  object_type="referral", object_id=str(referral_id), source=client_address(request)):
+    with _changing(request, session, principal, "referral.transport", "referral", str(referral_id)):
         found = referrals.move(session=session, principal=principal, referral_id=referral_id, to_status=body.status,
                                reason=body.reason, source=client_address(request))
     return referral_out(found)

@@ -18,10 +18,10 @@ from imaging.models import Patient
 from maternal import policy
 from maternal.criteria import CRITERIA, Grade, grade_of
 from maternal.models import PREGNANCY_STATUSES, Pregnancy, RiskGrading
-from storage import audit, localtime
+from storage import access, audit, localtime
 from storage.access import Principal
 from storage.db import Database
-from storage.errors import Conflict, Invalid, NotFound, NotPermitted
+from storage.errors import Conflict, DomainError, Invalid, NotFound, NotPermitted
 
 TERM_DAYS = 280  # EDD = LMP + 280 days (Naegele)
 POSTPARTUM_DAYS = 42  # graded from pregnancy to 42 days after it ends
@@ -102,10 +102,8 @@ def visible_of_patient(session: Session, *, principal: Principal, patient_pk: in
 
 def get(*, session: Session, principal: Principal, pregnancy_id: int) -> Pregnancy:
     """A pregnancy the principal may see (404 otherwise: its existence is patient data too)."""
-    pregnancy = session.get(Pregnancy, pregnancy_id)
-    if pregnancy is None or not policy.can_view(session, principal, pregnancy):
-        raise NotFound("未找到该孕产妇档案 / pregnancy not found")
-    return pregnancy
+    return access.get_visible(session, Pregnancy, pregnancy_id, lambda p: policy.can_view(session, principal, p),
+                              missing="未找到该孕产妇档案 / pregnancy not found")
 
 
 def _dates(lmp: date | None, edd: date | None, on: date) -> tuple[date | None, date]:
@@ -245,3 +243,18 @@ def refusals_audited(db: Database, session: Session, *, principal: Principal, ac
         audit.record(db, principal=principal, action=action, object_type=object_type, object_id=object_id,
                      source=source, outcome="denied", detail={"reason": exc.detail[:300]})
         raise
+
+
+@contextmanager
+def read_audited(db: Database, *, principal: Principal, action: str, object_type: str, object_id: str,
+                 source: str = "") -> Iterator[dict]:
+    """The read the block makes, audited: as denied when it is refused (the refusal goes on to the
+    caller), else as done, with the detail the block put in the dict it is given."""
+    detail: dict = {}
+    about = dict(principal=principal, action=action, object_type=object_type, object_id=object_id, source=source)
+    try:
+        yield detail
+    except DomainError:
+        audit.record_read(db, **about, outcome="denied", detail={})
+        raise
+    audit.record_read(db, **about, outcome="ok", detail=detail)

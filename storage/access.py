@@ -6,12 +6,14 @@ nothing reads patient data around it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from storage.errors import NotPermitted
+from storage.errors import NotFound, NotPermitted
 from storage.models import AccessGrant, Institution
 from storage.types import utcnow
 
@@ -186,3 +188,16 @@ def can_see_study(session: Session, principal: Principal, *, institution_id: int
 def require_study(session: Session, principal: Principal, *, institution_id: int, study_uid: str) -> None:
     if not can_see_study(session, principal, institution_id=institution_id, study_uid=study_uid):
         raise NotPermitted("无权查看该检查 / this study is not shared with you")
+
+
+Row = TypeVar("Row")
+
+
+def get_visible(session: Session, model: type[Row], row_id: int, visible: Callable[[Row], bool], *,
+                missing: str) -> Row:
+    """The row when `visible` says the caller may see it; else NotFound (404) with `missing`, the
+    same answer as for a row that does not exist: its existence is patient data too."""
+    row = session.get(model, row_id)
+    if row is None or not visible(row):
+        raise NotFound(missing)
+    return row

@@ -84,6 +84,18 @@ def tree_direction(session: Session, source: Institution, target: Institution) -
     return None
 
 
+def require_tree_direction(session: Session, source: Institution, target: Institution, *, to_itself: str) -> str:
+    """tree_direction, or Invalid (422) saying why there is none: `to_itself`, in the domain's
+    words, when the target is the source; else that the target is off the source's paths."""
+    if target.id == source.id:
+        raise Invalid(to_itself)
+    direction = tree_direction(session, source, target)
+    if direction is None:
+        raise Invalid(f"{target.name_zh}不在本机构的上转或下转路径上 / {target.code} is neither above nor below "
+                      f"{source.code} in the referral tree")
+    return direction
+
+
 def list_institutions(*, session: Session) -> list[Institution]:
     """Lists every institution, parents first."""
     return list(session.scalars(select(Institution).order_by(Institution.parent_id.nullsfirst(), Institution.code)))
