@@ -83,9 +83,8 @@ def flag(*, session: Session, user: User, settings: Settings, study_uid: str, ca
 
 
 def _consult_for_flag(session: Session, user: User, consult_id: int, study_uid: str) -> ConsultRequest:
-    consult = session.get(ConsultRequest, consult_id)
-    if consult is None or not policy.can_view(session, consult, user):
-        raise NotFound("未找到该会诊 / consult not found")
+    consult = access.get_visible(session, ConsultRequest, consult_id, lambda c: policy.can_view(session, c, user),
+                                 missing="未找到该会诊 / consult not found")
     policy.require("flag_critical", consult, user)
     if study_uid not in {s.study_instance_uid for s in consult.studies}:
         raise Invalid("该检查不属于此会诊 / the study is not part of this consult")
@@ -191,10 +190,8 @@ def visible_institutions(session: Session, user: User) -> set[int]:
 
 
 def get(*, session: Session, user: User, finding_id: int) -> CriticalFinding:
-    finding = session.get(CriticalFinding, finding_id)
-    if finding is None or not _may_see(session, finding, user):
-        raise NotFound("未找到该危急值 / critical result not found")
-    return finding
+    return access.get_visible(session, CriticalFinding, finding_id, lambda f: _may_see(session, f, user),
+                              missing="未找到该危急值 / critical result not found")
 
 
 def _may_see(session: Session, finding: CriticalFinding, user: User) -> bool:
