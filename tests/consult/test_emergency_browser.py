@@ -112,6 +112,7 @@ def test_emergency_consult_room_critical_result_and_dashboard(live, browser, tmp
     assert "王医生" in wang.locator("#emergency").inner_text()
     wang.select_option('#critical-form select[name="category"]', "胎盘早剥")
     wang.fill('#critical-form textarea[name="statement"]', "胎盘后方见不均质低回声区，考虑胎盘早剥")
+    wang.locator("#critical-form").screenshot(path="/tmp/lancang-emergency-flag-form-pc.png")
     with wang.expect_navigation():
         wang.locator("#critical-form button[type=submit]").click()
     assert "胎盘早剥" in wang.locator("#critical").inner_text()
