@@ -429,6 +429,10 @@ class Slot:
     owner: str | None = None
     owner_media: int | None = None  # serial of the owner's Media: a rejoin brings new tracks
     source: str | None = None  # "camera" (with the microphone) or "ultrasound" (video only)
+    only: str | None = None  # the one source this slot shows ("ultrasound": the page's stage)
+
+    def takes(self, source: str) -> bool:
+        return self.owner is None and self.only in (None, source)
 
     def clear(self) -> None:
         for track in (self.video, self.audio):
@@ -475,6 +479,13 @@ class Participant:
         return {"username": self.username, "name": self.seat.display_name, "role": self.seat.role,
                 "mode": self.mode, "consent": self.consent, "media": self.media is not None,
                 "ultrasound": self.ultrasound}
+
+
+def _free_slot(slots: list[Slot], source: str) -> Slot | None:
+    """A slot that may show `source`: one kept for it (the stage, for an ultrasound) before a
+    general one, which a camera may need."""
+    free = [slot for slot in slots if slot.takes(source)]
+    return min(free, key=lambda slot: slot.only != source, default=None)
 
 
 def _sources(participant: Participant) -> list[str]:
@@ -693,7 +704,7 @@ class Room:
         kind = message["type"]
         try:
             if kind == "offer":
-                await self._offer(participant, message.get("sdp"), message.get("ultrasound"))
+                await self._offer(participant, message.get("sdp"), message.get("ultrasound"), message.get("stage"))
             elif kind == "ultrasound":
                 await self._set_ultrasound(participant, message.get("on"))
             elif kind == "mode":
@@ -713,9 +724,11 @@ class Room:
                           participant.username, kind[:40])
             await self._error(participant, "failed", "the server could not handle this message")
 
-    async def _offer(self, participant: Participant, text: Any, ultrasound_mid: Any = None) -> None:
+    async def _offer(self, participant: Participant, text: Any, ultrasound_mid: Any = None,
+                     stage_mid: Any = None) -> None:
         """Answer an offer; `ultrasound_mid` names the sendonly video m-line that carries the
-        ultrasound (the presenter's page offers one, with no track until it is shared)."""
+        ultrasound (the presenter's page offers one, with no track until it is shared);
+        `stage_mid` a recvonly video m-line beside the slots that only an ultrasound fills."""
         try:
             parsed = parse_offer(text)
         except Exception as exc:
@@ -726,7 +739,8 @@ class Room:
         self._watch(participant, media)
         try:
             await media.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
-            self._claim_slots(media, parsed, ultrasound_mid if isinstance(ultrasound_mid, str) else None)
+            self._claim_slots(media, parsed, ultrasound_mid if isinstance(ultrasound_mid, str) else None,
+                              stage_mid if isinstance(stage_mid, str) else None)
             await media.pc.setLocalDescription(await media.pc.createAnswer())
             self._bound_encoders(media)
         except Exception as exc:
@@ -776,15 +790,23 @@ class Room:
                 await self.update_recording()
                 await self._error(participant, "peer-failed", "the media connection failed; offer again")
 
-    def _claim_slots(self, media: Media, parsed: sdp_parser.SessionDescription, ultrasound_mid: str | None) -> None:
+    def _claim_slots(self, media: Media, parsed: sdp_parser.SessionDescription, ultrasound_mid: str | None,
+                     stage_mid: str | None = None) -> None:
         """Offered sendonly/sendrecv m-lines carry the participant's camera and microphone (the
         first of each kind) and the ultrasound (the m-line named); recvonly ones are slots for
-        the others (answered sendonly with a SlotTrack)."""
+        the others (answered sendonly with a SlotTrack), the stage (named) one for an
+        ultrasound only, so that a full room still shows it."""
         directions = {m.rtp.muxId: m.direction for m in parsed.media if m.kind in ("audio", "video")}
         free: dict[str, list] = {"video": [], "audio": []}
+        stage = None
         for transceiver in media.pc.getTransceivers():
             offered = directions.get(transceiver.mid)
-            if offered in ("sendonly", "sendrecv"):
+            if offered == "recvonly" and transceiver.kind == "video" and transceiver.mid == stage_mid:
+                stage = Slot(video=SlotTrack("video"), audio=None, video_mid=stage_mid, audio_mid=None,
+                             only="ultrasound")
+                transceiver.sender.replaceTrack(stage.video)
+                transceiver.direction = "sendonly"
+            elif offered in ("sendonly", "sendrecv"):
                 transceiver.direction = "recvonly"
                 named = transceiver.kind == "video" and transceiver.mid == ultrasound_mid
                 media.camera.setdefault("ultrasound" if named else transceiver.kind, transceiver.receiver.track)
@@ -796,13 +818,15 @@ class Room:
                 free[transceiver.kind].append((transceiver.mid, track))
             else:
                 transceiver.direction = "inactive" if offered != "sendrecv" else "recvonly"
-        tracks = [track for kind in free.values() for _, track in kind]
+        tracks = [track for kind in free.values() for _, track in kind] + ([stage.video] if stage else [])
         for track in tracks:
             track.siblings = tracks
         for i in range(max(len(free["video"]), len(free["audio"]))):
             video = free["video"][i] if i < len(free["video"]) else (None, None)
             audio = free["audio"][i] if i < len(free["audio"]) else (None, None)
             media.slots.append(Slot(video=video[1], audio=audio[1], video_mid=video[0], audio_mid=audio[0]))
+        if stage is not None:
+            media.slots.append(stage)
         if media.ultrasound_mid is not None:
             # Chromium takes a REMB as the cap of its whole connection, whichever stream it names:
             # the camera's would hold the ultrasound down too (why none: consult/compat_aiortc.py).
@@ -851,7 +875,8 @@ class Room:
     def _assign_slots(self) -> None:
         """Show everyone's camera, and an ultrasound being shared, in slots of everyone else;
         clear slots whose person or ultrasound has gone. A full set of slots shows cameras of
-        those who came first (MAX_REMOTE + 1 people with media fit, then not an ultrasound)."""
+        those who came first (MAX_REMOTE + 1 people with media fit); an ultrasound goes to the
+        page's stage slot first, so it shows in a full room too."""
         live = {p.username: p for p in self.participants.values() if p.media is not None}
         for viewer in live.values():
             for slot in viewer.media.slots:
@@ -862,7 +887,7 @@ class Room:
             shown = {(slot.owner, slot.source) for slot in viewer.media.slots if slot.owner}
             for other in live.values():
                 for source in _sources(other) if other is not viewer else ():
-                    slot = next((s for s in viewer.media.slots if s.owner is None), None)
+                    slot = _free_slot(viewer.media.slots, source)
                     if slot is None or (other.username, source) in shown:
                         continue
                     slot.owner, slot.owner_media, slot.source = other.username, other.media.serial, source

@@ -149,3 +149,71 @@ def test_the_answer_tells_chromium_to_start_the_ultrasound_at_its_start_bitrate(
     assert "a=rtpmap:97 VP8/90000\r\na=fmtp:97 x-google-start-bitrate=1500" in out[2]  # the ultrasound's
     assert "x-google-start-bitrate" not in out[1]  # the camera's m-line as it was
     assert rooms._start_bitrate(sdp, None, 1500) == sdp  # no ultrasound m-line offered
+
+
+def _member(name: str, role: str, *, stage: bool, ultrasound: bool = False) -> rooms.Participant:
+    """A participant with media as _claim_slots leaves it: a camera and microphone, MAX_REMOTE
+    slot pairs, and the stage slot when the page offered one (pages since this change do)."""
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    media = rooms.Media(pc=None, camera={"video": VideoStreamTrack(), "audio": AudioStreamTrack()})
+    if ultrasound:
+        media.camera["ultrasound"] = VideoStreamTrack()
+    media.slots = [rooms.Slot(video=rooms.SlotTrack("video"), audio=rooms.SlotTrack("audio"), video_mid=f"v{i}",
+                              audio_mid=f"a{i}") for i in range(rooms.MAX_REMOTE)]
+    if stage:
+        media.slots.append(rooms.Slot(video=rooms.SlotTrack("video"), audio=None, video_mid="stage", audio_mid=None,
+                                      only="ultrasound"))
+    seat = rooms.Seat(consult_id=1, user_id=hash(name) % 1000, username=name, display_name=name, role=role)
+    return rooms.Participant(seat=seat, send=None, media=media, ultrasound=ultrasound)
+
+
+def _shown(participant: rooms.Participant) -> dict[str, tuple[str, str]]:
+    return {slot.video_mid: (slot.owner, slot.source) for slot in participant.media.slots if slot.owner}
+
+
+def test_a_full_room_still_shows_the_ultrasound_on_every_page_in_its_stage_slot():
+    """Six people with cameras fill every page's five slots; the presenter's ultrasound goes to
+    each page's stage slot, and a camera never takes the stage."""
+    async def scenario():
+        room = rooms.Room(1, registry=None)
+        people = [_member("zhang", "presenter", stage=True, ultrasound=True)]
+        people += [_member(f"reader{i}", "specialist", stage=True) for i in range(rooms.MAX_REMOTE)]
+        room.participants = {p.username: p for p in people}
+        room._assign_slots()
+        for viewer in people[1:]:
+            shown = _shown(viewer)
+            assert shown["stage"] == ("zhang", "ultrasound"), shown
+            cameras = {owner for owner, source in shown.values() if source == "camera"}
+            assert cameras == {p.username for p in people} - {viewer.username}, shown  # all five
+        # The presenter's own page: the five others' cameras, its stage empty (its own ultrasound).
+        assert "stage" not in _shown(people[0]) and len(_shown(people[0])) == rooms.MAX_REMOTE
+        # A page from before the stage (no stage slot): its five slots in joining order, as before.
+        old = _member("old-page", "reviewer", stage=False)
+        room.participants.pop("reader4")
+        room.participants["old-page"] = old
+        room._assign_slots()
+        assert list(_shown(old).values()) == [("zhang", "camera"), ("zhang", "ultrasound"), ("reader0", "camera"),
+                                              ("reader1", "camera"), ("reader2", "camera")]
+        for p in people:
+            for slot in p.media.slots:
+                slot.clear()
+
+    asyncio.run(scenario())
+
+
+def test_an_ultrasound_takes_the_stage_first_leaving_slots_for_cameras_that_come_later():
+    async def scenario():
+        room = rooms.Room(1, registry=None)
+        presenter, reader = _member("zhang", "presenter", stage=True, ultrasound=True), _member("wang", "specialist",
+                                                                                                stage=True)
+        room.participants = {"zhang": presenter, "wang": reader}
+        room._assign_slots()
+        assert _shown(reader) == {"v0": ("zhang", "camera"), "stage": ("zhang", "ultrasound")}
+        assert rooms._free_slot(reader.media.slots, "camera").video_mid == "v1"
+        assert rooms._free_slot(reader.media.slots, "ultrasound").video_mid == "v1"  # the stage is taken
+        presenter.ultrasound = False
+        room._assign_slots()
+        assert _shown(reader) == {"v0": ("zhang", "camera")}
+
+    asyncio.run(scenario())

@@ -8,7 +8,9 @@
 //
 // The presenter also offers an empty sendonly video m-line for the ultrasound (a capture card
 // that the machine's video output feeds shows as a camera); sharing puts the device's track on
-// it, and the others see it large over the shared view, with its measured size and rate.
+// it, and the others see it large over the shared view, with its measured size and rate. Every
+// page offers one more recvonly video m-line, the stage, that only an ultrasound fills: a room
+// full of cameras still shows it.
 "use strict";
 
 (function () {
@@ -119,6 +121,8 @@
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.addTransceiver("audio", { direction: "recvonly" });
     }
+    // The stage: a slot only an ultrasound fills, so that it shows in a full room as well.
+    const stage = pc.addTransceiver("video", { direction: "recvonly" });
     R.channel = pc.createDataChannel("room");
     R.channel.onmessage = (event) => {
       try { onRoomMessage(JSON.parse(event.data)); } catch (err) { console.error("room", err); }
@@ -130,7 +134,7 @@
     };
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc); // the server (aiortc) does not take trickled candidates
-    send({ type: "offer", sdp: pc.localDescription.sdp, ultrasound: R.usTx ? R.usTx.mid : null });
+    send({ type: "offer", sdp: pc.localDescription.sdp, ultrasound: R.usTx ? R.usTx.mid : null, stage: stage.mid });
     if (R.ultrasound) send({ type: "ultrasound", on: true }); // a new socket after a drop
     if (R.mode === "low") await capSender();
     await tuneUltrasound();
