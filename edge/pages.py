@@ -3,6 +3,9 @@
     GET  /desk                    the form and the day's worklist (?day=YYYY-MM-DD, local date)
     POST /desk                    register; a refused form comes back with each message beside its field
     POST /desk/{entry_id}/cancel  take a registration off the modalities' worklist
+    POST /desk/import             register a CSV list at once (edge/worklist_import.py); a refused
+                                  list comes back with every row's problems beside the file control
+    GET  /desk/import-template.csv  the list's header row and an example row, for Excel
 
 Forms post and redirect (no script). The list read is audited (worklist.list), every change too
 (edge/worklist.py), refused ones as denied."""
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from edge import worklist
+from edge import worklist, worklist_import
 from edge.worklist import FormErrors, Registration
+from edge.worklist_import import ListRefused, ListTooLarge
 from imaging.persons import mask
 from maternal.criteria import COLOUR_LABELS, COLOURS
 from storage import audit, identity, localtime
@@ -48,7 +52,8 @@ def _context(session: Session, runtime: Runtime, principal: Principal, day: date
 
 
 def _page(request: Request, session: Session, runtime: Runtime, user, day: date, *, status: int = 200,
-          form: Registration | None = None, errors: dict | None = None, notice: str = "") -> HTMLResponse:
+          form: Registration | None = None, errors: dict | None = None, notice: str = "",
+          import_problems: list[str] | None = None) -> HTMLResponse:
     principal = identity.principal_for(user)
     context = _context(session, runtime, principal, day)
     audit.record_read(runtime.db, principal=principal, action="worklist.list", object_type="worklist",
@@ -56,19 +61,23 @@ def _page(request: Request, session: Session, runtime: Runtime, user, day: date,
                       detail={"entries": [row.entry.accession_number for row in context["rows"]][:200]})
     return request.app.state.templates.TemplateResponse(
         request, "edge/desk.html", dict(context, user=user, form=form or Registration(), errors=errors or {},
-                                        notice=notice), status_code=status)
+                                        notice=notice, import_problems=import_problems or [],
+                                        problems_shown=worklist_import.MAX_PROBLEMS_SHOWN), status_code=status)
 
 
 @router.get("/desk", response_class=HTMLResponse)
 def desk(request: Request, session: DbSession, runtime: RuntimeDep, user: OptionalUser, day: str = "",
-         registered: str = "", cancelled: str = ""):
+         registered: str = "", cancelled: str = "", imported: str = ""):
     if user is None:
         return sign_in_redirect(request)
-    # Only accession numbers are echoed back: a crafted link cannot put words on the desk.
-    registered, cancelled = (v if v.isdigit() and len(v) <= 16 else "" for v in (registered, cancelled))
+    # Only numbers are echoed back: a crafted link cannot put words on the desk.
+    registered, cancelled, imported = (v if v.isdigit() and len(v) <= 16 else ""
+                                       for v in (registered, cancelled, imported))
     notice = (f"已登记，检查号 {registered}：设备的工作列表中已可见 / registered as {registered}: "
               "the modality sees it on its worklist") if registered else ""
     notice = notice or (f"已取消 {cancelled} / cancelled" if cancelled else "")
+    notice = notice or (f"已导入 {imported} 人 Imported {imported}：设备的工作列表中已可见 / the modalities see "
+                        "them on their worklist" if imported else "")
     return _page(request, session, runtime, user, _day(day), notice=notice)
 
 
@@ -132,3 +141,44 @@ def cancel(entry_id: int, request: Request, session: WriteSession, runtime: Runt
         raise
     day = entry.scheduled_at.astimezone(localtime.zone()).date()
     return RedirectResponse(f"/desk?day={day.isoformat()}&cancelled={entry.accession_number}", status_code=303)
+
+
+def _upload(file: UploadFile | None) -> tuple[bytes, str]:
+    """(the file's bytes, its name); one over the limit is refused before it is read."""
+    if file is None:
+        return b"", ""
+    if file.size is not None and file.size > worklist_import.MAX_BYTES:
+        raise ListTooLarge(file.size)
+    return file.file.read(worklist_import.MAX_BYTES + 1), file.filename or ""
+
+
+@router.post("/desk/import", response_class=HTMLResponse)
+def import_list(request: Request, session: WriteSession, runtime: RuntimeDep, user: OptionalUser,
+                file: UploadFile | None = File(None)):
+    if user is None:
+        return sign_in_redirect(request)
+    principal = identity.principal_for(user)
+    try:
+        data, filename = _upload(file)
+        imported = worklist_import.import_list(session=session, principal=principal, data=data, filename=filename,
+                                               source=client_address(request))
+    except NotPermitted as exc:
+        _denied(runtime, request, session, principal, "worklist.import", "", exc)
+        raise
+    except (ListRefused, ListTooLarge) as exc:
+        session.rollback()  # nothing of the list stays: the rows entered before the refusal go too
+        with runtime.db.scope(readonly=True) as read:
+            return _page(request, read, runtime, user, worklist.localtime_today(), status=exc.status,
+                         import_problems=exc.problems)
+    # A refused list's page opens at the file control (the form's action ends #desk-import); an
+    # imported one at the top (HTML's "#top"), or the browser would carry #desk-import over.
+    return RedirectResponse(f"/desk?day={imported.first_day}&imported={imported.count}#top", status_code=303)
+
+
+@router.get("/desk/import-template.csv")
+def import_template(request: Request, user: OptionalUser):
+    if user is None:
+        return sign_in_redirect(request)
+    return Response(worklist_import.template_csv(), media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": "attachment; filename=\"worklist-import.csv\"; "
+                                                    "filename*=UTF-8''%E7%99%BB%E8%AE%B0%E5%AF%BC%E5%85%A5.csv"})

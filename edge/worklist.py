@@ -298,7 +298,7 @@ def _patient_id(session: Session, institution: Institution, reg: Registration, r
 # -- the services ----------------------------------------------------------------------------
 
 
-def _desk_institution(session: Session, principal: Principal) -> Institution:
+def desk_institution(session: Session, principal: Principal) -> Institution:
     if not may_register(principal):
         raise NotPermitted("仅本机构的技师、协调员或管理员可登记 / only the institution's radiographers, "
                            "coordinators or admins register patients")
@@ -308,7 +308,22 @@ def _desk_institution(session: Session, principal: Principal) -> Institution:
 def register(*, session: Session, principal: Principal, registration: Registration,
              source: str = "") -> WorklistEntry:
     """Registers a patient's exam on the institution's worklist (audited: worklist.register)."""
-    institution = _desk_institution(session, principal)
+    institution = desk_institution(session, principal)
+    entry = enter(session=session, institution=institution, registration=registration, registered_by=principal.name)
+    audit.append(session, principal=principal, action="worklist.register", object_type="worklist",
+                 object_id=entry.accession_number, source=source,
+                 detail={"patient_id": entry.patient_id,
+                         "resident_id": persons.mask(entry.resident_id) if entry.resident_id else "",
+                         "modality": entry.modality, "procedure": entry.procedure_code, "station": entry.station_ae,
+                         "priority": entry.priority, "risk_colour": entry.risk_colour,
+                         "study": entry.study_instance_uid})
+    return entry
+
+
+def enter(*, session: Session, institution: Institution, registration: Registration,
+          registered_by: str) -> WorklistEntry:
+    """Validates one registration and adds it to the worklist, not audited: the caller checked
+    who may register and audits (one record a desk registration, one a list imported)."""
     reg, errors = registration, {}
     family, given, name_pinyin = _names(reg, errors)
     sex, born, resident_id = _person(reg, errors)
@@ -325,24 +340,19 @@ def register(*, session: Session, principal: Principal, registration: Registrati
         sex=sex, birth_date=born, resident_id=resident_id, phone=phone, patient_id=patient_id or "-",
         modality=modality, procedure_code=code, procedure=procedure_label(code)[:64], station_ae=station,
         scheduled_at=scheduled_at, status="scheduled", risk_colour=colour, urgent=bool(reg.urgent),
-        priority=priority_of(urgent=bool(reg.urgent), risk_colour=colour), registered_by=principal.name)
+        priority=priority_of(urgent=bool(reg.urgent), risk_colour=colour), registered_by=registered_by)
     session.add(entry)
     session.flush()
     # Numbers people read and say aloud: the local date and the row's id (unique by the id).
     entry.accession_number = f"{scheduled_at.astimezone(localtime.zone()):%y%m%d}{entry.id:06d}"[-16:]
     entry.patient_id = patient_id or f"{institution.code}-{entry.id:06d}"[-64:]
     session.flush()
-    audit.append(session, principal=principal, action="worklist.register", object_type="worklist",
-                 object_id=entry.accession_number, source=source,
-                 detail={"patient_id": entry.patient_id,
-                         "resident_id": persons.mask(resident_id) if resident_id else "", "modality": modality, "procedure": code, "station": station, "priority": entry.priority,
-                         "risk_colour": colour, "study": entry.study_instance_uid})
     return entry
 
 
 def cancel(*, session: Session, principal: Principal, entry_id: int, source: str = "") -> WorklistEntry:
     """Takes a registration off the modalities' worklist (audited: worklist.cancel)."""
-    institution = _desk_institution(session, principal)
+    institution = desk_institution(session, principal)
     entry = session.get(WorklistEntry, entry_id)
     if entry is None or entry.institution_id != institution.id:
         raise NotFound("未找到该登记 / registration not found")

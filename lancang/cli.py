@@ -435,6 +435,32 @@ def cmd_edge_credential(args) -> None:
     print("  shown once: put it in the edge's environment; a new one replaces it, 'lancang edge revoke' ends it")
 
 
+def cmd_edge_import_worklist(args) -> int:
+    """Register a CSV list of patients on the institution's worklist, every row or none."""
+    from edge import worklist_import  # lazy: see LAZY_IMPORTS
+
+    path = Path(args.file)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(worklist_import.MAX_BYTES + 1)
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        imported = worklist_import.cli_import(_runtime().db, institution_code=args.institution, data=data,
+                                              filename=path.name)
+    except (worklist_import.ListRefused, worklist_import.ListTooLarge) as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print(f"nothing imported ({len(exc.problems)} problem(s)) / 未导入任何人", file=sys.stderr)
+        return 2
+    print(f"imported {imported.count} / 已导入 {imported.count} 人 (from {imported.first_day}; "
+          f"accessions {imported.accessions[0]}..{imported.accessions[-1]})")
+    if imported.ignored:
+        print(f"columns not read / 未使用的列: {', '.join(imported.ignored)}", file=sys.stderr)
+    return 0
+
+
 def cmd_edge_revoke(args) -> None:
     from edge import region  # lazy: see LAZY_IMPORTS
     region.cli_revoke(_runtime().db, name=args.name)
@@ -575,6 +601,9 @@ def _add_edge(commands) -> None:
                                 ("mwl", "run only the modality worklist (C-FIND MWL SCP)", cmd_edge_mwl),
                                 ("forward", "run only the forwarder to the region", cmd_edge_forward)):
         _sub(edge, name, help_text, fn).set_defaults(service=True)
+    _sub(edge, "import-worklist", "register a CSV list of patients at once (all rows or none)",
+         cmd_edge_import_worklist, (("file",), {"metavar": "FILE.csv"}),
+         (("--institution",), {"required": True, "metavar": "CODE", "help": "the township whose worklist it is"}))
     _sub(edge, "credential", "(at the region) issue a township edge's credential, printed once", cmd_edge_credential,
          (("--institution",), {"required": True, "metavar": "CODE", "help": "the township the edge sends for"}),
          (("--name",), {"required": True, "help": "the edge's name, e.g. t01-edge"}))

@@ -47,6 +47,7 @@ NO_PATIENT_DATA = {
     "/api/maternal/criteria": "the 2017 risk criteria list", "/api/referrals/counts": "counts only",
     "/admin/edges": "each edge's name, institution, last contact and backlog counts (no patient)",
     "/api/edge/studies/{study}/instances/{sop}": "an edge's own upload's offset (bytes held, no data)",
+    "/desk/import-template.csv": "the desk's list template: a header row and a made-up example row",
 }
 
 # Routes that read patient data: audited. Every one is called below, as a user who may see
