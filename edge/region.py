@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from edge.models import EdgeNode, EdgeStudy, EdgeUpload
 from imaging.models import Instance, Series, Study
 from storage import audit
+from storage.audit import CLI_ACTOR
 from storage.access import Principal
 from storage.db import Database
 from storage.errors import Conflict, Invalid, NotAuthenticated, NotFound, NotPermitted, PayloadTooLarge
@@ -30,7 +31,6 @@ from storage.service import get_institution
 from storage.types import revoke, utcnow
 
 CREDENTIAL_PREFIX = "lce_"
-CLI_ACTOR = "system:cli"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST = 20_000  # instances in one study's manifest

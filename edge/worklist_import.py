@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from edge import worklist
-from edge.region import CLI_ACTOR
-from edge.worklist import EXAMS, SEX_LABELS, FormErrors, Registration
+from edge.worklist import EXAMS, FormErrors, Registration
 from edge.worklist_models import WorklistEntry
 from imaging import persons
 from maternal.criteria import COLOUR_LABELS
 from storage import audit, localtime
+from storage.audit import CLI_ACTOR
 from storage.access import Principal
 from storage.db import Database
 from storage.errors import Invalid, PayloadTooLarge

@@ -17,14 +17,13 @@ from lancang import cli_consult
 from lancang.serve import serve
 from storage import audit, identity, jobs, service
 from storage.access import Principal
-from storage.audit import AuditKeyMismatch
+from storage.audit import CLI_ACTOR, AuditKeyMismatch
 from storage.errors import DomainError
 from storage.models import LEVELS, ROLES
 from storage.residency import ResidencyError
 from storage.runtime import bootstrap
 from storage.settings import get_settings
 
-CLI_ACTOR = "system:cli"
 # LAZY_IMPORTS: a command imports its domain or process inside its function. The foundation
 # above (storage/) costs 0.6-0.7 s and every command needs it; importing the domains and
 # the web app here as well made every admin command (`lancang user add`) take 2.7 s

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from storage import audit
+from storage.audit import CLI_ACTOR
 from storage.identity import get_user
 from storage.runtime import bootstrap
 from storage.settings import get_settings
@@ -22,7 +23,7 @@ def cmd_ca_init(args) -> None:
     with _runtime().db.scope() as session:
         authority = reports.init_authority(session=session, name=args.name, organisation=args.organisation,
                                            password=args.password)
-        audit.append(session, principal=None, actor="system:cli", action="admin.ca.init",
+        audit.append(session, principal=None, actor=CLI_ACTOR, action="admin.ca.init",
                      object_type="ca", object_id=str(authority.id), detail={"name": args.name})
         print(f"signing authority {authority.id} created: {args.name}")
     if args.cert_out:
@@ -37,7 +38,7 @@ def cmd_ca_issue(args) -> None:
         user = get_user(session=session, username=args.username)
         credential = reports.issue_credential(session=session, user=user, ca_password=args.ca_password,
                                               signing_password=args.password)
-        audit.append(session, principal=None, actor="system:cli", action="admin.ca.issue",
+        audit.append(session, principal=None, actor=CLI_ACTOR, action="admin.ca.issue",
                      object_type="user", object_id=user.username, detail={"credential": credential.id})
         print(f"signing certificate issued to {user.username} ({user.display_name})")
 

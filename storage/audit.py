@@ -38,6 +38,8 @@ from storage.objects import ObjectNotFound
 from storage.types import utcnow
 
 GENESIS = "0" * 64
+# The actor of every change made by `lancang` on the command line (no signed-in principal).
+CLI_ACTOR = "system:cli"
 _ADVISORY_KEY = 0x4C414E43  # "LANC"
 
 FIELDS = (
