@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
@@ -30,8 +32,13 @@ def login_form(request: Request, next: str = "/"):
 
 
 def _safe_next(target: str) -> str:
-    # Only same-site paths: never redirect a signed-in user to another host.
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    # Only same-site paths: never redirect a signed-in user to another host. Browsers read a
+    # backslash as a slash and drop tabs and newlines in a Location, so "/\\evil" and
+    # "/\t/evil" are "//evil" to them: judge the path as they will read it.
+    seen = "".join(ch for ch in target if ch >= " " and ch != "\x7f").replace("\\", "/")
+    parts = urlsplit(seen)
+    same_site = seen.startswith("/") and not seen.startswith("//") and not parts.scheme and not parts.netloc
+    return target if same_site else "/"
 
 
 @router.post("/login", response_class=HTMLResponse)

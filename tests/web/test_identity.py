@@ -104,6 +104,14 @@ def test_login_redirect_is_same_site_only(app_client, alice):
     assert response.headers["location"] == "/"
 
 
+@pytest.mark.parametrize("target", ["/\\evil.example/", "/\t/evil.example/", "/\\\\evil.example/", "\\/evil.example/",
+                                    "https://evil.example/"])
+def test_login_redirect_refuses_what_a_browser_reads_as_another_host(app_client, alice, target):
+    response = app_client.post("/login", data={"username": "alice", "password": "correct-horse", "next": target},
+                               follow_redirects=False)
+    assert response.headers["location"] == "/"
+
+
 def test_pages_redirect_to_login_and_errors_are_friendly(app_client):
     home = app_client.get("/", headers={"Accept": "text/html"}, follow_redirects=False)
     assert home.status_code == 303 and home.headers["location"].startswith("/login")
